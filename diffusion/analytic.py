@@ -79,6 +79,9 @@ class GaussianMixture:
     def component_log_prob(self, x: Tensor, sigma: Tensor | float = 0.0) -> Tensor:
         """``log N(x; mu_k, S_k + sigma^2 I)`` for every component: ``(B, K)``."""
         _, y, var = self._project(x, sigma)
+        return self._log_normal(y, var)
+
+    def _log_normal(self, y: Tensor, var: Tensor) -> Tensor:
         return -0.5 * ((y**2 / var).sum(-1) + var.log().sum(-1) + self.dim * math.log(2 * math.pi))
 
     def log_prob(self, x: Tensor, sigma: Tensor | float = 0.0) -> Tensor:
@@ -98,7 +101,7 @@ class GaussianMixture:
         comp = self.means.to(x.device)[None] + torch.einsum(
             "kde,bke->bkd", self.eigvecs.to(x.device), shrink * y
         )
-        lj = self.weights.log().to(x.device) + self.component_log_prob(xf, sigma)
+        lj = self.weights.log().to(x.device) + self._log_normal(y, var)
         resp = torch.softmax(lj, dim=-1)  # (B, K)
         if cond is not None and cond.labels is not None:
             onehot = torch.nn.functional.one_hot(cond.labels.long(), self.num_components)

@@ -79,7 +79,8 @@ def denoising_loss(
     pred = denoiser(noisy, sigma, cond)
     p = denoiser.precond
     w = loss_weight(s, weighting, p.prediction, p.sigma_data, min_snr_gamma)
-    err = w * (pred.float() - x0.float()) ** 2
+    dt = torch.promote_types(pred.dtype, torch.float32)  # bf16 autocast outputs -> float32
+    err = w.to(dt) * (pred.to(dt) - x0.to(dt)) ** 2
     if mask is None:
         return err.mean()
     m = torch.broadcast_to(mask.to(err.dtype), err.shape)

@@ -1,0 +1,39 @@
+"""Shared fixtures: exact Gaussian and Gaussian-mixture data, and the real-data folder."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from diffusion.analytic import GaussianMixture
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+@pytest.fixture
+def gaussian() -> GaussianMixture:
+    """N(mu, S) in 2-D with correlated, unequal variances."""
+    return GaussianMixture(
+        torch.tensor([[1.0, -0.5]]), torch.tensor([[[0.5, 0.2], [0.2, 0.3]]], dtype=torch.float64)
+    )
+
+
+@pytest.fixture
+def mixture() -> GaussianMixture:
+    """A 3-component 2-D mixture with unequal weights and anisotropic covariances."""
+    means = torch.tensor([[-2.0, 0.0], [2.0, 0.5], [0.0, 2.5]])
+    covs = torch.tensor(
+        [[[0.3, 0.1], [0.1, 0.2]], [[0.2, -0.05], [-0.05, 0.4]], [[0.25, 0.0], [0.0, 0.1]]],
+        dtype=torch.float64,
+    )
+    return GaussianMixture(means, covs, torch.tensor([0.5, 0.3, 0.2]))
+
+
+@pytest.fixture
+def shared_data() -> Path:
+    """The real-data folder beside the project; tests that need it skip with a reason."""
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"real data folder {SHARED_DATA} is absent (only on development machines)")
+    return SHARED_DATA
