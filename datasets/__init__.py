@@ -1,0 +1,1 @@
+"""Data layer: sources returning canonical xarray Datasets, zarr stores, torch windows."""

@@ -1,0 +1,1 @@
+"""Prefect flows: thin orchestration that calls one pipelines function per task."""

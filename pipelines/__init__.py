@@ -1,0 +1,1 @@
+"""Tasks, training, metrics and configuration: the layer between flows and the core."""

@@ -1,0 +1,453 @@
+"""Sampler benchmark: stdiff's samplers against diffusers' schedulers on an exact Gaussian mixture.
+
+    .venv/bin/python benchmarks/samplers.py --write BENCHMARKS.md
+
+Both sides sample a fixed 2-D Gaussian mixture with its exact denoiser on the DDPM linear schedule,
+from the same initial noise, and are scored by the same squared energy distance to exact samples.
+The diffusers side runs in its own venv (``benchmarks/make_peer_venv.sh diffusers``) through
+``benchmarks/peer_diffusers.py``, which imports the shared definitions below.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import math
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from diffusion.analytic import GaussianMixture
+from diffusion.samplers import SAMPLERS, sample, steps_for_evals
+from diffusion.schedules import vp_linear
+
+REPO = Path(__file__).resolve().parent.parent
+BUDGETS = (4, 5, 8, 10, 20, 25, 40, 50, 100)  # all divide T=1000: diffusers' DDIM needs that
+MAIN_BUDGETS = (5, 10, 20, 50)
+SEED_NOISE, SEED_REF, SEED_FLOOR = 1234, 2024, 7000
+PF_ODE_RTOLS = (1e-2, 1e-3, 1e-4)
+OVERHEAD_SHAPE = (64, 4, 64, 64)
+OVERHEAD_STEPS = 20
+ANGLES = 64
+FIELDS = ("side", "name", "spacing", "budget", "steps", "nfe", "error")
+BEGIN, END = "<!-- BEGIN samplers -->", "<!-- END samplers -->"
+PAIRS = {"ddim": "DDIM", "euler": "Euler", "heun": "Heun", "dpmpp_2m": "DPMSolverMultistep"}
+
+
+def mixture_spec() -> dict[str, list]:
+    """The benchmark data: 8 components on a ring of radius 2, each elongated along the ring
+    (std 0.2 tangential, 0.05 radial), weights proportional to 1..8."""
+    k = 8
+    ang = torch.arange(k, dtype=torch.float64) * (2 * math.pi / k)
+    means = 2.0 * torch.stack([ang.cos(), ang.sin()], 1)
+    c, s = ang.cos(), ang.sin()
+    rot = torch.stack([torch.stack([c, -s], 1), torch.stack([s, c], 1)], 1)  # cols: radial, tangent
+    covs = rot @ torch.diag(torch.tensor([0.05**2, 0.2**2], dtype=torch.float64)) @ rot.mT
+    weights = torch.arange(1, k + 1, dtype=torch.float64)
+    return {"means": means.tolist(), "covs": covs.tolist(), "weights": weights.tolist()}
+
+
+def make_mixture() -> GaussianMixture:
+    """The benchmark's Gaussian mixture (see :func:`mixture_spec`)."""
+    spec = mixture_spec()
+    return GaussianMixture(*(torch.tensor(spec[k]) for k in ("means", "covs", "weights")))
+
+
+def exact_samples(mix: GaussianMixture, n: int, seed: int) -> Tensor:
+    """``n`` exact samples from ``mix`` drawn with a generator seeded ``seed``."""
+    return mix.sample(n, torch.Generator().manual_seed(seed))[0]
+
+
+def _sum_pairs_sorted(z: Tensor) -> Tensor:
+    """``sum_{i<j} |z_i - z_j|`` for each row of ``z`` sorted ascending: ``(M, n) -> (M,)``."""
+    k = torch.arange(z.shape[1], dtype=z.dtype)
+    return (z * (2 * k - z.shape[1] + 1)).sum(1)
+
+
+class EnergyDistance:
+    """Squared energy distance (V-statistic) ``2E|X-Y| - E|X-X'| - E|Y-Y'|`` to a fixed 2-D
+    reference sample.
+
+    Uses ``|v| = (pi/2) mean_phi |<u_phi, v>|`` over ``angles`` equispaced directions on the half
+    circle: each direction is an exact 1-D energy distance computed by sorting (O(n log n)); the
+    angular rule is exact up to its (exponentially small, periodic integrand) quadrature error,
+    which :func:`energy_distance_pairwise` checks.
+    """
+
+    def __init__(self, ref: Tensor, angles: int = ANGLES) -> None:
+        phi = torch.arange(angles, dtype=torch.float64) * (math.pi / angles)
+        self.u = torch.stack([phi.cos(), phi.sin()])  # (2, M)
+        self.ref, _ = (ref.double() @ self.u).T.contiguous().sort(1)  # (M, m)
+        self.cum = torch.nn.functional.pad(self.ref.cumsum(1), (1, 0))  # (M, m + 1)
+        self.ref_pairs = _sum_pairs_sorted(self.ref)
+
+    def __call__(self, x: Tensor) -> float:
+        """Squared energy distance between the samples ``x`` ``(n, 2)`` and the reference."""
+        xs, _ = (x.double() @ self.u).T.contiguous().sort(1)
+        n, m = xs.shape[1], self.ref.shape[1]
+        below = torch.searchsorted(self.ref, xs)  # how many reference points lie below
+        cross = (xs * (2 * below - m) - 2 * self.cum.gather(1, below) + self.cum[:, -1:]).sum(1)
+        xx, yy = 2 * _sum_pairs_sorted(xs) / n**2, 2 * self.ref_pairs / m**2
+        return float(math.pi / 2 * (2 * cross / (n * m) - xx - yy).mean())
+
+
+def energy_distance_pairwise(x: Tensor, y: Tensor, chunk: int = 1000) -> float:
+    """The same V-statistic from all pairwise distances, in row chunks (O(n m); for checks)."""
+
+    def mean_dist(a: Tensor, b: Tensor) -> float:
+        tot = sum(
+            torch.cdist(a[i : i + chunk], b, compute_mode="donot_use_mm_for_euclid_dist").sum()
+            for i in range(0, len(a), chunk)
+        )
+        return float(tot) / (len(a) * len(b))
+
+    x, y = x.double(), y.double()
+    return 2 * mean_dist(x, y) - mean_dist(x, x) - mean_dist(y, y)
+
+
+def median_time(fn: Callable[[], Any], repeats: int) -> float:
+    """Median wall time of ``fn()`` in seconds over ``repeats`` runs (after one warm-up)."""
+    fn()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+class Counted:
+    """A denoiser that counts its evaluations."""
+
+    def __init__(self, fn: Callable[..., Tensor]) -> None:
+        self.fn, self.calls = fn, 0
+
+    def __call__(self, x: Tensor, sigma: Tensor, cond: Any = None) -> Tensor:
+        self.calls += 1
+        return self.fn(x, sigma, cond)
+
+
+def result(*values: Any) -> dict[str, Any]:
+    """One measured row (both sides use this layout): the values of ``FIELDS``, in order."""
+    return dict(zip(FIELDS, values, strict=True))
+
+
+def run_ours(n: int, budgets: tuple[int, ...]) -> tuple[list[dict], dict[str, Tensor]]:
+    """Every fixed-step sampler at every budget, trailing and Karras spacing, then pf_ode.
+
+    Returns result rows and the samples of the samplers that diffusers also has (for pointwise
+    comparison), keyed ``"name|spacing|budget"``."""
+    mix, sched = make_mixture(), vp_linear()
+    ed = EnergyDistance(exact_samples(mix, n, SEED_REF))
+    rows, kept = [], {}
+    for spacing in ("trailing", "karras"):
+        for name in (k for k, v in SAMPLERS.items() if v.evals is not None):
+            for budget in budgets:
+                steps = steps_for_evals(name, budget)
+                den, gen = Counted(mix), torch.Generator().manual_seed(SEED_NOISE)
+                sig = sched.discretize(steps, spacing)
+                x = sample(den, (n, 2), sig, sampler=name, generator=gen)
+                assert den.calls == SAMPLERS[name].evals(steps), (name, steps, den.calls)
+                rows.append(result("ours", name, spacing, budget, steps, den.calls, ed(x)))
+                if name in PAIRS:
+                    kept[f"{name}|{spacing}|{budget}"] = x
+    sig = sched.discretize(2, "karras")  # pf_ode integrates from sigma_max to sigma_min
+    for rtol in PF_ODE_RTOLS:
+        den, gen = Counted(mix), torch.Generator().manual_seed(SEED_NOISE)
+        x = sample(den, (n, 2), sig, sampler="pf_ode", generator=gen, rtol=rtol, atol=rtol)
+        name = f"pf_ode rtol={rtol:g}"
+        rows.append(result("ours", name, "adaptive", None, None, den.calls, ed(x)))
+    return rows, kept
+
+
+def noise_floor(n: int, repeats: int = 3) -> list[float]:
+    """The metric for ``repeats`` independent exact sample sets of size ``n``."""
+    mix = make_mixture()
+    ed = EnergyDistance(exact_samples(mix, n, SEED_REF))
+    return [ed(exact_samples(mix, n, SEED_FLOOR + i)) for i in range(repeats)]
+
+
+def overhead_ours(repeats: int) -> tuple[dict[str, float], float]:
+    """ms per step of each fixed-step sampler with the model's time removed, and ms per model
+    call: ``OVERHEAD_STEPS`` steps on a float32 ``OVERHEAD_SHAPE`` tensor with ``D = 0.5 x``."""
+    x0 = torch.randn(OVERHEAD_SHAPE, generator=torch.Generator().manual_seed(0))
+    sig = vp_linear().discretize(OVERHEAD_STEPS)
+    t_model = median_time(lambda: 0.5 * x0, repeats * 4)
+    out = {}
+    for name, spec in SAMPLERS.items():
+        if spec.evals is not None:
+            g = torch.Generator().manual_seed(1)
+            run = partial(spec.fn, lambda x, s, c: 0.5 * x, x0, sig, generator=g)
+            t = median_time(run, repeats) - spec.evals(OVERHEAD_STEPS) * t_model
+            out[name] = 1e3 * t / OVERHEAD_STEPS
+    return out, 1e3 * t_model
+
+
+def run_peer(n: int, budgets: tuple[int, ...], repeats: int) -> dict | None:
+    """Run peer_diffusers.py in the diffusers venv: its JSON plus its samples, or None."""
+    root = os.environ.get("STDIFF_PEER_VENVS", str(Path.home() / ".cache" / "stdiff-peers"))
+    py = Path(root) / "diffusers" / "bin" / "python"
+    if not py.exists():
+        msg = "run `bash benchmarks/make_peer_venv.sh diffusers`; measuring our side only"
+        print(f"diffusers venv missing ({py}): {msg}", file=sys.stderr)
+        return None
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg = dict(n=n, budgets=list(budgets), repeats=repeats, samples_out=f"{tmp}/peer.pt")
+        cmd = [str(py), str(REPO / "benchmarks" / "peer_diffusers.py"), "--config", json.dumps(cfg)]
+        out = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, check=True, cwd=REPO).stdout
+        res = json.loads(out)
+        res["samples"] = torch.load(cfg["samples_out"])
+    return res
+
+
+def pointwise(kept: dict[str, Tensor], peer: dict, budgets: tuple[int, ...]) -> list[list[str]]:
+    """Rows of max / RMS |ours - diffusers| per counterpart pair and spacing, per budget."""
+    out = []
+    for spacing in ("trailing", "karras"):
+        for ours, theirs in PAIRS.items():
+            if f"{theirs}|{spacing}|{budgets[0]}" in peer["samples"]:
+                cells = []
+                for b in budgets:
+                    y = peer["samples"][f"{theirs}|{spacing}|{b}"].double()
+                    d = (kept[f"{ours}|{spacing}|{b}"].double() - y).norm(dim=1)
+                    cells.append(f"{d.max():.1e} / {d.square().mean().sqrt():.1e}")
+                out.append([f"{ours} vs {theirs}", spacing, *cells])
+    return out
+
+
+def nfe_for_error(points: list[tuple[int, float]], target: float) -> str:
+    """The NFE at which the error first falls to ``target``, interpolated in log-log."""
+    pts = sorted(points)
+    for i, (nfe, err) in enumerate(pts):
+        if err <= target:
+            if i == 0:
+                return f"≤{nfe}"
+            n0, e0 = pts[i - 1]
+            w = math.log(e0 / target) / math.log(e0 / err)
+            return f"{n0 * (nfe / n0) ** w:.0f}"
+    return f">{pts[-1][0]}"
+
+
+def _table(head: list[str], rows: list[list[str]]) -> str:
+    lines = [head, ["---"] * len(head), *rows]
+    return "\n".join("| " + " | ".join(r) + " |" for r in lines)
+
+
+TEMPLATE = """{begin}
+## Samplers: stdiff vs diffusers on an exact Gaussian mixture
+
+Command: `{command}` (diffusers venv: `bash benchmarks/make_peer_venv.sh diffusers`).
+Machine: {machine}. Whole run: {seconds:.0f} s.
+
+Setup: a 2-D mixture of 8 anisotropic Gaussians on a ring of radius 2 (unequal weights), sampled
+with its exact denoiser (diffusers: the exact epsilon model built from it); {n} samples per run
+from the same initial noise (torch.Generator seed {seed}) on both sides; DDPM linear schedule
+(T=1000, betas 1e-4..0.02). Error: squared energy distance (V-statistic) to {n} exact samples;
+noise floor (the same metric for independent exact sample sets): {fl[0]:.2e} (mean of
+{floor_sets}, range {fl[1]:.2e}..{fl[2]:.2e}). Energy distance via sorted 1-D projections on
+{angles} angles; against all pairwise distances on {ed_check[0]} points it gives
+{ed_check[1]:.5e} vs {ed_check[2]:.5e}.
+{peer_note}
+
+### Error at each NFE budget
+
+Two-evaluation samplers (heun, dpmpp_2s, pc, diffusers Heun) take N steps with 2N-1 <= budget
+evaluations. "trailing" is our default discretisation of vp_linear.
+
+{error_table}
+
+{adaptive_table}
+
+### Evaluations needed for a fixed error
+
+First NFE where the error reaches the target, log-log interpolated between measured budgets
+(≤ / >: outside the measured range).
+
+{nfe_table}
+{pointwise}
+### Overhead per step (model excluded)
+
+{steps} steps on a float32 {shape} tensor with a trivial model (0.5 x, {t_model:.2f} ms per call,
+its time subtracted), median of {repeats} runs; two-evaluation samplers call it twice per step.
+
+{overhead_table}
+
+### Findings
+
+{findings}
+{end}
+"""
+
+POINTWISE = """
+### Pointwise agreement with diffusers at equal budget
+
+Same initial noise, so deterministic counterparts map it to the same points: max / RMS over the
+samples of |ours - diffusers|.
+
+{table}
+
+diffusers model check, {steps} steps (sample mean and covariance vs the mixture's; Monte Carlo
+std of the mean about {mc:.0e}):
+
+{check}
+"""
+
+
+def findings(res: dict[str, Any]) -> str:
+    """A short paragraph derived from the measured numbers only."""
+    rows = [r for r in res["rows"] if r["budget"] is not None]
+    floor, top = statistics.mean(res["floor"]), max(res["budgets"])
+    out = []
+    for b in sorted({min(res["budgets"]), *MAIN_BUDGETS} & set(res["budgets"])):
+        r = min((r for r in rows if r["budget"] == b), key=lambda r: r["error"])
+        out.append(
+            f"NFE {b}: {r['side']} {r['name']} ({r['spacing']}, {r['error']:.2e} = "
+            f"{r['error'] / floor:.1f}x floor)"
+        )
+    text = "Lowest error per budget: " + "; ".join(out) + ". "
+    stuck = sorted(
+        {
+            f"{r['side']} {r['name']} ({r['spacing']})"
+            for r in rows
+            if r["budget"] == top and r["error"] > 2 * floor
+        }
+    )
+    text += f"Above 2x the floor at NFE {top}: {', '.join(stuck) or 'none'}. "
+    err = {(r["side"], r["name"], r["spacing"], r["budget"]): r["error"] for r in rows}
+    for b in (10, 50):
+        kb = [
+            n
+            for n in SAMPLERS
+            if ("ours", n, "karras", b) in err
+            and err["ours", n, "karras", b] < err["ours", n, "trailing", b]
+        ]
+        text += f"Karras beats trailing at NFE {b} for: {', '.join(kb) or 'none'}. "
+    if res.get("pointwise"):
+        worst = [
+            f"{p[0]} ({p[1]}) {max(float(c.split(' / ')[0]) for c in p[2:]):.1e}"
+            for p in res["pointwise"]
+        ]
+        text += "Largest pointwise |ours - diffusers| over the budgets: " + ", ".join(worst) + "."
+    return text
+
+
+def render(res: dict[str, Any]) -> str:
+    """The markdown section from the measured results."""
+    rows, floor, budgets, peer = res["rows"], res["floor"], res["budgets"], res["peer"]
+    curves: dict[tuple[str, str], dict[int, dict]] = {}
+    for r in rows:
+        if r["budget"] is not None:
+            curves.setdefault((f"{r['side']} {r['name']}", r["spacing"]), {})[r["budget"]] = r
+    err_rows = [[*k, *(f"{c[b]['error']:.2e}" for b in budgets)] for k, c in curves.items()]
+    targets = (2 * statistics.mean(floor), 10 * statistics.mean(floor))
+    nfe_rows = [
+        [*k, *(nfe_for_error([(r["nfe"], r["error"]) for r in c.values()], t) for t in targets)]
+        for k, c in curves.items()
+    ]
+    adaptive = [
+        [f"{r['side']} {r['name']}", str(r["nfe"]), f"{r['error']:.2e}"]
+        for r in rows
+        if r["budget"] is None
+    ]
+    over = [[f"ours {k}", f"{v:.2f}"] for k, v in res["overhead"].items()]
+    point, note = "", "\n**diffusers venv missing: only our side was measured.**\n"
+    if peer is not None:
+        note = f"\ndiffusers {peer['version']}: {peer['config_note']}\n"
+        over += [[f"diffusers {k}", f"{v:.2f}"] for k, v in peer["overhead"].items()]
+        check = [
+            [k, str(v["nfe"]), f"{v['mean_err']:.1e}", f"{v['cov_err']:.1e}", f"{v['error']:.2e}"]
+            for k, v in peer["check"].items()
+        ]
+        point = POINTWISE.format(
+            table=_table(["pair", "spacing", *(f"NFE {b}" for b in budgets)], res["pointwise"]),
+            steps=peer["check_steps"],
+            mc=res["mc_std"],
+            check=_table(["scheduler", "NFE", "max |mean err|", "max |cov err|", "error"], check),
+        )
+    ctx = dict(res, begin=BEGIN, end=END, seed=SEED_NOISE, angles=ANGLES, steps=OVERHEAD_STEPS)
+    ctx.update(shape=OVERHEAD_SHAPE, fl=(statistics.mean(floor), min(floor), max(floor)))
+    ctx.update(peer_note=note, pointwise=point, findings=findings(res))
+    ctx["error_table"] = _table(["sampler", "spacing", *(f"NFE {b}" for b in budgets)], err_rows)
+    ctx["adaptive_table"] = _table(["adaptive sampler", "NFE", "error"], adaptive)
+    ctx["nfe_table"] = _table(
+        ["sampler", "spacing", *(f"error ≤ {t:.1e}" for t in targets)], nfe_rows
+    )
+    ctx["overhead_table"] = _table(["sampler", "ms / step"], over)
+    return TEMPLATE.format(**ctx)
+
+
+def write_section(path: Path, section: str) -> None:
+    """Replace the marked section of ``path`` (or append it; create the file when missing)."""
+    text = path.read_text() if path.exists() else "# Benchmarks\n"
+    if BEGIN in text and END in text:
+        head, rest = text.split(BEGIN, 1)
+        text = head + section.rstrip("\n") + rest.split(END, 1)[1]
+    else:
+        text = text.rstrip("\n") + "\n\n" + section
+    path.write_text(text)
+
+
+def machine() -> str:
+    """CPU model, cores, torch version and date."""
+    try:
+        lscpu = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
+        cpu = next(ln.split(":", 1)[1].strip() for ln in lscpu.splitlines() if "Model name" in ln)
+    except (OSError, subprocess.CalledProcessError, StopIteration):
+        cpu = platform.processor() or "unknown CPU"
+    return (
+        f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__} "
+        f"({torch.get_num_threads()} threads), Python {platform.python_version()}, "
+        f"{datetime.date.today().isoformat()}"
+    )
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run the benchmark; print the section and optionally write it into a markdown file."""
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--write", type=Path, help="markdown file whose samplers section to replace")
+    ap.add_argument("--json", type=Path, help="also dump the raw results here")
+    ap.add_argument("--n", type=int, default=20000, help="samples per run (default 20000)")
+    ap.add_argument("--repeats", type=int, default=5, help="timing repeats (default 5)")
+    ap.add_argument("--budgets", type=int, nargs="+", default=list(BUDGETS))
+    args = ap.parse_args(argv)
+    torch.set_num_threads(2)
+    t0, budgets, mix = time.perf_counter(), tuple(sorted(args.budgets)), make_mixture()
+    rows, kept = run_ours(args.n, budgets)
+    m = min(args.n, 4000)
+    a, b = exact_samples(mix, m, SEED_REF), exact_samples(mix, m, SEED_FLOOR)
+    overhead, t_model = overhead_ours(args.repeats)
+    peer = run_peer(args.n, budgets, args.repeats)
+    res = dict(rows=rows, floor=noise_floor(args.n), budgets=budgets, n=args.n, peer=peer)
+    res.update(overhead=overhead, t_model=t_model, repeats=args.repeats, machine=machine())
+    res["ed_check"] = (m, EnergyDistance(a)(b), energy_distance_pairwise(b, a))
+    res["mc_std"] = math.sqrt(float(mix.covariance().diagonal().max()) / args.n)
+    res["floor_sets"] = len(res["floor"])
+    if peer is not None:
+        rows += peer["rows"]
+        res["pointwise"] = pointwise(kept, peer, budgets)
+        res["machine"] += f", diffusers {peer['version']}"
+        del peer["samples"]
+    res["seconds"] = time.perf_counter() - t0
+    res["command"] = " ".join([".venv/bin/python benchmarks/samplers.py", *(argv or sys.argv[1:])])
+    section = render(res)
+    print(section)
+    if args.json:
+        args.json.write_text(json.dumps(res, indent=1))
+    if args.write:
+        write_section(args.write, section)
+
+
+if __name__ == "__main__":
+    main()

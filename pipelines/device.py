@@ -1,0 +1,31 @@
+"""Device selection and fast-math settings: CUDA when present (TF32, bf16 autocast), else CPU."""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Literal
+
+import torch
+
+DeviceName = Literal["auto", "cpu", "cuda"]
+
+
+def resolve_device(name: DeviceName = "auto") -> torch.device:
+    """``auto`` picks CUDA when available; asking for ``cuda`` without one is an error."""
+    if name not in ("auto", "cpu", "cuda"):
+        raise ValueError(f"device={name!r} is not valid; choose one of ['auto', 'cpu', 'cuda']")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device='cuda' was asked for but no CUDA device is available")
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True  # process-wide backend flags, not RNG state
+        torch.backends.cudnn.allow_tf32 = True
+    return torch.device(name)
+
+
+def autocast(device: torch.device, enabled: bool = True) -> contextlib.AbstractContextManager:
+    """bf16 autocast on CUDA (when ``enabled``); a no-op context on the CPU."""
+    if device.type == "cuda" and enabled:
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
