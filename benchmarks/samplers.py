@@ -44,6 +44,7 @@ ANGLES = 64
 FIELDS = ("side", "name", "spacing", "budget", "steps", "nfe", "error")
 BEGIN, END = "<!-- BEGIN samplers -->", "<!-- END samplers -->"
 PAIRS = {"ddim": "DDIM", "euler": "Euler", "heun": "Heun", "dpmpp_2m": "DPMSolverMultistep"}
+VP_START = ("ddim", "dpmpp_2m")  # their diffusers counterparts start from a VP state
 
 
 def mixture_spec() -> dict[str, list]:
@@ -147,8 +148,10 @@ def result(*values: Any) -> dict[str, Any]:
 def run_ours(n: int, budgets: tuple[int, ...]) -> tuple[list[dict], dict[str, Tensor]]:
     """Every fixed-step sampler at every budget, trailing and Karras spacing, then pf_ode.
 
-    Returns result rows and the samples of the samplers that diffusers also has (for pointwise
-    comparison), keyed ``"name|spacing|budget"``."""
+    Returns result rows and, for pointwise comparison, the samples of the samplers diffusers also
+    has, keyed ``"name|spacing|budget"``; ``"name|vp-start|budget"`` are ddim and dpmpp_2m
+    started from diffusers' VP initial state ``z sqrt(1 + sigma_max^2)`` instead of our
+    ``z sigma_max`` (same ``z``)."""
     mix, sched = make_mixture(), vp_linear()
     ed = EnergyDistance(exact_samples(mix, n, SEED_REF))
     rows, kept = [], {}
@@ -163,6 +166,10 @@ def run_ours(n: int, budgets: tuple[int, ...]) -> tuple[list[dict], dict[str, Te
                 rows.append(result("ours", name, spacing, budget, steps, den.calls, ed(x)))
                 if name in PAIRS:
                     kept[f"{name}|{spacing}|{budget}"] = x
+                if name in VP_START and spacing == "trailing":
+                    z = torch.randn((n, 2), generator=torch.Generator().manual_seed(SEED_NOISE))
+                    x = SAMPLERS[name].fn(mix, z * math.sqrt(1 + float(sig[0]) ** 2), sig)
+                    kept[f"{name}|vp-start|{budget}"] = x
     sig = sched.discretize(2, "karras")  # pf_ode integrates from sigma_max to sigma_min
     for rtol in PF_ODE_RTOLS:
         den, gen = Counted(mix), torch.Generator().manual_seed(SEED_NOISE)
@@ -212,18 +219,20 @@ def run_peer(n: int, budgets: tuple[int, ...], repeats: int) -> dict | None:
     return res
 
 
-def pointwise(kept: dict[str, Tensor], peer: dict, budgets: tuple[int, ...]) -> list[list[str]]:
+def pointwise(kept: dict[str, Tensor], peer: dict, budgets: list[int]) -> list[list[str]]:
     """Rows of max / RMS |ours - diffusers| per counterpart pair and spacing, per budget."""
     out = []
-    for spacing in ("trailing", "karras"):
-        for ours, theirs in PAIRS.items():
-            if f"{theirs}|{spacing}|{budgets[0]}" in peer["samples"]:
-                cells = []
-                for b in budgets:
-                    y = peer["samples"][f"{theirs}|{spacing}|{b}"].double()
-                    d = (kept[f"{ours}|{spacing}|{b}"].double() - y).norm(dim=1)
-                    cells.append(f"{d.max():.1e} / {d.square().mean().sqrt():.1e}")
-                out.append([f"{ours} vs {theirs}", spacing, *cells])
+    for ours, spacing in [(o, s) for s in ("trailing", "karras") for o in PAIRS] + [
+        (o, "vp-start") for o in VP_START
+    ]:
+        theirs = f"{PAIRS[ours]}|{'trailing' if spacing == 'vp-start' else spacing}"
+        if f"{theirs}|{budgets[0]}" in peer["samples"]:
+            cells = []
+            for b in budgets:
+                y = peer["samples"][f"{theirs}|{b}"].double()
+                d = (kept[f"{ours}|{spacing}|{b}"].double() - y).norm(dim=1)
+                cells.append(f"{d.max():.1e} / {d.square().mean().sqrt():.1e}")
+            out.append([f"{ours} vs {PAIRS[ours]}", spacing, *cells])
     return out
 
 
@@ -293,8 +302,12 @@ its time subtracted), median of {repeats} runs; two-evaluation samplers call it 
 POINTWISE = """
 ### Pointwise agreement with diffusers at equal budget
 
-Same initial noise, so deterministic counterparts map it to the same points: max / RMS over the
-samples of |ours - diffusers|.
+Deterministic counterparts map the same initial noise to the same points: max / RMS over the
+samples of |ours - diffusers|. diffusers' DDIM and DPMSolverMultistep start from the VP state
+x_T = z, which is z sqrt(1 + sigma_max^2) in our coordinates, while we (like diffusers' Euler and
+Heun) start from z sigma_max; "vp-start" rows rerun ours from their starting point. diffusers'
+DPMSolverMultistep rounds its Karras timesteps to integers, so its model sees a sigma up to
+{mismatch:.1%} off the sigma its update uses.
 
 {table}
 
@@ -308,39 +321,35 @@ std of the mean about {mc:.0e}):
 def findings(res: dict[str, Any]) -> str:
     """A short paragraph derived from the measured numbers only."""
     rows = [r for r in res["rows"] if r["budget"] is not None]
-    floor, top = statistics.mean(res["floor"]), max(res["budgets"])
-    out = []
-    for b in sorted({min(res["budgets"]), *MAIN_BUDGETS} & set(res["budgets"])):
-        r = min((r for r in rows if r["budget"] == b), key=lambda r: r["error"])
-        out.append(
-            f"NFE {b}: {r['side']} {r['name']} ({r['spacing']}, {r['error']:.2e} = "
-            f"{r['error'] / floor:.1f}x floor)"
-        )
-    text = "Lowest error per budget: " + "; ".join(out) + ". "
-    stuck = sorted(
-        {
-            f"{r['side']} {r['name']} ({r['spacing']})"
-            for r in rows
-            if r["budget"] == top and r["error"] > 2 * floor
-        }
-    )
-    text += f"Above 2x the floor at NFE {top}: {', '.join(stuck) or 'none'}. "
+    floor, top, peer = statistics.mean(res["floor"]), max(res["budgets"]), res["peer"]
     err = {(r["side"], r["name"], r["spacing"], r["budget"]): r["error"] for r in rows}
-    for b in (10, 50):
-        kb = [
-            n
-            for n in SAMPLERS
-            if ("ours", n, "karras", b) in err
-            and err["ours", n, "karras", b] < err["ours", n, "trailing", b]
-        ]
-        text += f"Karras beats trailing at NFE {b} for: {', '.join(kb) or 'none'}. "
-    if res.get("pointwise"):
-        worst = [
-            f"{p[0]} ({p[1]}) {max(float(c.split(' / ')[0]) for c in p[2:]):.1e}"
-            for p in res["pointwise"]
-        ]
-        text += "Largest pointwise |ours - diffusers| over the budgets: " + ", ".join(worst) + "."
-    return text
+    best = []
+    for b in [b for b in MAIN_BUDGETS if b in res["budgets"]]:
+        r = min((r for r in rows if r["budget"] == b), key=lambda r: r["error"])
+        best.append(f"NFE {b}: {r['side']} {r['name']} ({r['spacing']}, {r['error']:.2e})")
+    out = ["Lowest error per budget: " + "; ".join(best) + "."]
+    stuck = sorted({f"{r['side']} {r['name']} ({r['spacing']})" for r in rows
+                    if r["budget"] == top and r["error"] > 2 * floor})  # fmt: skip
+    out.append(f"Above 2x the floor at NFE {top}: {', '.join(stuck) or 'none'}.")
+    blown: dict[str, list[int]] = {}
+    for r in rows:
+        if r["error"] > 1:
+            blown.setdefault(f"{r['side']} {r['name']} ({r['spacing']})", []).append(r["budget"])
+    out.append("Error above 1 (blow-up): " + (", ".join(
+        f"{k} at NFE {', '.join(map(str, v))}" for k, v in sorted(blown.items())) or "none") + ".")  # fmt: skip
+    for b in [b for b in (10, 50) if b in res["budgets"]]:
+        kb = [n for n in SAMPLERS if ("ours", n, "karras", b) in err
+              and err["ours", n, "karras", b] < err["ours", n, "trailing", b]]  # fmt: skip
+        out.append(f"Karras beats trailing at NFE {b} for: {', '.join(kb) or 'none'}.")
+    if peer is not None:
+        worst = [f"{p[0]} ({p[1]}) {max(float(c.split(' / ')[0]) for c in p[2:]):.1e}"
+                 for p in res["pointwise"]]  # fmt: skip
+        out.append("Largest pointwise |ours - diffusers| at NFE "
+                   f"{'/'.join(map(str, res['point_budgets']))}: {', '.join(worst)}.")  # fmt: skip
+        over = [f"{o} {res['overhead'][o]:.2f} vs {t} {peer['overhead'][t]:.2f}"
+                for o, t in PAIRS.items()]  # fmt: skip
+        out.append(f"Overhead per step, ours vs diffusers (ms): {', '.join(over)}.")
+    return " ".join(out)
 
 
 def render(res: dict[str, Any]) -> str:
@@ -352,38 +361,30 @@ def render(res: dict[str, Any]) -> str:
             curves.setdefault((f"{r['side']} {r['name']}", r["spacing"]), {})[r["budget"]] = r
     err_rows = [[*k, *(f"{c[b]['error']:.2e}" for b in budgets)] for k, c in curves.items()]
     targets = (2 * statistics.mean(floor), 10 * statistics.mean(floor))
-    nfe_rows = [
-        [*k, *(nfe_for_error([(r["nfe"], r["error"]) for r in c.values()], t) for t in targets)]
-        for k, c in curves.items()
-    ]
-    adaptive = [
-        [f"{r['side']} {r['name']}", str(r["nfe"]), f"{r['error']:.2e}"]
-        for r in rows
-        if r["budget"] is None
-    ]
+    nfe_rows = [[*k, *(nfe_for_error([(r["nfe"], r["error"]) for r in c.values()], t)
+                       for t in targets)] for k, c in curves.items()]  # fmt: skip
+    adaptive = [[f"{r['side']} {r['name']}", str(r["nfe"]), f"{r['error']:.2e}"]
+                for r in rows if r["budget"] is None]  # fmt: skip
     over = [[f"ours {k}", f"{v:.2f}"] for k, v in res["overhead"].items()]
     point, note = "", "\n**diffusers venv missing: only our side was measured.**\n"
     if peer is not None:
         note = f"\ndiffusers {peer['version']}: {peer['config_note']}\n"
         over += [[f"diffusers {k}", f"{v:.2f}"] for k, v in peer["overhead"].items()]
-        check = [
-            [k, str(v["nfe"]), f"{v['mean_err']:.1e}", f"{v['cov_err']:.1e}", f"{v['error']:.2e}"]
-            for k, v in peer["check"].items()
-        ]
+        check = [[k, str(v["nfe"]), f"{v['mean_err']:.1e}", f"{v['cov_err']:.1e}",
+                  f"{v['error']:.2e}"] for k, v in peer["check"].items()]  # fmt: skip
+        head = ["pair", "spacing", *(f"NFE {b}" for b in res["point_budgets"])]
         point = POINTWISE.format(
-            table=_table(["pair", "spacing", *(f"NFE {b}" for b in budgets)], res["pointwise"]),
-            steps=peer["check_steps"],
-            mc=res["mc_std"],
+            table=_table(head, res["pointwise"]), steps=peer["check_steps"], mc=res["mc_std"],
+            mismatch=max(peer["t_mismatch"].values(), default=0.0),
             check=_table(["scheduler", "NFE", "max |mean err|", "max |cov err|", "error"], check),
-        )
+        )  # fmt: skip
     ctx = dict(res, begin=BEGIN, end=END, seed=SEED_NOISE, angles=ANGLES, steps=OVERHEAD_STEPS)
     ctx.update(shape=OVERHEAD_SHAPE, fl=(statistics.mean(floor), min(floor), max(floor)))
     ctx.update(peer_note=note, pointwise=point, findings=findings(res))
     ctx["error_table"] = _table(["sampler", "spacing", *(f"NFE {b}" for b in budgets)], err_rows)
     ctx["adaptive_table"] = _table(["adaptive sampler", "NFE", "error"], adaptive)
-    ctx["nfe_table"] = _table(
-        ["sampler", "spacing", *(f"error ≤ {t:.1e}" for t in targets)], nfe_rows
-    )
+    head = ["sampler", "spacing", *(f"error ≤ {t:.1e}" for t in targets)]
+    ctx["nfe_table"] = _table(head, nfe_rows)
     ctx["overhead_table"] = _table(["sampler", "ms / step"], over)
     return TEMPLATE.format(**ctx)
 
@@ -436,7 +437,8 @@ def main(argv: list[str] | None = None) -> None:
     res["floor_sets"] = len(res["floor"])
     if peer is not None:
         rows += peer["rows"]
-        res["pointwise"] = pointwise(kept, peer, budgets)
+        res["point_budgets"] = [b for b in budgets if b in MAIN_BUDGETS] or list(budgets)
+        res["pointwise"] = pointwise(kept, peer, res["point_budgets"])
         res["machine"] += f", diffusers {peer['version']}"
         del peer["samples"]
     res["seconds"] = time.perf_counter() - t0

@@ -39,7 +39,9 @@ class GaussianMixture:
         if c.shape == (k, d):
             c = torch.diag_embed(c)
         if c.shape != (k, d, d):
-            raise ValueError(f"covs must have shape ({k}, {d}, {d}) or ({k}, {d}), got {tuple(c.shape)}")
+            raise ValueError(
+                f"covs must have shape ({k}, {d}, {d}) or ({k}, {d}), got {tuple(c.shape)}"
+            )
         self.covs = c
         w = torch.ones(k, dtype=torch.float64) if weights is None else torch.as_tensor(weights)
         w = w.to(torch.float64)
@@ -96,7 +98,7 @@ class GaussianMixture:
 
     def denoise(self, x: Tensor, sigma: Tensor | float, cond: Condition | None = None) -> Tensor:
         """The exact ``E[x0 | x_sigma]`` (conditional on ``cond.labels`` unless dropped), ``x.shape``."""
-        xf, y, var = self._project(x, sigma)
+        _xf, y, var = self._project(x, sigma)
         shrink = self.eigvals.to(x.device)[None] / var  # (B, K, d)
         comp = self.means.to(x.device)[None] + torch.einsum(
             "kde,bke->bkd", self.eigvecs.to(x.device), shrink * y
@@ -115,7 +117,9 @@ class GaussianMixture:
 
     def score(self, x: Tensor, sigma: Tensor | float, cond: Condition | None = None) -> Tensor:
         """``grad_x log p_sigma(x)`` (Tweedie): ``(D - x) / sigma^2``."""
-        s = torch.as_tensor(sigma, dtype=x.dtype, device=x.device).reshape(-1, *([1] * (x.ndim - 1)))
+        s = torch.as_tensor(sigma, dtype=x.dtype, device=x.device).reshape(
+            -1, *([1] * (x.ndim - 1))
+        )
         return (self.denoise(x, sigma, cond) - x) / s**2
 
     def sample(
@@ -137,7 +141,7 @@ class GaussianMixture:
         """
         if self.num_components != 1:
             raise ValueError("flow_map has a closed form for a single Gaussian only (K = 1)")
-        xf, y, var0 = self._project(x, sigma_from)
+        _xf, y, var0 = self._project(x, sigma_from)
         ratio = ((self.eigvals[0] + sigma_to**2) / var0[:, 0]).sqrt()
         out = self.means[0] + torch.einsum("de,be->bd", self.eigvecs[0], ratio * y[:, 0])
         return out.reshape(x.shape).to(x.dtype)

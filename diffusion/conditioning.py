@@ -32,7 +32,9 @@ class Condition:
     drop: Tensor | None = None
 
     def tensors(self) -> dict[str, Tensor]:
-        return {f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) is not None}
+        return {
+            f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) is not None
+        }
 
     @property
     def batch_size(self) -> int | None:
@@ -65,7 +67,10 @@ class Condition:
             if f.name == "drop":
                 if any(v is not None for v in vals):
                     out["drop"] = torch.cat(
-                        [c.drop_mask(b, _device(c)) for c, b in zip(conds, batch_sizes, strict=True)]
+                        [
+                            c.drop_mask(b, _device(c))
+                            for c, b in zip(conds, batch_sizes, strict=True)
+                        ]
                     )
             elif all(v is not None for v in vals):
                 out[f.name] = torch.cat(vals)

@@ -49,7 +49,9 @@ def classifier_free_guidance(
         out = d_u + scale * (d_c - d_u)
         if rescale > 0:
             dims = tuple(range(1, x.ndim))
-            ratio = d_c.std(dim=dims, keepdim=True) / out.std(dim=dims, keepdim=True).clamp_min(1e-12)
+            ratio = d_c.std(dim=dims, keepdim=True) / out.std(dim=dims, keepdim=True).clamp_min(
+                1e-12
+            )
             out = rescale * out * ratio + (1 - rescale) * out
         return out
 

@@ -70,7 +70,9 @@ def denoising_loss(
     b = x0.shape[0]
     generator = ensure_generator(generator)
     if not isinstance(generator, torch.Generator):
-        raise ValueError("denoising_loss: generator must be one torch.Generator (or None for seed 0)")
+        raise ValueError(
+            "denoising_loss: generator must be one torch.Generator (or None for seed 0)"
+        )
     if sigma is None:
         sigma = schedule.sample_training_sigma(b, generator)
     sigma = sigma.to(device=x0.device, dtype=x0.dtype)

@@ -98,7 +98,8 @@ def solve_rk45(
         stats.nfe += 6
         y_new = _combine(y, h, ks, _B5)
         err = tuple(
-            sum(h * e * k[j] for e, k in zip(_E, ks, strict=True) if e != 0.0) for j in range(len(y))
+            sum(h * e * k[j] for e, k in zip(_E, ks, strict=True) if e != 0.0)
+            for j in range(len(y))
         )
         norm = _error_norm(err, y, y_new, rtol, atol)
         if norm <= 1.0:

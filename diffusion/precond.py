@@ -42,7 +42,9 @@ def expand_sigma(sigma: Tensor | float, x: Tensor) -> Tensor:
     if s.ndim == 0:
         s = s.expand(x.shape[0])
     if s.shape != (x.shape[0],):
-        raise ValueError(f"sigma must be a scalar or have shape ({x.shape[0]},), got {tuple(s.shape)}")
+        raise ValueError(
+            f"sigma must be a scalar or have shape ({x.shape[0]},), got {tuple(s.shape)}"
+        )
     return s.reshape(-1, *([1] * (x.ndim - 1)))
 
 
@@ -99,7 +101,9 @@ class Denoiser(nn.Module):
     ) -> None:
         super().__init__()
         if precond.noise_conditioning == "timestep" and not isinstance(schedule, DiscreteSchedule):
-            raise ValueError("noise_conditioning='timestep' needs a discrete schedule (vp_*, csdi_quad)")
+            raise ValueError(
+                "noise_conditioning='timestep' needs a discrete schedule (vp_*, csdi_quad)"
+            )
         self.net = net
         self.precond = precond
         self.schedule = schedule

@@ -64,7 +64,9 @@ def randn(
     shape = tuple(shape)
     generator = ensure_generator(generator)
     if isinstance(generator, torch.Generator):  # draw where the generator lives, then move
-        return torch.randn(shape, generator=generator, device=generator.device, dtype=dtype).to(device)
+        return torch.randn(shape, generator=generator, device=generator.device, dtype=dtype).to(
+            device
+        )
     if len(generator) != shape[0]:
         raise ValueError(
             f"generator: got {len(generator)} generators for a batch of {shape[0]}; "

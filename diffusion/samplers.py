@@ -19,6 +19,7 @@ batch element (see :mod:`diffusion.rng`); ``callback`` receives a dict with ``i`
 from __future__ import annotations
 
 import inspect
+import itertools
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -40,7 +41,7 @@ def _sigma_list(sigmas: Tensor | Sequence[float]) -> list[float]:
     sig = [float(s) for s in sigmas]
     if len(sig) < 2:
         raise ValueError(f"sigmas: need at least 2 noise levels, got {len(sig)}")
-    if any(b >= a for a, b in zip(sig, sig[1:], strict=False)) or sig[-1] < 0:
+    if any(b >= a for a, b in itertools.pairwise(sig)) or sig[-1] < 0:
         raise ValueError("sigmas must be strictly decreasing and non-negative (e.g. ending in 0)")
     return sig
 
@@ -74,7 +75,7 @@ def sample_ddim(denoiser, x, sigmas, cond=None, *, generator=None, callback=None
     """
     sig = _sigma_list(sigmas)
     generator = ensure_generator(generator)
-    for i, (s, s_next) in enumerate(zip(sig, sig[1:], strict=False)):
+    for i, (s, s_next) in enumerate(itertools.pairwise(sig)):
         denoised = _denoise(denoiser, x, s, cond)
         s_down, s_up = ancestral_step(s, s_next, eta)
         x = denoised + (s_down / s) * (x - denoised)
@@ -88,7 +89,7 @@ def sample_ddim(denoiser, x, sigmas, cond=None, *, generator=None, callback=None
 def sample_euler(denoiser, x, sigmas, cond=None, *, generator=None, callback=None):
     """Euler's method on the probability-flow ODE (EDM, algorithm 1 without the Heun correction)."""
     sig = _sigma_list(sigmas)
-    for i, (s, s_next) in enumerate(zip(sig, sig[1:], strict=False)):
+    for i, (s, s_next) in enumerate(itertools.pairwise(sig)):
         denoised = _denoise(denoiser, x, s, cond)
         d = (x - denoised) / s
         x = x + (s_next - s) * d
@@ -118,7 +119,7 @@ def sample_heun(
     sig = _sigma_list(sigmas)
     generator = ensure_generator(generator)
     n = len(sig) - 1
-    for i, (s, s_next) in enumerate(zip(sig, sig[1:], strict=False)):
+    for i, (s, s_next) in enumerate(itertools.pairwise(sig)):
         gamma = min(s_churn / n, math.sqrt(2) - 1) if s_tmin <= s <= s_tmax else 0.0
         s_hat = s * (1 + gamma)
         if gamma > 0:
@@ -142,7 +143,7 @@ def sample_dpmpp_2m(denoiser, x, sigmas, cond=None, *, generator=None, callback=
     """
     sig = _sigma_list(sigmas)
     old_denoised, h_last = None, None
-    for i, (s, s_next) in enumerate(zip(sig, sig[1:], strict=False)):
+    for i, (s, s_next) in enumerate(itertools.pairwise(sig)):
         denoised = _denoise(denoiser, x, s, cond)
         if s_next == 0:
             x = denoised
@@ -167,7 +168,7 @@ def sample_dpmpp_2s(denoiser, x, sigmas, cond=None, *, generator=None, callback=
     """
     sig = _sigma_list(sigmas)
     generator = ensure_generator(generator)
-    for i, (s, s_next) in enumerate(zip(sig, sig[1:], strict=False)):
+    for i, (s, s_next) in enumerate(itertools.pairwise(sig)):
         denoised = _denoise(denoiser, x, s, cond)
         s_down, s_up = ancestral_step(s, s_next, eta)
         if s_down == 0:
@@ -193,7 +194,7 @@ def sample_euler_maruyama(denoiser, x, sigmas, cond=None, *, generator=None, cal
     """
     sig = _sigma_list(sigmas)
     generator = ensure_generator(generator)
-    for i, (s, s_next) in enumerate(zip(sig, sig[1:], strict=False)):
+    for i, (s, s_next) in enumerate(itertools.pairwise(sig)):
         denoised = _denoise(denoiser, x, s, cond)
         if s_next == 0:
             x = denoised
@@ -229,7 +230,7 @@ def sample_pc(
     """
     sig = _sigma_list(sigmas)
     generator = ensure_generator(generator)
-    for i, (s, s_next) in enumerate(zip(sig, sig[1:], strict=False)):
+    for i, (s, s_next) in enumerate(itertools.pairwise(sig)):
         denoised = _denoise(denoiser, x, s, cond)
         if s_next == 0:
             x = denoised

@@ -48,7 +48,11 @@ def karras_sigmas(n: int, sigma_min: float, sigma_max: float, rho: float = 7.0) 
     Returns a float64 tensor of shape ``(n + 1,)``.
     """
     _check_n(n)
-    ramp = torch.linspace(0, 1, n, dtype=torch.float64) if n > 1 else torch.zeros(1, dtype=torch.float64)
+    ramp = (
+        torch.linspace(0, 1, n, dtype=torch.float64)
+        if n > 1
+        else torch.zeros(1, dtype=torch.float64)
+    )
     lo, hi = sigma_min ** (1 / rho), sigma_max ** (1 / rho)
     sig = (hi + ramp * (lo - hi)) ** rho
     return torch.cat([sig, sig.new_zeros(1)])
@@ -57,7 +61,9 @@ def karras_sigmas(n: int, sigma_min: float, sigma_max: float, rho: float = 7.0) 
 def log_sigmas(n: int, sigma_min: float, sigma_max: float) -> Tensor:
     """``n`` sigmas geometric from sigma_max to sigma_min (uniform in log sigma), then 0."""
     _check_n(n)
-    sig = torch.exp(torch.linspace(math.log(sigma_max), math.log(sigma_min), n, dtype=torch.float64))
+    sig = torch.exp(
+        torch.linspace(math.log(sigma_max), math.log(sigma_min), n, dtype=torch.float64)
+    )
     return torch.cat([sig, sig.new_zeros(1)])
 
 

@@ -43,7 +43,9 @@ def demo(
     set_: Annotated[
         list[str] | None, typer.Option("--set", help="Override a config key: KEY=VALUE.")
     ] = None,
-    flow: Annotated[bool, typer.Option(help="Run as a Prefect flow instead of in-process.")] = False,
+    flow: Annotated[
+        bool, typer.Option(help="Run as a Prefect flow instead of in-process.")
+    ] = False,
 ) -> None:
     """Train a small denoiser on 2-D data, sample it with several samplers, report distances."""
     from pipelines.config import load_config
@@ -64,7 +66,9 @@ def demo(
         f"trained {cfg.train.steps} steps in {t['seconds']:.1f} s: "
         f"loss {t['loss_first_10pct']:.4f} -> {t['loss_last_10pct']:.4f}"
     )
-    typer.echo(f"energy distance to held-out data (data-vs-data floor {metrics['energy_distance_floor']:.5f}):")
+    typer.echo(
+        f"energy distance to held-out data (data-vs-data floor {metrics['energy_distance_floor']:.5f}):"
+    )
     for name, m in metrics["samplers"].items():
         typer.echo(
             f"  {name:<16} {m['steps']:>4} steps {m['evaluations'] or '-':>5} evals  "

@@ -18,6 +18,10 @@ import yaml
 T = TypeVar("T")
 
 
+def _loc(where: str) -> str:
+    return where.rstrip(":")
+
+
 def _child(where: str, key: Any) -> str:
     """``file.yaml: a.b`` style locations for error messages."""
     return f"{where} {key}" if where.endswith(":") else f"{where}.{key}"
@@ -27,11 +31,13 @@ def _convert(tp: Any, value: Any, where: str) -> Any:
     origin = get_origin(tp)
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
-            raise ValueError(f"{where}: expected a mapping, got {type(value).__name__}")
+            raise ValueError(f"{_loc(where)}: expected a mapping, got {type(value).__name__}")
         return from_dict(tp, value, where)
     if origin is Literal:
         if value not in get_args(tp):
-            raise ValueError(f"{where}: {value!r} is not valid; choose one of {list(get_args(tp))}")
+            raise ValueError(
+                f"{_loc(where)}: {value!r} is not valid; choose one of {list(get_args(tp))}"
+            )
         return value
     if origin in (typing.Union, types.UnionType):
         errors = []
@@ -42,16 +48,16 @@ def _convert(tp: Any, value: Any, where: str) -> Any:
                 return _convert(arg, value, where)
             except ValueError as e:
                 errors.append(str(e))
-        raise ValueError(errors[0] if errors else f"{where}: invalid value {value!r}")
+        raise ValueError(errors[0] if errors else f"{_loc(where)}: invalid value {value!r}")
     if origin in (tuple, list):
         if not isinstance(value, list | tuple):
-            raise ValueError(f"{where}: expected a list, got {type(value).__name__}")
+            raise ValueError(f"{_loc(where)}: expected a list, got {type(value).__name__}")
         args = get_args(tp)
         item = args[0] if args else Any
         return tuple(_convert(item, v, f"{where}[{i}]") for i, v in enumerate(value))
     if origin is dict:
         if not isinstance(value, dict):
-            raise ValueError(f"{where}: expected a mapping, got {type(value).__name__}")
+            raise ValueError(f"{_loc(where)}: expected a mapping, got {type(value).__name__}")
         kt, vt = get_args(tp) or (Any, Any)
         return {_convert(kt, k, where): _convert(vt, v, _child(where, k)) for k, v in value.items()}
     if tp is Any:
@@ -59,9 +65,11 @@ def _convert(tp: Any, value: Any, where: str) -> Any:
     if tp is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if tp is bool and not isinstance(value, bool):
-        raise ValueError(f"{where}: expected true or false, got {value!r}")
-    if tp in (int, float, str) and (not isinstance(value, tp) or isinstance(value, bool) and tp is int):
-        raise ValueError(f"{where}: expected {tp.__name__}, got {value!r}")
+        raise ValueError(f"{_loc(where)}: expected true or false, got {value!r}")
+    if tp in (int, float, str) and (
+        not isinstance(value, tp) or (isinstance(value, bool) and tp is int)
+    ):
+        raise ValueError(f"{_loc(where)}: expected {tp.__name__}, got {value!r}")
     return value
 
 
@@ -71,12 +79,12 @@ def from_dict(cls: type[T], data: dict[str, Any], where: str = "config:") -> T:
     names = [f.name for f in dataclasses.fields(cls)]
     unknown = sorted(set(data) - set(names))
     if unknown:
-        raise ValueError(f"{where}: unknown key(s) {unknown}; valid keys are {names}")
+        raise ValueError(f"{_loc(where)}: unknown key(s) {unknown}; valid keys are {names}")
     kwargs = {k: _convert(hints[k], v, _child(where, k)) for k, v in data.items()}
     try:
         return cls(**kwargs)
     except (TypeError, ValueError) as e:
-        raise ValueError(f"{where.rstrip(':')}: {e}") from None
+        raise ValueError(f"{_loc(where)}: {e}") from None
 
 
 def load_config(path: str | Path, cls: type[T], overrides: dict[str, Any] | None = None) -> T:

@@ -18,7 +18,7 @@ from datasets.toy2d import toy2d
 from diffusion.losses import Weighting, denoising_loss
 from diffusion.nets.init import build_seeded
 from diffusion.nets.mlp import MLPNet
-from diffusion.precond import Denoiser, Prediction, Preconditioning
+from diffusion.precond import Denoiser, Preconditioning, Prediction
 from diffusion.rng import member_seed
 from diffusion.samplers import check_options, get_sampler, sample
 from diffusion.schedules import make_schedule
@@ -106,7 +106,9 @@ class ToyDemoConfig:
             get_sampler(run.name)
             check_options(run.name, run.options)
             if run.steps < 1:
-                raise ValueError(f"sample.runs: {run.name}: steps must be positive, got {run.steps}")
+                raise ValueError(
+                    f"sample.runs: {run.name}: steps must be positive, got {run.steps}"
+                )
         for name in ("steps", "batch_size"):
             if getattr(self.train, name) < 1:
                 raise ValueError(f"train.{name} must be positive")
@@ -162,7 +164,9 @@ def train_toy(cfg: ToyDemoConfig, out_dir: str | Path) -> TrainResult:
     return TrainResult(ckpt, losses, seconds)
 
 
-def load_toy_denoiser(path: str | Path, weights: Literal["ema", "model"] = "ema") -> tuple[Denoiser, ToyDemoConfig]:
+def load_toy_denoiser(
+    path: str | Path, weights: Literal["ema", "model"] = "ema"
+) -> tuple[Denoiser, ToyDemoConfig]:
     """Rebuild the denoiser and its config from a checkpoint (no pickled code involved)."""
     groups, config, _ = load_checkpoint(path)
     cfg = from_dict(ToyDemoConfig, config, f"{path}: config")
@@ -214,7 +218,9 @@ def _scatter(path: Path, data: torch.Tensor, samples: dict, metrics: dict) -> No
     import matplotlib.pyplot as plt
 
     panels = [("held-out data", data, None), *((k, v, k) for k, v in samples.items())]
-    fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 3.4), sharex=True, sharey=True)
+    fig, axes = plt.subplots(
+        1, len(panels), figsize=(3.2 * len(panels), 3.4), sharex=True, sharey=True
+    )
     for ax, (title, pts, key) in zip(np.atleast_1d(axes), panels, strict=True):
         ax.scatter(pts[:, 0], pts[:, 1], s=1, alpha=0.4)
         if key is not None:

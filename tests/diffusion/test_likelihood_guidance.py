@@ -112,16 +112,19 @@ def test_cfg_matches_closed_form(mixture: GaussianMixture, w: float, sigma: floa
 def test_cfg_rescale_matches_conditional_std(mixture: GaussianMixture) -> None:
     x, y = _points(4, 5).reshape(2, 4) * 2, torch.tensor([0, 2])
     s = torch.full((2,), 0.5, dtype=torch.float64)
-    d = lambda x, s, c: mixture(
-        x.reshape(-1, 2),
-        s.repeat_interleave(2),
-        None
-        if c is None
-        else Condition(
-            labels=c.labels.repeat_interleave(2),
-            drop=None if c.drop is None else c.drop.repeat_interleave(2),
-        ),
-    ).reshape(-1, 4)  # noqa: E731
+
+    def d(x, s, c):
+        return mixture(
+            x.reshape(-1, 2),
+            s.repeat_interleave(2),
+            None
+            if c is None
+            else Condition(
+                labels=c.labels.repeat_interleave(2),
+                drop=None if c.drop is None else c.drop.repeat_interleave(2),
+            ),
+        ).reshape(-1, 4)
+
     cond = Condition(labels=y)
     out = classifier_free_guidance(d, 3.0, rescale=1.0)(x, s, cond)
     torch.testing.assert_close(out.std(dim=1), d(x, s, cond).std(dim=1))

@@ -1,0 +1,46 @@
+"""Typed config loading: defaults, overrides and one-line errors naming the key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from pipelines.config import from_dict, load_config, to_dict
+from pipelines.toy import ToyDemoConfig
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_demo_config_loads_and_roundtrips() -> None:
+    cfg = load_config(REPO / "configs/demo_toy2d.yaml", ToyDemoConfig)
+    assert cfg.model.prediction == "edm" and cfg.sample.runs[0].name == "heun"
+    assert from_dict(ToyDemoConfig, to_dict(cfg)) == cfg
+
+
+def test_overrides(tmp_path: Path) -> None:
+    cfg = load_config(
+        REPO / "configs/demo_toy2d.yaml", ToyDemoConfig, {"train.steps": 5, "seed": 9}
+    )
+    assert cfg.train.steps == 5 and cfg.seed == 9
+
+
+@pytest.mark.parametrize(
+    ("text", "match"),
+    [
+        ("seed: [1]", r"cfg\.yaml: seed: expected int"),
+        ("trian: {}", r"unknown key\(s\) \['trian'\]"),
+        ("model: {prediction: score}", r"model\.prediction: 'score' is not valid; choose one of"),
+        ("schedule: {name: cosine}", r"schedule 'cosine' is not known; choose one of"),
+        ("sample: {runs: [{name: heun, steps: 0}]}", "steps must be positive"),
+        ("sample: {runs: [{name: heun, steps: 3, options: {eta: 1}}]}", "valid options"),
+        ("train: {steps: 1.5}", r"train\.steps: expected int"),
+        ("[1, 2]", "expected a mapping"),
+        ("a: [", "not valid YAML"),
+    ],
+)
+def test_errors_name_file_and_key(tmp_path: Path, text: str, match: str) -> None:
+    path = tmp_path / "cfg.yaml"
+    path.write_text(text)
+    with pytest.raises(ValueError, match=match):
+        load_config(path, ToyDemoConfig)
