@@ -123,15 +123,24 @@ class EpsModel:
         return ((x - self.mix.denoise(x, s)) / s).to(x_t.dtype)
 
 
-def run(name: str, spacing: str, steps: int, n: int, seed: int, mix: GaussianMixture) -> tuple:
-    """Sample ``n`` points with ``steps`` scheduler steps; returns ``(x0, evaluations)``."""
+def run(name: str, spacing: str, steps: int, n: int, mix: GaussianMixture) -> tuple:
+    """Sample ``n`` points with ``steps`` scheduler steps from the benchmark's initial noise.
+
+    Returns ``(x0, evaluations, mismatch)``: ``mismatch`` is the largest relative difference
+    between the sigma of the timestep the model is given and the sigma the scheduler's update
+    uses (0 for DDIM, which has no sigmas)."""
     sch = make_scheduler(name, spacing)
     sch.set_timesteps(steps)
-    model = EpsModel(mix, sch.alphas_cumprod)
-    x = torch.randn((n, 2), generator=torch.Generator().manual_seed(seed)) * sch.init_noise_sigma
+    model, mismatch = EpsModel(mix, sch.alphas_cumprod), 0.0
+    x = torch.randn((n, 2), generator=torch.Generator().manual_seed(SEED_NOISE))
+    x = x * sch.init_noise_sigma
     for t in sch.timesteps:
-        x = sch.step(model(sch.scale_model_input(x, t), t), t, x).prev_sample
-    return x, model.calls
+        x_in = sch.scale_model_input(x, t)
+        if hasattr(sch, "sigmas"):
+            s = float(sch.sigmas[sch.step_index or 0])
+            mismatch = max(mismatch, abs(model.sigma(float(t)) / s - 1))
+        x = sch.step(model(x_in, t), t, x).prev_sample
+    return x, model.calls, mismatch
 
 
 def overhead(name: str, repeats: int) -> float:
@@ -158,19 +167,21 @@ def main() -> None:
     ap.add_argument("--config", required=True, help="JSON: n, budgets, repeats, samples_out")
     cfg = json.loads(ap.parse_args().config)
     torch.set_num_threads(2)
-    n, seed, mix = cfg["n"], SEED_NOISE, make_mixture()
+    n, mix = cfg["n"], make_mixture()
     ed = EnergyDistance(exact_samples(mix, n, SEED_REF))
-    rows, samples, check = [], {}, {}
+    rows, samples, check, mismatch = [], {}, {}, {}
     for spacing, names in (("trailing", SCHEDULERS), ("karras", KARRAS)):
         for name in names:
             for budget in cfg["budgets"]:
                 steps = steps_for_budget(name, budget)
-                x, nfe = run(name, spacing, steps, n, seed, mix)
+                x, nfe, mis = run(name, spacing, steps, n, mix)
+                key = f"{name}|{spacing}"
+                mismatch[key] = max(mismatch.get(key, 0.0), mis)
                 rows.append(result("diffusers", name, spacing, budget, steps, nfe, ed(x)))
                 samples[f"{name}|{spacing}|{budget}"] = x
     mean, cov = mix.mean(), mix.covariance()
     for name in SCHEDULERS:
-        x, nfe = run(name, "trailing", CHECK_STEPS, n, seed, mix)
+        x, nfe, _ = run(name, "trailing", CHECK_STEPS, n, mix)
         xd = x.double()
         check[name] = dict(
             nfe=nfe,
@@ -183,6 +194,7 @@ def main() -> None:
     out = dict(
         version=diffusers.__version__,
         check_steps=CHECK_STEPS,
+        t_mismatch=mismatch,
         config_note=CONFIG_NOTE,
         rows=rows,
         check=check,

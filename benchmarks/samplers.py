@@ -24,6 +24,7 @@ import time
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
+from shutil import which
 from typing import Any
 
 import torch
@@ -47,23 +48,14 @@ PAIRS = {"ddim": "DDIM", "euler": "Euler", "heun": "Heun", "dpmpp_2m": "DPMSolve
 VP_START = ("ddim", "dpmpp_2m")  # their diffusers counterparts start from a VP state
 
 
-def mixture_spec() -> dict[str, list]:
+def make_mixture() -> GaussianMixture:
     """The benchmark data: 8 components on a ring of radius 2, each elongated along the ring
     (std 0.2 tangential, 0.05 radial), weights proportional to 1..8."""
-    k = 8
-    ang = torch.arange(k, dtype=torch.float64) * (2 * math.pi / k)
-    means = 2.0 * torch.stack([ang.cos(), ang.sin()], 1)
+    ang = torch.arange(8, dtype=torch.float64) * (2 * math.pi / 8)
     c, s = ang.cos(), ang.sin()
     rot = torch.stack([torch.stack([c, -s], 1), torch.stack([s, c], 1)], 1)  # cols: radial, tangent
     covs = rot @ torch.diag(torch.tensor([0.05**2, 0.2**2], dtype=torch.float64)) @ rot.mT
-    weights = torch.arange(1, k + 1, dtype=torch.float64)
-    return {"means": means.tolist(), "covs": covs.tolist(), "weights": weights.tolist()}
-
-
-def make_mixture() -> GaussianMixture:
-    """The benchmark's Gaussian mixture (see :func:`mixture_spec`)."""
-    spec = mixture_spec()
-    return GaussianMixture(*(torch.tensor(spec[k]) for k in ("means", "covs", "weights")))
+    return GaussianMixture(2.0 * torch.stack([c, s], 1), covs, torch.arange(1.0, 9.0))
 
 
 def exact_samples(mix: GaussianMixture, n: int, seed: int) -> Tensor:
@@ -106,16 +98,15 @@ class EnergyDistance:
 
 def energy_distance_pairwise(x: Tensor, y: Tensor, chunk: int = 1000) -> float:
     """The same V-statistic from all pairwise distances, in row chunks (O(n m); for checks)."""
-
-    def mean_dist(a: Tensor, b: Tensor) -> float:
+    means = []
+    for a, b in ((x, y), (x, x), (y, y)):
+        a, b = a.double(), b.double()
         tot = sum(
             torch.cdist(a[i : i + chunk], b, compute_mode="donot_use_mm_for_euclid_dist").sum()
             for i in range(0, len(a), chunk)
         )
-        return float(tot) / (len(a) * len(b))
-
-    x, y = x.double(), y.double()
-    return 2 * mean_dist(x, y) - mean_dist(x, x) - mean_dist(y, y)
+        means.append(float(tot) / (len(a) * len(b)))
+    return 2 * means[0] - means[1] - means[2]
 
 
 def median_time(fn: Callable[[], Any], repeats: int) -> float:
@@ -177,13 +168,6 @@ def run_ours(n: int, budgets: tuple[int, ...]) -> tuple[list[dict], dict[str, Te
         name = f"pf_ode rtol={rtol:g}"
         rows.append(result("ours", name, "adaptive", None, None, den.calls, ed(x)))
     return rows, kept
-
-
-def noise_floor(n: int, repeats: int = 3) -> list[float]:
-    """The metric for ``repeats`` independent exact sample sets of size ``n``."""
-    mix = make_mixture()
-    ed = EnergyDistance(exact_samples(mix, n, SEED_REF))
-    return [ed(exact_samples(mix, n, SEED_FLOOR + i)) for i in range(repeats)]
 
 
 def overhead_ours(repeats: int) -> tuple[dict[str, float], float]:
@@ -318,37 +302,44 @@ std of the mean about {mc:.0e}):
 """
 
 
+def _key(r: dict) -> str:
+    return f"{r['side']} {r['name']} ({r['spacing']})"
+
+
+def _join(items: list[str]) -> str:
+    return ", ".join(items) or "none"
+
+
 def findings(res: dict[str, Any]) -> str:
     """A short paragraph derived from the measured numbers only."""
     rows = [r for r in res["rows"] if r["budget"] is not None]
     floor, top, peer = statistics.mean(res["floor"]), max(res["budgets"]), res["peer"]
     err = {(r["side"], r["name"], r["spacing"], r["budget"]): r["error"] for r in rows}
-    best = []
+    out = []
     for b in [b for b in MAIN_BUDGETS if b in res["budgets"]]:
         r = min((r for r in rows if r["budget"] == b), key=lambda r: r["error"])
-        best.append(f"NFE {b}: {r['side']} {r['name']} ({r['spacing']}, {r['error']:.2e})")
-    out = ["Lowest error per budget: " + "; ".join(best) + "."]
-    stuck = sorted({f"{r['side']} {r['name']} ({r['spacing']})" for r in rows
-                    if r["budget"] == top and r["error"] > 2 * floor})  # fmt: skip
-    out.append(f"Above 2x the floor at NFE {top}: {', '.join(stuck) or 'none'}.")
-    blown: dict[str, list[int]] = {}
-    for r in rows:
-        if r["error"] > 1:
-            blown.setdefault(f"{r['side']} {r['name']} ({r['spacing']})", []).append(r["budget"])
-    out.append("Error above 1 (blow-up): " + (", ".join(
-        f"{k} at NFE {', '.join(map(str, v))}" for k, v in sorted(blown.items())) or "none") + ".")  # fmt: skip
+        out.append(f"Lowest error at NFE {b}: {_key(r)}, {r['error']:.2e}.")
+    stuck = sorted({_key(r) for r in rows if r["budget"] == top and r["error"] > 2 * floor})
+    out.append(f"Above 2x the floor at NFE {top}: {_join(stuck)}.")
+    blown: dict[str, list[str]] = {}
+    for r in (r for r in rows if r["error"] > 1):
+        blown.setdefault(_key(r), []).append(str(r["budget"]))
+    out.append(f"Error above 1: {_join([f'{k} at NFE {_join(v)}' for k, v in blown.items()])}.")
     for b in [b for b in (10, 50) if b in res["budgets"]]:
-        kb = [n for n in SAMPLERS if ("ours", n, "karras", b) in err
-              and err["ours", n, "karras", b] < err["ours", n, "trailing", b]]  # fmt: skip
-        out.append(f"Karras beats trailing at NFE {b} for: {', '.join(kb) or 'none'}.")
+        kb = [n for n in PAIRS if err["ours", n, "karras", b] < err["ours", n, "trailing", b]]
+        out.append(f"Karras spacing beats trailing at NFE {b} for: {_join(kb)}.")
     if peer is not None:
-        worst = [f"{p[0]} ({p[1]}) {max(float(c.split(' / ')[0]) for c in p[2:]):.1e}"
-                 for p in res["pointwise"]]  # fmt: skip
-        out.append("Largest pointwise |ours - diffusers| at NFE "
-                   f"{'/'.join(map(str, res['point_budgets']))}: {', '.join(worst)}.")  # fmt: skip
-        over = [f"{o} {res['overhead'][o]:.2f} vs {t} {peer['overhead'][t]:.2f}"
-                for o, t in PAIRS.items()]  # fmt: skip
-        out.append(f"Overhead per step, ours vs diffusers (ms): {', '.join(over)}.")
+        worst = [
+            f"{p[0]} ({p[1]}) {max(float(c.split()[0]) for c in p[2:]):.1e}"
+            for p in res["pointwise"]
+        ]
+        nfes = "/".join(map(str, res["point_budgets"]))
+        out.append(f"Largest pointwise |ours - diffusers| at NFE {nfes}: {_join(worst)}.")
+        over = [
+            f"{o} {res['overhead'][o]:.2f} vs {t} {peer['overhead'][t]:.2f}"
+            for o, t in PAIRS.items()
+        ]
+        out.append(f"Overhead per step, ours vs diffusers (ms): {_join(over)}.")
     return " ".join(out)
 
 
@@ -361,23 +352,32 @@ def render(res: dict[str, Any]) -> str:
             curves.setdefault((f"{r['side']} {r['name']}", r["spacing"]), {})[r["budget"]] = r
     err_rows = [[*k, *(f"{c[b]['error']:.2e}" for b in budgets)] for k, c in curves.items()]
     targets = (2 * statistics.mean(floor), 10 * statistics.mean(floor))
-    nfe_rows = [[*k, *(nfe_for_error([(r["nfe"], r["error"]) for r in c.values()], t)
-                       for t in targets)] for k, c in curves.items()]  # fmt: skip
-    adaptive = [[f"{r['side']} {r['name']}", str(r["nfe"]), f"{r['error']:.2e}"]
-                for r in rows if r["budget"] is None]  # fmt: skip
+    nfe_rows = [
+        [*k, *(nfe_for_error([(r["nfe"], r["error"]) for r in c.values()], t) for t in targets)]
+        for k, c in curves.items()
+    ]
+    adaptive = [
+        [f"{r['side']} {r['name']}", str(r["nfe"]), f"{r['error']:.2e}"]
+        for r in rows
+        if r["budget"] is None
+    ]
     over = [[f"ours {k}", f"{v:.2f}"] for k, v in res["overhead"].items()]
     point, note = "", "\n**diffusers venv missing: only our side was measured.**\n"
     if peer is not None:
         note = f"\ndiffusers {peer['version']}: {peer['config_note']}\n"
         over += [[f"diffusers {k}", f"{v:.2f}"] for k, v in peer["overhead"].items()]
-        check = [[k, str(v["nfe"]), f"{v['mean_err']:.1e}", f"{v['cov_err']:.1e}",
-                  f"{v['error']:.2e}"] for k, v in peer["check"].items()]  # fmt: skip
+        check = [
+            [k, str(v["nfe"]), f"{v['mean_err']:.1e}", f"{v['cov_err']:.1e}", f"{v['error']:.2e}"]
+            for k, v in peer["check"].items()
+        ]
         head = ["pair", "spacing", *(f"NFE {b}" for b in res["point_budgets"])]
         point = POINTWISE.format(
-            table=_table(head, res["pointwise"]), steps=peer["check_steps"], mc=res["mc_std"],
-            mismatch=max(peer["t_mismatch"].values(), default=0.0),
+            table=_table(head, res["pointwise"]),
+            steps=peer["check_steps"],
+            mc=res["mc_std"],
+            mismatch=peer["t_mismatch"].get("DPMSolverMultistep|karras", float("nan")),
             check=_table(["scheduler", "NFE", "max |mean err|", "max |cov err|", "error"], check),
-        )  # fmt: skip
+        )
     ctx = dict(res, begin=BEGIN, end=END, seed=SEED_NOISE, angles=ANGLES, steps=OVERHEAD_STEPS)
     ctx.update(shape=OVERHEAD_SHAPE, fl=(statistics.mean(floor), min(floor), max(floor)))
     ctx.update(peer_note=note, pointwise=point, findings=findings(res))
@@ -401,16 +401,15 @@ def write_section(path: Path, section: str) -> None:
 
 
 def machine() -> str:
-    """CPU model, cores, torch version and date."""
-    try:
-        lscpu = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-        cpu = next(ln.split(":", 1)[1].strip() for ln in lscpu.splitlines() if "Model name" in ln)
-    except (OSError, subprocess.CalledProcessError, StopIteration):
-        cpu = platform.processor() or "unknown CPU"
+    """CPU model (lscpu), cores, torch version and threads, Python, date."""
+    lscpu = (
+        subprocess.run(["lscpu"], capture_output=True, text=True).stdout if which("lscpu") else ""
+    )
+    cpu = [ln.split(":", 1)[1].strip() for ln in lscpu.splitlines() if "Model name" in ln]
     return (
-        f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__} "
-        f"({torch.get_num_threads()} threads), Python {platform.python_version()}, "
-        f"{datetime.date.today().isoformat()}"
+        f"{(cpu or [platform.processor()])[0]}, {os.cpu_count()} cores, torch {torch.__version__}"
+        f" ({torch.get_num_threads()} threads), Python {platform.python_version()},"
+        f" {datetime.date.today().isoformat()}"
     )
 
 
@@ -426,13 +425,15 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(2)
     t0, budgets, mix = time.perf_counter(), tuple(sorted(args.budgets)), make_mixture()
     rows, kept = run_ours(args.n, budgets)
-    m = min(args.n, 4000)
-    a, b = exact_samples(mix, m, SEED_REF), exact_samples(mix, m, SEED_FLOOR)
+    m = min(args.n, 4000)  # the pairwise check of the fast energy distance is O(m^2)
+    ref_m, other_m = exact_samples(mix, m, SEED_REF), exact_samples(mix, m, SEED_FLOOR)
     overhead, t_model = overhead_ours(args.repeats)
     peer = run_peer(args.n, budgets, args.repeats)
-    res = dict(rows=rows, floor=noise_floor(args.n), budgets=budgets, n=args.n, peer=peer)
+    ed = EnergyDistance(exact_samples(mix, args.n, SEED_REF))
+    floor = [ed(exact_samples(mix, args.n, SEED_FLOOR + i)) for i in range(3)]
+    res = dict(rows=rows, floor=floor, budgets=budgets, n=args.n, peer=peer)
     res.update(overhead=overhead, t_model=t_model, repeats=args.repeats, machine=machine())
-    res["ed_check"] = (m, EnergyDistance(a)(b), energy_distance_pairwise(b, a))
+    res["ed_check"] = (m, EnergyDistance(ref_m)(other_m), energy_distance_pairwise(other_m, ref_m))
     res["mc_std"] = math.sqrt(float(mix.covariance().diagonal().max()) / args.n)
     res["floor_sets"] = len(res["floor"])
     if peer is not None:

@@ -219,7 +219,7 @@ def _scatter(path: Path, data: torch.Tensor, samples: dict, metrics: dict) -> No
 
     panels = [("held-out data", data, None), *((k, v, k) for k, v in samples.items())]
     fig, axes = plt.subplots(
-        1, len(panels), figsize=(3.2 * len(panels), 3.4), sharex=True, sharey=True
+        1, len(panels), figsize=(3.2 * len(panels), 3.7), sharex=True, sharey=True
     )
     for ax, (title, pts, key) in zip(np.atleast_1d(axes), panels, strict=True):
         ax.scatter(pts[:, 0], pts[:, 1], s=1, alpha=0.4)
