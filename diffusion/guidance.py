@@ -40,6 +40,7 @@ def classifier_free_guidance(
         if scale == 1.0 and rescale == 0.0:
             return denoiser(x, sigma, cond)
         b = x.shape[0]
+        sigma = expand_sigma(sigma, x).reshape(-1)  # (B,), also for a float sigma
         null = cond.dropped(b)
         if batched:
             both = Condition.cat([cond, null], [b, b])
