@@ -65,7 +65,7 @@ for req in requires(sys.argv[1]) or []:
         print(req.split(";")[0].strip())
 EOF
 )
-echo "installing $peer's runtime dependencies: ${reqs[*]}"
+echo "installing the runtime dependencies of $peer: ${reqs[*]}"
 "${pip[@]}" install "${reqs[@]}"
 if "$venv/bin/python" -m pip show -q torch >/dev/null 2>&1; then
     echo "make_peer_venv.sh: torch was installed into $venv; it should come from $project_site" >&2

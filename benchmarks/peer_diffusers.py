@@ -16,6 +16,7 @@ import json
 import math
 import sys
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -34,14 +35,15 @@ from diffusers import (  # noqa: E402
 )
 
 from benchmarks.samplers import (  # noqa: E402
-    OVERHEAD_SHAPE,
     OVERHEAD_STEPS,
     SEED_NOISE,
     SEED_REF,
     EnergyDistance,
     exact_samples,
+    interleaved_ms,
     make_mixture,
-    median_time,
+    overhead_runs,
+    overhead_tensor,
     result,
 )
 from diffusion.analytic import GaussianMixture  # noqa: E402
@@ -143,22 +145,27 @@ def run(name: str, spacing: str, steps: int, n: int, mix: GaussianMixture) -> tu
     return x, model.calls, mismatch
 
 
-def overhead(name: str, repeats: int) -> float:
-    """ms per step of ``scale_model_input`` + ``step`` (trivial model 0.5 x, its time removed)
-    over ``OVERHEAD_STEPS`` steps on a float32 ``OVERHEAD_SHAPE`` tensor; median of runs."""
-    x0 = torch.randn(OVERHEAD_SHAPE, generator=torch.Generator().manual_seed(0))
-    t_model = median_time(lambda: 0.5 * x0, repeats * 4)
-    sch, times = make_scheduler(name, "trailing"), []
-    for _ in range(repeats + 1):  # the first run warms up
-        sch.set_timesteps(OVERHEAD_STEPS)
-        x, calls = x0 * sch.init_noise_sigma, 0
-        t0 = time.perf_counter()
-        for t in sch.timesteps:
-            x = sch.step(0.5 * sch.scale_model_input(x, t), t, x).prev_sample
-            calls += 1
-        times.append(time.perf_counter() - t0)
-    t = sorted(times[1:])[len(times[1:]) // 2]
-    return 1e3 * (t - calls * t_model) / OVERHEAD_STEPS
+def overhead_run(name: str, x0: Tensor) -> float:
+    """Seconds of ``OVERHEAD_STEPS`` steps of ``scale_model_input`` + trivial model ``0.5 x`` +
+    ``step`` on ``x0`` (``set_timesteps`` is not timed)."""
+    sch = make_scheduler(name, "trailing")
+    sch.set_timesteps(OVERHEAD_STEPS)
+    x = x0 * sch.init_noise_sigma
+    t0 = time.perf_counter()
+    for t in sch.timesteps:
+        x = sch.step(0.5 * sch.scale_model_input(x, t), t, x).prev_sample
+    return time.perf_counter() - t0
+
+
+def overhead(repeats: int) -> tuple[dict[str, float], dict[str, int]]:
+    """Median ms of our samplers' and the diffusers schedulers' overhead runs, interleaved, and
+    the model calls of each run (see ``benchmarks.samplers.overhead_runs``)."""
+    x0 = overhead_tensor()
+    fns, calls = overhead_runs(x0)
+    for name in SCHEDULERS:
+        fns[f"diffusers {name}"] = partial(overhead_run, name, x0)
+        calls[f"diffusers {name}"] = 2 * OVERHEAD_STEPS - 1 if name == "Heun" else OVERHEAD_STEPS
+    return interleaved_ms(fns, repeats), calls
 
 
 def main() -> None:
@@ -198,8 +205,8 @@ def main() -> None:
         config_note=CONFIG_NOTE,
         rows=rows,
         check=check,
-        overhead={name: overhead(name, cfg["repeats"]) for name in SCHEDULERS},
     )
+    out["overhead_ms"], out["overhead_calls"] = overhead(cfg["repeats"])
     json.dump(out, sys.stdout)
 
 

@@ -42,6 +42,7 @@ PF_ODE_RTOLS = (1e-2, 1e-3, 1e-4)
 OVERHEAD_SHAPE = (64, 4, 64, 64)
 OVERHEAD_STEPS = 20
 ANGLES = 64
+FLOOR_SETS = 20
 FIELDS = ("side", "name", "spacing", "budget", "steps", "nfe", "error")
 BEGIN, END = "<!-- BEGIN samplers -->", "<!-- END samplers -->"
 PAIRS = {"ddim": "DDIM", "euler": "Euler", "heun": "Heun", "dpmpp_2m": "DPMSolverMultistep"}
@@ -109,15 +110,47 @@ def energy_distance_pairwise(x: Tensor, y: Tensor, chunk: int = 1000) -> float:
     return 2 * means[0] - means[1] - means[2]
 
 
-def median_time(fn: Callable[[], Any], repeats: int) -> float:
-    """Median wall time of ``fn()`` in seconds over ``repeats`` runs (after one warm-up)."""
+def interleaved_ms(fns: dict[str, Callable[[], float]], repeats: int) -> dict[str, float]:
+    """Median ms of each timed run (each ``fn`` returns its own seconds), the runs interleaved
+    round-robin so that every entry sees the same machine load; one warm-up round first."""
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    for r in range(repeats + 1):
+        for k, fn in fns.items():
+            t = fn()
+            if r:
+                times[k].append(1e3 * t)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+def _timed(fn: Callable[[], Any]) -> float:
+    t0 = time.perf_counter()
     fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+    return time.perf_counter() - t0
+
+
+def overhead_runs(x0: Tensor) -> tuple[dict[str, Callable[[], float]], dict[str, int]]:
+    """Timed runs of the trivial model ``0.5 x`` (``"model"``) and of each fixed-step sampler of
+    ours (``"ours NAME"``) for ``OVERHEAD_STEPS`` steps on ``x0``, and their model calls."""
+    sig = vp_linear().discretize(OVERHEAD_STEPS)
+    fns: dict[str, Callable[[], float]] = {"model": partial(_timed, lambda: 0.5 * x0)}
+    calls = {"model": 1}
+    for name, spec in SAMPLERS.items():
+        if spec.evals is not None:
+            g = torch.Generator().manual_seed(1)
+            run = partial(spec.fn, lambda x, s, c: 0.5 * x, x0, sig, generator=g)
+            fns[f"ours {name}"] = partial(_timed, run)
+            calls[f"ours {name}"] = spec.evals(OVERHEAD_STEPS)
+    return fns, calls
+
+
+def per_step_ms(ms: dict[str, float], calls: dict[str, int]) -> dict[str, float]:
+    """ms per step with the model's calls subtracted (``ms["model"]`` is one call)."""
+    return {k: (t - calls[k] * ms["model"]) / OVERHEAD_STEPS for k, t in ms.items() if k != "model"}
+
+
+def overhead_tensor() -> Tensor:
+    """The float32 ``OVERHEAD_SHAPE`` input of the overhead runs."""
+    return torch.randn(OVERHEAD_SHAPE, generator=torch.Generator().manual_seed(0))
 
 
 class Counted:
@@ -168,22 +201,6 @@ def run_ours(n: int, budgets: tuple[int, ...]) -> tuple[list[dict], dict[str, Te
         name = f"pf_ode rtol={rtol:g}"
         rows.append(result("ours", name, "adaptive", None, None, den.calls, ed(x)))
     return rows, kept
-
-
-def overhead_ours(repeats: int) -> tuple[dict[str, float], float]:
-    """ms per step of each fixed-step sampler with the model's time removed, and ms per model
-    call: ``OVERHEAD_STEPS`` steps on a float32 ``OVERHEAD_SHAPE`` tensor with ``D = 0.5 x``."""
-    x0 = torch.randn(OVERHEAD_SHAPE, generator=torch.Generator().manual_seed(0))
-    sig = vp_linear().discretize(OVERHEAD_STEPS)
-    t_model = median_time(lambda: 0.5 * x0, repeats * 4)
-    out = {}
-    for name, spec in SAMPLERS.items():
-        if spec.evals is not None:
-            g = torch.Generator().manual_seed(1)
-            run = partial(spec.fn, lambda x, s, c: 0.5 * x, x0, sig, generator=g)
-            t = median_time(run, repeats) - spec.evals(OVERHEAD_STEPS) * t_model
-            out[name] = 1e3 * t / OVERHEAD_STEPS
-    return out, 1e3 * t_model
 
 
 def run_peer(n: int, budgets: tuple[int, ...], repeats: int) -> dict | None:
@@ -248,8 +265,9 @@ Setup: a 2-D mixture of 8 anisotropic Gaussians on a ring of radius 2 (unequal w
 with its exact denoiser (diffusers: the exact epsilon model built from it); {n} samples per run
 from the same initial noise (torch.Generator seed {seed}) on both sides; DDPM linear schedule
 (T=1000, betas 1e-4..0.02). Error: squared energy distance (V-statistic) to {n} exact samples;
-noise floor (the same metric for independent exact sample sets): {fl[0]:.2e} (mean of
-{floor_sets}, range {fl[1]:.2e}..{fl[2]:.2e}). Energy distance via sorted 1-D projections on
+noise floor (the same metric for an independent exact sample set): mean {fl[0]:.2e} over
+{floor_sets} sets, range {fl[1]:.2e}..{fl[2]:.2e}; deterministic samplers converge to one draw
+from this spread (their samples all come from the same noise). Energy distance via sorted 1-D projections on
 {angles} angles; against all pairwise distances on {ed_check[0]} points it gives
 {ed_check[1]:.5e} vs {ed_check[2]:.5e}.
 {peer_note}
@@ -273,7 +291,8 @@ First NFE where the error reaches the target, log-log interpolated between measu
 ### Overhead per step (model excluded)
 
 {steps} steps on a float32 {shape} tensor with a trivial model (0.5 x, {t_model:.2f} ms per call,
-its time subtracted), median of {repeats} runs; two-evaluation samplers call it twice per step.
+subtracted; two-evaluation samplers call it twice per step); median of {repeats} runs, all runs
+interleaved round-robin in one process ({timed_in}) so both sides see the same load.
 
 {overhead_table}
 
@@ -295,10 +314,9 @@ DPMSolverMultistep rounds its Karras timesteps to integers, so its model sees a 
 
 {table}
 
-diffusers model check, {steps} steps (sample mean and covariance vs the mixture's; Monte Carlo
-std of the mean about {mc:.0e}):
-
-{check}
+Model check, diffusers at {steps} steps (largest absolute error of the sample mean and
+covariance entries vs the mixture's; the Monte Carlo std of the mean is about {mc:.0e}):
+{check}.
 """
 
 
@@ -317,8 +335,9 @@ def findings(res: dict[str, Any]) -> str:
     err = {(r["side"], r["name"], r["spacing"], r["budget"]): r["error"] for r in rows}
     out = []
     for b in [b for b in MAIN_BUDGETS if b in res["budgets"]]:
-        r = min((r for r in rows if r["budget"] == b), key=lambda r: r["error"])
-        out.append(f"Lowest error at NFE {b}: {_key(r)}, {r['error']:.2e}.")
+        best = min(r["error"] for r in rows if r["budget"] == b)
+        tied = [_key(r) for r in rows if r["budget"] == b and r["error"] <= 1.05 * best]
+        out.append(f"Lowest error at NFE {b}: {best:.2e}, by {_join(tied)} (within 5%).")
     stuck = sorted({_key(r) for r in rows if r["budget"] == top and r["error"] > 2 * floor})
     out.append(f"Above 2x the floor at NFE {top}: {_join(stuck)}.")
     blown: dict[str, list[str]] = {}
@@ -326,7 +345,8 @@ def findings(res: dict[str, Any]) -> str:
         blown.setdefault(_key(r), []).append(str(r["budget"]))
     out.append(f"Error above 1: {_join([f'{k} at NFE {_join(v)}' for k, v in blown.items()])}.")
     for b in [b for b in (10, 50) if b in res["budgets"]]:
-        kb = [n for n in PAIRS if err["ours", n, "karras", b] < err["ours", n, "trailing", b]]
+        names = [n for n, spec in SAMPLERS.items() if spec.evals is not None]
+        kb = [n for n in names if err["ours", n, "karras", b] < err["ours", n, "trailing", b]]
         out.append(f"Karras spacing beats trailing at NFE {b} for: {_join(kb)}.")
     if peer is not None:
         worst = [
@@ -335,9 +355,9 @@ def findings(res: dict[str, Any]) -> str:
         ]
         nfes = "/".join(map(str, res["point_budgets"]))
         out.append(f"Largest pointwise |ours - diffusers| at NFE {nfes}: {_join(worst)}.")
+        ms = res["overhead"]
         over = [
-            f"{o} {res['overhead'][o]:.2f} vs {t} {peer['overhead'][t]:.2f}"
-            for o, t in PAIRS.items()
+            f"{o} {ms[f'ours {o}']:.2f} vs {t} {ms[f'diffusers {t}']:.2f}" for o, t in PAIRS.items()
         ]
         out.append(f"Overhead per step, ours vs diffusers (ms): {_join(over)}.")
     return " ".join(out)
@@ -361,22 +381,26 @@ def render(res: dict[str, Any]) -> str:
         for r in rows
         if r["budget"] is None
     ]
-    over = [[f"ours {k}", f"{v:.2f}"] for k, v in res["overhead"].items()]
+    ms, over = res["overhead"], []
+    for name in (n for n, spec in SAMPLERS.items() if spec.evals is not None):
+        theirs = f"diffusers {PAIRS.get(name)}"
+        cell = f"{ms[theirs]:.2f}" if theirs in ms else ""
+        over.append([name, f"{ms[f'ours {name}']:.2f}", PAIRS.get(name, ""), cell])
     point, note = "", "\n**diffusers venv missing: only our side was measured.**\n"
     if peer is not None:
         note = f"\ndiffusers {peer['version']}: {peer['config_note']}\n"
-        over += [[f"diffusers {k}", f"{v:.2f}"] for k, v in peer["overhead"].items()]
-        check = [
-            [k, str(v["nfe"]), f"{v['mean_err']:.1e}", f"{v['cov_err']:.1e}", f"{v['error']:.2e}"]
+        check = "; ".join(
+            f"{k} (NFE {v['nfe']}): error {v['error']:.2e}, mean {v['mean_err']:.1e}, "
+            f"covariance {v['cov_err']:.1e}"
             for k, v in peer["check"].items()
-        ]
+        )
         head = ["pair", "spacing", *(f"NFE {b}" for b in res["point_budgets"])]
         point = POINTWISE.format(
             table=_table(head, res["pointwise"]),
             steps=peer["check_steps"],
             mc=res["mc_std"],
             mismatch=peer["t_mismatch"].get("DPMSolverMultistep|karras", float("nan")),
-            check=_table(["scheduler", "NFE", "max |mean err|", "max |cov err|", "error"], check),
+            check=check,
         )
     ctx = dict(res, begin=BEGIN, end=END, seed=SEED_NOISE, angles=ANGLES, steps=OVERHEAD_STEPS)
     ctx.update(shape=OVERHEAD_SHAPE, fl=(statistics.mean(floor), min(floor), max(floor)))
@@ -385,7 +409,7 @@ def render(res: dict[str, Any]) -> str:
     ctx["adaptive_table"] = _table(["adaptive sampler", "NFE", "error"], adaptive)
     head = ["sampler", "spacing", *(f"error ≤ {t:.1e}" for t in targets)]
     ctx["nfe_table"] = _table(head, nfe_rows)
-    ctx["overhead_table"] = _table(["sampler", "ms / step"], over)
+    ctx["overhead_table"] = _table(["ours", "ms / step", "diffusers", "ms / step"], over)
     return TEMPLATE.format(**ctx)
 
 
@@ -427,12 +451,17 @@ def main(argv: list[str] | None = None) -> None:
     rows, kept = run_ours(args.n, budgets)
     m = min(args.n, 4000)  # the pairwise check of the fast energy distance is O(m^2)
     ref_m, other_m = exact_samples(mix, m, SEED_REF), exact_samples(mix, m, SEED_FLOOR)
-    overhead, t_model = overhead_ours(args.repeats)
     peer = run_peer(args.n, budgets, args.repeats)
     ed = EnergyDistance(exact_samples(mix, args.n, SEED_REF))
-    floor = [ed(exact_samples(mix, args.n, SEED_FLOOR + i)) for i in range(3)]
+    floor = [ed(exact_samples(mix, args.n, SEED_FLOOR + i)) for i in range(FLOOR_SETS)]
     res = dict(rows=rows, floor=floor, budgets=budgets, n=args.n, peer=peer)
-    res.update(overhead=overhead, t_model=t_model, repeats=args.repeats, machine=machine())
+    if peer is None:
+        fns, calls = overhead_runs(overhead_tensor())
+        ms, timed_in = interleaved_ms(fns, args.repeats), "this one"
+    else:
+        ms, calls, timed_in = peer["overhead_ms"], peer["overhead_calls"], "the diffusers venv's"
+    res.update(overhead=per_step_ms(ms, calls), t_model=ms["model"], timed_in=timed_in)
+    res.update(repeats=args.repeats, machine=machine())
     res["ed_check"] = (m, EnergyDistance(ref_m)(other_m), energy_distance_pairwise(other_m, ref_m))
     res["mc_std"] = math.sqrt(float(mix.covariance().diagonal().max()) / args.n)
     res["floor_sets"] = len(res["floor"])
