@@ -46,8 +46,7 @@ class Condition:
         b = self.batch_size if batch_size is None else batch_size
         if b is None:
             raise ValueError("Condition.dropped: cannot infer the batch size of an empty condition")
-        device = next(iter(self.tensors().values())).device if self.tensors() else None
-        return replace(self, drop=torch.ones(b, dtype=torch.bool, device=device))
+        return replace(self, drop=torch.ones(b, dtype=torch.bool, device=_device(self)))
 
     def drop_mask(self, batch_size: int, device: torch.device | None = None) -> Tensor:
         """``(B,)`` bool: which samples have their conditioning dropped."""

@@ -185,26 +185,6 @@ def sample_dpmpp_2s(denoiser, x, sigmas, cond=None, *, generator=None, callback=
     return x
 
 
-@torch.no_grad()
-def sample_euler_maruyama(denoiser, x, sigmas, cond=None, *, generator=None, callback=None):
-    """Euler-Maruyama on the reverse SDE (Song et al. 2021, eq. 6, VE form).
-
-    ``x <- x + (s^2 - s_next^2) score + sqrt(s^2 - s_next^2) z``; the last step to sigma=0
-    returns the denoised mean (the usual "noise removal"). One evaluation per step.
-    """
-    sig = _sigma_list(sigmas)
-    generator = ensure_generator(generator)
-    for i, (s, s_next) in enumerate(itertools.pairwise(sig)):
-        denoised = _denoise(denoiser, x, s, cond)
-        if s_next == 0:
-            x = denoised
-        else:
-            var = s**2 - s_next**2
-            x = x + var * (denoised - x) / s**2 + math.sqrt(var) * randn_like(x, generator)
-        _report(callback, i, s, x, denoised)
-    return x
-
-
 def langevin_step(denoiser, x, sigma, cond, generator, snr=0.16):
     """One Langevin corrector step (Song et al. 2021, algorithm 4).
 
@@ -224,8 +204,11 @@ def langevin_step(denoiser, x, sigma, cond, generator, snr=0.16):
 def sample_pc(
     denoiser, x, sigmas, cond=None, *, generator=None, callback=None, snr=0.16, corrector_steps=1
 ):
-    """Predictor-corrector (Song et al. 2021, algorithm 2): reverse-SDE predictor followed by
-    ``corrector_steps`` Langevin corrector steps at each new noise level.
+    """Predictor-corrector (Song et al. 2021, algorithm 2): an Euler-Maruyama step of the reverse
+    SDE (eq. 6, VE form), ``x <- x + (s^2 - s_next^2) score + sqrt(s^2 - s_next^2) z``, followed
+    by ``corrector_steps`` Langevin corrector steps at each new noise level; the last step to
+    sigma = 0 returns the denoised mean (the usual "noise removal"). ``corrector_steps=0`` is plain
+    Euler-Maruyama (registered as ``euler_maruyama``).
     ``N + corrector_steps (N - 1)`` evaluations for N steps ending at 0.
     """
     sig = _sigma_list(sigmas)
@@ -291,7 +274,7 @@ SAMPLERS: dict[str, SamplerSpec] = {
     "heun": SamplerSpec(sample_heun, False, _two),
     "dpmpp_2m": SamplerSpec(sample_dpmpp_2m, False, _one),
     "dpmpp_2s": SamplerSpec(sample_dpmpp_2s, False, _two),
-    "euler_maruyama": SamplerSpec(sample_euler_maruyama, True, _one),
+    "euler_maruyama": SamplerSpec(partial(sample_pc, corrector_steps=0), True, _one),
     "pc": SamplerSpec(sample_pc, True, _two),
     "pf_ode": SamplerSpec(sample_pf_ode, False, None),
 }
