@@ -1,0 +1,13 @@
+"""One error type for bad input data: a single line naming the file (or parameter) and the fault."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+class DataError(ValueError):
+    """Malformed or unusable input. ``str(err)`` is one line: ``"<file>: <what is wrong>"``."""
+
+    def __init__(self, where: str | Path, what: str) -> None:
+        self.where, self.what = str(where), what
+        super().__init__(f"{where}: {what}")
