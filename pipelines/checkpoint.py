@@ -15,7 +15,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
-from pipelines.io import atomic_path
+from datasets.atomic import atomic_path
 
 
 def save_checkpoint(

@@ -25,7 +25,7 @@ from diffusion.schedules import make_schedule
 from pipelines.checkpoint import load_checkpoint, save_checkpoint
 from pipelines.config import from_dict, to_dict
 from pipelines.device import DeviceName, resolve_device
-from pipelines.io import atomic_path, write_json
+from datasets.atomic import atomic_path, write_json
 from pipelines.metrics import energy_distance
 
 

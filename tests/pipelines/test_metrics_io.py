@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from pipelines.checkpoint import load_checkpoint, save_checkpoint
-from pipelines.io import atomic_path, write_json
+from datasets.atomic import atomic_path, write_json
 from pipelines.metrics import energy_distance
 
 

@@ -1,0 +1,111 @@
+"""Splits that do not leak, and normalisation statistics computed on the training split only.
+
+* Grids split **by time** (contiguous periods: e.g. NCEP air, train 2013, test 2014), so no test
+  day is ever seen in training, not even as a neighbour of a training window.
+* PhysioNet splits **by stay** with CSDI's 5-fold protocol (Tashiro et al. 2021,
+  ``dataset_physio.get_dataloader``): shuffle the sorted stays with seed 1, fold ``k`` takes the
+  ``k``-th fifth as test, the rest is shuffled again with the same seed and cut 70 % train / 30 %
+  validation. Reproduced with a local ``numpy.random.RandomState`` (no global state).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import xarray as xr
+
+from datasets.errors import DataError
+
+
+@dataclass(frozen=True)
+class Split:
+    """Integer positions along the split dimension for train, validation and test."""
+
+    dim: str
+    train: np.ndarray
+    valid: np.ndarray
+    test: np.ndarray
+
+    def describe(self) -> str:
+        return f"by {self.dim}: {len(self.train)} train / {len(self.valid)} valid / {len(self.test)} test"
+
+
+def csdi_fold_split(n: int, fold: int = 0, seed: int = 1, nfold: int = 5) -> Split:
+    """CSDI's entity split of ``n`` stays (positions into the RecordID-sorted stay axis)."""
+    if not 0 <= fold < nfold:
+        raise ValueError(f"fold must be in [0, {nfold}), got {fold}")
+    idx = np.arange(n)
+    rs = np.random.RandomState(seed)
+    rs.shuffle(idx)
+    start, end = int(fold / nfold * n), int((fold + 1) / nfold * n)
+    test = idx[start:end]
+    remain = np.delete(idx, np.arange(start, end))
+    rs = np.random.RandomState(seed)
+    rs.shuffle(remain)
+    n_train = int(len(remain) * 0.7)
+    return Split("stay", remain[:n_train], remain[n_train:], test)
+
+
+def time_split(
+    ds: xr.Dataset,
+    train: tuple[str, str],
+    test: tuple[str, str],
+    valid: tuple[str, str] | None = None,
+) -> Split:
+    """Positions along ``time`` for inclusive date ranges, e.g. ``("2013-01-01", "2013-12-31")``."""
+    times = ds.indexes["time"]
+
+    def pos(rng: tuple[str, str] | None, name: str) -> np.ndarray:
+        if rng is None:
+            return np.array([], dtype=np.int64)
+        sel = np.flatnonzero(
+            (times >= np.datetime64(rng[0])) & (times <= np.datetime64(f"{rng[1]}T23:59:59"))
+        )
+        if sel.size == 0:
+            raise DataError(
+                ds.attrs.get("source", "dataset"), f"{name} period {rng} holds no time steps"
+            )
+        return sel
+
+    out = Split("time", pos(train, "train"), pos(valid, "valid"), pos(test, "test"))
+    last_train = out.train.max()
+    if (out.test.size and out.test.min() <= last_train) or (
+        out.valid.size and out.valid.min() <= last_train
+    ):
+        raise ValueError(
+            "time_split: validation and test periods must come after the training period"
+        )
+    return out
+
+
+def normalization_stats(
+    ds: xr.Dataset,
+    variables: list[str],
+    split: Split,
+    *,
+    keep_dims: tuple[str, ...] = ("feature", "level"),
+    time_differences: bool = False,
+) -> xr.Dataset:
+    """Mean and std of each variable over the training positions (NaN-aware), per ``keep_dims``.
+
+    Returns variables ``<var>_mean`` and ``<var>_std`` (and ``<var>_diff_std``, the std of
+    one-step time differences, for residual forecasting). A zero std is replaced by 1.
+    """
+    train = ds.isel({split.dim: split.train})
+    out = {}
+    for name in variables:
+        if name not in ds:
+            raise DataError(ds.attrs.get("source", "dataset"), f"variable {name!r} is absent")
+        da = train[name].astype(np.float64)
+        dims = [d for d in da.dims if d not in keep_dims]
+        mean, std = da.mean(dims, skipna=True), da.std(dims, skipna=True)
+        out[f"{name}_mean"] = mean
+        out[f"{name}_std"] = std.where(std > 0, 1.0)
+        if time_differences:
+            diff = da.diff("time")
+            dstd = diff.std([d for d in diff.dims if d not in keep_dims], skipna=True)
+            out[f"{name}_diff_std"] = dstd.where(dstd > 0, 1.0)
+    stats = xr.Dataset(out).compute().astype(np.float32)
+    stats.attrs["normalization"] = f"statistics of the training split only ({split.describe()})"
+    return stats
