@@ -30,7 +30,8 @@ format: $(STAMP)
 # Side-by-side sampler benchmark against diffusers (its own venv, outside the repo).
 bench: $(STAMP)
 	bash benchmarks/make_peer_venv.sh diffusers
-	$(PY) benchmarks/samplers.py --write BENCHMARKS.md
+	$(PY) -m benchmarks.samplers --write BENCHMARKS.md
+	$(PY) -m benchmarks.datasets --write BENCHMARKS.md
 
 clean-venv:
 	rm -rf $(VENV)

@@ -1,6 +1,6 @@
 """Sampler benchmark: stdiff's samplers against diffusers' schedulers on an exact Gaussian mixture.
 
-    .venv/bin/python benchmarks/samplers.py --write BENCHMARKS.md
+    .venv/bin/python -m benchmarks.samplers --write BENCHMARKS.md
 
 Both sides sample a fixed 2-D Gaussian mixture with its exact denoiser on the DDPM linear schedule,
 from the same initial noise, and are scored by the same squared energy distance to exact samples.
@@ -11,11 +11,9 @@ The diffusers side runs in its own venv (``benchmarks/make_peer_venv.sh diffuser
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import math
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -24,12 +22,12 @@ import time
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
-from shutil import which
 from typing import Any
 
 import torch
 from torch import Tensor
 
+from benchmarks.report import machine, write_section
 from diffusion.analytic import GaussianMixture
 from diffusion.samplers import SAMPLERS, sample, steps_for_evals
 from diffusion.schedules import vp_linear
@@ -413,30 +411,6 @@ def render(res: dict[str, Any]) -> str:
     return TEMPLATE.format(**ctx)
 
 
-def write_section(path: Path, section: str) -> None:
-    """Replace the marked section of ``path`` (or append it; create the file when missing)."""
-    text = path.read_text() if path.exists() else "# Benchmarks\n"
-    if BEGIN in text and END in text:
-        head, rest = text.split(BEGIN, 1)
-        text = head + section.rstrip("\n") + rest.split(END, 1)[1]
-    else:
-        text = text.rstrip("\n") + "\n\n" + section
-    path.write_text(text)
-
-
-def machine() -> str:
-    """CPU model (lscpu), cores, torch version and threads, Python, date."""
-    lscpu = (
-        subprocess.run(["lscpu"], capture_output=True, text=True).stdout if which("lscpu") else ""
-    )
-    cpu = [ln.split(":", 1)[1].strip() for ln in lscpu.splitlines() if "Model name" in ln]
-    return (
-        f"{(cpu or [platform.processor()])[0]}, {os.cpu_count()} cores, torch {torch.__version__}"
-        f" ({torch.get_num_threads()} threads), Python {platform.python_version()},"
-        f" {datetime.date.today().isoformat()}"
-    )
-
-
 def main(argv: list[str] | None = None) -> None:
     """Run the benchmark; print the section and optionally write it into a markdown file."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
@@ -472,13 +446,13 @@ def main(argv: list[str] | None = None) -> None:
         res["machine"] += f", diffusers {peer['version']}"
         del peer["samples"]
     res["seconds"] = time.perf_counter() - t0
-    res["command"] = " ".join([".venv/bin/python benchmarks/samplers.py", *(argv or sys.argv[1:])])
+    res["command"] = " ".join([".venv/bin/python -m benchmarks.samplers", *(argv or sys.argv[1:])])
     section = render(res)
     print(section)
     if args.json:
         args.json.write_text(json.dumps(res, indent=1))
     if args.write:
-        write_section(args.write, section)
+        write_section(args.write, section, BEGIN, END)
 
 
 if __name__ == "__main__":
