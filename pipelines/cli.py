@@ -77,6 +77,66 @@ def demo(
     typer.echo(f"wrote {out}/checkpoint.safetensors, samples.zarr, samples.png, metrics.json")
 
 
+def _period(text: str | None, name: str) -> tuple[str, str] | None:
+    if text is None:
+        return None
+    start, sep, end = text.partition(":")
+    if not sep:
+        raise ValueError(f"--{name} {text!r}: expected START:END, e.g. 2013-01-01:2013-12-31")
+    return start, end
+
+
+def _csv(text: str | None, cast=str) -> tuple | None:
+    return None if text is None else tuple(cast(t) for t in text.split(",") if t)
+
+
+@app.command()
+def ingest(
+    source: Annotated[str, typer.Argument(help="Input file, folder or zarr URL.")],
+    kind: Annotated[str, typer.Option(help="weather | timeseries | images | medical")],
+    out: Annotated[Path, typer.Option(help="Output zarr store (written atomically).")],
+    variables: Annotated[str | None, typer.Option(help="Comma-separated variables.")] = None,
+    levels: Annotated[str | None, typer.Option(help="Comma-separated levels (weather).")] = None,
+    coarsen: Annotated[int, typer.Option(help="Block-mean factor on lat/lon (weather).")] = 1,
+    train_period: Annotated[
+        str | None, typer.Option(help="Weather training period START:END.")
+    ] = None,
+    test_period: Annotated[str | None, typer.Option(help="Weather test period START:END.")] = None,
+    fold: Annotated[int, typer.Option(help="CSDI fold for PhysioNet statistics (0-4).")] = 0,
+    layout: Annotated[str, typer.Option(help="Table layout: wide | long.")] = "wide",
+    time_column: Annotated[str, typer.Option(help="Table time column.")] = "time",
+    targets: Annotated[
+        str | None, typer.Option(help="Table evaluation targets: a column or a second file.")
+    ] = None,
+    axis: Annotated[str, typer.Option(help="NIfTI slicing axis.")] = "axial",
+    progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
+) -> None:
+    """Ingest a source into a canonical zarr v3 store (a no-op when it is already there)."""
+    from datasets.ingest import IngestOptions
+    from datasets.ingest import ingest as run_ingest
+
+    try:
+        opt = IngestOptions(
+            kind=kind,  # type: ignore[arg-type]
+            variables=_csv(variables),
+            levels=_csv(levels, float),
+            coarsen=coarsen,
+            train_period=_period(train_period, "train-period"),
+            test_period=_period(test_period, "test-period"),
+            fold=fold,
+            layout=layout,  # type: ignore[arg-type]
+            time_column=time_column,
+            targets=targets,
+            axis=axis,  # type: ignore[arg-type]
+        )
+        result = run_ingest(source, out, opt, progress=progress)
+    except ValueError as e:  # DataError is a ValueError: one line naming the file
+        _fail(str(e))
+    typer.echo(
+        f"{result.summary} [{'written' if result.written else 'unchanged'} in {result.seconds:.1f} s]"
+    )
+
+
 @app.command()
 def info(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False) -> None:
     """List the registered schedules, samplers, parameterisations and loss weightings."""

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 import xarray as xr
 
+from datasets.atomic import atomic_path, write_json
 from datasets.toy2d import toy2d
 from diffusion.losses import Weighting, denoising_loss
 from diffusion.nets.init import build_seeded
@@ -25,7 +26,6 @@ from diffusion.schedules import make_schedule
 from pipelines.checkpoint import load_checkpoint, save_checkpoint
 from pipelines.config import from_dict, to_dict
 from pipelines.device import DeviceName, resolve_device
-from datasets.atomic import atomic_path, write_json
 from pipelines.metrics import energy_distance
 
 

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from pipelines.checkpoint import load_checkpoint, save_checkpoint
 from datasets.atomic import atomic_path, write_json
+from pipelines.checkpoint import load_checkpoint, save_checkpoint
 from pipelines.metrics import energy_distance
 
 

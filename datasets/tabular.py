@@ -1,0 +1,386 @@
+"""Generic CSV / Parquet time series as a canonical ``timeseries`` Dataset (dims ``time, feature``).
+
+Layouts
+-------
+* ``"wide"``: one row per timestamp, one column per variable (``time_column`` plus the variables).
+  Timestamps must be strictly increasing (no duplicates, no going back).
+* ``"long"``: one row per observation, columns ``time_column`` and ``long_columns`` =
+  (variable name, value); rows may come in any order, the time axis is the sorted set of distinct
+  times, features appear in order of first appearance (or in the order of ``variables``).  A
+  duplicated (time, variable) pair is an error.
+
+Times are parsed with :func:`pandas.to_datetime` unless the column is already numeric (then they are
+kept as numbers, e.g. hours).  Time-zone-aware times are converted to naive UTC.  The format is
+chosen by extension: ``.csv``/``.txt`` (comma-separated) and ``.tsv`` (tab), optionally compressed
+(``.gz``, ``.bz2``, ``.xz``, ``.zip``, ``.zst``), and ``.parquet``/``.pq``.
+
+Evaluation targets (``target_mask``)
+------------------------------------
+* ``targets="<column>"`` (long layout only): a 0/1 column; rows with 1 are held-out targets.  Their
+  values stay in ``values`` (the ground truth) but are 0 in ``observed_mask``; a target row without
+  a value is an error.
+* ``targets=<second file>`` of the same shape (wide or long, read with the same options): the pair
+  convention of the Beijing PM2.5 benchmark (``pm25_ground.txt`` / ``pm25_missing.txt`` in CSDI's
+  ``dataset_pm25.py``).  The *ground-truth* file is the one whose observations are a superset of the
+  other's; the pair may be given in either order (``path`` and ``targets`` are interchangeable).
+  Then ``values`` come from the ground truth, ``observed_mask`` = observed in the *other* (reduced)
+  file, i.e. what a model may condition on, and ``target_mask`` = observed in the ground truth but
+  missing in the reduced file.  In CSDI's names: their ``observed_mask`` (ground truth) is our
+  ``observed_mask | target_mask`` and their ``gt_mask`` is our ``observed_mask``.  Columns, times
+  and the values observed in both files must agree, else :class:`DataError`.
+
+Every fault raises :class:`~datasets.errors.DataError` with one line naming the file.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import xarray as xr
+
+from datasets.errors import DataError
+
+__all__ = ["load_table"]
+
+_CSV = {".csv": ",", ".txt": ",", ".tsv": "\t"}
+_PARQUET = {".parquet", ".pq"}
+_COMPRESSION = {".gz", ".bz2", ".xz", ".zip", ".zst"}
+
+
+@dataclass
+class _Table:
+    """One file on its (time, feature) grid; ``targets`` only for a long target column."""
+
+    path: Path
+    times: np.ndarray
+    features: list[str]
+    values: np.ndarray  # float32 (time, feature), NaN = missing
+    targets: np.ndarray | None = None  # bool (time, feature)
+
+
+def load_table(
+    path: str | Path,
+    *,
+    time_column: str = "time",
+    layout: str = "wide",
+    variables: Sequence[str] | None = None,
+    targets: str | Path | None = None,
+    long_columns: tuple[str, str] = ("variable", "value"),
+) -> xr.Dataset:
+    """Read a CSV or Parquet time series into dims ``(time, feature)``.
+
+    Returns ``values`` float32 (NaN = missing), ``observed_mask`` uint8 and, when ``targets`` is
+    given, ``target_mask`` uint8 (1 = held-out evaluation target; see the module docstring for the
+    column and two-file conventions).  ``variables`` selects (and orders) the features.
+    """
+    path = Path(path)
+    if layout not in ("wide", "long"):
+        raise DataError("layout", f"must be 'wide' or 'long', not {layout!r}")
+    if isinstance(long_columns, str) or len(long_columns) != 2:
+        raise DataError("long_columns", "must be a pair (variable column, value column)")
+    frame = _read(path)
+
+    target_column: str | None = None
+    target_file: Path | None = None
+    if isinstance(targets, str) and targets in frame.columns:
+        if layout == "wide":
+            raise DataError(
+                path,
+                f"targets={targets!r} names a column, which applies only to layout='long'; "
+                "in the wide layout pass the ground-truth file instead",
+            )
+        target_column = targets
+    elif targets is not None:
+        target_file = Path(targets)
+        if not target_file.is_file():
+            raise DataError(target_file, "targets is neither a column of the table nor a file")
+
+    options = {
+        "time_column": time_column,
+        "layout": layout,
+        "variables": variables,
+        "long_columns": tuple(long_columns),
+    }
+    table = _grid(path, frame, target_column=target_column, **options)
+    attrs = {"kind": "timeseries", "source": str(path), "layout": layout}
+    observed = ~np.isnan(table.values)
+    values = table.values
+    target_mask: np.ndarray | None = None
+    if table.targets is not None:
+        target_mask = table.targets
+        observed &= ~target_mask
+        attrs["target_column"] = target_column
+    elif target_file is not None:
+        other = _grid(target_file, _read(target_file), target_column=None, **options)
+        ground, reduced = _pair(table, other)
+        values = ground.values
+        observed = ~np.isnan(reduced.values)
+        target_mask = ~np.isnan(ground.values) & ~observed
+        attrs |= {"source": str(reduced.path), "ground_truth": str(ground.path)}
+
+    data = {
+        "values": (("time", "feature"), values),
+        "observed_mask": (
+            ("time", "feature"),
+            observed.astype(np.uint8),
+            {"flag_values": [0, 1], "flag_meanings": "missing observed"},
+        ),
+    }
+    if target_mask is not None:
+        data["target_mask"] = (
+            ("time", "feature"),
+            target_mask.astype(np.uint8),
+            {"flag_values": [0, 1], "flag_meanings": "not_target target"},
+        )
+    return xr.Dataset(
+        data,
+        coords={"time": ("time", table.times), "feature": ("feature", table.features)},
+        attrs=attrs,
+    )
+
+
+# --------------------------------------------------------------------------- reading
+
+
+def _read(path: Path) -> pd.DataFrame:
+    suffixes = [s.lower() for s in path.suffixes]
+    if suffixes and suffixes[-1] in _COMPRESSION:
+        suffixes = suffixes[:-1]
+    kind = suffixes[-1] if suffixes else ""
+    if kind not in _CSV and kind not in _PARQUET:
+        raise DataError(
+            path, "neither CSV (.csv, .txt, .tsv) nor Parquet (.parquet, .pq) by its extension"
+        )
+    if not path.is_file():
+        raise DataError(path, "no such file")
+    try:
+        if kind in _PARQUET:
+            frame = pd.read_parquet(path)
+        else:
+            frame = pd.read_csv(path, sep=_CSV[kind])
+    except (ValueError, OSError, UnicodeDecodeError, pd.errors.ParserError) as exc:
+        what = "Parquet" if kind in _PARQUET else "CSV"
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise DataError(path, f"cannot read as {what} ({first})") from None
+    frame.columns = [str(c).strip() for c in frame.columns]
+    if frame.columns.duplicated().any():
+        dup = frame.columns[frame.columns.duplicated()][0]
+        raise DataError(path, f"column {dup!r} appears more than once")
+    if len(frame) == 0:
+        raise DataError(path, "the table has no rows")
+    return frame
+
+
+def _columns(frame: pd.DataFrame) -> str:
+    return ", ".join(map(repr, frame.columns))
+
+
+def _times(path: Path, column: str, series: pd.Series) -> np.ndarray:
+    """Parse a time column (numeric kept as is, else datetimes), raising on any bad entry."""
+    if series.isna().any():
+        row = int(np.flatnonzero(series.isna().to_numpy())[0])
+        raise DataError(path, f"time column {column!r} is empty in data row {row + 1}")
+    if pd.api.types.is_bool_dtype(series):
+        raise DataError(path, f"time column {column!r} holds booleans, not times")
+    if pd.api.types.is_numeric_dtype(series):
+        return series.to_numpy()
+    if isinstance(series.dtype, pd.DatetimeTZDtype):
+        return series.dt.tz_convert("UTC").dt.tz_localize(None).to_numpy("datetime64[ns]")
+    if pd.api.types.is_datetime64_any_dtype(series):
+        return series.to_numpy("datetime64[ns]")
+    text = series.astype(str).str.strip()
+    parsed = None
+    for fmt in (None, "mixed"):  # one inferred format (fast), else element by element
+        try:
+            parsed = pd.to_datetime(text, format=fmt)
+            break
+        except (ValueError, TypeError, OverflowError):
+            continue
+    if parsed is None:
+        parsed = pd.to_datetime(text, format="mixed", errors="coerce")
+        if not parsed.isna().any():  # pragma: no cover - coerce and raise disagree
+            raise DataError(path, f"time column {column!r} cannot be parsed")
+    if parsed.isna().any():
+        row = int(np.flatnonzero(parsed.isna().to_numpy())[0])
+        raise DataError(
+            path, f"time column {column!r}: cannot parse {text.iloc[row]!r} (data row {row + 1})"
+        )
+    if isinstance(parsed.dtype, pd.DatetimeTZDtype):
+        parsed = parsed.dt.tz_convert("UTC").dt.tz_localize(None)
+    return parsed.to_numpy("datetime64[ns]")
+
+
+def _numeric(path: Path, name: str, series: pd.Series) -> np.ndarray:
+    if pd.api.types.is_bool_dtype(series):
+        return series.to_numpy(np.float32)
+    if pd.api.types.is_numeric_dtype(series):
+        return series.to_numpy(np.float32, na_value=np.nan)
+    coerced = pd.to_numeric(series, errors="coerce")
+    bad = coerced.isna().to_numpy() & series.notna().to_numpy()
+    bad &= series.astype(str).str.strip().ne("").to_numpy()
+    if bad.any():
+        row = int(np.flatnonzero(bad)[0])
+        raise DataError(
+            path, f"{name!r} holds a non-number {series.iloc[row]!r} (data row {row + 1})"
+        )
+    return coerced.to_numpy(np.float32, na_value=np.nan)
+
+
+def _show(t: object) -> str:
+    return str(pd.Timestamp(t)) if isinstance(t, np.datetime64) else str(t)
+
+
+# --------------------------------------------------------------------------- layouts
+
+
+def _grid(
+    path: Path,
+    frame: pd.DataFrame,
+    *,
+    time_column: str,
+    layout: str,
+    variables: Sequence[str] | None,
+    long_columns: tuple[str, str],
+    target_column: str | None,
+) -> _Table:
+    if time_column not in frame.columns:
+        raise DataError(path, f"no time column {time_column!r}; columns are {_columns(frame)}")
+    times = _times(path, time_column, frame[time_column])
+    if layout == "wide":
+        table = _wide(path, frame, times, time_column, variables)
+    else:
+        table = _long(path, frame, times, time_column, variables, long_columns, target_column)
+    empty = np.isnan(table.values).all(axis=0)
+    if empty.any():
+        name = table.features[int(np.flatnonzero(empty)[0])]
+        raise DataError(path, f"variable {name!r} has no values (all NaN)")
+    return table
+
+
+def _wide(path, frame, times, time_column, variables) -> _Table:
+    names = [c for c in frame.columns if c != time_column] if variables is None else list(variables)
+    if not names:
+        raise DataError(path, f"no variable columns besides the time column {time_column!r}")
+    for name in names:
+        if name not in frame.columns or name == time_column:
+            raise DataError(path, f"variable {name!r} is absent; columns are {_columns(frame)}")
+    if len(times) > 1:
+        step = times[1:] > times[:-1]
+        if not step.all():
+            k = int(np.flatnonzero(~step)[0])
+            fault = "duplicated" if times[k + 1] == times[k] else "not increasing"
+            raise DataError(
+                path,
+                f"timestamps {fault}: {_show(times[k + 1])} follows {_show(times[k])} "
+                f"(data row {k + 2})",
+            )
+    values = np.stack([_numeric(path, n, frame[n]) for n in names], axis=1)
+    return _Table(path, times, [str(n) for n in names], values.astype(np.float32))
+
+
+def _long(path, frame, times, time_column, variables, long_columns, target_column) -> _Table:
+    var_col, val_col = long_columns
+    for column in (var_col, val_col):
+        if column not in frame.columns:
+            raise DataError(
+                path, f"no column {column!r} for the long layout; columns are {_columns(frame)}"
+            )
+    if frame[var_col].isna().any():
+        row = int(np.flatnonzero(frame[var_col].isna().to_numpy())[0])
+        raise DataError(path, f"empty variable name in data row {row + 1}")
+    var_names = frame[var_col].astype(str).str.strip().to_numpy()
+    present = list(dict.fromkeys(var_names))
+    if variables is None:
+        names = present
+    else:
+        names = [str(v) for v in variables]
+        for name in names:
+            if name not in present:
+                shown = ", ".join(map(repr, present[:20]))
+                raise DataError(path, f"variable {name!r} is absent; variables are {shown}")
+    value = _numeric(path, val_col, frame[val_col])
+    target = None
+    if target_column is not None:
+        raw = pd.to_numeric(frame[target_column], errors="coerce")
+        if not raw.isin([0, 1]).all():
+            row = int(np.flatnonzero(~raw.isin([0, 1]).to_numpy())[0])
+            shown = str(frame[target_column].iloc[row])
+            raise DataError(
+                path, f"target column {target_column!r} must be 0 or 1, found {shown} "
+                f"(data row {row + 1})",
+            )  # fmt: skip
+        target = raw.to_numpy().astype(bool)
+
+    feature_of = {n: k for k, n in enumerate(names)}
+    feature = np.array([feature_of.get(v, -1) for v in var_names], dtype=np.int64)
+    rows = np.flatnonzero(feature >= 0)
+    axis, time_index = np.unique(times[rows], return_inverse=True)
+    cell = time_index * len(names) + feature[rows]
+    _, first, counts = np.unique(cell, return_index=True, return_counts=True)
+    if (counts > 1).any():
+        twice = cell == cell[first[np.flatnonzero(counts > 1)[0]]]
+        dup = int(rows[np.flatnonzero(twice)[1]])  # the second row of the first repeated cell
+        raise DataError(
+            path,
+            f"duplicated (time, variable) pair ({_show(times[dup])}, {var_names[dup]!r}) "
+            f"(data row {dup + 1})",
+        )
+    values = np.full(len(axis) * len(names), np.nan, dtype=np.float32)
+    values[cell] = value[rows]
+    table = _Table(path, axis, names, values.reshape(len(axis), len(names)))
+    if target is not None:
+        missing = target[rows] & np.isnan(value[rows])
+        if missing.any():
+            row = int(rows[np.flatnonzero(missing)[0]])
+            raise DataError(path, f"target row without a value (data row {row + 1})")
+        mask = np.zeros(len(axis) * len(names), dtype=bool)
+        mask[cell] = target[rows]
+        table.targets = mask.reshape(len(axis), len(names))
+    return table
+
+
+def _pair(first: _Table, second: _Table) -> tuple[_Table, _Table]:
+    """Check that two tables match; return (ground truth, reduced)."""
+    if first.features != second.features:
+        raise DataError(
+            second.path,
+            f"columns {second.features} differ from those of {first.path} ({first.features})",
+        )
+    if first.values.shape != second.values.shape:
+        raise DataError(
+            second.path,
+            f"shape {second.values.shape} differs from {first.values.shape} of {first.path}",
+        )
+    if (first.times.dtype.kind == "M") != (second.times.dtype.kind == "M"):
+        raise DataError(
+            second.path, f"times are of another kind than those of {first.path} (numbers vs dates)"
+        )
+    if not np.array_equal(first.times, second.times):
+        k = int(np.flatnonzero(first.times != second.times)[0])
+        raise DataError(
+            second.path,
+            f"times differ from those of {first.path} at row {k + 1} "
+            f"({_show(second.times[k])} vs {_show(first.times[k])})",
+        )
+    a, b = ~np.isnan(first.values), ~np.isnan(second.values)
+    if (a & ~b).any() and (b & ~a).any():
+        raise DataError(
+            second.path,
+            f"neither this file nor {first.path} is the ground truth: each has values "
+            "the other lacks",
+        )
+    ground, reduced = (second, first) if (b & ~a).any() else (first, second)
+    both = a & b
+    differ = both & ~np.isclose(first.values, second.values, rtol=1e-6, atol=0.0, equal_nan=True)
+    if differ.any():
+        t, f = (int(i[0]) for i in np.nonzero(differ))
+        raise DataError(
+            second.path,
+            f"value of {first.features[f]!r} at {_show(first.times[t])} differs from "
+            f"{first.path} ({second.values[t, f]} vs {first.values[t, f]})",
+        )
+    return ground, reduced

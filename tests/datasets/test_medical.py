@@ -1,0 +1,243 @@
+"""Medical sources: NIfTI reorientation and spacing, DICOM CT series ordering/rescale, real Colin27."""
+
+from __future__ import annotations
+
+import gzip
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from datasets.errors import DataError
+from datasets.medical import load_dicom, load_nifti
+
+# ------------------------------------------------------------------------------------------ NIfTI
+
+LPS_AFFINE = np.array(
+    [[-0.8, 0, 0, 50.0], [0, -1.2, 0, 60.0], [0, 0, 2.5, -30.0], [0, 0, 0, 1]]
+)  # voxel axes point Left, Posterior, Superior with spacings 0.8, 1.2, 2.5 mm
+
+
+@pytest.fixture
+def lps_volume(tmp_path) -> tuple[Path, np.ndarray]:
+    data = np.random.default_rng(0).integers(0, 1000, (4, 5, 6)).astype(np.int16)
+    img = nib.Nifti1Image(data, LPS_AFFINE)
+    img.header.set_slope_inter(0.5, 10.0)
+    path = tmp_path / "vol.nii.gz"
+    nib.save(img, path)
+    return path, data
+
+
+def test_nifti_axial_reoriented(lps_volume):
+    path, data = lps_volume
+    ds = load_nifti(path)
+    ras = (data[::-1, ::-1, :] * 0.5 + 10.0).astype(np.float32)  # flip L->R and P->A
+    assert ds.image.dims == ("slice", "y", "x") and ds.image.dtype == np.float32
+    assert ds.image.shape == (6, 5, 4)
+    np.testing.assert_allclose(ds.image.values, ras.transpose(2, 1, 0))
+    assert ds.attrs["orientation"] == "RAS" and ds.attrs["original_orientation"] == "LPS"
+    np.testing.assert_allclose(ds.attrs["spacing_mm"], [2.5, 1.2, 0.8], rtol=1e-6)
+    affine = np.array(ds.attrs["affine"]).reshape(4, 4)
+    np.testing.assert_allclose(affine[:3, :3], np.diag([0.8, 1.2, 2.5]), atol=1e-6)
+    # voxel (0, 0, 0) of the RAS array is the old voxel (3, 4, 0)
+    np.testing.assert_allclose(affine[:3, 3], (LPS_AFFINE @ [3, 4, 0, 1])[:3], atol=1e-5)
+    assert ds.attrs["kind"] == "medical" and ds.attrs["source"] == str(path)
+
+
+def test_nifti_other_axes(lps_volume):
+    path, data = lps_volume
+    ras = (data[::-1, ::-1, :] * 0.5 + 10.0).astype(np.float32)
+    cor = load_nifti(path, axis="coronal")
+    np.testing.assert_allclose(cor.image.values, ras.transpose(1, 2, 0))
+    np.testing.assert_allclose(cor.attrs["spacing_mm"], [1.2, 2.5, 0.8], rtol=1e-6)
+    sag = load_nifti(path, axis="sagittal")
+    np.testing.assert_allclose(sag.image.values, ras.transpose(0, 2, 1))
+    np.testing.assert_allclose(sag.attrs["spacing_mm"], [0.8, 2.5, 1.2], rtol=1e-6)
+    with pytest.raises(DataError, match="axis must be one of"):
+        load_nifti(path, axis="oblique")
+
+
+def test_nifti_errors(tmp_path, lps_volume):
+    text = tmp_path / "notes.nii.gz"
+    text.write_text("this is not a NIfTI volume\n")
+    with pytest.raises(DataError, match=r"notes\.nii\.gz: not a readable NIfTI file") as info:
+        load_nifti(text)
+    assert "\n" not in str(info.value)
+    (tmp_path / "empty.nii.gz").write_bytes(b"")
+    with pytest.raises(DataError, match=r"empty\.nii\.gz: not a readable NIfTI"):
+        load_nifti(tmp_path / "empty.nii.gz")
+    blob = lps_volume[0].read_bytes()
+    (tmp_path / "cut.nii.gz").write_bytes(blob[:-12])  # gzip stream cut before its end
+    with pytest.raises(DataError, match=r"cut\.nii\.gz: ") as info:
+        load_nifti(tmp_path / "cut.nii.gz")
+    assert "\n" not in str(info.value)
+    raw = gzip.decompress(blob)
+    (tmp_path / "short.nii").write_bytes(raw[:-20])  # header intact, voxels missing
+    with pytest.raises(DataError, match=r"short\.nii: cannot read the voxel data") as info:
+        load_nifti(tmp_path / "short.nii")
+    assert "\n" not in str(info.value)
+    nib.save(nib.Nifti1Image(np.zeros((2, 2, 2, 3), np.float32), np.eye(4)), tmp_path / "4d.nii")
+    with pytest.raises(DataError, match=r"4d\.nii: expected a 3-D volume"):
+        load_nifti(tmp_path / "4d.nii")
+
+
+# ------------------------------------------------------------------------------------------ DICOM
+
+CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
+
+
+def write_ct_slice(
+    path: Path,
+    raw: np.ndarray,
+    z: float,
+    *,
+    series_uid: str,
+    instance: int,
+    slope: float = 1.0,
+    intercept: float = -1024.0,
+) -> None:
+    from pydicom.dataset import FileDataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = CT_IMAGE_STORAGE
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = FileDataset(str(path), {}, file_meta=meta, preamble=b"\0" * 128)
+    ds.SOPClassUID = CT_IMAGE_STORAGE
+    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+    ds.Modality = "CT"
+    ds.SeriesInstanceUID = series_uid
+    ds.StudyInstanceUID = "1.2.3.4"
+    ds.InstanceNumber = instance
+    ds.Rows, ds.Columns = raw.shape
+    ds.PixelSpacing = [0.7, 0.6]
+    ds.SliceThickness = 2.0
+    ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
+    ds.ImagePositionPatient = [-10.0, -20.0, z]
+    ds.RescaleSlope = slope
+    ds.RescaleIntercept = intercept
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.BitsAllocated = 16
+    ds.BitsStored = 16
+    ds.HighBit = 15
+    ds.PixelRepresentation = 1
+    ds.PixelData = raw.astype(np.int16).tobytes()
+    ds.save_as(path, enforce_file_format=True)
+
+
+@pytest.fixture
+def ct_series(tmp_path) -> tuple[Path, np.ndarray]:
+    """Five 4x3 slices at z = 0, 2.5, ..., written in shuffled order with shuffled instances."""
+    folder = tmp_path / "ct"
+    folder.mkdir()
+    rng = np.random.default_rng(5)
+    raw = rng.integers(0, 2000, (5, 4, 3)).astype(np.int16)
+    shuffled = [3, 0, 4, 1, 2]  # file k holds slice shuffled[k]
+    for k, s in enumerate(shuffled):
+        # InstanceNumber deliberately disagrees with position: the position must win
+        write_ct_slice(
+            folder / f"img{k:03d}.dcm", raw[s], 2.5 * s, series_uid="1.2.3.4.5", instance=k + 1
+        )
+    return folder, raw
+
+
+def test_dicom_ct_series(ct_series):
+    folder, raw = ct_series
+    ds = load_dicom(folder)
+    assert ds.image.dims == ("slice", "y", "x") and ds.image.dtype == np.float32
+    np.testing.assert_array_equal(ds.image.values, raw * 1.0 - 1024.0)
+    assert ds.image.attrs["units"] == "HU"
+    assert ds.attrs["modality"] == "CT" and ds.attrs["series_uid"] == "1.2.3.4.5"
+    np.testing.assert_allclose(ds.attrs["spacing_mm"], [2.5, 0.7, 0.6])
+    assert ds.attrs["image_position_patient"] == [-10.0, -20.0, 0.0]
+    assert ds.attrs["kind"] == "medical"
+
+
+def test_dicom_single_file_and_rescale(tmp_path):
+    raw = np.arange(12, dtype=np.int16).reshape(3, 4) - 5
+    write_ct_slice(
+        tmp_path / "one.dcm", raw, 7.0, series_uid="9.9", instance=1, slope=2.0, intercept=-1000
+    )
+    ds = load_dicom(tmp_path / "one.dcm")
+    assert ds.image.shape == (1, 3, 4)
+    np.testing.assert_array_equal(ds.image.values[0], raw * 2.0 - 1000.0)
+    assert ds.attrs["spacing_mm"] == [2.0, 0.7, 0.6]  # slice thickness when no neighbour
+
+
+def test_dicom_instance_number_fallback(ct_series):
+    import pydicom
+
+    folder, raw = ct_series
+    for f in sorted(folder.iterdir()):
+        ds = pydicom.dcmread(f)
+        z = float(ds.ImagePositionPatient[2])
+        del ds.ImagePositionPatient
+        ds.InstanceNumber = round(z / 2.5) + 1
+        ds.save_as(f)
+    np.testing.assert_array_equal(load_dicom(folder).image.values, raw - 1024.0)
+
+
+def test_dicom_errors(ct_series, tmp_path):
+    folder, raw = ct_series
+    (folder / "readme.txt").write_text("not DICOM")
+    with pytest.raises(DataError, match=r"readme\.txt: not a DICOM file") as info:
+        load_dicom(folder)
+    assert "\n" not in str(info.value)
+    (folder / "readme.txt").unlink()
+
+    write_ct_slice(folder / "other.dcm", raw[0], 99.0, series_uid="7.7.7", instance=9)
+    with pytest.raises(DataError, match=r"ct: 2 series in one folder"):
+        load_dicom(folder)
+    (folder / "other.dcm").unlink()
+
+    write_ct_slice(
+        folder / "wide.dcm", np.zeros((4, 5), np.int16), 99.0, series_uid="1.2.3.4.5", instance=9
+    )
+    with pytest.raises(DataError, match=r"wide\.dcm: slice is 4x5 but img000\.dcm is 4x3"):
+        load_dicom(folder)
+    (folder / "wide.dcm").unlink()
+
+    write_ct_slice(folder / "dup.dcm", raw[0], 5.0, series_uid="1.2.3.4.5", instance=9)
+    with pytest.raises(DataError, match="same slice position"):
+        load_dicom(folder)
+
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match="holds no DICOM files"):
+        load_dicom(tmp_path / "empty")
+    with pytest.raises(DataError, match="no such file"):
+        load_dicom(tmp_path / "absent")
+
+
+# -------------------------------------------------------------------------------------- real data
+
+
+@pytest.fixture(scope="module")
+def loaded() -> dict:
+    """Module-wide cache: the real volume is read once (``shared_data`` itself is per-test)."""
+    return {}
+
+
+@pytest.fixture
+def colin27(shared_data, loaded):
+    if "colin27" not in loaded:
+        loaded["colin27"] = load_nifti(shared_data / "brain_mri" / "ch2.nii.gz")
+    return loaded["colin27"]
+
+
+@pytest.mark.realdata
+def test_colin27_real(colin27):
+    ds = colin27
+    print("Colin27 axial:", dict(ds.sizes), ds.attrs["spacing_mm"], ds.attrs["orientation"])
+    # stored as 181 (R) x 217 (A) x 181 (S) voxels: axial slices run along S
+    assert dict(ds.sizes) == {"slice": 181, "y": 217, "x": 181}
+    assert ds.attrs["spacing_mm"] == [1.0, 1.0, 1.0]
+    assert ds.attrs["orientation"] == "RAS" and ds.attrs["original_orientation"] == "RAS"
+    assert ds.image.dtype == np.float32
+    values = ds.image.values
+    assert values.min() >= 0 and values.max() <= 255
+    nonempty = int((values.reshape(181, -1) > 0).any(axis=1).sum())
+    print("Colin27 axial slices with any signal:", nonempty)
+    assert 100 < nonempty <= 181

@@ -1,0 +1,246 @@
+"""CSV / Parquet time series: wide, long, Parquet, the two-file target pair and every error case."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from datasets.errors import DataError
+from datasets.tabular import load_table
+
+NAN = np.nan
+
+WIDE = "time,a,b\n2024-01-01 00:00,1.5,\n2024-01-01 01:00,,2\n2024-01-01 02:00,3,4\n"
+TIMES = np.array(["2024-01-01T00", "2024-01-01T01", "2024-01-01T02"], dtype="datetime64[ns]")
+
+
+def _write(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
+
+
+def _raises(match: str, *args, **kwargs) -> str:
+    with pytest.raises(DataError, match=match) as err:
+        load_table(*args, **kwargs)
+    assert "\n" not in str(err.value)
+    return str(err.value)
+
+
+# --------------------------------------------------------------------------- layouts
+
+
+def test_wide_csv(tmp_path):
+    ds = load_table(_write(tmp_path / "w.csv", WIDE))
+    assert dict(ds.sizes) == {"time": 3, "feature": 2}
+    assert ds["values"].dims == ("time", "feature")
+    assert ds["values"].dtype == np.float32 and ds["observed_mask"].dtype == np.uint8
+    np.testing.assert_array_equal(ds["values"].values, [[1.5, NAN], [NAN, 2], [3, 4]])
+    np.testing.assert_array_equal(ds["observed_mask"].values, [[1, 0], [0, 1], [1, 1]])
+    np.testing.assert_array_equal(ds.time.values, TIMES)
+    assert ds.feature.values.tolist() == ["a", "b"]
+    assert "target_mask" not in ds
+    assert ds.attrs["kind"] == "timeseries" and ds.attrs["source"].endswith("w.csv")
+
+
+def test_wide_variables_select_and_order(tmp_path):
+    ds = load_table(_write(tmp_path / "w.csv", WIDE), variables=["b", "a"])
+    assert ds.feature.values.tolist() == ["b", "a"]
+    np.testing.assert_array_equal(ds["values"].values[:, 0], [NAN, 2, 4])
+
+
+def test_numeric_time_and_custom_time_column(tmp_path):
+    path = _write(tmp_path / "hours.tsv", "hour\tx\n0\t1\n0.5\t\n2\t3\n")
+    ds = load_table(path, time_column="hour")
+    np.testing.assert_array_equal(ds.time.values, [0, 0.5, 2])
+    np.testing.assert_array_equal(ds["observed_mask"].values[:, 0], [1, 0, 1])
+
+
+def test_long_csv_with_target_column(tmp_path):
+    text = (
+        "time,variable,value,is_target\n"
+        "2024-01-01 01:00,b,2,0\n"
+        "2024-01-01 00:00,a,1.5,0\n"
+        "2024-01-01 02:00,a,3,1\n"
+        "2024-01-01 02:00,b,4,0\n"
+        "2024-01-01 00:00,b,,0\n"
+    )
+    path = _write(tmp_path / "long.csv", text)
+    ds = load_table(path, layout="long")
+    assert ds.feature.values.tolist() == ["b", "a"]  # order of first appearance
+    np.testing.assert_array_equal(ds.time.values, TIMES)
+    np.testing.assert_array_equal(ds["values"].values, [[NAN, 1.5], [2, NAN], [4, 3]])
+    assert "target_mask" not in ds
+    ds = load_table(path, layout="long", targets="is_target", variables=["a", "b"])
+    assert ds.feature.values.tolist() == ["a", "b"]
+    np.testing.assert_array_equal(ds["values"].values, [[1.5, NAN], [NAN, 2], [3, 4]])
+    np.testing.assert_array_equal(ds["target_mask"].values, [[0, 0], [0, 0], [1, 0]])
+    # a target is held out: its value stays in `values`, but it is not observed
+    np.testing.assert_array_equal(ds["observed_mask"].values, [[1, 0], [0, 1], [0, 1]])
+
+
+def test_long_custom_columns(tmp_path):
+    path = _write(tmp_path / "l.csv", "t,name,reading\n1,x,5\n2,x,6\n1,y,7\n")
+    ds = load_table(path, layout="long", time_column="t", long_columns=("name", "reading"))
+    np.testing.assert_array_equal(ds["values"].values, [[5, 7], [6, NAN]])
+
+
+def test_parquet_equals_csv(tmp_path):
+    csv = _write(tmp_path / "w.csv", WIDE)
+    frame = pd.read_csv(csv)
+    frame["time"] = pd.to_datetime(frame["time"])
+    frame.to_parquet(tmp_path / "w.parquet")
+    a, b = load_table(csv), load_table(tmp_path / "w.parquet")
+    np.testing.assert_array_equal(a["values"].values, b["values"].values)
+    np.testing.assert_array_equal(a.time.values, b.time.values)
+    # string times in Parquet are parsed too
+    pd.read_csv(csv).to_parquet(tmp_path / "s.pq")
+    np.testing.assert_array_equal(load_table(tmp_path / "s.pq").time.values, TIMES)
+
+
+# --------------------------------------------------------------------------- the target pair
+
+GROUND = "datetime,001001,001002\n2014-05-01 00:00,138,89\n2014-05-01 01:00,,85\n2014-05-01 02:00,120,80\n"
+REDUCED = (
+    "datetime,001001,001002\n2014-05-01 00:00,138,\n2014-05-01 01:00,,85\n2014-05-01 02:00,,80\n"
+)
+
+
+def test_pair_either_order(tmp_path):
+    ground = _write(tmp_path / "pm25_ground.txt", GROUND)
+    reduced = _write(tmp_path / "pm25_missing.txt", REDUCED)
+    for a, b in [(reduced, ground), (ground, reduced)]:
+        ds = load_table(a, time_column="datetime", targets=b)
+        assert ds.feature.values.tolist() == ["001001", "001002"]
+        np.testing.assert_array_equal(ds["values"].values, [[138, 89], [NAN, 85], [120, 80]])
+        np.testing.assert_array_equal(ds["observed_mask"].values, [[1, 0], [0, 1], [0, 1]])
+        np.testing.assert_array_equal(ds["target_mask"].values, [[0, 1], [0, 0], [1, 0]])
+        assert ds.attrs["ground_truth"] == str(ground) and ds.attrs["source"] == str(reduced)
+    # identical files: nothing held out
+    ds = load_table(ground, time_column="datetime", targets=str(ground))
+    assert int(ds["target_mask"].sum()) == 0
+
+
+def test_pair_long_layout(tmp_path):
+    ground = _write(tmp_path / "g.csv", "time,variable,value\n0,a,1\n1,a,2\n0,b,3\n1,b,4\n")
+    reduced = _write(tmp_path / "r.csv", "time,variable,value\n0,a,1\n1,a,\n0,b,3\n1,b,4\n")
+    ds = load_table(reduced, layout="long", targets=ground)
+    np.testing.assert_array_equal(ds["target_mask"].values, [[0, 0], [1, 0]])
+    np.testing.assert_array_equal(ds["values"].values, [[1, 3], [2, 4]])
+
+
+def test_pair_mismatches(tmp_path):
+    ground = _write(tmp_path / "g.csv", GROUND)
+    opts = {"time_column": "datetime"}
+    cols = _write(tmp_path / "cols.csv", GROUND.replace("001002", "001003"))
+    _raises(r"cols\.csv: columns .* differ from those of .*g\.csv", ground, targets=cols, **opts)
+    short = _write(tmp_path / "short.csv", GROUND.rsplit("2014-05-01 02:00", 1)[0])
+    _raises(r"short\.csv: shape \(2, 2\) differs from \(3, 2\)", ground, targets=short, **opts)
+    shifted = _write(tmp_path / "shift.csv", GROUND.replace("02:00", "03:00"))
+    _raises(
+        r"shift\.csv: times differ from those of .*g\.csv at row 3", ground, targets=shifted, **opts
+    )
+    crossed = _write(tmp_path / "cross.csv", REDUCED.replace("01:00,,85", "01:00,7,85"))
+    _raises(
+        r"cross\.csv: neither this file nor .*g\.csv is the ground truth",
+        ground,
+        targets=crossed,
+        **opts,
+    )
+    changed = _write(tmp_path / "changed.csv", REDUCED.replace("00:00,138,", "00:00,139,"))
+    _raises(
+        r"changed\.csv: value of '001001' at 2014-05-01 00:00:00 differs",
+        ground,
+        targets=changed,
+        **opts,
+    )
+    _raises(
+        r"nowhere\.csv: targets is neither a column",
+        ground,
+        targets=tmp_path / "nowhere.csv",
+        **opts,
+    )
+
+
+# --------------------------------------------------------------------------- errors
+
+
+def test_no_time_column_names_the_columns(tmp_path):
+    path = _write(tmp_path / "w.csv", WIDE.replace("time,", "when,"))
+    msg = _raises(r"w\.csv: no time column 'time'; columns are 'when', 'a', 'b'", path)
+    assert "w.csv" in msg
+
+
+def test_unparseable_times(tmp_path):
+    path = _write(tmp_path / "bad_time.csv", WIDE.replace("2024-01-01 01:00", "yesterday"))
+    _raises(r"bad_time\.csv: time column 'time': cannot parse 'yesterday' \(data row 2\)", path)
+    empty = _write(tmp_path / "empty_time.csv", WIDE.replace("2024-01-01 01:00", ""))
+    _raises(r"empty_time\.csv: time column 'time' is empty in data row 2", empty)
+
+
+def test_non_monotonic_and_duplicated_times(tmp_path):
+    back = _write(tmp_path / "back.csv", WIDE.replace("02:00", "00:30"))
+    _raises(r"back\.csv: timestamps not increasing: 2024-01-01 00:30:00 follows", back)
+    dup = _write(tmp_path / "dup.csv", WIDE.replace("02:00", "01:00"))
+    _raises(r"dup\.csv: timestamps duplicated: 2024-01-01 01:00:00 follows", dup)
+    pair = _write(tmp_path / "pair.csv", "time,variable,value\n0,a,1\n1,a,2\n0,a,3\n")
+    _raises(
+        r"pair\.csv: duplicated \(time, variable\) pair \(0, 'a'\) \(data row 3\)",
+        pair,
+        layout="long",
+    )
+
+
+def test_absent_variable(tmp_path):
+    wide = _write(tmp_path / "w.csv", WIDE)
+    _raises(
+        r"w\.csv: variable 'c' is absent; columns are 'time', 'a', 'b'", wide, variables=["a", "c"]
+    )
+    long = _write(tmp_path / "l.csv", "time,variable,value\n0,a,1\n")
+    _raises(
+        r"l\.csv: variable 'z' is absent; variables are 'a'", long, layout="long", variables=["z"]
+    )
+    _raises(
+        r"l\.csv: no column 'name' for the long layout",
+        long,
+        layout="long",
+        long_columns=("name", "value"),
+    )
+
+
+def test_all_nan_variable(tmp_path):
+    path = _write(tmp_path / "w.csv", "time,a,b\n0,1,\n1,2,\n")
+    _raises(r"w\.csv: variable 'b' has no values \(all NaN\)", path)
+    long = _write(tmp_path / "l.csv", "time,variable,value\n0,a,1\n0,b,\n")
+    _raises(r"l\.csv: variable 'b' has no values", long, layout="long")
+
+
+def test_not_csv_or_parquet(tmp_path):
+    xlsx = _write(tmp_path / "sheet.xlsx", "whatever")
+    _raises(r"sheet\.xlsx: neither CSV .* nor Parquet", xlsx)
+    fake = _write(tmp_path / "fake.parquet", "time,a\n0,1\n")
+    _raises(r"fake\.parquet: cannot read as Parquet", fake)
+    _raises(r"missing\.csv: no such file", tmp_path / "missing.csv")
+    _raises(r"head\.csv: the table has no rows", _write(tmp_path / "head.csv", "time,a\n"))
+
+
+def test_other_faults(tmp_path):
+    word = _write(tmp_path / "word.csv", "time,a\n0,1\n1,lots\n")
+    _raises(r"word\.csv: 'a' holds a non-number 'lots' \(data row 2\)", word)
+    wide = _write(tmp_path / "w.csv", WIDE)
+    _raises(
+        r"w\.csv: targets='a' names a column, which applies only to layout='long'",
+        wide,
+        targets="a",
+    )
+    flags = _write(tmp_path / "flags.csv", "time,variable,value,t\n0,a,1,0\n1,a,2,2\n")
+    _raises(
+        r"flags\.csv: target column 't' must be 0 or 1, found 2", flags, layout="long", targets="t"
+    )
+    hole = _write(tmp_path / "hole.csv", "time,variable,value,t\n0,a,1,0\n1,a,,1\n")
+    _raises(
+        r"hole\.csv: target row without a value \(data row 2\)", hole, layout="long", targets="t"
+    )
+    _raises(r"layout: must be 'wide' or 'long'", wide, layout="tall")
