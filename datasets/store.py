@@ -24,14 +24,17 @@ from datasets.errors import DataError
 
 STORE_FORMAT = 1  # bump when the canonical layout changes: old hashes then no longer match
 
-# Chunk sizes per dimension, chosen for how windows read each kind (whole grids / stays / images
-# at a time): one time step of a full grid, 64 stays, 1024 images, one slice.
-DEFAULT_CHUNKS: dict[str, dict[str, int]] = {
-    "weather": {"time": 1, "level": -1, "lat": -1, "lon": -1},
-    "timeseries": {"stay": 64, "time": -1, "feature": -1},
-    "images": {"sample": 1024, "channel": -1, "y": -1, "x": -1},
-    "medical": {"slice": 1, "y": -1, "x": -1},
+# Stores are chunked only along the dimension windows index (time steps of a grid, stays, images,
+# slices), with every other dimension whole, and about CHUNK_BYTES (uncompressed) per chunk: a
+# window then touches one or two chunks, which the windows' chunk cache keeps decoded. A large grid
+# (ERA5 at 0.25 deg, ~4 MB per field) gets one time step per chunk; NCEP air (5 kB) ~400 steps.
+LEADING_DIM: dict[str, str] = {
+    "weather": "time",
+    "timeseries": "stay",
+    "images": "sample",
+    "medical": "slice",
 }
+CHUNK_BYTES = 2 << 20
 
 
 def stdiff_version() -> str:
@@ -80,10 +83,26 @@ def store_hash(path: str | Path) -> str | None:
         return None
 
 
-def default_chunks(ds: xr.Dataset) -> dict[str, int]:
-    """Chunks for the dataset's kind (``ds.attrs['kind']``); unknown dims are not split."""
-    table = DEFAULT_CHUNKS.get(ds.attrs.get("kind", ""), {})
-    return {d: min(table.get(d, -1), n) if table.get(d, -1) > 0 else n for d, n in ds.sizes.items()}
+def default_chunks(ds: xr.Dataset, target_bytes: int = CHUNK_BYTES) -> dict[str, int]:
+    """Chunks for the dataset's kind: ~``target_bytes`` along the leading dim, others whole.
+
+    A table without a ``stay`` dim (dims ``time, feature``) is chunked along ``time``.
+    """
+    lead = LEADING_DIM.get(ds.attrs.get("kind", ""))
+    if lead not in ds.dims:
+        lead = "time" if "time" in ds.dims else None
+    chunks = {d: n for d, n in ds.sizes.items()}
+    if lead is not None:
+        row = max(
+            (
+                v.dtype.itemsize * v.size // max(v.sizes[lead], 1)
+                for v in ds.data_vars.values()
+                if lead in v.dims
+            ),
+            default=1,
+        )
+        chunks[lead] = int(min(ds.sizes[lead], max(1, target_bytes // max(row, 1))))
+    return chunks
 
 
 def write_store(

@@ -1,9 +1,12 @@
 """Torch datasets cut lazily from a zarr store, and the exact way back to ``xarray``.
 
-Windows never load the whole store: each item reads only the zarr chunks it needs, through
-zarr arrays opened lazily in each process (so a multi-worker ``DataLoader`` works: every worker
-opens its own handles after the fork). Normalisation uses the ``<var>_mean``/``<var>_std``
-statistics stored beside the data (training split only, see :mod:`datasets.splits`).
+Windows never load the whole store: each item reads only the chunks it needs. Stores are chunked
+along the window dimension only (~2 MB per chunk, :func:`datasets.store.default_chunks`); each
+process keeps an LRU cache of decoded, normalised chunks (as HDF5's chunk cache does), so a
+window is a slice of one or two cached chunks. Handles are opened lazily per process, so a
+multi-worker ``DataLoader`` works (every worker opens its own after the fork). Normalisation uses
+the ``<var>_mean``/``<var>_std`` statistics stored beside the data (training split only, see
+:mod:`datasets.splits`).
 
 * :class:`ForecastWindows`: ``context`` steps up to an anchor time ``t``, then targets at ``leads``.
 * :class:`SampleWindows`: one sample along a dimension (a PhysioNet stay as CSDI's L x K sample
@@ -15,7 +18,8 @@ statistics stored beside the data (training split only, see :mod:`datasets.split
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -27,26 +31,125 @@ from torch.utils.data import Dataset
 from datasets.errors import DataError
 from datasets.store import open_store
 
+Stats = tuple[np.ndarray, np.ndarray] | None
 
-class _LazyArrays:
-    """zarr arrays of one store, opened on first use in each process."""
 
-    def __init__(self, path: str | Path) -> None:
-        self.path = str(path)
+class Prepare:
+    """Decoded chunk ``(n, ...)`` -> float32 model input, applied once per chunk.
+
+    Normalises with ``(mean, std)`` broadcast over the trailing ``spatial`` dims, replaces NaN by
+    ``fill``, scales uint8 images to [-1, 1], and with ``channels`` flattens the dims between the
+    leading one and the spatial ones into one channel dim. Integer masks and labels pass through.
+    """
+
+    def __init__(
+        self,
+        stats: Stats = None,
+        *,
+        spatial: int = 0,
+        fill: float | None = None,
+        image: bool = False,
+        channels: bool = False,
+    ) -> None:
+        self.stats, self.spatial, self.fill = stats, spatial, fill
+        self.image, self.channels = image, channels
+
+    def __call__(self, a: np.ndarray) -> np.ndarray:
+        if self.image and a.dtype == np.uint8:
+            a = a.astype(np.float32) / 127.5 - 1.0
+        elif np.issubdtype(a.dtype, np.floating):
+            a = a.astype(np.float32)
+            if self.stats is not None:
+                mean, std = (s.reshape(s.shape + (1,) * self.spatial) for s in self.stats)
+                a = (a - mean) / std
+            if self.fill is not None:
+                a = np.nan_to_num(a, nan=self.fill)
+        if self.channels:
+            a = a.reshape(a.shape[0], -1, *a.shape[a.ndim - self.spatial :])
+        return np.ascontiguousarray(a)
+
+
+class ChunkCache:
+    """Arrays of one store read through an LRU cache of prepared chunks along axis 0.
+
+    ``prepare`` maps an array name to a picklable callable applied to each decoded chunk. The
+    cache holds at most ``cache_bytes`` per process; handles and cache are rebuilt in each new
+    process (DataLoader workers), so nothing but the path and settings is pickled.
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        prepare: dict[str, Callable[[np.ndarray], np.ndarray]] | None = None,
+        cache_bytes: int = 512 << 20,
+    ) -> None:
+        self.path, self.prepare, self.cache_bytes = str(path), prepare or {}, cache_bytes
+        self._reset()
+
+    def _reset(self) -> None:
         self._pid: int | None = None
         self._group: zarr.Group | None = None
+        self._arrays: dict[str, zarr.Array] = {}
+        self._chunk_len: dict[str, int] = {}
+        self._cache: OrderedDict[tuple[str, int], np.ndarray] = OrderedDict()
+        self.nbytes = 0
 
-    def __getitem__(self, name: str) -> zarr.Array:
+    def array(self, name: str) -> zarr.Array:
+        """The zarr array ``name``, opened once per process (opening reads metadata)."""
         if self._pid != os.getpid():
+            self._reset()
             self._group = zarr.open_group(self.path, mode="r")
             self._pid = os.getpid()
-        return self._group[name]  # type: ignore[index,return-value]
+        if name not in self._arrays:
+            self._arrays[name] = self._group[name]  # type: ignore[index,assignment]
+        return self._arrays[name]
+
+    def _chunk(self, name: str, k: int) -> np.ndarray:
+        key = (name, k)
+        if key in self._cache:
+            self._cache.move_to_end(key)
+            return self._cache[key]
+        arr = self.array(name)
+        c = arr.chunks[0]
+        block = np.asarray(arr[k * c : (k + 1) * c])
+        if name in self.prepare:
+            block = self.prepare[name](block)
+        self._cache[key] = block
+        self.nbytes += block.nbytes
+        while self.nbytes > self.cache_bytes and len(self._cache) > 1:
+            _, old = self._cache.popitem(last=False)
+            self.nbytes -= old.nbytes
+        return block
+
+    def read(self, name: str, start: int, stop: int) -> np.ndarray:
+        """Prepared rows ``start:stop`` of array ``name`` along axis 0 (a view when in one chunk)."""
+        c = self._chunk_len.get(name) if self._pid == os.getpid() else None
+        if c is None:
+            c = self._chunk_len[name] = self.array(name).chunks[0]
+        k = start // c
+        if (stop - 1) // c == k:  # the usual case: one chunk
+            key = (name, k)
+            block = self._cache.get(key)
+            if block is None:
+                block = self._chunk(name, k)
+            else:
+                self._cache.move_to_end(key)  # keep the LRU order
+            return block[start - k * c : stop - k * c]
+        parts = [
+            self._chunk(name, k)[max(start - k * c, 0) : stop - k * c]
+            for k in range(start // c, (stop - 1) // c + 1)
+        ]
+        return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
     def __getstate__(self) -> dict:
-        return {"path": self.path, "_pid": None, "_group": None}
+        return {"path": self.path, "prepare": self.prepare, "cache_bytes": self.cache_bytes}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._reset()
 
 
-def _stats(ds: xr.Dataset, name: str) -> tuple[np.ndarray, np.ndarray] | None:
+def _stats(ds: xr.Dataset, name: str) -> Stats:
     if f"{name}_mean" in ds and f"{name}_std" in ds:
         return ds[f"{name}_mean"].values.astype(np.float32), ds[f"{name}_std"].values.astype(
             np.float32
@@ -54,13 +157,19 @@ def _stats(ds: xr.Dataset, name: str) -> tuple[np.ndarray, np.ndarray] | None:
     return None
 
 
+def _check_variables(store: str | Path, ds: xr.Dataset, variables: Sequence[str]) -> None:
+    for v in variables:
+        if v not in ds:
+            raise DataError(store, f"variable {v!r} is absent; available: {sorted(ds.data_vars)}")
+
+
 class ForecastWindows(Dataset):
     """Forecasting windows from a weather store.
 
-    Item ``i`` (anchor time position ``t``) is a dict of float32 tensors:
-      ``context``: ``(context, C, lat, lon)`` the states at ``t - context + 1 .. t``;
-      ``target``: ``(len(leads), C, lat, lon)`` the states at ``t + lead`` (leads in steps);
-      ``time``: ``()`` int64 anchor position.
+    Item ``i`` (anchor time position ``t``) is a dict:
+      ``context``: float32 ``(context, C, lat, lon)``, the states at ``t - context + 1 .. t``;
+      ``target``: float32 ``(len(leads), C, lat, lon)``, the states at ``t + lead`` (in steps);
+      ``time``: the anchor position ``t`` (int).
     Channels ``C`` are the variables in order, each variable's ``level`` dim flattened into them.
     Anchors are the positions in ``times`` whose whole window stays inside ``times`` (a split's
     contiguous positions), so windows never straddle a split boundary.
@@ -75,25 +184,21 @@ class ForecastWindows(Dataset):
         leads: Sequence[int],
         times: np.ndarray | None = None,
         normalize: bool = True,
+        cache_bytes: int = 512 << 20,
     ) -> None:
         ds = open_store(store)
         if context < 1 or not leads or min(leads) < 1:
             raise ValueError(
                 f"need context >= 1 and leads >= 1, got context={context}, leads={list(leads)}"
             )
-        for v in variables:
-            if v not in ds:
-                raise DataError(
-                    store, f"variable {v!r} is absent; available: {sorted(ds.data_vars)}"
-                )
+        _check_variables(store, ds, variables)
         self.variables, self.context, self.leads = list(variables), context, list(leads)
         self.template = ds[self.variables]
-        self.arrays = _LazyArrays(store)
         pos = np.arange(ds.sizes["time"]) if times is None else np.asarray(times)
         inside = set(pos.tolist())
-        span = (1 - context, max(leads))
+        lo, hi = 1 - context, max(leads)
         self.anchors = np.array(
-            [t for t in pos if t + span[0] in inside and t + span[1] in inside], dtype=np.int64
+            [t for t in pos if t + lo in inside and t + hi in inside], dtype=np.int64
         )
         if len(self.anchors) == 0:
             raise DataError(
@@ -101,32 +206,24 @@ class ForecastWindows(Dataset):
                 f"no window of context {context} and leads {list(leads)} fits the given times",
             )
         self.stats = {v: _stats(ds, v) for v in self.variables} if normalize else {}
+        prepare = {v: Prepare(self.stats.get(v), spatial=2, channels=True) for v in self.variables}
+        self.arrays = ChunkCache(store, prepare, cache_bytes)
 
     def __len__(self) -> int:
         return len(self.anchors)
 
     def _block(self, t0: int, t1: int) -> np.ndarray:
-        parts = []
-        for v in self.variables:
-            a = np.asarray(self.arrays[v][t0:t1], dtype=np.float32)  # (T, [level], lat, lon)
-            st = self.stats.get(v)
-            if st is not None:
-                a = (
-                    (a - st[0][..., None, None]) / st[1][..., None, None]
-                    if st[0].ndim
-                    else (a - st[0]) / st[1]
-                )
-            parts.append(a.reshape(a.shape[0], -1, *a.shape[-2:]))
-        return np.concatenate(parts, axis=1)  # (T, C, lat, lon)
+        parts = [self.arrays.read(v, t0, t1) for v in self.variables]  # (T, C_v, lat, lon) each
+        return parts[0] if len(parts) == 1 else np.concatenate(parts, axis=1)  # (T, C, lat, lon)
 
-    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor | int]:
         t = int(self.anchors[i])
         block = self._block(t - self.context + 1, t + max(self.leads) + 1)
         idx = [self.context - 1 + lead for lead in self.leads]
         return {
             "context": torch.from_numpy(block[: self.context].copy()),
-            "target": torch.from_numpy(block[idx].copy()),
-            "time": torch.tensor(t),
+            "target": torch.from_numpy(block[idx]),  # fancy indexing copies
+            "time": t,
         }
 
     def to_dataset(
@@ -144,11 +241,11 @@ class ForecastWindows(Dataset):
 
 
 class SampleWindows(Dataset):
-    """One sample along ``dim`` per item: a dict of float32 tensors, one per variable.
+    """One sample along ``dim`` per item: a dict with one tensor per variable and ``index``.
 
-    ``values``-like variables are normalised with their stored statistics and their NaNs set to 0
-    (CSDI's convention: missing entries are zero and flagged by ``observed_mask``); ``image`` in
-    uint8 is scaled to [-1, 1]; mask and label variables are passed through.
+    Float variables are normalised with their stored statistics and their NaNs set to 0 (CSDI's
+    convention: missing entries are zero and flagged by ``observed_mask``); ``image`` in uint8 is
+    scaled to [-1, 1]; mask and label variables pass through unchanged.
     """
 
     def __init__(
@@ -159,43 +256,55 @@ class SampleWindows(Dataset):
         *,
         indices: np.ndarray | None = None,
         normalize: bool = True,
+        cache_bytes: int = 512 << 20,
     ) -> None:
         ds = open_store(store)
         if dim not in ds.dims:
             raise DataError(store, f"dimension {dim!r} is absent; dims are {list(ds.dims)}")
+        _check_variables(store, ds, variables)
         for v in variables:
-            if v not in ds:
-                raise DataError(
-                    store, f"variable {v!r} is absent; available: {sorted(ds.data_vars)}"
-                )
             if ds[v].dims[0] != dim:
                 raise DataError(store, f"variable {v!r} does not start with dimension {dim!r}")
         self.dim, self.variables = dim, list(variables)
         self.indices = np.arange(ds.sizes[dim]) if indices is None else np.asarray(indices)
-        self.dtypes = {v: ds[v].dtype for v in self.variables}
         self.stats = {v: _stats(ds, v) for v in self.variables} if normalize else {}
         self.template = ds[self.variables]
-        self.arrays = _LazyArrays(store)
+        prepare = {
+            v: Prepare(self.stats.get(v), fill=0.0, image=v == "image") for v in self.variables
+        }
+        self.arrays = ChunkCache(store, prepare, cache_bytes)
 
     def __len__(self) -> int:
         return len(self.indices)
 
-    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor | int]:
         j = int(self.indices[i])
-        out = {}
-        for v in self.variables:
-            a = np.asarray(self.arrays[v][j])
-            if self.dtypes[v] == np.uint8 and v == "image":
-                a = a.astype(np.float32) / 127.5 - 1.0
-            elif np.issubdtype(self.dtypes[v], np.floating):
-                a = a.astype(np.float32)
-                st = self.stats.get(v)
-                if st is not None:
-                    a = (a - st[0]) / st[1]
-                a = np.nan_to_num(a, nan=0.0)
-            out[v] = torch.from_numpy(np.ascontiguousarray(a))
-        out["index"] = torch.tensor(j)
+        out: dict[str, torch.Tensor | int] = {
+            v: torch.from_numpy(self.arrays.read(v, j, j + 1)[0].copy()) for v in self.variables
+        }
+        out["index"] = j
         return out
+
+    def to_dataset(
+        self,
+        tensor: torch.Tensor,
+        indices: Sequence[int],
+        name: str,
+        member_dim: str | None = "member",
+    ) -> xr.Dataset:
+        """Model outputs ``([member,] n, *sample_shape)`` for the samples at store positions
+        ``indices`` (the items' ``index``) as variable ``name`` with the store's coordinates,
+        de-normalised (e.g. imputed stays ``(member, stay, time, feature)``)."""
+        tmpl = self.template[[name]].isel({self.dim: np.asarray(indices)})
+        da = tmpl[name]
+        arr = tensor.detach().float().cpu().numpy()
+        arr = arr if member_dim is not None else arr[None]
+        st = self.stats.get(name)
+        if st is not None:
+            arr = arr * st[1] + st[0]
+        out = xr.DataArray(arr, dims=(member_dim or "member", *da.dims), attrs=da.attrs)
+        ds = xr.Dataset({name: out}, coords=tmpl.coords, attrs=tmpl.attrs)
+        return ds.isel({"member": 0}) if member_dim is None else ds
 
 
 def to_dataset(

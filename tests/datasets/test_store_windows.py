@@ -73,7 +73,7 @@ def test_store_roundtrip_hash_noop_provenance(tmp_path: Path) -> None:
     ds = open_store(out)
     assert ds.attrs["content_hash"] == h and ds.attrs["store_format"] == 1 and "created" in ds.attrs
     assert ds["t2m"].attrs["units"] == "K"
-    assert ds["t2m"].encoding["chunks"] == (1, 3, 4)  # one full grid per time step
+    assert ds["t2m"].encoding["chunks"] == (40, 3, 4)  # ~2 MB along time, whole grids
     xr.testing.assert_equal(ds[["t2m", "z"]].load(), _grid()[["t2m", "z"]])
     src.write_text("changed")
     assert store_hash(out) != content_hash([src], {"variables": ["t2m"]})
@@ -183,5 +183,26 @@ def test_sample_windows_csdi_layout(tmp_path: Path) -> None:
     expect = np.nan_to_num((v - ds["values_mean"].values) / ds["values_std"].values, nan=0.0)
     np.testing.assert_allclose(item["values"].numpy(), expect, rtol=1e-5)
     assert bool((item["values"][item["observed_mask"] == 0] == 0).all())
+    back = w.to_dataset(item["values"][None, None].repeat(3, 1, 1, 1), [j], "values")
+    assert back["values"].dims == ("member", "stay", "time", "feature")
+    assert int(back.stay[0]) == int(ds.stay[j])
+    obs = item["observed_mask"].numpy().astype(bool)
+    np.testing.assert_allclose(back["values"].values[2, 0][obs], v[obs], rtol=1e-5)
     with pytest.raises(DataError, match="dimension 'sample'"):
         SampleWindows(tmp_path / "p.zarr", "sample", ["values"])
+
+
+def test_chunk_cache_reads_across_chunk_edges(tmp_path: Path) -> None:
+    """Windows straddling chunk boundaries are exact, and the cache stays within its budget."""
+    ds = _grid()
+    write_store(ds, tmp_path / "c.zarr", content_hash="c", chunks={"time": 7})
+    w = ForecastWindows(tmp_path / "c.zarr", ["t2m"], context=3, leads=[2], normalize=False)
+    w.arrays.cache_bytes = 2 * 7 * 3 * 4 * 4  # two chunks of t2m
+    for i in range(len(w)):
+        t = int(w.anchors[i])
+        item = w[i]
+        np.testing.assert_array_equal(
+            item["context"][:, 0].numpy(), ds["t2m"].values[t - 2 : t + 1]
+        )
+        np.testing.assert_array_equal(item["target"][0, 0].numpy(), ds["t2m"].values[t + 2])
+        assert w.arrays.nbytes <= w.arrays.cache_bytes
