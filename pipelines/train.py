@@ -1,0 +1,337 @@
+"""The training engine shared by every task: AdamW with warm-up + cosine LR, gradient clipping and
+accumulation, EMA weights, CFG condition dropout, bf16 autocast / TF32 / optional torch.compile on
+CUDA, JSONL metrics with a progress bar, validation loss, atomic safetensors checkpoints, exact
+resume and DDP (``torchrun``).
+
+Exact resume: every random draw of step ``s`` (batch order, noise levels, noise, CFG drops,
+network dropout) derives from ``(seed, s, rank)``: batch order from a per-epoch permutation,
+the loss noise from an explicit generator, and dropout from torch's default generator re-seeded
+inside ``torch.random.fork_rng`` (dropout takes no generator argument; the global state is
+restored after each step). A run resumed from the checkpoint of step ``s`` therefore replays
+steps ``s+1..`` bit for bit; nothing but the step number has to be restored besides the weights,
+optimizer and scheduler states.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from diffusion.conditioning import Condition
+from diffusion.losses import Weighting, denoising_loss
+from diffusion.precond import Denoiser
+from diffusion.rng import member_seed
+from diffusion.schedules import NoiseSchedule
+from pipelines.checkpoint import (
+    latest_checkpoint,
+    load_training_checkpoint,
+    save_training_checkpoint,
+)
+from pipelines.device import autocast
+
+Batch = tuple[torch.Tensor, Condition | None, torch.Tensor | None]  # x0, condition, loss mask
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    """AdamW and its schedule: linear warm-up for ``warmup_steps``, then cosine to ``min_lr_ratio * lr``."""
+
+    lr: float = 2e-4
+    weight_decay: float = 0.0
+    betas: tuple[float, float] = (0.9, 0.999)
+    warmup_steps: int = 100
+    min_lr_ratio: float = 0.1
+    grad_clip: float = 1.0
+    grad_accum: int = 1
+
+
+@dataclass(frozen=True)
+class LoopConfig:
+    """Steps (optimizer updates), micro-batch size per process, EMA, CFG dropout and cadences."""
+
+    steps: int = 1000
+    batch_size: int = 32
+    ema_decay: float = 0.999
+    cfg_dropout: float = 0.0
+    weighting: Weighting = "native"
+    log_every: int = 50
+    checkpoint_every: int = 500
+    val_every: int = 0
+    val_batches: int = 4
+    num_workers: int = 0
+    amp: bool = True
+    compile: bool = False
+    progress: bool = True
+
+
+def lr_factor(step: int, warmup: int, total: int, min_ratio: float) -> float:
+    """Multiplier of the base LR at ``step``: linear warm-up, then half-cosine to ``min_ratio``."""
+    if step < warmup:
+        return (step + 1) / warmup
+    t = min(1.0, (step - warmup) / max(1, total - warmup))
+    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * t))
+
+
+class StepBatches(Sampler[list[int]]):
+    """Deterministic micro-batches from micro-step ``start`` on: epoch ``e`` is a permutation
+    seeded by ``(seed, e)``; with ``world > 1`` each rank takes every ``world``-th index of the
+    global batch (the DistributedSampler idea, but resumable at any step)."""
+
+    def __init__(
+        self, n: int, batch_size: int, seed: int, start: int = 0, rank: int = 0, world: int = 1
+    ) -> None:
+        if n < batch_size * world:
+            raise ValueError(
+                f"dataset of {n} samples is smaller than one global batch ({batch_size * world})"
+            )
+        self.n, self.bs, self.seed, self.start, self.rank, self.world = (
+            n,
+            batch_size,
+            seed,
+            start,
+            rank,
+            world,
+        )
+        self.per_epoch = n // (batch_size * world)
+
+    def __iter__(self) -> Iterator[list[int]]:
+        step = self.start
+        while True:
+            epoch, k = divmod(step, self.per_epoch)
+            g = torch.Generator().manual_seed(member_seed(self.seed, 11, epoch))
+            perm = torch.randperm(self.n, generator=g)
+            glob = perm[k * self.bs * self.world : (k + 1) * self.bs * self.world]
+            yield glob[self.rank :: self.world].tolist()
+            step += 1
+
+    def __len__(self) -> int:  # infinite in principle; a large number keeps DataLoader happy
+        return 2**62
+
+
+def _dist() -> tuple[int, int]:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
+@dataclass
+class TrainState:
+    step: int = 0
+    losses: list[float] = field(default_factory=list)
+
+
+def _ema_update(ema: nn.Module, model: nn.Module, decay: float) -> None:
+    with torch.no_grad():
+        for pe, p in zip(ema.parameters(), model.parameters(), strict=True):
+            pe.lerp_(p.detach(), 1 - decay)
+        for be, b in zip(ema.buffers(), model.buffers(), strict=True):
+            be.copy_(b)
+
+
+def train(
+    denoiser: Denoiser,
+    schedule: NoiseSchedule,
+    dataset: Dataset,
+    to_batch: Callable[[dict, torch.Generator], Batch],
+    *,
+    loop: LoopConfig,
+    optim: OptimConfig,
+    run_dir: str | Path,
+    config: dict[str, Any],
+    seed: int,
+    device: torch.device,
+    resume: str | Path | None = None,
+    val_dataset: Dataset | None = None,
+    metadata: dict[str, Any] | None = None,
+) -> TrainState:
+    """Train ``denoiser`` in place for ``loop.steps`` optimizer steps; checkpoints and
+    ``metrics.jsonl`` go to ``run_dir``. ``to_batch(item_batch, generator)`` turns a collated
+    batch into ``(x0, cond, loss_mask)`` (drawing any task randomness from ``generator``)."""
+    rank, world = _dist()
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    denoiser.to(device)
+    ema = (
+        Denoiser(_clone(denoiser.net), denoiser.precond, denoiser.schedule)
+        .to(device)
+        .requires_grad_(False)
+    )
+    opt = torch.optim.AdamW(
+        denoiser.parameters(), lr=optim.lr, betas=optim.betas, weight_decay=optim.weight_decay
+    )
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: lr_factor(s, optim.warmup_steps, loop.steps, optim.min_lr_ratio)
+    )
+    state = TrainState()
+    ckpt = latest_checkpoint(resume) if resume else None
+    if resume and ckpt is None:
+        raise ValueError(f"{resume}: no checkpoint to resume from")
+    if ckpt is not None:
+        saved = load_training_checkpoint(ckpt)
+        denoiser.net.load_state_dict(saved["model"])
+        ema.net.load_state_dict(saved["ema"])
+        opt.load_state_dict(saved["optimizer"])
+        sched.load_state_dict(saved["scheduler"])
+        state.step = saved["step"]
+    model: nn.Module = denoiser
+    if world > 1:
+        model = torch.nn.parallel.DistributedDataParallel(
+            denoiser, device_ids=[device.index] if device.type == "cuda" else None
+        )
+    forward = torch.compile(model) if (loop.compile and device.type == "cuda") else model
+    sampler = StepBatches(
+        len(dataset), loop.batch_size, seed, state.step * optim.grad_accum, rank, world
+    )  # type: ignore[arg-type]
+    loader = iter(DataLoader(dataset, batch_sampler=sampler, num_workers=loop.num_workers))
+    metrics_path = run_dir / "metrics.jsonl"
+    if rank == 0:
+        _truncate_metrics(metrics_path, state.step)
+    bar = _progress(loop, state.step, rank)
+    t_last, n_last = time.perf_counter(), 0
+    while state.step < loop.steps:
+        step = state.step
+        gen = torch.Generator(device=device).manual_seed(member_seed(seed, 2, step, rank))
+        total = 0.0
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            torch.default_generator.manual_seed(member_seed(seed, 3, step, rank))  # network dropout
+            if device.type == "cuda":
+                torch.cuda.manual_seed(member_seed(seed, 4, step, rank))
+            for _ in range(optim.grad_accum):
+                x0, cond, mask = to_batch(_to(next(loader), device), gen)
+                if loop.cfg_dropout > 0 and cond is not None:
+                    drop = torch.rand(x0.shape[0], generator=gen, device=device) < loop.cfg_dropout
+                    cond = replace(cond, drop=drop)
+                with autocast(device, loop.amp):
+                    loss = denoising_loss(
+                        forward,
+                        x0,
+                        schedule,
+                        cond,
+                        mask=mask,
+                        weighting=loop.weighting,
+                        generator=gen,
+                    )
+                (loss / optim.grad_accum).backward()
+                total += float(loss.detach()) / optim.grad_accum
+                n_last += x0.shape[0] * world
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(denoiser.parameters(), optim.grad_clip))
+        opt.step()
+        sched.step()
+        opt.zero_grad(set_to_none=True)
+        _ema_update(ema, denoiser, loop.ema_decay)
+        state.step += 1
+        state.losses.append(total)
+        if rank == 0:
+            bar.update(1)
+            bar.set_postfix(loss=f"{total:.4f}")
+            if state.step % loop.log_every == 0 or state.step == loop.steps:
+                dt = time.perf_counter() - t_last
+                rec = {
+                    "step": state.step,
+                    "loss": total,
+                    "lr": sched.get_last_lr()[0],
+                    "grad_norm": grad_norm,
+                    "samples_per_s": n_last / dt,
+                }
+                if val_dataset is not None and loop.val_every and state.step % loop.val_every == 0:
+                    rec["val_loss"] = validation_loss(
+                        ema, schedule, val_dataset, to_batch, loop, seed, device
+                    )
+                _append(metrics_path, rec)
+                t_last, n_last = time.perf_counter(), 0
+            if state.step % loop.checkpoint_every == 0 or state.step == loop.steps:
+                save_training_checkpoint(
+                    run_dir,
+                    state.step,
+                    model=denoiser.net.state_dict(),
+                    ema=ema.net.state_dict(),
+                    optimizer=opt,
+                    scheduler=sched,
+                    config=config,
+                    metadata=metadata,
+                )
+    bar.close()
+    return state
+
+
+@torch.no_grad()
+def validation_loss(
+    denoiser: Denoiser,
+    schedule: NoiseSchedule,
+    dataset: Dataset,
+    to_batch: Callable[[dict, torch.Generator], Batch],
+    loop: LoopConfig,
+    seed: int,
+    device: torch.device,
+) -> float:
+    """Mean loss over the first ``loop.val_batches`` batches, with fixed noise (comparable over time)."""
+    gen = torch.Generator(device=device).manual_seed(member_seed(seed, 5))
+    losses = []
+    for i, batch in enumerate(DataLoader(dataset, batch_size=loop.batch_size, shuffle=False)):
+        if i >= loop.val_batches:
+            break
+        x0, cond, mask = to_batch(_to(batch, device), gen)
+        losses.append(
+            float(
+                denoising_loss(
+                    denoiser, x0, schedule, cond, mask=mask, weighting=loop.weighting, generator=gen
+                )
+            )
+        )
+    return float(np.mean(losses)) if losses else float("nan")
+
+
+def _clone(net: nn.Module) -> nn.Module:
+    import copy
+
+    return copy.deepcopy(net)
+
+
+def _to(batch: dict, device: torch.device) -> dict:
+    return {
+        k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()
+    }
+
+
+def _append(path: Path, rec: dict) -> None:
+    with path.open("a") as f:
+        f.write(json.dumps(rec) + "\n")
+
+
+def _truncate_metrics(path: Path, step: int) -> None:
+    """On resume, drop records a killed run wrote after the checkpoint it resumes from."""
+    if not path.exists():
+        return
+    keep = [ln for ln in path.read_text().splitlines() if ln and json.loads(ln)["step"] <= step]
+    path.write_text("".join(ln + "\n" for ln in keep))
+
+
+class _NoBar:
+    def update(self, n: int) -> None: ...
+    def set_postfix(self, **kw: Any) -> None: ...
+    def close(self) -> None: ...
+
+
+def _progress(loop: LoopConfig, start: int, rank: int) -> Any:
+    if not loop.progress or rank != 0:
+        return _NoBar()
+    from tqdm import tqdm
+
+    return tqdm(
+        total=loop.steps,
+        initial=start,
+        unit="step",
+        dynamic_ncols=True,
+        disable=os.environ.get("CI") == "true",
+    )

