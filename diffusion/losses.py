@@ -22,7 +22,7 @@ import torch
 from torch import Tensor
 
 from diffusion.conditioning import Condition
-from diffusion.precond import Denoiser, expand_sigma
+from diffusion.precond import Denoiser, Preconditioning, expand_sigma
 from diffusion.rng import Generators, ensure_generator, randn_like
 from diffusion.schedules import NoiseSchedule
 
@@ -59,6 +59,7 @@ def denoising_loss(
     min_snr_gamma: float = 5.0,
     generator: Generators = None,
     sigma: Tensor | None = None,
+    precond: Preconditioning | None = None,
 ) -> Tensor:
     """Scalar denoising loss of a batch ``x0`` of shape ``(B, ...)``.
 
@@ -66,6 +67,8 @@ def denoising_loss(
       mask: ``(B, ...)`` with 1 where the loss counts (CSDI targets), broadcastable to ``x0``.
       sigma: ``(B,)`` noise levels; drawn from ``schedule.sample_training_sigma`` when omitted
         (with ``generator``, a single ``torch.Generator`` drawing on the CPU).
+      precond: the parameterisation for the weighting; default ``denoiser.precond`` (pass it when
+        ``denoiser`` is wrapped, e.g. by DistributedDataParallel or torch.compile).
     """
     b = x0.shape[0]
     generator = ensure_generator(generator)
@@ -79,7 +82,7 @@ def denoising_loss(
     s = expand_sigma(sigma, x0)
     noisy = x0 + s * randn_like(x0, generator)
     pred = denoiser(noisy, sigma, cond)
-    p = denoiser.precond
+    p = precond if precond is not None else denoiser.precond
     w = loss_weight(s, weighting, p.prediction, p.sigma_data, min_snr_gamma)
     dt = torch.promote_types(pred.dtype, torch.float32)  # bf16 autocast outputs -> float32
     err = w.to(dt) * (pred.to(dt) - x0.to(dt)) ** 2

@@ -221,6 +221,7 @@ def train(
                         mask=mask,
                         weighting=loop.weighting,
                         generator=gen,
+                        precond=denoiser.precond,
                     )
                 (loss / optim.grad_accum).backward()
                 total += float(loss.detach()) / optim.grad_accum

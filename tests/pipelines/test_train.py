@@ -88,3 +88,35 @@ def test_lr_schedule_and_batches() -> None:
     g = iter(StepBatches(20, 4, seed=1))
     first = next(g)
     assert sorted(next(r0) + next(r1)) == sorted(first)
+
+
+def test_ddp_gradients_equal_single_process(tmp_path: Path) -> None:
+    """2 CPU processes (gloo, torchrun): averaged DDP gradients of two half-batches equal the
+    single-process gradients of the whole global batch; train() runs under DDP (rank-0 files)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("ddp_job", Path(__file__).with_name("ddp_job.py"))
+    job = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(job)
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_port",
+        "29571",
+        str(Path(__file__).with_name("ddp_job.py")),
+        str(tmp_path),
+    ]
+    res = subprocess.run(
+        cmd, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"}
+    )
+    assert res.returncode == 0, res.stderr[-3000:]
+    ddp = load_file(str(tmp_path / "ddp_grads.safetensors"))
+    den = job.model()
+    job.loss_on(den, torch.arange(8)).backward()
+    for name, p in den.named_parameters():
+        torch.testing.assert_close(ddp[name], p.grad, rtol=1e-5, atol=1e-7)
+    assert (tmp_path / "run/checkpoints/step_000000006/weights.safetensors").is_file()
+    assert len((tmp_path / "run/metrics.jsonl").read_text().splitlines()) == 2
