@@ -280,7 +280,8 @@ class SampleWindows(Dataset):
     def __getitem__(self, i: int) -> dict[str, torch.Tensor | int]:
         j = int(self.indices[i])
         out: dict[str, torch.Tensor | int] = {
-            v: torch.from_numpy(self.arrays.read(v, j, j + 1)[0].copy()) for v in self.variables
+            v: torch.from_numpy(np.array(self.arrays.read(v, j, j + 1)[0]))  # copy; 0-d for labels
+            for v in self.variables
         }
         out["index"] = j
         return out

@@ -138,6 +138,32 @@ def ingest(
 
 
 @app.command()
+def train(
+    config: Annotated[Path, typer.Option(help="YAML config (TrainJobConfig).")],
+    resume: Annotated[
+        Path | None, typer.Option(help="Run folder or checkpoint folder to resume from.")
+    ] = None,
+    set_: Annotated[
+        list[str] | None, typer.Option("--set", help="Override a config key: KEY=VALUE.")
+    ] = None,
+) -> None:
+    """Train a denoiser on a store from `stdiff ingest` (EMA, checkpoints, exact resume)."""
+    from pipelines.config import load_config
+    from pipelines.training_job import TrainJobConfig, run_training
+
+    try:
+        cfg = load_config(config, TrainJobConfig, _overrides(set_))
+        state = run_training(cfg, resume)
+    except ValueError as e:
+        _fail(str(e))
+    k = max(1, len(state.losses) // 10)
+    if state.losses:
+        first, last = sum(state.losses[:k]) / k, sum(state.losses[-k:]) / k
+        typer.echo(f"trained to step {state.step}: loss {first:.4f} -> {last:.4f}")
+    typer.echo(f"checkpoints and metrics.jsonl in {cfg.out}")
+
+
+@app.command()
 def info(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False) -> None:
     """List the registered schedules, samplers, parameterisations and loss weightings."""
     from diffusion.losses import WEIGHTINGS
