@@ -12,6 +12,7 @@ Tasks (how a batch of store samples becomes ``(x0, condition, loss mask)``):
 from __future__ import annotations
 
 import importlib
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -140,9 +141,20 @@ def _datasets(cfg: TrainJobConfig):
     return train_ds, val_ds, to_batch, {"normalization": ds.attrs.get("normalization", "")}
 
 
+def init_distributed(device: torch.device) -> torch.device:
+    """Under ``torchrun`` (``WORLD_SIZE > 1``) join the process group: NCCL with one GPU per
+    local rank on CUDA, gloo on the CPU. Returns this process's device."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.distributed.is_initialized():
+        if device.type == "cuda":
+            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+            torch.cuda.set_device(device)
+        torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return device
+
+
 def run_training(cfg: TrainJobConfig, resume: str | Path | None = None) -> TrainState:
     """Build the job's denoiser and data, then run :func:`pipelines.train.train`."""
-    device = resolve_device(cfg.device)
+    device = init_distributed(resolve_device(cfg.device))
     schedule = make_schedule(cfg.schedule.name, **cfg.schedule.params)
     m = cfg.model
     net = build_net(m.net, m.params, member_seed(cfg.seed, 1))

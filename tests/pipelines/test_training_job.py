@@ -166,3 +166,57 @@ def test_bad_job_config(tmp_path: Path) -> None:
     )
     res = CliRunner().invoke(app, ["train", "--config", str(path)])
     assert res.exit_code == 2 and "net 'vit' is not known; choose one of" in res.output
+
+
+def test_train_cli_under_torchrun(tmp_path: Path, stay_store: Path) -> None:
+    """`torchrun --nproc_per_node 2 -m pipelines.cli train` joins one gloo group: one metrics
+    writer (rank 0) and one set of checkpoints."""
+    import os
+    import subprocess
+    import sys
+
+    cfg = {
+        "out": str(tmp_path / "ddp"),
+        "device": "cpu",
+        "data": {"store": str(stay_store), "task": "imputation"},
+        "model": {
+            "net": "csdi",
+            "params": {"num_features": 4, "channels": 8, "layers": 1, "heads": 2},
+            "prediction": "eps",
+            "sigma_data": 1.0,
+            "noise_conditioning": "timestep",
+        },
+        "schedule": {"name": "csdi_quad"},
+        "loop": {
+            "steps": 4,
+            "batch_size": 4,
+            "log_every": 2,
+            "checkpoint_every": 4,
+            "progress": False,
+        },
+    }
+    path = tmp_path / "ddp.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_port",
+        "29573",
+        "-m",
+        "pipelines.cli",
+        "train",
+        "--config",
+        str(path),
+    ]
+    res = subprocess.run(
+        cmd, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"}
+    )
+    assert res.returncode == 0, res.stderr[-3000:]
+    steps = [
+        json.loads(ln)["step"] for ln in (tmp_path / "ddp/metrics.jsonl").read_text().splitlines()
+    ]
+    assert steps == [2, 4]
+    assert (tmp_path / "ddp/checkpoints/step_000000004/weights.safetensors").is_file()
