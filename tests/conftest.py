@@ -37,3 +37,13 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"real data folder {SHARED_DATA} is absent (only on development machines)")
     return SHARED_DATA
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny network ops run several times faster with one intra-op thread on a shared 2-core
+    machine; the previous setting is restored afterwards."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

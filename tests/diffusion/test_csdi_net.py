@@ -16,14 +16,7 @@ from diffusion.nets.init import build_seeded
 from diffusion.precond import Denoiser, Preconditioning
 from diffusion.schedules import csdi_quad
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny ops: one intra-op thread is several times faster on a shared 2-core machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _gen(seed: int) -> torch.Generator:

@@ -21,14 +21,7 @@ from diffusion.nets.init import build_seeded
 from diffusion.precond import Denoiser, Preconditioning
 from diffusion.schedules import edm
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny matmuls on shared, loaded cores: intra-op threading costs ~100x; run them serially."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _gen(seed: int) -> torch.Generator:
