@@ -27,6 +27,7 @@ from pipelines.checkpoint import load_checkpoint, save_checkpoint
 from pipelines.config import from_dict, to_dict
 from pipelines.device import DeviceName, resolve_device
 from pipelines.metrics import energy_distance
+from pipelines.train import ema_update
 
 
 @dataclass(frozen=True)
@@ -149,9 +150,7 @@ def train_toy(cfg: ToyDemoConfig, out_dir: str | Path) -> TrainResult:
         loss.backward()
         opt.step()
         sched.step()
-        with torch.no_grad():
-            for pe, p in zip(ema.parameters(), denoiser.parameters(), strict=True):
-                pe.lerp_(p, 1 - cfg.train.ema_decay)
+        ema_update(ema, denoiser, cfg.train.ema_decay)
         losses.append(float(loss.detach()))
     seconds = time.perf_counter() - start
     ckpt = Path(out_dir) / "checkpoint.safetensors"

@@ -14,6 +14,7 @@ optimizer and scheduler states.
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import os
@@ -131,7 +132,8 @@ class TrainState:
     losses: list[float] = field(default_factory=list)
 
 
-def _ema_update(ema: nn.Module, model: nn.Module, decay: float) -> None:
+def ema_update(ema: nn.Module, model: nn.Module, decay: float) -> None:
+    """``ema <- decay * ema + (1 - decay) * model`` for parameters; buffers are copied."""
     with torch.no_grad():
         for pe, p in zip(ema.parameters(), model.parameters(), strict=True):
             pe.lerp_(p.detach(), 1 - decay)
@@ -163,7 +165,7 @@ def train(
     run_dir.mkdir(parents=True, exist_ok=True)
     denoiser.to(device)
     ema = (
-        Denoiser(_clone(denoiser.net), denoiser.precond, denoiser.schedule)
+        Denoiser(copy.deepcopy(denoiser.net), denoiser.precond, denoiser.schedule)
         .to(device)
         .requires_grad_(False)
     )
@@ -230,7 +232,7 @@ def train(
         opt.step()
         sched.step()
         opt.zero_grad(set_to_none=True)
-        _ema_update(ema, denoiser, loop.ema_decay)
+        ema_update(ema, denoiser, loop.ema_decay)
         state.step += 1
         state.losses.append(total)
         if rank == 0:
@@ -291,12 +293,6 @@ def validation_loss(
             )
         )
     return float(np.mean(losses)) if losses else float("nan")
-
-
-def _clone(net: nn.Module) -> nn.Module:
-    import copy
-
-    return copy.deepcopy(net)
 
 
 def _to(batch: dict, device: torch.device) -> dict:

@@ -47,3 +47,22 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+@pytest.fixture
+def torchrun():
+    """Run ``torchrun --nproc_per_node 2 --master_port PORT ARGS...`` on the CPU (gloo); returns
+    the CompletedProcess after asserting it succeeded."""
+    import os
+    import subprocess
+    import sys
+
+    def run(port: int, *args: str) -> subprocess.CompletedProcess:
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"]
+        cmd += ["--master_port", str(port), *args]
+        env = {**os.environ, "OMP_NUM_THREADS": "1"}
+        res = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+        assert res.returncode == 0, res.stderr[-3000:]
+        return res
+
+    return run

@@ -90,7 +90,7 @@ def test_lr_schedule_and_batches() -> None:
     assert sorted(next(r0) + next(r1)) == sorted(first)
 
 
-def test_ddp_gradients_equal_single_process(tmp_path: Path) -> None:
+def test_ddp_gradients_equal_single_process(tmp_path: Path, torchrun) -> None:
     """2 CPU processes (gloo, torchrun): averaged DDP gradients of two half-batches equal the
     single-process gradients of the whole global batch; train() runs under DDP (rank-0 files)."""
     import importlib.util
@@ -98,21 +98,7 @@ def test_ddp_gradients_equal_single_process(tmp_path: Path) -> None:
     spec = importlib.util.spec_from_file_location("ddp_job", Path(__file__).with_name("ddp_job.py"))
     job = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(job)
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--nproc_per_node",
-        "2",
-        "--master_port",
-        "29571",
-        str(Path(__file__).with_name("ddp_job.py")),
-        str(tmp_path),
-    ]
-    res = subprocess.run(
-        cmd, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"}
-    )
-    assert res.returncode == 0, res.stderr[-3000:]
+    torchrun(29571, str(Path(__file__).with_name("ddp_job.py")), str(tmp_path))
     ddp = load_file(str(tmp_path / "ddp_grads.safetensors"))
     den = job.model()
     job.loss_on(den, torch.arange(8)).backward()

@@ -132,22 +132,33 @@ def test_image_networks_train(tmp_path: Path, image_store: Path, net: str, param
     assert (tmp_path / net / "checkpoints/step_000000060/weights.safetensors").is_file()
 
 
-def test_csdi_trains_on_stays(tmp_path: Path, stay_store: Path) -> None:
-    cfg = {
-        "out": str(tmp_path / "csdi"),
-        "device": "cpu",
-        "data": {"store": str(stay_store), "task": "imputation"},
-        "model": {
-            "net": "csdi",
-            "params": {"num_features": 4, "channels": 16, "layers": 2, "heads": 2},
-            "prediction": "eps",
-            "sigma_data": 1.0,
-            "noise_conditioning": "timestep",
-        },
-        "schedule": {"name": "csdi_quad"},
-        "optim": {"lr": 3e-3, "warmup_steps": 5},
-        "loop": LOOP,
+def _csdi_job(out: Path, store: Path, params: dict, **extra) -> dict:
+    """A CSDI imputation job on ``store`` (eps prediction on the quad schedule, as the paper)."""
+    model = {
+        "net": "csdi",
+        "params": {"num_features": 4, "heads": 2, **params},
+        "prediction": "eps",
+        "sigma_data": 1.0,
+        "noise_conditioning": "timestep",
     }
+    return {
+        "out": str(out),
+        "device": "cpu",
+        "data": {"store": str(store), "task": "imputation"},
+        "model": model,
+        "schedule": {"name": "csdi_quad"},
+        **extra,
+    }
+
+
+def test_csdi_trains_on_stays(tmp_path: Path, stay_store: Path) -> None:
+    cfg = _csdi_job(
+        tmp_path / "csdi",
+        stay_store,
+        {"channels": 16, "layers": 2},
+        optim={"lr": 3e-3, "warmup_steps": 5},
+        loop=LOOP,
+    )
     recs = _train(tmp_path, "csdi", cfg)
     assert recs[-1]["loss"] < recs[0]["loss"], recs
     assert "val_loss" in recs[-1]
@@ -168,53 +179,14 @@ def test_bad_job_config(tmp_path: Path) -> None:
     assert res.exit_code == 2 and "net 'vit' is not known; choose one of" in res.output
 
 
-def test_train_cli_under_torchrun(tmp_path: Path, stay_store: Path) -> None:
+def test_train_cli_under_torchrun(tmp_path: Path, stay_store: Path, torchrun) -> None:
     """`torchrun --nproc_per_node 2 -m pipelines.cli train` joins one gloo group: one metrics
     writer (rank 0) and one set of checkpoints."""
-    import os
-    import subprocess
-    import sys
-
-    cfg = {
-        "out": str(tmp_path / "ddp"),
-        "device": "cpu",
-        "data": {"store": str(stay_store), "task": "imputation"},
-        "model": {
-            "net": "csdi",
-            "params": {"num_features": 4, "channels": 8, "layers": 1, "heads": 2},
-            "prediction": "eps",
-            "sigma_data": 1.0,
-            "noise_conditioning": "timestep",
-        },
-        "schedule": {"name": "csdi_quad"},
-        "loop": {
-            "steps": 4,
-            "batch_size": 4,
-            "log_every": 2,
-            "checkpoint_every": 4,
-            "progress": False,
-        },
-    }
+    loop = {"steps": 4, "batch_size": 4, "log_every": 2, "checkpoint_every": 4, "progress": False}
+    cfg = _csdi_job(tmp_path / "ddp", stay_store, {"channels": 8, "layers": 1}, loop=loop)
     path = tmp_path / "ddp.yaml"
     path.write_text(yaml.safe_dump(cfg))
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--nproc_per_node",
-        "2",
-        "--master_port",
-        "29573",
-        "-m",
-        "pipelines.cli",
-        "train",
-        "--config",
-        str(path),
-    ]
-    res = subprocess.run(
-        cmd, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"}
-    )
-    assert res.returncode == 0, res.stderr[-3000:]
+    torchrun(29573, "-m", "pipelines.cli", "train", "--config", str(path))
     steps = [
         json.loads(ln)["step"] for ln in (tmp_path / "ddp/metrics.jsonl").read_text().splitlines()
     ]
