@@ -12,9 +12,18 @@
 set -euo pipefail
 
 peer="${1:-diffusers}"
+# Extra pins per peer: PyPOTS 1.5 needs transformers 4.57.6 and a binary tokenizers wheel.
+extra=()
+# nodeps: the peer's own dependencies that require torch; they too are installed with --no-deps.
+nodeps=()
 case "$peer" in
-    diffusers) ;;
-    *) echo "make_peer_venv.sh: unknown peer '$peer' (known: diffusers)" >&2; exit 2 ;;
+    diffusers) spec="diffusers" ;;
+    pypots)
+        spec="pypots==1.5"
+        nodeps=(tsdb pygrinder benchpots ai4ts)
+        extra=("transformers==4.57.6" "--only-binary=tokenizers")
+        ;;
+    *) echo "make_peer_venv.sh: unknown peer '$peer' (known: diffusers, pypots)" >&2; exit 2 ;;
 esac
 
 repo="$(cd "$(dirname "$0")/.." && pwd)"
@@ -49,24 +58,27 @@ echo "creating peer venv $venv"
 mkdir -p "$(dirname "$venv")"
 "$python" -m venv "$venv"
 pip=("$venv/bin/python" -m pip --disable-pip-version-check -q)
-"${pip[@]}" install --no-deps "$peer"
+"${pip[@]}" install --no-deps "$spec" "${nodeps[@]}"
 
-# The peer's runtime requirements (no extras), read from its installed metadata, without torch.
-mapfile -t reqs < <("$venv/bin/python" - "$peer" <<'EOF'
+# The runtime requirements (no extras) of everything installed so far, from its metadata,
+# without torch and without the packages installed above.
+mapfile -t reqs < <("$venv/bin/python" - "$peer" "${nodeps[@]}" <<'EOF'
 import re
 import sys
 from importlib.metadata import requires
 
-for req in requires(sys.argv[1]) or []:
-    if "extra ==" in req:
-        continue
-    name = re.split(r"[\s<>=!~;\[]", req, maxsplit=1)[0]
-    if name.lower() != "torch":
-        print(req.split(";")[0].strip())
+done = {n.lower() for n in sys.argv[1:]} | {"torch"}
+for dist in sys.argv[1:]:
+    for req in requires(dist) or []:
+        if "extra ==" in req:
+            continue
+        name = re.split(r"[\s<>=!~;\[]", req, maxsplit=1)[0]
+        if name.lower() not in done:
+            print(req.split(";")[0].strip())
 EOF
 )
 echo "installing the runtime dependencies of $peer: ${reqs[*]}"
-"${pip[@]}" install "${reqs[@]}"
+"${pip[@]}" install "${reqs[@]}" "${extra[@]}"
 if "$venv/bin/python" -m pip show -q torch >/dev/null 2>&1; then
     echo "make_peer_venv.sh: torch was installed into $venv; it should come from $project_site" >&2
     exit 1

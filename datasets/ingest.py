@@ -21,7 +21,7 @@ import numpy as np
 import xarray as xr
 
 from datasets.errors import DataError
-from datasets.splits import Split, csdi_fold_split, normalization_stats, time_split
+from datasets.splits import Split, csdi_stay_split, normalization_stats, time_split
 from datasets.store import attach_stats, content_hash, store_hash, write_store
 
 Kind = Literal["weather", "timeseries", "images", "medical"]
@@ -112,7 +112,7 @@ def _timeseries(source: str, opt: IngestOptions) -> tuple[xr.Dataset, Split, lis
     from datasets.physionet import load_physionet2012
 
     ds = load_physionet2012(p, progress=True)
-    return ds, csdi_fold_split(ds.sizes["stay"], fold=opt.fold), ["values"]
+    return ds, csdi_stay_split(ds["observed_mask"].values, fold=opt.fold), ["values"]
 
 
 def _images(source: str, opt: IngestOptions) -> xr.Dataset:

@@ -4,8 +4,8 @@
   day is ever seen in training, not even as a neighbour of a training window.
 * PhysioNet splits **by stay** with CSDI's 5-fold protocol (Tashiro et al. 2021,
   ``dataset_physio.get_dataloader``): shuffle the sorted stays with seed 1, fold ``k`` takes the
-  ``k``-th fifth as test, the rest is shuffled again with the same seed and cut 70 % train / 30 %
-  validation. Reproduced with a local ``numpy.random.RandomState`` (no global state).
+  ``k``-th fifth as test, the rest is shuffled again with the same seed and its first 70 % of *all*
+  stays are training, the other 10 % validation (``num_train = int(len(dataset) * 0.7)``). Reproduced with a local ``numpy.random.RandomState`` (no global state).
 """
 
 from __future__ import annotations
@@ -43,8 +43,18 @@ def csdi_fold_split(n: int, fold: int = 0, seed: int = 1, nfold: int = 5) -> Spl
     remain = np.delete(idx, np.arange(start, end))
     rs = np.random.RandomState(seed)
     rs.shuffle(remain)
-    n_train = int(len(remain) * 0.7)
+    n_train = int(n * 0.7)  # of all stays, as the official code: 70 / 10 / 20 %
     return Split("stay", remain[:n_train], remain[n_train:], test)
+
+
+def csdi_stay_split(observed_mask: np.ndarray, fold: int = 0, seed: int = 1) -> Split:
+    """CSDI's split over the stays that have at least one observed value, as positions into all
+    stays. The official loader drops a stay with nothing observed (drawing its ground-truth mask
+    raises and the stay is skipped), so on set-a it splits 3997 stays, not 4000."""
+    n = observed_mask.shape[0]
+    keep = np.flatnonzero(np.asarray(observed_mask).reshape(n, -1).any(1))
+    s = csdi_fold_split(len(keep), fold, seed)
+    return Split("stay", keep[s.train], keep[s.valid], keep[s.test])
 
 
 def time_split(

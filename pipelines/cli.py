@@ -164,6 +164,51 @@ def train(
 
 
 @app.command()
+def impute(
+    checkpoint: Annotated[Path, typer.Option(help="Training run folder or step_* checkpoint.")],
+    data: Annotated[Path, typer.Option(help="Timeseries store from `stdiff ingest`.")],
+    out: Annotated[Path, typer.Option(help="Output zarr store.")],
+    sampler: Annotated[
+        str | None, typer.Option(help="Registered sampler (stdiff info); default ddpm.")
+    ] = None,
+    steps: Annotated[int | None, typer.Option(help="Sampler steps; default 50.")] = None,
+    members: Annotated[int | None, typer.Option(help="Samples per stay; default 100.")] = None,
+    config: Annotated[
+        Path | None, typer.Option(help="YAML with further ImputeConfig keys.")
+    ] = None,
+    set_: Annotated[
+        list[str] | None, typer.Option("--set", help="Override a config key: KEY=VALUE.")
+    ] = None,
+) -> None:
+    """Fill the gaps of a timeseries store with N samples each (median, quantiles, intervals)."""
+    from pipelines.config import from_dict, load_config
+    from pipelines.imputation import ImputeConfig, run_imputation
+
+    given = {"sampler": sampler, "steps": steps, "members": members}
+    base = {"checkpoint": str(checkpoint), "data": str(data), "out": str(out)}
+    base.update({k: v for k, v in given.items() if v is not None})
+    try:  # precedence: --set, then the options, then the YAML file
+        overrides = {**base, **_overrides(set_)}
+        if config is not None:
+            cfg = load_config(config, ImputeConfig, overrides)
+        else:
+            cfg = from_dict(ImputeConfig, overrides, "impute:")
+        result = run_imputation(cfg)
+    except (ValueError, FloatingPointError) as e:  # DataError is a ValueError
+        _fail(str(e))
+    typer.echo(
+        f"{result['out']}: {result['stays']} stays x {result['members']} members, "
+        f"{cfg.sampler} {cfg.steps} steps ({result['evals']} evaluations) in {result['seconds']:.1f} s"
+    )
+    if "metrics" in result:
+        m = result["metrics"]
+        typer.echo(
+            f"CRPS {m['crps']:.4f}  MAE {m['mae']:.4f}  RMSE {m['rmse']:.4f}  "
+            f"90% coverage {m['cover_90']:.3f}  ({m['eval_points']} points)"
+        )
+
+
+@app.command()
 def info(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False) -> None:
     """List the registered schedules, samplers, parameterisations and loss weightings."""
     from diffusion.losses import WEIGHTINGS

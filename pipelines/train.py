@@ -17,7 +17,6 @@ from __future__ import annotations
 import copy
 import json
 import math
-import os
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
@@ -40,6 +39,7 @@ from pipelines.checkpoint import (
     save_training_checkpoint,
 )
 from pipelines.device import autocast
+from pipelines.progress import progress_bar
 
 Batch = tuple[torch.Tensor, Condition | None, torch.Tensor | None]  # x0, condition, loss mask
 
@@ -59,16 +59,22 @@ class OptimConfig:
 
 @dataclass(frozen=True)
 class LoopConfig:
-    """Steps (optimizer updates), micro-batch size per process, EMA, CFG dropout and cadences."""
+    """Steps (optimizer updates), micro-batch size per process, EMA, CFG dropout and cadences.
+
+    ``ema_warmup``: the EMA decay at step ``s`` is ``min(ema_decay, (1 + s) / (10 + s))`` (as
+    diffusers' EMAModel), so early EMA weights are not dominated by the initialisation; without
+    it 0.999 keeps ``0.999**s`` of the initial weights (22 % after 1,500 steps)."""
 
     steps: int = 1000
     batch_size: int = 32
     ema_decay: float = 0.999
+    ema_warmup: bool = True
     cfg_dropout: float = 0.0
     weighting: Weighting = "native"
     log_every: int = 50
     checkpoint_every: int = 500
     val_every: int = 0
+    sample_every: int = 0
     val_batches: int = 4
     num_workers: int = 0
     amp: bool = True
@@ -156,10 +162,14 @@ def train(
     resume: str | Path | None = None,
     val_dataset: Dataset | None = None,
     metadata: dict[str, Any] | None = None,
+    sample_fn: Callable[[Denoiser, int, Path], dict[str, float]] | None = None,
 ) -> TrainState:
     """Train ``denoiser`` in place for ``loop.steps`` optimizer steps; checkpoints and
-    ``metrics.jsonl`` go to ``run_dir``. ``to_batch(item_batch, generator)`` turns a collated
-    batch into ``(x0, cond, loss_mask)`` (drawing any task randomness from ``generator``)."""
+    ``metrics.jsonl`` (and ``metrics.csv``, and TensorBoard events in ``tb/`` when tensorboard is
+    installed) go to ``run_dir``. ``to_batch(item_batch, generator)`` turns a collated batch into
+    ``(x0, cond, loss_mask)`` (drawing any task randomness from ``generator``). Every
+    ``loop.sample_every`` steps ``sample_fn(ema_denoiser, step, run_dir / "samples")`` dumps
+    samples (its own generators; the training stream is untouched) and returns scores to log."""
     rank, world = _dist()
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -168,6 +178,7 @@ def train(
         Denoiser(copy.deepcopy(denoiser.net), denoiser.precond, denoiser.schedule)
         .to(device)
         .requires_grad_(False)
+        .eval()  # never trained: dropout off for validation and sample dumps
     )
     opt = torch.optim.AdamW(
         denoiser.parameters(), lr=optim.lr, betas=optim.betas, weight_decay=optim.weight_decay
@@ -199,7 +210,10 @@ def train(
     metrics_path = run_dir / "metrics.jsonl"
     if rank == 0:
         _truncate_metrics(metrics_path, state.step)
-    bar = _progress(loop, state.step, rank)
+    tb = _TensorBoard(run_dir / "tb" if rank == 0 else None)
+    bar = progress_bar(
+        loop.steps, enabled=loop.progress and rank == 0, initial=state.step, unit="step"
+    )
     t_last, n_last = time.perf_counter(), 0
     while state.step < loop.steps:
         step = state.step
@@ -232,12 +246,15 @@ def train(
         opt.step()
         sched.step()
         opt.zero_grad(set_to_none=True)
-        ema_update(ema, denoiser, loop.ema_decay)
+        decay = min(loop.ema_decay, (1 + step) / (10 + step)) if loop.ema_warmup else loop.ema_decay
+        ema_update(ema, denoiser, decay)
         state.step += 1
         state.losses.append(total)
         if rank == 0:
             bar.update(1)
-            bar.set_postfix(loss=f"{total:.4f}")
+            bar.set_postfix(
+                loss=f"{total:.4f}", samples_s=f"{n_last / (time.perf_counter() - t_last):.1f}"
+            )
             if state.step % loop.log_every == 0 or state.step == loop.steps:
                 dt = time.perf_counter() - t_last
                 rec = {
@@ -251,7 +268,14 @@ def train(
                     rec["val_loss"] = validation_loss(
                         ema, schedule, val_dataset, to_batch, loop, seed, device
                     )
+                if (
+                    sample_fn is not None
+                    and loop.sample_every
+                    and state.step % loop.sample_every == 0
+                ):
+                    rec.update(sample_fn(ema, state.step, run_dir / "samples"))
                 _append(metrics_path, rec)
+                tb.log(rec)
                 t_last, n_last = time.perf_counter(), 0
             if state.step % loop.checkpoint_every == 0 or state.step == loop.steps:
                 save_training_checkpoint(
@@ -264,7 +288,9 @@ def train(
                     config=config,
                     metadata=metadata,
                 )
+                write_csv(metrics_path)
     bar.close()
+    tb.close()
     return state
 
 
@@ -306,29 +332,47 @@ def _append(path: Path, rec: dict) -> None:
         f.write(json.dumps(rec) + "\n")
 
 
+def write_csv(jsonl: Path) -> Path:
+    """``metrics.csv`` beside ``metrics.jsonl``: one row per record, a column per key seen."""
+    import csv
+
+    recs = [json.loads(ln) for ln in jsonl.read_text().splitlines() if ln] if jsonl.exists() else []
+    cols = list(dict.fromkeys(k for r in recs for k in r if not isinstance(r[k], (list, dict))))
+    out = jsonl.with_suffix(".csv")
+    with out.open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=cols, extrasaction="ignore")
+        w.writeheader()
+        w.writerows(recs)
+    return out
+
+
+class _TensorBoard:
+    """Scalars to TensorBoard when the ``tensorboard`` package is installed; else nothing."""
+
+    def __init__(self, logdir: Path | None) -> None:
+        self.writer = None
+        if logdir is None:
+            return
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:  # tensorboard is optional
+            return
+        self.writer = SummaryWriter(str(logdir))
+
+    def log(self, rec: dict[str, Any]) -> None:
+        if self.writer is not None:
+            for k, v in rec.items():
+                if k != "step" and isinstance(v, (int, float)):
+                    self.writer.add_scalar(k, v, rec["step"])
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
 def _truncate_metrics(path: Path, step: int) -> None:
     """On resume, drop records a killed run wrote after the checkpoint it resumes from."""
     if not path.exists():
         return
     keep = [ln for ln in path.read_text().splitlines() if ln and json.loads(ln)["step"] <= step]
     path.write_text("".join(ln + "\n" for ln in keep))
-
-
-class _NoBar:
-    def update(self, n: int) -> None: ...
-    def set_postfix(self, **kw: Any) -> None: ...
-    def close(self) -> None: ...
-
-
-def _progress(loop: LoopConfig, start: int, rank: int) -> Any:
-    if not loop.progress or rank != 0:
-        return _NoBar()
-    from tqdm import tqdm
-
-    return tqdm(
-        total=loop.steps,
-        initial=start,
-        unit="step",
-        dynamic_ncols=True,
-        disable=os.environ.get("CI") == "true",
-    )

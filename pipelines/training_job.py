@@ -4,9 +4,10 @@ Tasks (how a batch of store samples becomes ``(x0, condition, loss mask)``):
 
 * ``images``: ``x0`` = the image in [-1, 1], condition = its class label (with ``loop.cfg_dropout``
   the label is dropped for classifier-free guidance).
-* ``imputation``: CSDI's training rule (Tashiro et al. 2021, ``get_randmask``): for each sample a
-  ratio ``r ~ U(0, 1)`` of its observed entries becomes the targets; the rest is the condition
-  (``Condition(observed, mask)``); the loss counts the targets only.
+* ``imputation``: CSDI's training rule (Tashiro et al. 2021): ``data.mask`` (``random`` by default,
+  or ``historical``, ``mix``, ``block``, ``forecast``; see ``datasets.masks``) picks targets among
+  the observed entries; the rest is the condition (``Condition(observed, mask)``); the loss counts
+  the targets only.
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from datasets.splits import csdi_fold_split
+from datasets.masks import STRATEGIES, Strategy, cond_mask
+from datasets.splits import csdi_stay_split
 from datasets.store import open_store
 from datasets.windows import SampleWindows
 from diffusion.conditioning import Condition
@@ -28,8 +30,10 @@ from diffusion.nets.init import build_seeded
 from diffusion.precond import Denoiser, NoiseConditioning, Preconditioning, Prediction
 from diffusion.rng import member_seed
 from diffusion.schedules import make_schedule
-from pipelines.config import to_dict
+from pipelines.checkpoint import latest_checkpoint, load_checkpoint
+from pipelines.config import from_dict, to_dict
 from pipelines.device import DeviceName, resolve_device
+from pipelines.sample_dumps import SampleFn, image_dump, imputation_dump
 from pipelines.toy import ScheduleConfig
 from pipelines.train import LoopConfig, OptimConfig, TrainState, train
 
@@ -46,12 +50,23 @@ NETS: dict[str, tuple[str, str]] = {
 @dataclass(frozen=True)
 class DataConfig:
     """store: a zarr store from ``stdiff ingest``; task: how samples become training batches;
-    fold: CSDI fold (imputation); max_samples: use only the first N training samples."""
+    fold: CSDI fold (imputation); max_samples: use only the first N training samples;
+    mask, horizon, max_block: the imputation targets (``datasets.masks``; ``horizon`` steps for
+    ``forecast``, the longest gap as a fraction of the window for ``block``)."""
 
     store: str
     task: Literal["images", "imputation"]
     fold: int = 0
     max_samples: int | None = None
+    mask: Strategy = "random"
+    horizon: int = 0
+    max_block: float = 0.5
+
+    def __post_init__(self) -> None:
+        if self.mask not in STRATEGIES:
+            raise ValueError(f"mask {self.mask!r} is not known; choose one of {list(STRATEGIES)}")
+        if self.mask == "forecast" and self.horizon < 1:
+            raise ValueError("horizon must be at least 1 with mask: forecast")
 
 
 @dataclass(frozen=True)
@@ -93,29 +108,19 @@ def build_net(name: str, params: dict[str, Any], seed: int) -> torch.nn.Module:
         raise ValueError(f"model.params for net {name!r}: {e}") from None
 
 
-def csdi_random_targets(observed: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """CSDI's random strategy: per sample, a ratio ``r ~ U(0,1)`` of the observed entries becomes
-    targets. Returns the conditioning mask ``(B, ...)`` (observed and not a target)."""
-    b = observed.shape[0]
-    flat = observed.reshape(b, -1).float()
-    score = torch.rand(flat.shape, generator=generator, device=flat.device) * flat
-    ratio = torch.rand(b, generator=generator, device=flat.device)
-    n_target = torch.round(flat.sum(1) * ratio).long()
-    order = score.argsort(dim=1, descending=True)  # observed entries first, in random order
-    rank = torch.empty_like(order)
-    rank.scatter_(1, order, torch.arange(flat.shape[1], device=flat.device).expand(b, -1))
-    target = (rank < n_target[:, None]) & (flat > 0)
-    return ((flat > 0) & ~target).reshape(observed.shape).to(observed.dtype)
-
-
 def _images_batch(batch: dict, gen: torch.Generator):
     return batch["image"], Condition(labels=batch["label"].long()), None
 
 
-def _imputation_batch(batch: dict, gen: torch.Generator):
-    values, observed = batch["values"], batch["observed_mask"].float()
-    cond_mask = csdi_random_targets(observed, gen)
-    return values, Condition(observed=values * cond_mask, mask=cond_mask), observed - cond_mask
+def imputation_batch(data: DataConfig):
+    """``to_batch`` of the imputation task: ``data.mask`` picks the targets among the observed."""
+
+    def to_batch(batch: dict, gen: torch.Generator):
+        values, observed = batch["values"], batch["observed_mask"].float()
+        cm = cond_mask(data.mask, observed, gen, horizon=data.horizon, max_block=data.max_block)
+        return values, Condition(observed=values * cm, mask=cm), observed - cm
+
+    return to_batch
 
 
 def _datasets(cfg: TrainJobConfig):
@@ -129,16 +134,39 @@ def _datasets(cfg: TrainJobConfig):
         val_idx = np.flatnonzero(ds["split"].values == 1) if "split" in ds else train_idx[:0]
         variables, dim, to_batch = ["image", "label"], "sample", _images_batch
     else:
-        split = csdi_fold_split(ds.sizes["stay"], cfg.data.fold)
+        split = csdi_stay_split(ds["observed_mask"].values, cfg.data.fold)
         train_idx, val_idx = split.train, split.valid
-        variables, dim, to_batch = ["values", "observed_mask"], "stay", _imputation_batch
+        variables, dim, to_batch = ["values", "observed_mask"], "stay", imputation_batch(cfg.data)
     if cfg.data.max_samples:
         train_idx = train_idx[: cfg.data.max_samples]
     train_ds = SampleWindows(cfg.data.store, dim, variables, indices=train_idx)
     val_ds = (
         SampleWindows(cfg.data.store, dim, variables, indices=val_idx) if len(val_idx) else None
     )
-    return train_ds, val_ds, to_batch, {"normalization": ds.attrs.get("normalization", "")}
+    return train_ds, val_ds, to_batch, store_metadata(ds, variables)
+
+
+def store_metadata(ds, variables: list[str]) -> dict[str, Any]:
+    """What inference needs to know about the training data, kept in the checkpoint: the
+    variables, their dims and non-sample coordinates (feature names, grid), and the
+    normalisation statistics (``<var>_mean`` / ``_std`` / ``_diff_std`` arrays) as lists."""
+    stats = {
+        name: np.asarray(ds[name].values, dtype=np.float64).tolist()
+        for name in ds.data_vars
+        if name.rsplit("_", 1)[-1] in ("mean", "std") or name.endswith("_diff_std")
+    }
+    coords = {
+        str(c): [str(v) for v in np.asarray(ds[c].values).tolist()]
+        for c in ds.coords
+        if c not in ("stay", "sample", "time") and ds[c].ndim == 1 and ds[c].size <= 4096
+    }
+    return {
+        "variables": {v: list(ds[v].dims) for v in variables},
+        "coords": coords,
+        "stats": stats,
+        "normalization": ds.attrs.get("normalization", ""),
+        "store_hash": ds.attrs.get("content_hash", ""),
+    }
 
 
 def init_distributed(device: torch.device) -> torch.device:
@@ -176,4 +204,42 @@ def run_training(cfg: TrainJobConfig, resume: str | Path | None = None) -> Train
         resume=resume,
         val_dataset=val_ds,
         metadata=meta,
+        sample_fn=_sample_fn(cfg, val_ds if val_ds is not None else train_ds),
     )
+
+
+def _sample_fn(cfg: TrainJobConfig, ds) -> SampleFn | None:
+    """The task's periodic sample dump (``loop.sample_every``), on the first held-out items."""
+    if not cfg.loop.sample_every:
+        return None
+    first = [ds[i] for i in range(min(8, len(ds)))]
+    if cfg.data.task == "images":
+        shape = tuple(first[0]["image"].shape)
+        return image_dump(shape, int(cfg.model.params.get("num_classes", 0)), cfg.seed)
+    values = torch.stack([it["values"] for it in first])
+    observed = torch.stack([it["observed_mask"] for it in first]).float()
+    return imputation_dump(values, observed, cfg.seed)
+
+
+def load_denoiser(
+    checkpoint: str | Path, weights: Literal["ema", "model"] = "ema", device: str = "cpu"
+) -> tuple[Denoiser, TrainJobConfig, dict[str, Any]]:
+    """The trained denoiser (EMA weights by default, in ``eval()`` mode), its job config and the
+    checkpoint metadata, from a run folder (its latest checkpoint) or a ``step_*`` folder."""
+    path = Path(checkpoint)
+    if not path.exists():
+        raise ValueError(f"{path}: checkpoint not found")
+    ckpt = path if (path / "weights.safetensors").is_file() else latest_checkpoint(path)
+    if ckpt is None:
+        raise ValueError(
+            f"{path}: no checkpoint in this folder (expected step_*/weights.safetensors)"
+        )
+    groups, config, metadata = load_checkpoint(ckpt / "weights.safetensors")
+    cfg = from_dict(TrainJobConfig, config, f"{ckpt}: config")
+    schedule = make_schedule(cfg.schedule.name, **cfg.schedule.params)
+    m = cfg.model
+    net = build_net(m.net, m.params, 0)
+    net.load_state_dict(groups[weights])
+    pre = Preconditioning(m.prediction, m.sigma_data, m.noise_conditioning)
+    metadata = {**metadata, "checkpoint": str(ckpt)}
+    return Denoiser(net, pre, schedule).to(device).eval(), cfg, metadata

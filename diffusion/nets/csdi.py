@@ -12,8 +12,9 @@ Module names match the official state dict (``diffmodel.`` prefix removed, ``emb
 and the side-information time embedding is interleaved sin/cos like ``time_embedding`` there.
 
 Deviations: ``output_projection2``'s bias is zero-initialised too (the official code zeros the
-weight only) so the initial output is exactly 0; the transformers' dropout defaults to 0 (the
-official 0.1 is PyTorch's default, and dropout would draw from the global RNG); attention input
+weight only) so the initial output is exactly 0; transformer dropout is 0.1 as the official code
+(PyTorch's default there); it draws from torch's default generator, which the trainer re-seeds per
+step inside ``fork_rng`` so runs stay reproducible, and it is off in ``eval()`` mode; attention input
 projections are drawn from a fixed generator, since ``build_seeded`` redraws Linear layers only.
 """
 
@@ -126,7 +127,7 @@ class CSDINet(nn.Module):
         time_emb: int = 128,
         feature_emb: int = 16,
         step_emb: int = 128,
-        dropout: float = 0.0,
+        dropout: float = 0.1,
     ) -> None:
         super().__init__()
         self.num_features, self.channels, self.time_emb = num_features, channels, time_emb

@@ -120,7 +120,7 @@ def test_real_physionet_ingest(shared_data: Path, tmp_path: Path) -> None:
     missing = 1 - float(ds["observed_mask"].mean())
     print(f"PhysioNet set-a missing ratio {missing:.3f}")
     assert 0.75 < missing < 0.85
-    assert "2240 train / 960 valid / 800 test" in ds.attrs["split"]
+    assert "2797 train / 401 valid / 799 test" in ds.attrs["split"]
     item = SampleWindows(out, "stay", ["values", "observed_mask"])[0]
     assert item["values"].shape == (48, 35)
 

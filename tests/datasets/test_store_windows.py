@@ -94,7 +94,7 @@ def test_failed_write_leaves_nothing(tmp_path: Path) -> None:
 
 def test_csdi_split_protocol() -> None:
     s = csdi_fold_split(4000, fold=0, seed=1)
-    assert (len(s.train), len(s.valid), len(s.test)) == (2240, 960, 800)
+    assert (len(s.train), len(s.valid), len(s.test)) == (2800, 400, 800)
     all_idx = np.concatenate([s.train, s.valid, s.test])
     assert sorted(all_idx.tolist()) == list(range(4000))
     # reference: the same protocol with numpy's legacy global functions, as CSDI wrote it

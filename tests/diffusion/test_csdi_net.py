@@ -137,6 +137,7 @@ def test_mask_conditions_the_output() -> None:
         opt.zero_grad()
         _loss(net, x, cond, i).backward()
         opt.step()
+    net.eval()  # dropout (0.1, as the paper) off
     step = torch.full((4,), 10.0)
     with torch.no_grad():
         base = net(x, step, cond)

@@ -1,0 +1,130 @@
+"""Probabilistic scores against brute-force loops over points, levels and members."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import xarray as xr
+
+from pipelines.scores import (
+    CSDI_QUANTILES,
+    ensemble_quantiles,
+    interval_coverage,
+    interval_quantiles,
+    point_errors,
+    quantile_crps,
+    quantile_crps_sum,
+    rank_histogram,
+)
+
+DIMS = ("stay", "time", "feature")
+
+
+def _case(seed: int = 0, m: int = 9, shape=(3, 4, 5)):
+    rng = np.random.default_rng(seed)
+    truth = rng.normal(size=shape)
+    samples = truth + rng.normal(size=(m, *shape)) * 0.8 + 0.1
+    mask = (rng.random(shape) < 0.6).astype(float)
+    return (
+        xr.DataArray(samples, dims=("member", *DIMS)),
+        xr.DataArray(truth, dims=DIMS),
+        xr.DataArray(mask, dims=DIMS),
+    )
+
+
+def _lin_quantile(values: list[float], q: float) -> float:
+    v = sorted(values)
+    pos = (len(v) - 1) * q
+    lo, hi = math.floor(pos), math.ceil(pos)
+    return v[lo] + (v[hi] - v[lo]) * (pos - lo)
+
+
+def _points(arr: np.ndarray):
+    return np.ndindex(*arr.shape)
+
+
+def test_quantile_crps_brute_force() -> None:
+    samples, truth, mask = _case()
+    s, y, w = samples.values, truth.values, mask.values
+    total = 0.0
+    for q in CSDI_QUANTILES:
+        loss = 0.0
+        for i in _points(y):
+            if w[i]:
+                qp = _lin_quantile(list(s[(slice(None), *i)]), q)
+                loss += 2 * abs((qp - y[i]) * ((y[i] <= qp) - q))
+        total += loss / sum(abs(y[i]) for i in _points(y) if w[i])
+    expected = total / len(CSDI_QUANTILES)
+    got = quantile_crps(ensemble_quantiles(samples, CSDI_QUANTILES), truth, mask)
+    assert got == pytest.approx(expected, rel=1e-10)
+
+
+def test_quantile_crps_sum_brute_force() -> None:
+    samples, truth, mask = _case(1)
+    s, y, w = samples.values.sum(-1), truth.values.sum(-1), mask.values.mean(-1)
+    total = 0.0
+    for q in CSDI_QUANTILES:
+        loss = sum(
+            2 * abs((qp - y[i]) * w[i] * ((y[i] <= qp) - q))
+            for i in _points(y)
+            for qp in [_lin_quantile(list(s[(slice(None), *i)]), q)]
+        )
+        total += loss / sum(abs(y[i] * w[i]) for i in _points(y))
+    qs = ensemble_quantiles(samples.sum("feature"), CSDI_QUANTILES)
+    got = quantile_crps_sum(qs, truth, mask)
+    assert got == pytest.approx(total / len(CSDI_QUANTILES), rel=1e-10)
+
+
+def test_point_errors_and_coverage_brute_force() -> None:
+    samples, truth, mask = _case(2, m=41)
+    s, y, w = samples.values, truth.values, mask.values
+    pts = [i for i in _points(y) if w[i]]
+    med = samples.median("member")
+    errs = [float(med.values[i] - y[i]) for i in pts]
+    got = point_errors(med, truth, mask)
+    assert got["mae"] == pytest.approx(np.mean(np.abs(errs)), rel=1e-12)
+    assert got["rmse"] == pytest.approx(math.sqrt(np.mean(np.square(errs))), rel=1e-12)
+    cov = interval_coverage(ensemble_quantiles(samples, interval_quantiles()), truth, mask)
+    for lv in (0.5, 0.9, 0.95):
+        inside = [
+            _lin_quantile(list(s[(slice(None), *i)]), (1 - lv) / 2)
+            <= y[i]
+            <= _lin_quantile(list(s[(slice(None), *i)]), (1 + lv) / 2)
+            for i in pts
+        ]
+        assert cov[f"cover_{round(lv * 100)}"] == pytest.approx(np.mean(inside), rel=1e-12)
+
+
+def test_rank_histogram_brute_force_and_ties() -> None:
+    samples, truth, mask = _case(3, m=7)
+    s, y, w = samples.values, truth.values, mask.values
+    expected = np.zeros(8, dtype=int)
+    for i in _points(y):
+        if w[i]:
+            expected[sum(int(v < y[i]) for v in s[(slice(None), *i)])] += 1
+    np.testing.assert_array_equal(rank_histogram(samples, truth, mask), expected)
+    # all members equal to the truth: the rank is uniform over the M + 1 places
+    big = xr.DataArray(np.zeros((4, 5000)), dims=("member", "point"))
+    h = rank_histogram(big, xr.zeros_like(big[0]), xr.ones_like(big[0]))
+    assert h.sum() == 5000 and h.min() > 850
+
+
+def test_calibrated_ensemble_covers_and_is_flat() -> None:
+    rng = np.random.default_rng(5)
+    truth = xr.DataArray(rng.normal(size=5000), dims="point")
+    samples = xr.DataArray(rng.normal(size=(199, 5000)), dims=("member", "point"))
+    ones = xr.ones_like(truth)
+    # (with few members the interpolated interval is narrower than the level: 19 members
+    # cover about 81 % with their 5-95 % quantiles)
+    cov = interval_coverage(ensemble_quantiles(samples, interval_quantiles()), truth, ones)
+    assert abs(cov["cover_90"] - 0.9) < 0.03 and abs(cov["cover_50"] - 0.5) < 0.03
+    h = rank_histogram(samples[:19], truth, ones)
+    assert h.max() / h.min() < 1.5  # 250 per bin expected, sd about 16
+
+
+def test_empty_mask_is_an_error() -> None:
+    samples, truth, mask = _case()
+    with pytest.raises(ValueError, match="no points"):
+        point_errors(samples.median("member"), truth, mask * 0)
