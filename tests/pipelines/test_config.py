@@ -44,3 +44,17 @@ def test_errors_name_file_and_key(tmp_path: Path, text: str, match: str) -> None
     path.write_text(text)
     with pytest.raises(ValueError, match=match):
         load_config(path, ToyDemoConfig)
+
+
+def test_every_shipped_config_loads() -> None:
+    """Each YAML in configs/ is a valid config of its job (paths filled in where the CLI gives them)."""
+    from pipelines.imputation import ImputeConfig
+    from pipelines.training_job import TrainJobConfig
+
+    kinds = {"demo_": (ToyDemoConfig, {}), "train_": (TrainJobConfig, {})}
+    kinds["impute_"] = (ImputeConfig, {"checkpoint": "c", "data": "d", "out": "o"})
+    paths = sorted((REPO / "configs").glob("*.yaml"))
+    assert len(paths) >= 5
+    for path in paths:
+        cls, extra = next(v for k, v in kinds.items() if path.name.startswith(k))
+        assert isinstance(load_config(path, cls, extra), cls)
