@@ -444,15 +444,18 @@ def calendar_features(ds: xr.Dataset) -> xr.Dataset:
 
 
 def latitude_weights(lat: xr.DataArray | Any) -> xr.DataArray:
-    """cos(lat) normalised to mean 1 over ``lat`` (degrees): area weights for grid-point means.
-
-    Same normalisation as WeatherBench 2 (Rasp et al. 2024, ``weatherbench2/metrics.py``,
-    ``get_lat_weights``), which integrates cos(lat) over each cell (sin(upper) - sin(lower));
-    on an equiangular grid that equals cos(lat) up to a constant except in the pole rows.
-    """
+    """Area weights of latitude rows from cell bounds, normalised to mean 1 (``lat`` in degrees,
+    either order), as WeatherBench 2 (Rasp et al. 2024, ``metrics.get_lat_weights``): a row's cell
+    spans from the midpoints to its neighbours (the poles close the outer cells), and its weight is
+    ``sin(upper) - sin(lower)``, the exact area of the band. On an equiangular grid this is
+    cos(lat) up to a constant except in the pole rows, where cos(lat) would give 0."""
     values = np.asarray(lat, dtype=np.float64)
     coords = lat.coords if isinstance(lat, xr.DataArray) else {"lat": values}
-    w = np.cos(np.deg2rad(values))
+    order = np.argsort(values)
+    rad = np.deg2rad(values[order])
+    bounds = np.concatenate([[-np.pi / 2], (rad[:-1] + rad[1:]) / 2, [np.pi / 2]])
+    w = np.empty_like(values)
+    w[order] = np.sin(bounds[1:]) - np.sin(bounds[:-1])
     return xr.DataArray(w / w.mean(), dims=("lat",), coords=coords, name="latitude_weight")
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import itertools
 import uuid
 from pathlib import Path
 
@@ -265,6 +266,18 @@ def test_latitude_weights() -> None:
     np.testing.assert_allclose(float(w.mean()), 1.0)
     np.testing.assert_allclose(w.values, w.values[::-1])
     assert float(w.sel(lat=0.0)) == pytest.approx(float(w.max()))
+    assert float(w[0]) > 0  # pole rows have an area
+    # brute force: each row's band area by numerical integration of cos over its cell
+    edges = np.concatenate([[-90], (lat[:-1] + lat[1:]) / 2, [90]])
+    area = [
+        np.trapezoid(
+            np.cos(np.deg2rad(np.linspace(a, b, 2001))), np.deg2rad(np.linspace(a, b, 2001))
+        )
+        for a, b in itertools.pairwise(edges)
+    ]
+    np.testing.assert_allclose(w.values, np.asarray(area) / np.mean(area), rtol=1e-6)
+    # descending latitudes (NCEP's order) give the same weights per latitude
+    np.testing.assert_allclose(latitude_weights(lat[::-1]).values, w.values[::-1])
 
 
 def test_static_fields_with_extra_from_file(tmp_path: Path) -> None:

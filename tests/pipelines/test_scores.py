@@ -10,13 +10,16 @@ import xarray as xr
 
 from pipelines.scores import (
     CSDI_QUANTILES,
+    ensemble_mean_rmse,
     ensemble_quantiles,
+    fair_crps,
     interval_coverage,
     interval_quantiles,
     point_errors,
     quantile_crps,
     quantile_crps_sum,
     rank_histogram,
+    spread_skill_ratio,
 )
 
 DIMS = ("stay", "time", "feature")
@@ -128,3 +131,61 @@ def test_empty_mask_is_an_error() -> None:
     samples, truth, mask = _case()
     with pytest.raises(ValueError, match="no points"):
         point_errors(samples.median("member"), truth, mask * 0)
+
+
+def _grid_case(seed: int = 0, m: int = 5):
+    rng = np.random.default_rng(seed)
+    dims = ("init_time", "lead_time", "lat", "lon")
+    truth = xr.DataArray(rng.normal(size=(3, 2, 4, 6)), dims=dims)
+    samples = xr.DataArray(rng.normal(size=(m, 3, 2, 4, 6)), dims=("member", *dims))
+    w = xr.DataArray(rng.uniform(0.5, 1.5, 4), dims="lat")
+    return samples, truth, w
+
+
+def test_weighted_rmse_fair_crps_spread_skill_brute_force() -> None:
+    samples, truth, w = _grid_case()
+    s, y, wv = samples.values, truth.values, w.values
+    m = s.shape[0]
+    for lead in range(2):
+        mse, crps, var = [], [], []
+        for t in range(3):
+            num_e = num_c = num_v = 0.0
+            for i in range(4):
+                for j in range(6):
+                    xs, obs = s[:, t, lead, i, j], y[t, lead, i, j]
+                    num_e += wv[i] * (xs.mean() - obs) ** 2
+                    skill = sum(abs(x - obs) for x in xs) / m
+                    pairs = sum(abs(a - b) for a in xs for b in xs) / (2 * m * (m - 1))
+                    num_c += wv[i] * (skill - pairs)
+                    num_v += wv[i] * np.var(xs, ddof=1)
+            den = wv.sum() * 6
+            mse.append(num_e / den)
+            crps.append(num_c / den)
+            var.append(num_v / den)
+        rmse = math.sqrt(np.mean(mse))
+        got = ensemble_mean_rmse(samples, truth, w).isel(lead_time=lead)
+        assert float(got) == pytest.approx(rmse, rel=1e-10)
+        assert float(fair_crps(samples, truth, w).isel(lead_time=lead)) == pytest.approx(
+            np.mean(crps), rel=1e-10
+        )
+        ssr = math.sqrt((m + 1) / m) * math.sqrt(np.mean(var)) / rmse
+        assert float(spread_skill_ratio(samples, truth, w).isel(lead_time=lead)) == pytest.approx(
+            ssr, rel=1e-10
+        )
+
+
+def test_fair_crps_is_unbiased_in_member_count() -> None:
+    """For a calibrated N(0, 1) ensemble the expected fair CRPS is the CRPS of N(0, 1) against a
+    N(0, 1) truth, 1/sqrt(pi), whatever the member count; the plain estimator is biased for small M."""
+    rng = np.random.default_rng(0)
+    w = xr.DataArray(np.ones(1), dims="lat")
+    for m in (2, 4, 16):
+        truth = xr.DataArray(rng.normal(size=(20000, 1, 1)), dims=("init_time", "lat", "lon"))
+        samples = xr.DataArray(
+            rng.normal(size=(m, 20000, 1, 1)), dims=("member", "init_time", "lat", "lon")
+        )
+        assert float(fair_crps(samples, truth, w)) == pytest.approx(
+            1 / math.sqrt(math.pi), rel=0.02
+        )
+        ratio = float(spread_skill_ratio(samples, truth, w))
+        assert ratio == pytest.approx(1.0, abs=0.03)
