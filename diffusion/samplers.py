@@ -97,6 +97,16 @@ def sample_euler(denoiser, x, sigmas, cond=None, *, generator=None, callback=Non
     return x
 
 
+def _churn(x, s, n, generator, s_churn, s_tmin, s_tmax, s_noise):
+    """EDM's stochastic churn: raise sigma to ``s (1 + gamma)`` with ``gamma = min(s_churn / n,
+    sqrt(2) - 1)`` for ``s`` in ``[s_tmin, s_tmax]`` by adding noise. Returns ``(x, s_hat)``."""
+    gamma = min(s_churn / n, math.sqrt(2) - 1) if s_churn > 0 and s_tmin <= s <= s_tmax else 0.0
+    if gamma == 0:
+        return x, s
+    s_hat = s * (1 + gamma)
+    return x + math.sqrt(s_hat**2 - s**2) * s_noise * randn_like(x, generator), s_hat
+
+
 @torch.no_grad()
 def sample_heun(
     denoiser,
@@ -120,10 +130,7 @@ def sample_heun(
     generator = ensure_generator(generator)
     n = len(sig) - 1
     for i, (s, s_next) in enumerate(itertools.pairwise(sig)):
-        gamma = min(s_churn / n, math.sqrt(2) - 1) if s_tmin <= s <= s_tmax else 0.0
-        s_hat = s * (1 + gamma)
-        if gamma > 0:
-            x = x + math.sqrt(s_hat**2 - s**2) * s_noise * randn_like(x, generator)
+        x, s_hat = _churn(x, s, n, generator, s_churn, s_tmin, s_tmax, s_noise)
         denoised = _denoise(denoiser, x, s_hat, cond)
         d = (x - denoised) / s_hat
         x_next = x + (s_next - s_hat) * d
@@ -161,14 +168,31 @@ def sample_dpmpp_2m(denoiser, x, sigmas, cond=None, *, generator=None, callback=
 
 
 @torch.no_grad()
-def sample_dpmpp_2s(denoiser, x, sigmas, cond=None, *, generator=None, callback=None, eta=0.0):
+def sample_dpmpp_2s(
+    denoiser,
+    x,
+    sigmas,
+    cond=None,
+    *,
+    generator=None,
+    callback=None,
+    eta=0.0,
+    s_churn=0.0,
+    s_tmin=0.0,
+    s_tmax=float("inf"),
+    s_noise=1.0,
+):
     """DPM-Solver++(2S) (Lu et al. 2022, algorithm 1, r = 1/2): single-step, two evaluations.
 
-    ``eta > 0`` makes it ancestral (fresh noise ``sigma_up`` each step). ``2N - 1`` evaluations.
+    ``eta > 0`` makes it ancestral (fresh noise ``sigma_up`` each step); ``s_churn`` adds EDM's
+    churn before a step (GenCast's sampler: 2S with churn 2.5 for sigma in [0.75, 80] and
+    ``s_noise`` 1.05). ``2N - 1`` evaluations.
     """
     sig = _sigma_list(sigmas)
     generator = ensure_generator(generator)
+    n = len(sig) - 1
     for i, (s, s_next) in enumerate(itertools.pairwise(sig)):
+        x, s = _churn(x, s, n, generator, s_churn, s_tmin, s_tmax, s_noise)
         denoised = _denoise(denoiser, x, s, cond)
         s_down, s_up = ancestral_step(s, s_next, eta)
         if s_down == 0:

@@ -207,3 +207,16 @@ def test_errors_name_valid_choices(gaussian: GaussianMixture) -> None:
         sample(gaussian, (3, 2), [1.0, 0.0], sampler="ddpm", generator=member_generators(0, 2))
     check_options("heun", {"s_churn": 1.0})
     assert math.isfinite(float(sample(gaussian, (2, 2), [1.0, 0.0], sampler="euler").sum()))
+
+
+def test_gencast_sampler_with_churn_matches_moments(mixture: GaussianMixture) -> None:
+    """GenCast's setting: DPM-Solver++(2S), 20 Karras levels from sigma 80 to 0.03 (rho 7), churn
+    2.5 for sigma in [0.75, 80]; with the exact denoiser (and s_noise 1) the moments are exact."""
+    sig = edm(sigma_min=0.03, sigma_max=80.0, rho=7.0).discretize(20, "karras")
+    opts = {"s_churn": 2.5, "s_tmin": 0.75, "s_tmax": 80.0, "s_noise": 1.0}
+    x = sample(mixture, (N_SAMPLES, 2), sig, sampler="dpmpp_2s", dtype=torch.float64,
+               generator=torch.Generator().manual_seed(5), **opts)  # fmt: skip
+    _assert_moments(x, mixture, what="dpmpp_2s with churn")
+    plain = sample(mixture, (4, 2), sig, sampler="dpmpp_2s", generator=torch.Generator())
+    churned = sample(mixture, (4, 2), sig, sampler="dpmpp_2s", generator=torch.Generator(), **opts)
+    assert not torch.equal(plain, churned)  # churn draws noise
