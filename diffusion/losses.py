@@ -90,3 +90,38 @@ def denoising_loss(
         return err.mean()
     m = torch.broadcast_to(mask.to(err.dtype), err.shape)
     return (err * m).sum() / m.sum().clamp_min(1)
+
+
+def regression_loss(
+    denoiser: Denoiser,
+    x0: Tensor,
+    sigma: float,
+    cond: Condition | None = None,
+    *,
+    mask: Tensor | None = None,
+) -> Tensor:
+    """The deterministic baseline of the same backbone: the denoiser evaluated on a zero input at
+    one noise level ``sigma`` (the schedule's largest), trained with the plain MSE to ``x0``. Its
+    minimiser is the conditional mean ``E[x0 | cond]``, what any MSE-trained model predicts;
+    :func:`regression_predict` is its forecast."""
+    pred = regression_predict(denoiser, x0.shape, sigma, cond, device=x0.device, dtype=x0.dtype)
+    dt = torch.promote_types(pred.dtype, torch.float32)
+    err = (pred.to(dt) - x0.to(dt)) ** 2
+    if mask is None:
+        return err.mean()
+    m = torch.broadcast_to(mask.to(err.dtype), err.shape)
+    return (err * m).sum() / m.sum().clamp_min(1)
+
+
+def regression_predict(
+    denoiser: Denoiser,
+    shape: tuple[int, ...] | torch.Size,
+    sigma: float,
+    cond: Condition | None = None,
+    *,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype = torch.float32,
+) -> Tensor:
+    """``D(0; sigma, cond)``: the regression model's prediction (no noise, no sampler)."""
+    x = torch.zeros(shape, device=device, dtype=dtype)
+    return denoiser(x, torch.full((shape[0],), float(sigma), device=device, dtype=dtype), cond)

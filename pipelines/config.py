@@ -8,6 +8,7 @@ Every config class is a frozen dataclass whose fields have defaults and document
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import types
 import typing
 from pathlib import Path
@@ -42,8 +43,10 @@ def _convert(tp: Any, value: Any, where: str) -> Any:
     if origin in (typing.Union, types.UnionType):
         errors = []
         for arg in get_args(tp):
-            if arg is type(None) and value is None:
-                return None
+            if arg is type(None):
+                if value is None:
+                    return None
+                continue
             try:
                 return _convert(arg, value, where)
             except ValueError as e:
@@ -62,6 +65,8 @@ def _convert(tp: Any, value: Any, where: str) -> Any:
         return {_convert(kt, k, where): _convert(vt, v, _child(where, k)) for k, v in value.items()}
     if tp is Any:
         return value
+    if tp is str and isinstance(value, datetime.date):  # YAML reads 2013-01-01 as a date
+        return value.isoformat()
     if tp is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if tp is bool and not isinstance(value, bool):

@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -29,7 +29,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from diffusion.conditioning import Condition
-from diffusion.losses import Weighting, denoising_loss
+from diffusion.losses import Weighting, denoising_loss, regression_loss
 from diffusion.precond import Denoiser
 from diffusion.rng import member_seed
 from diffusion.schedules import NoiseSchedule
@@ -71,6 +71,7 @@ class LoopConfig:
     ema_warmup: bool = True
     cfg_dropout: float = 0.0
     weighting: Weighting = "native"
+    objective: Literal["denoise", "regression"] = "denoise"
     log_every: int = 50
     checkpoint_every: int = 500
     val_every: int = 0
@@ -229,16 +230,7 @@ def train(
                     drop = torch.rand(x0.shape[0], generator=gen, device=device) < loop.cfg_dropout
                     cond = replace(cond, drop=drop)
                 with autocast(device, loop.amp):
-                    loss = denoising_loss(
-                        forward,
-                        x0,
-                        schedule,
-                        cond,
-                        mask=mask,
-                        weighting=loop.weighting,
-                        generator=gen,
-                        precond=denoiser.precond,
-                    )
+                    loss = _loss(forward, denoiser, x0, schedule, cond, mask, loop, gen)
                 (loss / optim.grad_accum).backward()
                 total += float(loss.detach()) / optim.grad_accum
                 n_last += x0.shape[0] * world
@@ -294,6 +286,20 @@ def train(
     return state
 
 
+def _loss(forward, denoiser, x0, schedule, cond, mask, loop: LoopConfig, gen) -> torch.Tensor:
+    """The training objective: denoising, or (``regression``) the deterministic baseline's MSE."""
+    if loop.objective == "regression":
+        return regression_loss(forward, x0, _sigma_max(schedule), cond, mask=mask)
+    return denoising_loss(
+        forward, x0, schedule, cond, mask=mask, weighting=loop.weighting, generator=gen,
+        precond=denoiser.precond,
+    )  # fmt: skip
+
+
+def _sigma_max(schedule: NoiseSchedule) -> float:
+    return float(schedule.discretize(1)[0])
+
+
 @torch.no_grad()
 def validation_loss(
     denoiser: Denoiser,
@@ -311,13 +317,7 @@ def validation_loss(
         if i >= loop.val_batches:
             break
         x0, cond, mask = to_batch(_to(batch, device), gen)
-        losses.append(
-            float(
-                denoising_loss(
-                    denoiser, x0, schedule, cond, mask=mask, weighting=loop.weighting, generator=gen
-                )
-            )
-        )
+        losses.append(float(_loss(denoiser, denoiser, x0, schedule, cond, mask, loop, gen)))
     return float(np.mean(losses)) if losses else float("nan")
 
 

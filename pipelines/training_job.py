@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import importlib
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -24,7 +24,7 @@ import torch
 from datasets.masks import STRATEGIES, Strategy, cond_mask
 from datasets.splits import csdi_stay_split
 from datasets.store import open_store
-from datasets.windows import SampleWindows
+from datasets.windows import ForecastWindows, SampleWindows
 from diffusion.conditioning import Condition
 from diffusion.nets.init import build_seeded
 from diffusion.precond import Denoiser, NoiseConditioning, Preconditioning, Prediction
@@ -36,6 +36,7 @@ from pipelines.device import DeviceName, resolve_device
 from pipelines.sample_dumps import SampleFn, image_dump, imputation_dump
 from pipelines.toy import ScheduleConfig
 from pipelines.train import LoopConfig, OptimConfig, TrainState, train
+from pipelines.weather_task import NUM_SCALARS, WeatherLayout, forecast_batch
 
 # name -> (module, factory); factories take the keyword parameters of ``model.params``
 NETS: dict[str, tuple[str, str]] = {
@@ -52,17 +53,29 @@ class DataConfig:
     """store: a zarr store from ``stdiff ingest``; task: how samples become training batches;
     fold: CSDI fold (imputation); max_samples: use only the first N training samples;
     mask, horizon, max_block: the imputation targets (``datasets.masks``; ``horizon`` steps for
-    ``forecast``, the longest gap as a fraction of the window for ``block``)."""
+    ``forecast``, the longest gap as a fraction of the window for ``block``);
+    variables, train_period, valid_period, context, leads, residual: the weather ``forecast`` task
+    (``pipelines.weather_task``; periods are inclusive ``[start, end]`` dates, leads in steps)."""
 
     store: str
-    task: Literal["images", "imputation"]
+    task: Literal["images", "imputation", "forecast"]
     fold: int = 0
     max_samples: int | None = None
     mask: Strategy = "random"
     horizon: int = 0
     max_block: float = 0.5
+    variables: list[str] | None = None
+    train_period: list[str] | None = None
+    valid_period: list[str] | None = None
+    context: int = 2
+    leads: list[int] = field(default_factory=lambda: [1])
+    residual: bool = True
 
     def __post_init__(self) -> None:
+        if self.task == "forecast" and not self.train_period:
+            raise ValueError(
+                "train_period is required for the forecast task, e.g. [2013-01-01, 2013-11-30]"
+            )
         if self.mask not in STRATEGIES:
             raise ValueError(f"mask {self.mask!r} is not known; choose one of {list(STRATEGIES)}")
         if self.mask == "forecast" and self.horizon < 1:
@@ -125,6 +138,8 @@ def imputation_batch(data: DataConfig):
 
 def _datasets(cfg: TrainJobConfig):
     ds = open_store(cfg.data.store)
+    if cfg.data.task == "forecast":
+        return _weather_datasets(cfg, ds)
     if cfg.data.task == "images":
         train_idx = (
             np.flatnonzero(ds["split"].values == 0)
@@ -144,6 +159,50 @@ def _datasets(cfg: TrainJobConfig):
         SampleWindows(cfg.data.store, dim, variables, indices=val_idx) if len(val_idx) else None
     )
     return train_ds, val_ds, to_batch, store_metadata(ds, variables)
+
+
+def _period(ds, period: list[str] | None, name: str) -> np.ndarray:
+    if not period:
+        return np.arange(0)
+    if len(period) != 2:
+        raise ValueError(f"data.{name} must be [start, end], got {period}")
+    t = ds.indexes["time"]
+    pos = np.flatnonzero(
+        (t >= np.datetime64(period[0])) & (t < np.datetime64(period[1]) + np.timedelta64(1, "D"))
+    )
+    if len(pos) == 0:
+        raise ValueError(f"data.{name} {period} selects no time of the store")
+    return pos
+
+
+def _weather_datasets(cfg: TrainJobConfig, ds):
+    d = cfg.data
+    layout = WeatherLayout.from_store(ds, d.variables, d.context, d.residual)
+    times = ds["time"].values
+    kw = {"context": d.context, "leads": d.leads}
+    train_ds = ForecastWindows(
+        d.store, layout.variables, times=_period(ds, d.train_period, "train_period"), **kw
+    )
+    val_pos = _period(ds, d.valid_period, "valid_period")
+    val_ds = (
+        ForecastWindows(d.store, layout.variables, times=val_pos, **kw) if len(val_pos) else None
+    )
+    meta = {**store_metadata(ds, layout.variables), "weather": layout.to_dict()}
+    return train_ds, val_ds, forecast_batch(layout, times, d.leads), meta
+
+
+def _weather_params(cfg: TrainJobConfig) -> dict[str, Any]:
+    """The DiT's channel counts follow from the data: fill them in when the config omits them."""
+    layout = WeatherLayout.from_store(
+        open_store(cfg.data.store), cfg.data.variables, cfg.data.context
+    )
+    return {
+        "in_channels": layout.num_channels,
+        "context_channels": layout.context_channels,
+        "num_scalars": NUM_SCALARS,
+        "scalar_scale": 100.0,
+        **cfg.model.params,
+    }
 
 
 def store_metadata(ds, variables: list[str]) -> dict[str, Any]:
@@ -184,6 +243,8 @@ def run_training(cfg: TrainJobConfig, resume: str | Path | None = None) -> Train
     """Build the job's denoiser and data, then run :func:`pipelines.train.train`."""
     device = init_distributed(resolve_device(cfg.device))
     schedule = make_schedule(cfg.schedule.name, **cfg.schedule.params)
+    if cfg.data.task == "forecast":  # the resolved channel counts go into the checkpoint's config
+        cfg = replace(cfg, model=replace(cfg.model, params=_weather_params(cfg)))
     m = cfg.model
     net = build_net(m.net, m.params, member_seed(cfg.seed, 1))
     denoiser = Denoiser(
@@ -213,6 +274,8 @@ def _sample_fn(cfg: TrainJobConfig, ds) -> SampleFn | None:
     if not cfg.loop.sample_every:
         return None
     first = [ds[i] for i in range(min(8, len(ds)))]
+    if cfg.data.task == "forecast":
+        return None  # forecasts are dumped by `stdiff forecast`
     if cfg.data.task == "images":
         shape = tuple(first[0]["image"].shape)
         return image_dump(shape, int(cfg.model.params.get("num_classes", 0)), cfg.seed)

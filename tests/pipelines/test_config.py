@@ -58,3 +58,15 @@ def test_every_shipped_config_loads() -> None:
     for path in paths:
         cls, extra = next(v for k, v in kinds.items() if path.name.startswith(k))
         assert isinstance(load_config(path, cls, extra), cls)
+
+
+def test_yaml_dates_become_strings_and_optional_fields_check_types(tmp_path) -> None:
+    from pipelines.training_job import DataConfig
+
+    path = tmp_path / "d.yaml"
+    path.write_text("store: s\ntask: forecast\ntrain_period: [2013-01-01, 2013-11-30]\n")
+    cfg = load_config(path, DataConfig)
+    assert cfg.train_period == ("2013-01-01", "2013-11-30")
+    path.write_text("store: s\ntask: forecast\ntrain_period: [2013-01-01]\nvariables: 3\n")
+    with pytest.raises(ValueError, match="variables: expected a list"):
+        load_config(path, DataConfig)

@@ -1,0 +1,294 @@
+"""``stdiff forecast``: roll a conditional weather denoiser forward from initial times.
+
+Each member of each initial time is an autoregressive chain: from the ``context`` latest states,
+sample the next state (GenCast's defaults: DPM-Solver++(2S) on 20 Karras noise levels from
+sigma 80 to 0.03, rho 7, churn 2.5 for sigma in [0.75, 80], noise inflation 1.05), append it,
+repeat until the lead. Every member and step draws from its own generator seeded from (seed,
+initial time, member, step), so members do not depend on how many are batched together
+(``member_batch``). A checkpoint trained with ``loop.objective: regression`` is the
+deterministic baseline: one member, ``D(0; sigma_max)`` per step, no sampler.
+
+Everything is checked before any work: initial times in the data with their previous states, a
+lead that is a multiple of the model's step, the data's variables, levels and grid equal to the
+checkpoint's. The output zarr holds one variable per input variable, ``(init_time, member,
+lead_time, [level], lat, lon)`` in the data's units with CF-style attributes and a ``valid_time``
+coordinate; it is written one initial time at a time into a temporary store (a long rollout never
+holds more than one initial time) and renamed into place at the end.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import dask.array as da
+import numpy as np
+import pandas as pd
+import torch
+import xarray as xr
+
+from datasets.atomic import atomic_path
+from datasets.errors import DataError
+from datasets.store import open_store, stdiff_version
+from diffusion.losses import regression_predict
+from diffusion.rng import member_generators
+from diffusion.samplers import SAMPLERS, check_options, sample
+from diffusion.schedules import karras_sigmas
+from pipelines.config import to_dict
+from pipelines.device import DeviceName, autocast, resolve_device
+from pipelines.progress import progress_bar
+from pipelines.training_job import load_denoiser
+from pipelines.weather_task import WeatherLayout, condition, time_scalars
+
+GENCAST_OPTIONS = {"s_churn": 2.5, "s_tmin": 0.75, "s_tmax": 80.0, "s_noise": 1.05}
+
+
+@dataclass(frozen=True)
+class ForecastConfig:
+    """init: ISO times (``2014-06-01T00``) or ranges ``START/END/EVERY`` (``2014-01-01T00/2014-12-31T00/120h``);
+    lead: ``72h``; members, member_batch: ensemble size and members per network call; the
+    sampler and its noise levels (Karras spacing from ``sigma_max`` to ``sigma_min``)."""
+
+    checkpoint: str
+    data: str
+    out: str
+    init: list[str]
+    lead: str = "72h"
+    members: int = 8
+    member_batch: int = 8
+    sampler: str = "dpmpp_2s"
+    steps: int = 20
+    sigma_min: float = 0.03
+    sigma_max: float = 80.0
+    rho: float = 7.0
+    options: dict[str, Any] = field(default_factory=lambda: dict(GENCAST_OPTIONS))
+    seed: int = 0
+    device: DeviceName = "auto"
+    weights: Literal["ema", "model"] = "ema"
+
+    def __post_init__(self) -> None:
+        if self.sampler not in SAMPLERS:
+            raise ValueError(
+                f"sampler {self.sampler!r} is not known; choose one of {sorted(SAMPLERS)}"
+            )
+        check_options(self.sampler, self.options)
+        for name in ("members", "member_batch", "steps"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if not 0 < self.sigma_min < self.sigma_max:
+            raise ValueError(
+                f"need 0 < sigma_min < sigma_max, got {self.sigma_min}, {self.sigma_max}"
+            )
+        if not self.init:
+            raise ValueError("init: give at least one initial time")
+        lead_hours(self.lead)
+
+
+def lead_hours(lead: str) -> float:
+    """``"72h"``, ``"3d"`` or ``"90m"`` in hours."""
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([hdm])\s*", str(lead))
+    if not m:
+        raise ValueError(f"lead {lead!r} is not a duration like 72h, 3d or 90m")
+    return float(m[1]) * {"h": 1.0, "d": 24.0, "m": 1 / 60}[m[2]]
+
+
+def parse_inits(specs: list[str], where: str) -> np.ndarray:
+    """Initial times from ISO strings and ``START/END/EVERY`` ranges, sorted, unique."""
+    out = []
+    for spec in specs:
+        try:
+            if "/" in spec:
+                start, end, every = spec.split("/")
+                step = pd.Timedelta(hours=lead_hours(every))
+                out += list(pd.date_range(pd.Timestamp(start), pd.Timestamp(end), freq=step))
+            else:
+                out.append(pd.Timestamp(spec))
+        except (ValueError, TypeError) as e:
+            raise ValueError(
+                f"{where}: init {spec!r} is not a time or START/END/EVERY range ({e})"
+            ) from None
+    return np.unique(np.asarray(out, dtype="datetime64[ns]"))
+
+
+@dataclass
+class _Job:
+    denoiser: Any
+    layout: WeatherLayout
+    step_hours: float
+    n_steps: int
+    inits: np.ndarray
+    positions: np.ndarray  # init positions in the data
+    regression: bool
+
+
+def _prepare(cfg: ForecastConfig, ds: xr.Dataset, device: torch.device) -> _Job:
+    denoiser, tcfg, meta = load_denoiser(cfg.checkpoint, cfg.weights, device=str(device))
+    if tcfg.data.task != "forecast" or "weather" not in meta:
+        raise ValueError(f"{cfg.checkpoint}: trained for the {tcfg.data.task!r} task, not forecast")
+    layout = WeatherLayout(**meta["weather"])
+    data_layout = WeatherLayout.from_store(ds, layout.variables, layout.context, layout.residual)
+    layout.check(data_layout, cfg.data)
+    step_hours = layout.step_hours * min(tcfg.data.leads)
+    hours = lead_hours(cfg.lead)
+    if hours <= 0 or hours % step_hours:
+        raise ValueError(
+            f"lead {cfg.lead} is not a positive multiple of the model's {step_hours:g} h step"
+        )
+    inits = parse_inits(list(cfg.init), cfg.data)
+    times = ds.indexes["time"]
+    pos = times.get_indexer(pd.DatetimeIndex(inits))
+    if (pos < 0).any():
+        bad = [str(t)[:16] for t in inits[pos < 0][:5]]
+        raise DataError(
+            cfg.data,
+            f"initial time(s) {bad} are not times of the data ({times[0]} .. {times[-1]}, {layout.step_hours:g}-hourly)",
+        )
+    short = pos < layout.context - 1
+    if short.any():
+        raise DataError(
+            cfg.data,
+            f"initial time {str(inits[short][0])[:16]} lacks its {layout.context - 1} previous state(s)",
+        )
+    regression = getattr(tcfg.loop, "objective", "denoise") == "regression"
+    return _Job(denoiser, layout, step_hours, round(hours / step_hours), inits, pos, regression)
+
+
+def _template(job: _Job, ds: xr.Dataset, members: int) -> xr.Dataset:
+    lay = job.layout
+    leads = np.arange(1, job.n_steps + 1) * np.timedelta64(int(job.step_hours * 3600), "s")
+    coords: dict[str, Any] = {
+        "init_time": job.inits,
+        "member": np.arange(members),
+        "lead_time": leads.astype("timedelta64[ns]"),
+        "lat": np.asarray(lay.lat),
+        "lon": np.asarray(lay.lon),
+    }
+    out = {}
+    for v in lay.variables:
+        shape = [len(job.inits), members, job.n_steps]
+        dims = ["init_time", "member", "lead_time"]
+        if "level" in ds[v].dims:
+            coords["level"] = ds["level"].values
+            shape.append(ds.sizes["level"])
+            dims.append("level")
+        shape += [len(lay.lat), len(lay.lon)]
+        dims += ["lat", "lon"]
+        arr = da.zeros(shape, dtype=np.float32, chunks=(1, *shape[1:]))
+        attrs = {
+            k: ds[v].attrs[k] for k in ("units", "long_name", "standard_name") if k in ds[v].attrs
+        }
+        out[v] = xr.DataArray(arr, dims=dims, attrs=attrs)
+    result = xr.Dataset(out, coords=coords)
+    valid = result["init_time"] + result["lead_time"]
+    return result.assign_coords(valid_time=valid.assign_attrs(standard_name="time"))
+
+
+@torch.no_grad()
+def _rollout(cfg: ForecastConfig, job: _Job, history: np.ndarray, init: np.datetime64, members: int,
+             device: torch.device) -> np.ndarray:  # fmt: skip
+    """``(members, n_steps, C, H, W)`` physical states after ``init``."""
+    lay = job.layout
+    mean = torch.tensor(lay.mean, device=device)[:, None, None]
+    std = torch.tensor(lay.std, device=device)[:, None, None]
+    scale = lay.scale(device)
+    static = lay.static().to(device)
+    hist0 = (torch.from_numpy(history).to(device) - mean) / std  # (ctx, C, H, W)
+    key = int(init.astype("datetime64[h]").astype(np.int64))  # hours since 1970
+    sigmas = karras_sigmas(cfg.steps, cfg.sigma_min, cfg.sigma_max, cfg.rho)
+    out = np.empty((members, job.n_steps, *history.shape[1:]), dtype=np.float32)
+    for a in range(0, members, cfg.member_batch):
+        ids = list(range(a, min(members, a + cfg.member_batch)))
+        states = hist0[None].expand(len(ids), *hist0.shape).clone()  # (M, ctx, C, H, W)
+        for k in range(1, job.n_steps + 1):
+            valid = np.full(len(ids), init + np.timedelta64(int(k * job.step_hours * 3600), "s"))
+            cond = condition(states, static, time_scalars(valid, np.full(len(ids), job.step_hours)))
+            shape = (len(ids), *hist0.shape[1:])
+            with autocast(device, True):
+                if job.regression:
+                    r = regression_predict(job.denoiser, shape, cfg.sigma_max, cond, device=device)
+                else:
+                    gens = member_generators(cfg.seed, ids, key, k, device=device)
+                    r = sample(job.denoiser, shape, sigmas, cond, sampler=cfg.sampler,
+                               generator=gens, device=device, **cfg.options)  # fmt: skip
+            r = r.float()
+            new = states[:, -1] + r * scale if lay.residual else r
+            states = torch.cat([states[:, 1:], new[:, None]], dim=1)
+            out[a : a + len(ids), k - 1] = (new * std + mean).cpu().numpy()
+    return out
+
+
+def _channels_to_vars(job: _Job, block: np.ndarray, ds: xr.Dataset) -> dict[str, np.ndarray]:
+    """``(M, T, C, H, W)`` -> per variable ``(1, M, T, [level], H, W)``."""
+    out, c = {}, 0
+    for v in job.layout.variables:
+        n = ds.sizes["level"] if "level" in ds[v].dims else 1
+        part = block[:, :, c : c + n]
+        out[v] = (part if "level" in ds[v].dims else part[:, :, 0])[None]
+        c += n
+    return out
+
+
+def run_forecast(cfg: ForecastConfig, progress: bool = True) -> dict[str, Any]:
+    """Run the job; returns ``{"out", "inits", "members", "lead_steps", "seconds", ...}``."""
+    device = resolve_device(cfg.device)
+    ds = open_store(cfg.data)
+    job = _prepare(cfg, ds, device)
+    members = 1 if job.regression else cfg.members
+    ctx = job.layout.context
+    channels = [ds[v] for v in job.layout.variables]
+    t0 = time.perf_counter()
+    with atomic_path(Path(cfg.out)) as tmp:
+        template = _template(job, ds, members)
+        template.to_zarr(tmp, mode="w", zarr_format=3, consolidated=False, compute=False)
+        bar = progress_bar(len(job.inits), enabled=progress, unit="init")
+        for i, (init, p) in enumerate(zip(job.inits, job.positions, strict=True)):
+            hist = np.concatenate(
+                [
+                    np.asarray(a.isel(time=slice(p - ctx + 1, p + 1)).values, np.float32).reshape(
+                        ctx, -1, *a.shape[-2:]
+                    )
+                    for a in channels
+                ],
+                axis=1,
+            )  # (ctx, C, H, W)
+            if not np.isfinite(hist).all():
+                raise DataError(cfg.data, f"missing values in the states before {str(init)[:16]}")
+            block = _rollout(cfg, job, hist, init, members, device)
+            if not np.isfinite(block).all():
+                raise FloatingPointError(
+                    f"non-finite forecast from {str(init)[:16]}; nothing was written"
+                )
+            parts = _channels_to_vars(job, block, ds)
+            xr.Dataset({v: (template[v].dims, a) for v, a in parts.items()}).to_zarr(
+                tmp, region={"init_time": slice(i, i + 1)}, zarr_format=3, consolidated=False
+            )
+            bar.update(1)
+        bar.close()
+        seconds = time.perf_counter() - t0
+        result = {
+            "out": cfg.out,
+            "inits": len(job.inits),
+            "members": members,
+            "lead_steps": job.n_steps,
+            "seconds": seconds,
+            "seconds_per_member_step": seconds / (len(job.inits) * members * job.n_steps),
+            "deterministic": job.regression,
+            "device": str(device),
+        }
+        import zarr
+
+        zarr.open_group(str(tmp), mode="r+").attrs.update(
+            {
+                "Conventions": "CF-1.8",
+                "title": "stdiff ensemble forecast",
+                "source": f"stdiff {stdiff_version()} checkpoint {cfg.checkpoint}",
+                "history": f"stdiff forecast from {cfg.data}",
+                "config": json.dumps(to_dict(cfg)),
+                "result": json.dumps(result),
+            }
+        )
+    return result

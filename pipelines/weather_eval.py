@@ -1,0 +1,241 @@
+"""``stdiff score``: forecasts from ``stdiff forecast`` scored against the data, WeatherBench 2
+style, beside the baselines, with plots.
+
+Systems: every forecast store given (ensembles and the deterministic model), plus
+* persistence: the state at the initial time, for every lead;
+* climatology: the mean of the climatology period's states at the same hour of the day within
+  ``window_days`` of the same day of the year (a single year of training data is noisy, so the
+  window is wide; WB2 uses 30 years and a 61-day window).
+
+Scores per variable (and level) and lead, area-weighted (``datasets.weather.latitude_weights``,
+from cell bounds) and averaged over initial times: ensemble-mean RMSE, fair CRPS (for a single
+member it is the MAE), the spread-skill ratio and the rank histogram (ensembles, pooled over
+leads from ``rank_from_hours`` on). Outputs in the ``out`` folder: ``scores.json``,
+``scores.csv`` and PNGs (truth / ensemble mean / spread maps of one case; CRPS and RMSE against
+lead for all systems; the rank histogram).
+"""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import xarray as xr
+
+from datasets.atomic import atomic_path, write_json
+from datasets.errors import DataError
+from datasets.store import open_store
+from datasets.weather import latitude_weights
+from pipelines.scores import ensemble_mean_rmse, fair_crps, rank_histogram, spread_skill_ratio
+
+
+@dataclass(frozen=True)
+class ScoreConfig:
+    """forecasts: name -> forecast store; data: the weather store with the truth;
+    climatology_period: inclusive dates the climatology is computed from (training data)."""
+
+    forecasts: dict[str, str]
+    data: str
+    out: str
+    climatology_period: list[str] = field(default_factory=lambda: ["2013-01-01", "2013-12-31"])
+    window_days: int = 15
+    rank_from_hours: float = 24.0
+
+
+def truth_at(data: xr.Dataset, fc: xr.Dataset, var: str) -> xr.DataArray:
+    """The data at the forecast's valid times ``(init_time, lead_time, ...)``."""
+    valid = fc["valid_time"].values
+    times = data.indexes["time"]
+    pos = times.get_indexer(pd.DatetimeIndex(valid.ravel()))
+    if (pos < 0).any():
+        raise DataError(
+            "score", f"{int((pos < 0).sum())} valid times of the forecast are not in the data"
+        )
+    arr = data[var].isel(
+        time=xr.DataArray(pos.reshape(valid.shape), dims=("init_time", "lead_time"))
+    )
+    return arr.drop_vars("time", errors="ignore").assign_coords(
+        init_time=fc["init_time"], lead_time=fc["lead_time"]
+    )
+
+
+def persistence(data: xr.Dataset, fc: xr.Dataset, var: str) -> xr.DataArray:
+    """The state at each initial time, repeated over the leads."""
+    at_init = data[var].sel(time=fc["init_time"].values).rename(time="init_time")
+    at_init = at_init.assign_coords(init_time=fc["init_time"])
+    return at_init.expand_dims(lead_time=fc["lead_time"]).transpose("init_time", "lead_time", ...)
+
+
+def climatology(
+    data: xr.Dataset, fc: xr.Dataset, var: str, period: list[str], window_days: int
+) -> xr.DataArray:
+    """Mean over the period's states at the same hour within ``window_days`` of the same day of
+    the year (circular in the day of the year) as each valid time."""
+    clim = data[var].sel(time=slice(period[0], period[1]))
+    if clim.sizes["time"] == 0:
+        raise DataError("score", f"climatology period {period} selects no data")
+    t = clim.indexes["time"]
+    doy, hour = t.day_of_year.values, t.hour.values
+    values = np.asarray(clim.values, dtype=np.float64)
+    valid = pd.DatetimeIndex(fc["valid_time"].values.ravel())
+    out = np.empty((len(valid), *values.shape[1:]))
+    cache: dict[tuple[int, int], np.ndarray] = {}
+    for i, (d, h) in enumerate(zip(valid.day_of_year, valid.hour, strict=True)):
+        if (d, h) not in cache:
+            dist = np.abs(doy - d)
+            dist = np.minimum(dist, 365 - dist)
+            sel = (dist <= window_days) & (hour == h)
+            if not sel.any():
+                raise DataError("score", f"no climatology data at hour {h} near day {d}")
+            cache[(d, h)] = values[sel].mean(0)
+        out[i] = cache[(d, h)]
+    shape = (*fc["valid_time"].shape, *values.shape[1:])
+    dims = ("init_time", "lead_time", *clim.dims[1:])
+    return xr.DataArray(out.reshape(shape), dims=dims, coords={
+        "init_time": fc["init_time"], "lead_time": fc["lead_time"], **{d: clim[d] for d in clim.dims[1:]}
+    })  # fmt: skip
+
+
+def _lead_hours(fc: xr.Dataset) -> np.ndarray:
+    return fc["lead_time"].values / np.timedelta64(1, "h")
+
+
+def score_system(
+    fc: xr.DataArray, truth: xr.DataArray, weights: xr.DataArray, rank_from: float
+) -> dict[str, Any]:
+    """Scores per lead of one system (``member`` dim for an ensemble)."""
+    ens = "member" in fc.dims and fc.sizes["member"] > 1
+    fc1 = fc if ens else (fc.isel(member=0) if "member" in fc.dims else fc)
+    out: dict[str, Any] = {"rmse": ensemble_mean_rmse(fc1, truth, weights)}
+    if ens:
+        out["crps"] = fair_crps(fc, truth, weights)
+        out["spread_skill"] = spread_skill_ratio(fc, truth, weights)
+        hours = fc["lead_time"].values / np.timedelta64(1, "h")
+        late = np.flatnonzero(hours >= rank_from)
+        late = late if len(late) else np.arange(len(hours))  # short forecasts: every lead
+        keep, t = fc.isel(lead_time=late), truth.isel(lead_time=late)
+        out["rank_histogram"] = rank_histogram(keep, t, xr.ones_like(t)).tolist()
+    else:
+        abs_err = abs(fc1 - truth)
+        out["crps"] = abs_err.weighted(weights).mean(["lat", "lon"]).mean("init_time")
+    return {
+        k: (v if isinstance(v, list) else np.atleast_1d(v.values).tolist()) for k, v in out.items()
+    }
+
+
+def run_scoring(cfg: ScoreConfig) -> dict[str, Any]:
+    """Score every forecast and the baselines; write scores, CSV and plots to ``cfg.out``."""
+    if not cfg.forecasts:
+        raise ValueError("forecasts: give at least one forecast store")
+    data = open_store(cfg.data)
+    fcs = {name: xr.open_zarr(path, consolidated=False) for name, path in cfg.forecasts.items()}
+    ref = next(iter(fcs.values()))
+    for name, fc in fcs.items():
+        if not (np.array_equal(fc["init_time"].values, ref["init_time"].values)
+                and np.array_equal(fc["lead_time"].values, ref["lead_time"].values)):  # fmt: skip
+            raise ValueError(
+                f"forecast {name!r} has other initial times or leads than {next(iter(fcs))!r}"
+            )
+    weights = latitude_weights(data["lat"])
+    variables = [v for v in ref.data_vars if v in data]
+    if not variables:
+        raise DataError(
+            cfg.data, f"none of the forecast variables {list(ref.data_vars)} is in the data"
+        )
+    result: dict[str, Any] = {
+        "lead_hours": _lead_hours(ref).tolist(),
+        "inits": int(ref.sizes["init_time"]),
+        "scores": {},
+    }
+    for v in variables:
+        truth = truth_at(data, ref, v).load()
+        systems = {name: fc[v].load() for name, fc in fcs.items()}
+        systems["persistence"] = persistence(data, ref, v).load()
+        systems["climatology"] = climatology(data, ref, v, cfg.climatology_period, cfg.window_days)
+        result["scores"][v] = {
+            n: score_system(f, truth, weights, cfg.rank_from_hours) for n, f in systems.items()
+        }
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / "scores.json", result)
+    _csv(out / "scores.csv", result)
+    _plots(out, result, fcs, data, variables[0])
+    return result
+
+
+def _csv(path: Path, result: dict[str, Any]) -> None:
+    with atomic_path(path) as tmp, tmp.open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["variable", "system", "lead_hours", "rmse", "crps", "spread_skill"])
+        for v, systems in result["scores"].items():
+            for name, s in systems.items():
+                for i, h in enumerate(result["lead_hours"]):
+                    ssr = s["spread_skill"][i] if "spread_skill" in s else ""
+                    w.writerow([v, name, h, s["rmse"][i], s["crps"][i], ssr])
+
+
+def _plots(
+    out: Path, result: dict[str, Any], fcs: dict[str, xr.Dataset], data: xr.Dataset, var: str
+) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    def save(fig, name: str) -> None:
+        fig.tight_layout()
+        with atomic_path(out / name) as tmp:
+            fig.savefig(tmp, dpi=100, format="png")
+        plt.close(fig)
+
+    hours = result["lead_hours"]
+    scores = result["scores"][var]
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+    for name, s in scores.items():
+        for ax, key in zip(axes, ("crps", "rmse"), strict=True):
+            ax.plot(hours, s[key], marker="o", ms=3, label=name)
+    for ax, key in zip(
+        axes, ("CRPS (fair; MAE for one member)", "ensemble-mean RMSE"), strict=True
+    ):
+        ax.set_xlabel("lead (h)")
+        ax.set_title(f"{var}: {key}", fontsize=9)
+    axes[0].legend(fontsize=7)
+    save(fig, "scores_vs_lead.png")
+
+    ens = [n for n, fc in fcs.items() if fc.sizes.get("member", 1) > 1]
+    if not ens:
+        return
+    hist = np.asarray(scores[ens[0]]["rank_histogram"], dtype=float)
+    fig, ax = plt.subplots(figsize=(5, 3.2))
+    ax.bar(np.arange(len(hist)), hist / hist.mean())
+    ax.axhline(1.0, color="k", lw=0.8)
+    ax.set_xlabel("rank of the truth among the members")
+    ax.set_ylabel("frequency / flat")
+    ax.set_title(f"{ens[0]}: rank histogram (leads >= 24 h)", fontsize=9)
+    save(fig, "rank_histogram.png")
+
+    fc = fcs[ens[0]][var].isel(init_time=0)
+    lead = min(fc.sizes["lead_time"] - 1, 3)
+    one = fc.isel(lead_time=lead)
+    truth = truth_at(data, fcs[ens[0]], var).isel(init_time=0, lead_time=lead)
+    if "level" in one.dims:
+        one, truth = one.isel(level=0), truth.isel(level=0)
+    panels = [
+        ("truth", truth),
+        ("ensemble mean", one.mean("member")),
+        ("ensemble spread (std)", one.std("member")),
+    ]
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.4))
+    vmin, vmax = float(truth.min()), float(truth.max())
+    for ax, (title, a) in zip(axes, panels, strict=True):
+        kw = {"vmin": vmin, "vmax": vmax} if title != "ensemble spread (std)" else {"cmap": "magma"}
+        im = ax.pcolormesh(a["lon"], a["lat"], a.values, shading="auto", **kw)
+        fig.colorbar(im, ax=ax, shrink=0.8)
+        ax.set_title(
+            f"{title}, +{hours[lead]:g} h from {str(fc['init_time'].values)[:13]}", fontsize=8
+        )
+    save(fig, "case_maps.png")

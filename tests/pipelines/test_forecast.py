@@ -1,0 +1,163 @@
+"""Weather forecasting end to end on a small synthetic grid: `stdiff train` (task forecast, the
+ensemble DiT and the regression baseline), `stdiff forecast`, `stdiff score`; member
+reproducibility; input checks before any work; baselines against brute force."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import xarray as xr
+import yaml
+from typer.testing import CliRunner
+
+from datasets.splits import normalization_stats, time_split
+from datasets.store import attach_stats, open_store, write_store
+from pipelines.cli import app
+from pipelines.forecast import ForecastConfig, parse_inits, run_forecast
+from pipelines.weather_eval import climatology, persistence, truth_at
+
+TIMES = pd.date_range("2013-01-01", periods=4 * 80, freq="6h")
+
+
+def _store(path: Path, lon_shift: float = 0.0) -> Path:
+    rng = np.random.default_rng(0)
+    lat = np.linspace(60, 30, 7)
+    lon = np.linspace(200, 230, 10) + lon_shift
+    t = np.arange(len(TIMES))[:, None, None]
+    wave = np.sin(0.3 * t + np.deg2rad(lon)[None, None, :] * 6 + np.deg2rad(lat)[None, :, None] * 3)
+    air = 280 + 10 * wave + rng.normal(0, 0.5, (len(TIMES), 7, 10))
+    ds = xr.Dataset(
+        {"air": (("time", "lat", "lon"), air.astype(np.float32), {"units": "K"})},
+        coords={"time": TIMES, "lat": lat, "lon": lon},
+        attrs={"kind": "weather", "source": "synthetic"},
+    )
+    split = time_split(ds, ("2013-01-01", "2013-02-28"), ("2013-03-01", "2013-03-21"))
+    ds = attach_stats(ds, normalization_stats(ds, ["air"], split, time_differences=True))
+    write_store(ds, path, content_hash=f"w{lon_shift}")
+    return path
+
+
+def _job(out: Path, store: Path, objective: str) -> dict:
+    return {
+        "out": str(out),
+        "device": "cpu",
+        "data": {"store": str(store), "task": "forecast", "train_period": ["2013-01-01", "2013-02-28"],
+                 "valid_period": ["2013-03-01", "2013-03-05"]},
+        "model": {"net": "dit_custom", "params": {"patch_size": 2, "depth": 1, "hidden": 32, "num_heads": 2},
+                  "prediction": "edm", "sigma_data": 1.0},
+        "schedule": {"name": "edm", "params": {"sigma_min": 0.03, "sigma_max": 80.0}},
+        "optim": {"lr": 2e-3, "warmup_steps": 5},
+        "loop": {"objective": objective, "steps": 30, "batch_size": 8, "log_every": 10,
+                 "checkpoint_every": 30, "val_every": 30, "val_batches": 1, "progress": False},
+    }  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> tuple[Path, Path, Path]:
+    root = tmp_path_factory.mktemp("weather")
+    store = _store(root / "grid.zarr")
+    for name, objective in (("ens", "denoise"), ("det", "regression")):
+        (root / f"{name}.yaml").write_text(yaml.safe_dump(_job(root / name, store, objective)))
+        res = CliRunner().invoke(app, ["train", "--config", str(root / f"{name}.yaml")])
+        assert res.exit_code == 0, res.output
+        recs = [json.loads(ln) for ln in (root / name / "metrics.jsonl").read_text().splitlines()]
+        assert np.isfinite(recs[-1]["loss"]) and "val_loss" in recs[-1]
+        if objective == "regression":  # single-batch denoising losses are too noisy to compare
+            assert recs[-1]["loss"] < recs[0]["loss"]
+    return store, root / "ens", root / "det"
+
+
+def test_forecast_and_score_from_the_cli(tmp_path: Path, trained) -> None:
+    store, ens, det = trained
+    common = ["--data", str(store), "--init", "2013-03-10T00/2013-03-11T00/24h", "--lead", "18h"]
+    res = CliRunner().invoke(app, ["forecast", "--checkpoint", str(ens), "--out", str(tmp_path / "e.zarr"),
+                                   "--members", "3", "--set", "steps=4", *common])  # fmt: skip
+    assert res.exit_code == 0, res.output
+    assert "2 initial times x 3 members x 3 steps" in res.output
+    res = CliRunner().invoke(
+        app, ["forecast", "--checkpoint", str(det), "--out", str(tmp_path / "d.zarr"), *common]
+    )
+    assert res.exit_code == 0 and "x 1 members" in res.output, res.output
+    fc = xr.open_zarr(tmp_path / "e.zarr", consolidated=False)
+    assert fc["air"].dims == ("init_time", "member", "lead_time", "lat", "lon")
+    assert fc["air"].shape == (2, 3, 3, 7, 10) and fc["air"].attrs["units"] == "K"
+    assert (fc["valid_time"].values[1, 2] == np.datetime64("2013-03-11T18:00")).all()
+    assert np.isfinite(fc["air"].values).all() and float(fc["air"].std("member").mean()) > 0
+    assert fc.attrs["Conventions"] == "CF-1.8"
+    res = CliRunner().invoke(app, ["score", "--forecast", f"ens={tmp_path / 'e.zarr'}", "--forecast",
+                                   f"det={tmp_path / 'd.zarr'}", "--data", str(store), "--out",
+                                   str(tmp_path / "scores"), "--climatology-period", "2013-01-01:2013-02-28"])  # fmt: skip
+    assert res.exit_code == 0, res.output
+    s = json.loads((tmp_path / "scores/scores.json").read_text())["scores"]["air"]
+    assert set(s) == {"ens", "det", "persistence", "climatology"}
+    assert (
+        len(s["ens"]["crps"]) == 3 and "spread_skill" in s["ens"] and "spread_skill" not in s["det"]
+    )
+    assert sum(s["ens"]["rank_histogram"]) == 2 * 3 * 7 * 10  # no lead >= 24 h here: all leads
+    for png in ("scores_vs_lead.png", "rank_histogram.png", "case_maps.png"):
+        assert (tmp_path / "scores" / png).stat().st_size > 2000
+
+
+def test_members_do_not_depend_on_batching(tmp_path: Path, trained) -> None:
+    store, ens, _ = trained
+    kw = {"checkpoint": str(ens), "data": str(store), "init": ["2013-03-10T06"], "lead": "12h",
+          "members": 4, "steps": 3, "device": "cpu"}  # fmt: skip
+    a = run_forecast(
+        ForecastConfig(out=str(tmp_path / "a.zarr"), member_batch=4, **kw), progress=False
+    )
+    b = run_forecast(
+        ForecastConfig(out=str(tmp_path / "b.zarr"), member_batch=1, **kw), progress=False
+    )
+    xa = xr.open_zarr(a["out"], consolidated=False)["air"].values
+    xb = xr.open_zarr(b["out"], consolidated=False)["air"].values
+    np.testing.assert_allclose(xa, xb, rtol=1e-5, atol=1e-3)
+
+
+def test_bad_forecast_input_fails_before_work(tmp_path: Path, trained) -> None:
+    store, ens, _ = trained
+    out = tmp_path / "bad.zarr"
+    base = ["forecast", "--checkpoint", str(ens), "--data", str(store), "--out", str(out)]
+    other = _store(tmp_path / "other.zarr", lon_shift=2.5)
+    for extra, msg in [
+        (["--init", "2014-06-01T00"], "are not times of the data"),
+        (["--init", "2013-03-10T03"], "are not times of the data"),
+        (["--init", "2013-01-01T00"], "lacks its 1 previous state"),
+        (
+            ["--init", "2013-03-10T00", "--lead", "8h"],
+            "not a positive multiple of the model's 6 h step",
+        ),
+        (["--init", "2013-03-10T00", "--lead", "soon"], "not a duration"),
+        (["--init", "2013-03-10T00", "--members", "0"], "members must be at least 1"),
+    ]:
+        res = CliRunner().invoke(app, [*base, *extra])
+        assert res.exit_code == 2 and msg in res.output, (extra, res.output)
+    res = CliRunner().invoke(app, [*base[:4], str(other), *base[5:], "--init", "2013-03-10T00"])
+    assert res.exit_code == 2 and "longitudes differ" in res.output, res.output
+    assert not out.exists()
+
+
+def test_baselines_brute_force(trained) -> None:
+    store, _, _ = trained
+    data = open_store(store)
+    inits = parse_inits(["2013-03-10T00", "2013-03-12T12"], "t")
+    fc = xr.Dataset(coords={"init_time": inits, "lead_time": pd.to_timedelta([6, 12], "h")})
+    fc = fc.assign_coords(valid_time=fc["init_time"] + fc["lead_time"])
+    per = persistence(data, fc, "air")
+    np.testing.assert_array_equal(
+        per.isel(init_time=1, lead_time=1), data["air"].sel(time="2013-03-12T12")
+    )
+    tru = truth_at(data, fc, "air")
+    np.testing.assert_array_equal(
+        tru.isel(init_time=1, lead_time=1), data["air"].sel(time="2013-03-13T00")
+    )
+    clim = climatology(data, fc, "air", ["2013-01-01", "2013-02-28"], 15)
+    # brute force for the valid time 2013-03-10T12 (day 69, 12 UTC): days 54..84 of the period at 12 UTC
+    t = data.indexes["time"]
+    sel = (t.hour == 12) & (np.abs(t.day_of_year - 69) <= 15) & (t < "2013-03-01")
+    np.testing.assert_allclose(
+        clim.isel(init_time=0, lead_time=1), data["air"].values[sel].mean(0), rtol=1e-6
+    )
