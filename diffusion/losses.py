@@ -85,11 +85,7 @@ def denoising_loss(
     p = precond if precond is not None else denoiser.precond
     w = loss_weight(s, weighting, p.prediction, p.sigma_data, min_snr_gamma)
     dt = torch.promote_types(pred.dtype, torch.float32)  # bf16 autocast outputs -> float32
-    err = w.to(dt) * (pred.to(dt) - x0.to(dt)) ** 2
-    if mask is None:
-        return err.mean()
-    m = torch.broadcast_to(mask.to(err.dtype), err.shape)
-    return (err * m).sum() / m.sum().clamp_min(1)
+    return masked_mean(w.to(dt) * (pred.to(dt) - x0.to(dt)) ** 2, mask)
 
 
 def regression_loss(
@@ -106,11 +102,7 @@ def regression_loss(
     :func:`regression_predict` is its forecast."""
     pred = regression_predict(denoiser, x0.shape, sigma, cond, device=x0.device, dtype=x0.dtype)
     dt = torch.promote_types(pred.dtype, torch.float32)
-    err = (pred.to(dt) - x0.to(dt)) ** 2
-    if mask is None:
-        return err.mean()
-    m = torch.broadcast_to(mask.to(err.dtype), err.shape)
-    return (err * m).sum() / m.sum().clamp_min(1)
+    return masked_mean((pred.to(dt) - x0.to(dt)) ** 2, mask)
 
 
 def regression_predict(
@@ -125,3 +117,11 @@ def regression_predict(
     """``D(0; sigma, cond)``: the regression model's prediction (no noise, no sampler)."""
     x = torch.zeros(shape, device=device, dtype=dtype)
     return denoiser(x, torch.full((shape[0],), float(sigma), device=device, dtype=dtype), cond)
+
+
+def masked_mean(err: Tensor, mask: Tensor | None) -> Tensor:
+    """Mean of ``err`` where ``mask`` is 1 (``mask`` broadcast to ``err``), or over all of it."""
+    if mask is None:
+        return err.mean()
+    m = torch.broadcast_to(mask.to(err.dtype), err.shape)
+    return (err * m).sum() / m.sum().clamp_min(1)

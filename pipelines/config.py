@@ -112,6 +112,13 @@ def load_config(path: str | Path, cls: type[T], overrides: dict[str, Any] | None
     return from_dict(cls, data, f"{path}:")
 
 
+def at_least_one(cfg: Any, *names: str) -> None:
+    """Raise ``ValueError`` naming the first of ``names`` whose value on ``cfg`` is below 1."""
+    for name in names:
+        if getattr(cfg, name) < 1:
+            raise ValueError(f"{name} must be at least 1, got {getattr(cfg, name)}")
+
+
 def to_dict(cfg: Any) -> dict[str, Any]:
     """The resolved config as plain data (for checkpoints and provenance)."""
     return dataclasses.asdict(cfg)

@@ -36,9 +36,9 @@ from datasets.errors import DataError
 from datasets.store import open_store, stdiff_version
 from diffusion.losses import regression_predict
 from diffusion.rng import member_generators
-from diffusion.samplers import SAMPLERS, check_options, sample
+from diffusion.samplers import check_options, sample
 from diffusion.schedules import karras_sigmas
-from pipelines.config import to_dict
+from pipelines.config import at_least_one, to_dict
 from pipelines.device import DeviceName, autocast, resolve_device
 from pipelines.progress import progress_bar
 from pipelines.training_job import load_denoiser
@@ -71,14 +71,8 @@ class ForecastConfig:
     weights: Literal["ema", "model"] = "ema"
 
     def __post_init__(self) -> None:
-        if self.sampler not in SAMPLERS:
-            raise ValueError(
-                f"sampler {self.sampler!r} is not known; choose one of {sorted(SAMPLERS)}"
-            )
-        check_options(self.sampler, self.options)
-        for name in ("members", "member_batch", "steps"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        check_options(self.sampler, self.options)  # also refuses an unknown sampler
+        at_least_one(self, "members", "member_batch", "steps")
         if not 0 < self.sigma_min < self.sigma_max:
             raise ValueError(
                 f"need 0 < sigma_min < sigma_max, got {self.sigma_min}, {self.sigma_max}"

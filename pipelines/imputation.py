@@ -42,9 +42,9 @@ from datasets.splits import csdi_stay_split
 from datasets.store import open_store, stdiff_version
 from diffusion.conditioning import Condition
 from diffusion.rng import member_generators
-from diffusion.samplers import SAMPLERS, check_options, get_sampler, sample
+from diffusion.samplers import check_options, get_sampler, sample
 from diffusion.schedules import SPACINGS, Spacing
-from pipelines.config import to_dict
+from pipelines.config import at_least_one, to_dict
 from pipelines.device import DeviceName, autocast, resolve_device
 from pipelines.progress import progress_bar
 from pipelines.scores import (
@@ -92,18 +92,12 @@ class ImputeConfig:
     weights: Literal["ema", "model"] = "ema"
 
     def __post_init__(self) -> None:
-        if self.sampler not in SAMPLERS:
-            raise ValueError(
-                f"sampler {self.sampler!r} is not known; choose one of {sorted(SAMPLERS)}"
-            )
-        check_options(self.sampler, self.options)
+        check_options(self.sampler, self.options)  # also refuses an unknown sampler
         if self.spacing not in SPACINGS:
             raise ValueError(
                 f"spacing {self.spacing!r} is not valid; choose one of {list(SPACINGS)}"
             )
-        for name in ("steps", "members", "member_chunk", "batch_size"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        at_least_one(self, "steps", "members", "member_chunk", "batch_size")
         if not 0.0 <= self.eval_ratio < 1.0:
             raise ValueError(f"eval_ratio must be in [0, 1), got {self.eval_ratio}")
         if self.mode == "forecast" and self.horizon < 1:

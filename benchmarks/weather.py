@@ -1,0 +1,133 @@
+"""Ensemble weather forecasts on NCEP air temperature: the conditional DiT against the
+deterministic model of the same backbone, persistence and climatology (WeatherBench 2 scores).
+
+    .venv/bin/python -m benchmarks.weather --ensemble outputs/train_ncep_dit \\
+        --deterministic outputs/train_ncep_det --write BENCHMARKS.md
+
+Both checkpoints come from ``stdiff train --config configs/train_ncep_{dit,det}.yaml`` (trained
+on 2013-01-01..2013-11-30, December 2013 held out). The forecasts start at 00 UTC every
+``--every`` of 2014 and run to ``--lead``; the ensemble has ``--members`` members with GenCast's
+sampler (DPM-Solver++(2S), 20 levels, churn). The goals checked (issue 6): ensemble CRPS and RMSE
+better than persistence and climatology at every lead, RMSE better than the deterministic model
+beyond 24 h, spread-skill ratio in [0.8, 1.2] from 24 h, rank histogram within a factor 1.5 of
+flat. Cost: seconds per member per 6-hour step, and the process's peak resident memory. The plots
+go to ``benchmarks/figures/``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import resource
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from benchmarks.report import machine, write_section
+from pipelines.forecast import ForecastConfig, run_forecast
+from pipelines.weather_eval import ScoreConfig, run_scoring
+
+REPO = Path(__file__).resolve().parent.parent
+FIGURES = REPO / "benchmarks/figures"
+BEGIN, END = "<!-- BEGIN weather -->", "<!-- END weather -->"
+
+
+def _fmt(xs: list[float]) -> str:
+    return " / ".join(f"{x:.2f}" for x in xs)
+
+
+def run(args) -> str:
+    torch.set_num_threads(args.threads)
+    init = [f"2014-01-01T00/{args.last_init}/{args.every}"]
+    with tempfile.TemporaryDirectory() as d:
+        tmp = Path(d)
+        kw = {"data": str(args.store), "init": init, "lead": args.lead, "device": "cpu"}
+        ens = run_forecast(ForecastConfig(checkpoint=str(args.ensemble), out=str(tmp / "ens.zarr"),
+                                          members=args.members, member_batch=args.members, **kw),
+                           progress=False)  # fmt: skip
+        det = run_forecast(ForecastConfig(checkpoint=str(args.deterministic), out=str(tmp / "det.zarr"), **kw),
+                           progress=False)  # fmt: skip
+        peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        scores = run_scoring(ScoreConfig({"ensemble": ens["out"], "deterministic": det["out"]}, str(args.store),
+                                         str(tmp / "scores"), args.climatology))  # fmt: skip
+        FIGURES.mkdir(parents=True, exist_ok=True)
+        for png in ("scores_vs_lead.png", "rank_histogram.png", "case_maps.png"):
+            shutil.copy(tmp / "scores" / png, FIGURES / f"weather_{png}")
+    hours = scores["lead_hours"]
+    s = scores["scores"]["air"]
+    rows = [
+        f"Forecasts: {scores['inits']} initial times (00 UTC, 2014-01-01 to {args.last_init}, every "
+        f"{args.every}), leads {hours[0]:g}-{hours[-1]:g} h, {args.members} members. Leads in the "
+        f"columns: {' / '.join(f'{h:g}' for h in hours)} h.",
+        "",
+        "| system | CRPS (K) | ensemble-mean RMSE (K) |",
+        "|---|---|---|",
+    ]
+    for name in ("ensemble", "deterministic", "persistence", "climatology"):
+        rows.append(f"| {name} | {_fmt(s[name]['crps'])} | {_fmt(s[name]['rmse'])} |")
+    ssr = s["ensemble"]["spread_skill"]
+    hist = np.asarray(s["ensemble"]["rank_histogram"], dtype=float)
+    flat = hist / hist.mean()
+    h = np.asarray(hours)
+    late = h > 24
+    goals = {
+        "CRPS below persistence and climatology at every lead": all(
+            e < min(p, c) for e, p, c in zip(s["ensemble"]["crps"], s["persistence"]["crps"], s["climatology"]["crps"], strict=True)
+        ),
+        "RMSE below persistence and climatology at every lead": all(
+            e < min(p, c) for e, p, c in zip(s["ensemble"]["rmse"], s["persistence"]["rmse"], s["climatology"]["rmse"], strict=True)
+        ),
+        "RMSE below the deterministic model beyond 24 h": bool(
+            (np.asarray(s["ensemble"]["rmse"])[late] < np.asarray(s["deterministic"]["rmse"])[late]).all()
+        ),
+        "spread-skill in [0.8, 1.2] from 24 h": bool(
+            ((np.asarray(ssr)[h >= 24] >= 0.8) & (np.asarray(ssr)[h >= 24] <= 1.2)).all()
+        ),
+        "rank histogram within 1.5x of flat": bool(flat.max() <= 1.5 and flat.min() >= 1 / 1.5),
+    }  # fmt: skip
+    rows += [
+        "",
+        f"Spread-skill ratio by lead: {_fmt(ssr)}. Rank histogram (leads >= 24 h), frequency over "
+        f"flat from the lowest rank: {_fmt(flat.tolist())}.",
+        "",
+        "| goal (issue 6) | met |",
+        "|---|---|",
+        *[f"| {g} | {'yes' if ok else 'no'} |" for g, ok in goals.items()],
+        "",
+        f"Cost on this CPU ({args.threads} threads): ensemble {ens['seconds_per_member_step']:.3f} s per member "
+        f"per 6-hour step ({ens['seconds']:.0f} s in all, 39 network evaluations per step); deterministic "
+        f"{det['seconds_per_member_step']:.4f} s per step. Peak resident memory of the process: {peak_mb:.0f} MB. "
+        "No GPU was available to this run.",
+        "",
+        "Plots: `benchmarks/figures/weather_case_maps.png` (truth / ensemble mean / spread), "
+        "`weather_scores_vs_lead.png`, `weather_rank_histogram.png`.",
+    ]
+    return "\n".join(rows)
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--store", type=Path, default=REPO / "outputs/ncep.zarr")
+    ap.add_argument("--ensemble", type=Path, required=True)
+    ap.add_argument("--deterministic", type=Path, required=True)
+    ap.add_argument("--members", type=int, default=8)
+    ap.add_argument("--lead", default="72h")
+    ap.add_argument("--every", default="240h")
+    ap.add_argument("--last-init", default="2014-12-27T00")
+    ap.add_argument("--climatology", nargs=2, default=["2013-01-01", "2013-11-30"])
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--write", type=Path)
+    args = ap.parse_args(argv)
+    body = run(args)
+    cmd = " ".join([".venv/bin/python -m benchmarks.weather", *(argv or sys.argv[1:])])
+    section = f"{BEGIN}\n## Weather: NCEP air temperature ensemble forecasts\n\n`{cmd}`\n\nMachine: {machine()}\n\n{body}\n{END}\n"
+    print(section)
+    if args.write:
+        write_section(args.write, section, BEGIN, END)
+
+
+if __name__ == "__main__":
+    main()
