@@ -156,9 +156,13 @@ def run_scoring(cfg: ScoreConfig) -> dict[str, Any]:
         systems = {name: fc[v].load() for name, fc in fcs.items()}
         systems["persistence"] = persistence(data, ref, v).load()
         systems["climatology"] = climatology(data, ref, v, cfg.climatology_period, cfg.window_days)
-        result["scores"][v] = {
-            n: score_system(f, truth, weights, cfg.rank_from_hours) for n, f in systems.items()
-        }
+        levels = truth["level"].values.tolist() if "level" in truth.dims else [None]
+        for lev in levels:  # one entry per variable and level: "t@850"
+            key, pick = (v, {}) if lev is None else (f"{v}@{lev:g}", {"level": lev})
+            result["scores"][key] = {
+                n: score_system(f.sel(pick), truth.sel(pick), weights, cfg.rank_from_hours)
+                for n, f in systems.items()
+            }
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "scores.json", result)
@@ -181,6 +185,7 @@ def _csv(path: Path, result: dict[str, Any]) -> None:
 def _plots(
     out: Path, result: dict[str, Any], fcs: dict[str, xr.Dataset], data: xr.Dataset, var: str
 ) -> None:
+    """Plots of ``var`` (its first level where it has levels)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -193,16 +198,17 @@ def _plots(
         plt.close(fig)
 
     hours = result["lead_hours"]
-    scores = result["scores"][var]
+    entry = next(k for k in result["scores"] if k.split("@")[0] == var)  # "t@850" or "air"
+    scores = result["scores"][entry]
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
     for name, s in scores.items():
         for ax, key in zip(axes, ("crps", "rmse"), strict=True):
             ax.plot(hours, s[key], marker="o", ms=3, label=name)
-    for ax, key in zip(
+    for ax, title in zip(
         axes, ("CRPS (fair; MAE for one member)", "ensemble-mean RMSE"), strict=True
     ):
         ax.set_xlabel("lead (h)")
-        ax.set_title(f"{var}: {key}", fontsize=9)
+        ax.set_title(f"{entry}: {title}", fontsize=9)
     axes[0].legend(fontsize=7)
     save(fig, "scores_vs_lead.png")
 

@@ -161,3 +161,45 @@ def test_baselines_brute_force(trained) -> None:
     np.testing.assert_allclose(
         clim.isel(init_time=0, lead_time=1), data["air"].values[sel].mean(0), rtol=1e-6
     )
+
+
+def test_multi_variable_multi_level_grid_by_configuration(tmp_path: Path) -> None:
+    """A WeatherBench2-like store (t on 2 levels, u at the surface) goes through train, forecast
+    and score with no code change: channels t@850, t@500, u."""
+    rng = np.random.default_rng(1)
+    lat, lon, lev = np.linspace(60, 30, 6), np.linspace(0, 27.5, 12), np.array([850, 500])
+    n = len(TIMES[:200])
+    t_field = 250 + 10 * rng.normal(size=(n, 2, 6, 12)).cumsum(0) * 0.05
+    u_field = rng.normal(size=(n, 6, 12)).cumsum(0) * 0.1
+    ds = xr.Dataset(
+        {
+            "t": (("time", "level", "lat", "lon"), t_field.astype(np.float32), {"units": "K"}),
+            "u": (("time", "lat", "lon"), u_field.astype(np.float32), {"units": "m s-1"}),
+        },
+        coords={"time": TIMES[:200], "level": lev, "lat": lat, "lon": lon},
+        attrs={"kind": "weather", "source": "synthetic multi-level"},
+    )
+    split = time_split(ds, ("2013-01-01", "2013-02-10"), ("2013-02-11", "2013-02-19"))
+    ds = attach_stats(ds, normalization_stats(ds, ["t", "u"], split, time_differences=True))
+    store = tmp_path / "era.zarr"
+    write_store(ds, store, content_hash="era")
+    job = _job(tmp_path / "run", store, "denoise")
+    job["data"].update(
+        train_period=["2013-01-01", "2013-02-10"], valid_period=None, variables=["t", "u"]
+    )
+    job["loop"].update(steps=4, log_every=2, checkpoint_every=4, val_every=0)
+    (tmp_path / "job.yaml").write_text(yaml.safe_dump(job))
+    res = CliRunner().invoke(app, ["train", "--config", str(tmp_path / "job.yaml")])
+    assert res.exit_code == 0, res.output
+    cfg = ForecastConfig(checkpoint=str(tmp_path / "run"), data=str(store), out=str(tmp_path / "fc.zarr"),
+                         init=["2013-02-12T00"], lead="12h", members=2, steps=2, device="cpu")  # fmt: skip
+    run_forecast(cfg, progress=False)
+    fc = xr.open_zarr(tmp_path / "fc.zarr", consolidated=False)
+    assert fc["t"].dims == ("init_time", "member", "lead_time", "level", "lat", "lon")
+    assert fc["u"].dims == ("init_time", "member", "lead_time", "lat", "lon")
+    assert list(fc["level"].values) == [850, 500] and fc["u"].attrs["units"] == "m s-1"
+    res = CliRunner().invoke(app, ["score", "--forecast", f"ens={tmp_path / 'fc.zarr'}", "--data", str(store),
+                                   "--out", str(tmp_path / "s"), "--climatology-period", "2013-01-01:2013-02-10"])  # fmt: skip
+    assert res.exit_code == 0, res.output
+    s = json.loads((tmp_path / "s/scores.json").read_text())["scores"]
+    assert set(s) == {"t@850", "t@500", "u"} and len(s["t@500"]["ens"]["rmse"]) == 2  # per lead
