@@ -57,6 +57,11 @@ REPO = Path(__file__).resolve().parent.parent
 PEER = Path(os.environ.get("STDIFF_PEER_VENVS", Path.home() / ".cache/stdiff-peers")) / "pypots"
 PAPER = {0.1: (0.238, 0.217), 0.5: (0.330, 0.301), 0.9: (0.522, 0.481)}  # CRPS, MAE (table 2/3)
 FAST = ("dpmpp_2m", 10)
+TITLES = {
+    "speed": "CSDI on PhysioNet: speed, stdiff vs PyPOTS 1.5 (same shapes, same model size)",
+    "peer": "CSDI on PhysioNet: stdiff vs PyPOTS 1.5 trained with the same budget",
+    "paper": "CSDI on PhysioNet: stdiff beside the paper (Tashiro et al. 2021)",
+}
 
 
 def _peer(*args: str, threads: int) -> subprocess.Popen:
@@ -279,7 +284,7 @@ def main(argv: list[str] | None = None) -> None:
         body = {"speed": speed, "peer": peer, "paper": paper}[args.phase](args, data, Path(d))
     cmd = " ".join([".venv/bin/python -m benchmarks.imputation", *(argv or sys.argv[1:])])
     begin, end = f"<!-- BEGIN imputation-{args.phase} -->", f"<!-- END imputation-{args.phase} -->"
-    section = f"{begin}\n`{cmd}`\n\nMachine: {machine()}\n\n{body}\n{end}\n"
+    section = f"{begin}\n## {TITLES[args.phase]}\n\n`{cmd}`\n\nMachine: {machine()}\n\n{body}\n{end}\n"
     print(section)
     if args.write:
         write_section(args.write, section, begin, end)
