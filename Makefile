@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.stdiff-installed
 OUT ?= outputs/demo
 
-.PHONY: test demo lint format bench clean-venv
+.PHONY: test demo lint format bench bench-imputation bench-weather clean-venv
 
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -32,6 +32,22 @@ bench: $(STAMP)
 	bash benchmarks/make_peer_venv.sh diffusers
 	$(PY) -m benchmarks.samplers --write BENCHMARKS.md
 	$(PY) -m benchmarks.datasets --write BENCHMARKS.md
+
+# CSDI on PhysioNet against PyPOTS 1.5 (its own venv) and the paper; needs ../shared/data.
+bench-imputation: $(STAMP)
+	bash benchmarks/make_peer_venv.sh pypots
+	$(VENV)/bin/stdiff ingest ../shared/data/physionet2012/set-a.tar.gz --kind timeseries --out outputs/physio.zarr
+	$(PY) -m benchmarks.imputation peer --epochs 2 --stays 32 --samples 10 --keep outputs/csdi_peer_run --write BENCHMARKS.md
+	$(PY) -m benchmarks.imputation speed --checkpoint outputs/csdi_peer_run --stays 16 --samples 10 --write BENCHMARKS.md
+	$(PY) -m benchmarks.imputation paper --checkpoint outputs/csdi_peer_run --stays 32 --samples 10 --write BENCHMARKS.md
+
+# Ensemble weather forecasts on NCEP air temperature; needs ../shared/data.
+bench-weather: $(STAMP)
+	$(VENV)/bin/stdiff ingest ../shared/data/ncep_air_temperature/air_temperature.zarr --kind weather \
+		--train-period 2013-01-01:2013-11-30 --test-period 2014-01-01:2014-12-31 --out outputs/ncep.zarr
+	$(VENV)/bin/stdiff train --config configs/train_ncep_dit.yaml
+	$(VENV)/bin/stdiff train --config configs/train_ncep_det.yaml
+	$(PY) -m benchmarks.weather --ensemble outputs/train_ncep_dit --deterministic outputs/train_ncep_det --write BENCHMARKS.md
 
 clean-venv:
 	rm -rf $(VENV)

@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -216,6 +217,8 @@ def peer(args, data: Data, tmp: Path) -> str:
     ours = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL)
     _wait(ours)
     our_train = time.perf_counter() - t0
+    if args.keep:  # the trained run, for the speed and paper phases
+        shutil.copytree(run, args.keep, dirs_exist_ok=True)
     _wait(theirs)
     torch.set_num_threads(1)
     info = json.loads((tmp / "peer_out.npz.json").read_text())
@@ -272,6 +275,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--samples", type=int, default=10)
     ap.add_argument("--epochs", type=int, default=2)
     ap.add_argument("--train-stays", type=int, help="peer: only the first N training stays")
+    ap.add_argument("--keep", type=Path, help="peer: copy our trained run folder here")
     ap.add_argument("--repeats", type=int, default=10)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--ratios", type=float, nargs="+", default=[0.1, 0.5, 0.9])
