@@ -288,7 +288,9 @@ def main(argv: list[str] | None = None) -> None:
         body = {"speed": speed, "peer": peer, "paper": paper}[args.phase](args, data, Path(d))
     cmd = " ".join([".venv/bin/python -m benchmarks.imputation", *(argv or sys.argv[1:])])
     begin, end = f"<!-- BEGIN imputation-{args.phase} -->", f"<!-- END imputation-{args.phase} -->"
-    section = f"{begin}\n## {TITLES[args.phase]}\n\n`{cmd}`\n\nMachine: {machine()}\n\n{body}\n{end}\n"
+    section = (
+        f"{begin}\n## {TITLES[args.phase]}\n\n`{cmd}`\n\nMachine: {machine()}\n\n{body}\n{end}\n"
+    )
     print(section)
     if args.write:
         write_section(args.write, section, begin, end)

@@ -32,7 +32,6 @@ from pipelines.weather_eval import ScoreConfig, run_scoring
 
 REPO = Path(__file__).resolve().parent.parent
 FIGURES = REPO / "benchmarks/figures"
-BEGIN, END = "<!-- BEGIN weather -->", "<!-- END weather -->"
 
 
 def _fmt(xs: list[float]) -> str:
@@ -108,6 +107,27 @@ def run(args) -> str:
     return "\n".join(rows)
 
 
+def cost(args) -> str:
+    """Quiet-machine cost: one forecast of ``--cost-inits`` initial times to the lead."""
+    torch.set_num_threads(args.threads)
+    rows = [
+        "| forecast | members x steps | s per member per 6-hour step | peak RSS |",
+        "|---|---|---|---|",
+    ]
+    with tempfile.TemporaryDirectory() as d:
+        kw = {"data": str(args.store), "init": [f"2014-06-01T00/2014-06-{args.cost_inits:02d}T00/24h"],
+              "lead": args.lead, "device": "cpu"}  # fmt: skip
+        for name, ckpt, members in (("ensemble (DPM-Solver++ 2S, 20 levels, churn)", args.ensemble, args.members),
+                                    ("deterministic", args.deterministic, 1)):  # fmt: skip
+            r = run_forecast(ForecastConfig(checkpoint=str(ckpt), out=f"{d}/{members}.zarr", members=members,
+                                            member_batch=members, **kw), progress=False)  # fmt: skip
+            peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+            rows.append(
+                f"| {name} | {r['members']} x {r['lead_steps']} | {r['seconds_per_member_step']:.3f} s | {peak:.0f} MB |"
+            )
+    return "\n".join(rows)
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--store", type=Path, default=REPO / "outputs/ncep.zarr")
@@ -120,13 +140,20 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--climatology", nargs=2, default=["2013-01-01", "2013-11-30"])
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--write", type=Path)
+    ap.add_argument(
+        "--cost-only", action="store_true", help="only time a short forecast (quiet machine)"
+    )
+    ap.add_argument("--cost-inits", type=int, default=2)
     args = ap.parse_args(argv)
-    body = run(args)
+    tag = "weather-cost" if args.cost_only else "weather"
+    begin, end = f"<!-- BEGIN {tag} -->", f"<!-- END {tag} -->"
+    body = cost(args) if args.cost_only else run(args)
     cmd = " ".join([".venv/bin/python -m benchmarks.weather", *(argv or sys.argv[1:])])
-    section = f"{BEGIN}\n## Weather: NCEP air temperature ensemble forecasts\n\n`{cmd}`\n\nMachine: {machine()}\n\n{body}\n{END}\n"
+    title = "cost on a quiet machine" if args.cost_only else "ensemble forecasts"
+    section = f"{begin}\n## Weather, NCEP air temperature: {title}\n\n`{cmd}`\n\nMachine: {machine()}\n\n{body}\n{end}\n"
     print(section)
     if args.write:
-        write_section(args.write, section, BEGIN, END)
+        write_section(args.write, section, begin, end)
 
 
 if __name__ == "__main__":
