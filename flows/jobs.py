@@ -120,6 +120,8 @@ def score_flow(params: dict[str, Any]) -> dict[str, Any]:
         for name, s in systems.items():
             rows[f"{var} {name} CRPS"] = " / ".join(f"{x:.3f}" for x in s["crps"])
     out = Path(params["out"]).resolve()
-    rows.update({png: f"[{png}](file://{out / png})" for png in ("case_maps.png", "scores_vs_lead.png")})
+    rows.update(
+        {png: f"[{png}](file://{out / png})" for png in ("case_maps.png", "scores_vs_lead.png")}
+    )
     _publish("score", "forecast scores", rows)
     return r
