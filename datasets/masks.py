@@ -14,9 +14,10 @@ result is the *conditioning* mask, a subset of ``observed``; the targets are
   (CSDI issue #17).
 * ``forecast``: the last ``horizon`` time steps are the targets (CSDI's forecasting setting).
 
-Evaluation masks (numpy): :func:`csdi_eval_mask` reproduces CSDI's test protocol exactly: with
-``np.random.seed(seed)`` set once, the stays are visited in RecordID order and for each one
-``int(n_obs * ratio)`` of its observed entries are drawn without replacement and hidden.
+Evaluation masks (numpy): :func:`csdi_eval_mask` reproduces CSDI's test protocol exactly: the
+official code seeds numpy's global generator once, visits the stays in RecordID order and for
+each one hides ``int(n_obs * ratio)`` of its observed entries drawn without replacement; we draw
+the same stream from a local ``RandomState(seed)``.
 """
 
 from __future__ import annotations
