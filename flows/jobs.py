@@ -11,6 +11,7 @@ with a message naming the field) and publishes a markdown artifact with its metr
 
 from __future__ import annotations
 
+import importlib
 import json
 from pathlib import Path
 from typing import Any
@@ -66,55 +67,54 @@ def train_flow(
     return r
 
 
-@task(name="impute", tags=["gpu"])
-def impute_task(params: dict[str, Any]) -> dict[str, Any]:
-    from pipelines.imputation import ImputeConfig, run_imputation
+# kind -> (module, config class, run function); each run function takes the config first
+JOBS: dict[str, tuple[str, str, str]] = {
+    "impute": ("pipelines.imputation", "ImputeConfig", "run_imputation"),
+    "forecast": ("pipelines.forecast", "ForecastConfig", "run_forecast"),
+    "score": ("pipelines.weather_eval", "ScoreConfig", "run_scoring"),
+}
 
-    return run_imputation(from_dict(ImputeConfig, params, "impute:"), progress=False)
+
+def _config(kind: str, params: dict[str, Any]) -> Any:
+    """The job's typed config: a bad value raises naming the field."""
+    module, cls, _ = JOBS[kind]
+    return from_dict(getattr(importlib.import_module(module), cls), params, f"{kind}:")
+
+
+@task(name="job", tags=["gpu"])
+def job_task(kind: str, params: dict[str, Any]) -> dict[str, Any]:
+    """Run the ``kind`` job (inference tasks carry the ``gpu`` tag for a concurrency limit)."""
+    module, _, fn = JOBS[kind]
+    run = getattr(importlib.import_module(module), fn)
+    cfg = _config(kind, params)
+    return run(cfg) if kind == "score" else run(cfg, progress=False)
 
 
 @flow(name="stdiff-impute")
 def impute_flow(params: dict[str, Any]) -> dict[str, Any]:
     """``stdiff impute`` with ``params`` (``ImputeConfig`` fields: checkpoint, data, out, ...)."""
-    from pipelines.imputation import ImputeConfig
-
-    from_dict(ImputeConfig, params, "impute:")  # fail fast, before the task runs
-    r = impute_task(params)
+    _config("impute", params)  # fail fast, before the task runs
+    r = job_task("impute", params)
     rows = {k: v for k, v in r.items() if k != "metrics"}
     rows.update({k: v for k, v in r.get("metrics", {}).items() if k != "rank_histogram"})
     _publish("impute", "imputation", rows)
     return r
 
 
-@task(name="forecast", tags=["gpu"])
-def forecast_task(params: dict[str, Any]) -> dict[str, Any]:
-    from pipelines.forecast import ForecastConfig, run_forecast
-
-    return run_forecast(from_dict(ForecastConfig, params, "forecast:"), progress=False)
-
-
 @flow(name="stdiff-forecast")
 def forecast_flow(params: dict[str, Any]) -> dict[str, Any]:
     """``stdiff forecast`` with ``params`` (``ForecastConfig`` fields)."""
-    from pipelines.forecast import ForecastConfig
-
-    from_dict(ForecastConfig, params, "forecast:")
-    r = forecast_task(params)
+    _config("forecast", params)
+    r = job_task("forecast", params)
     _publish("forecast", "ensemble forecast", r)
     return r
-
-
-@task(name="score")
-def score_task(params: dict[str, Any]) -> dict[str, Any]:
-    from pipelines.weather_eval import ScoreConfig, run_scoring
-
-    return run_scoring(from_dict(ScoreConfig, params, "score:"))
 
 
 @flow(name="stdiff-score")
 def score_flow(params: dict[str, Any]) -> dict[str, Any]:
     """``stdiff score`` with ``params`` (``ScoreConfig`` fields); plots are linked in the artifact."""
-    r = score_task(params)
+    _config("score", params)
+    r = job_task("score", params)
     rows: dict[str, Any] = {"lead hours": r["lead_hours"]}
     for var, systems in r["scores"].items():
         for name, s in systems.items():

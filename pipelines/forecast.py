@@ -147,7 +147,7 @@ def _prepare(cfg: ForecastConfig, ds: xr.Dataset, device: torch.device) -> _Job:
             cfg.data,
             f"initial time {str(inits[short][0])[:16]} lacks its {layout.context - 1} previous state(s)",
         )
-    regression = getattr(tcfg.loop, "objective", "denoise") == "regression"
+    regression = tcfg.loop.objective == "regression"
     return _Job(denoiser, layout, step_hours, round(hours / step_hours), inits, pos, regression)
 
 
