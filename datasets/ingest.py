@@ -35,7 +35,7 @@ class IngestOptions:
     Fields: kind; variables / levels (weather selection); coarsen (weather block-mean factor);
     train_period / test_period (weather time split, ``("YYYY-MM-DD", "YYYY-MM-DD")``);
     fold (PhysioNet CSDI fold); layout / time_column / targets (CSV or Parquet tables);
-    axis (NIfTI slicing axis).
+    axis (NIfTI slicing axis); image_size (a NIfTI volume ingested as ``images``: slices resized).
     """
 
     kind: Kind
@@ -49,6 +49,7 @@ class IngestOptions:
     time_column: str = "time"
     targets: str | None = None
     axis: Literal["axial", "coronal", "sagittal"] = "axial"
+    image_size: int = 64
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -121,13 +122,18 @@ def _images(source: str, opt: IngestOptions) -> xr.Dataset:
     p = Path(source)
     if p.suffix.lower() == ".npz":
         return images.load_npz(p)
+    if p.name.endswith((".nii", ".nii.gz")):  # a volume's slices as images (reconstruction)
+        from datasets.medical import load_nifti, slices_as_images
+
+        return slices_as_images(load_nifti(p, axis=opt.axis), opt.image_size)
     if p.is_dir() and any(q.name.endswith(("idx3-ubyte", "idx3-ubyte.gz")) for q in p.iterdir()):
         return images.load_mnist_folder(p)
     if p.is_dir():
         return images.load_image_folder(p)
     raise DataError(
         p,
-        "expected an .npz file, an MNIST-style folder of idx files or a folder of class sub-folders",
+        "expected an .npz file, a NIfTI volume, an MNIST-style folder of idx files or a folder of "
+        "class sub-folders",
     )
 
 

@@ -13,7 +13,8 @@ callable returning ``x0_hat``. Everything works in the sigma (EDM/VE) coordinate
 In these coordinates DDIM(eta=0) is exactly the Euler method and DDPM ancestral sampling is
 DDIM with eta=1, so both are one function. ``generator`` is one ``torch.Generator`` or one per
 batch element (see :mod:`diffusion.rng`); ``callback`` receives a dict with ``i``, ``sigma``,
-``x`` and ``denoised`` after every step.
+``sigma_next``, ``x`` and ``denoised`` after every step; when it returns a tensor, that tensor replaces
+``x`` (the hook that data consistency, RePaint's replacement and DPS use, ``diffusion.inverse``).
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from diffusion.ode import solve_rk45
 from diffusion.rng import Generators, ensure_generator, randn, randn_like
 
 DenoiserFn = Callable[[Tensor, Tensor, Condition | None], Tensor]
-Callback = Callable[[dict[str, Any]], None] | None
+Callback = Callable[[dict[str, Any]], Tensor | None] | None
 
 
 def _sigma_list(sigmas: Tensor | Sequence[float]) -> list[float]:
@@ -62,9 +63,14 @@ def ancestral_step(sigma: float, sigma_next: float, eta: float = 1.0) -> tuple[f
     return math.sqrt(sigma_next**2 - up**2), up
 
 
-def _report(callback: Callback, i: int, sigma: float, x: Tensor, denoised: Tensor) -> None:
-    if callback is not None:
-        callback({"i": i, "sigma": sigma, "x": x, "denoised": denoised})
+def _report(
+    callback: Callback, i: int, sigma: float, x: Tensor, denoised: Tensor, sigma_next: float
+) -> Tensor:
+    """Call ``callback`` after step ``i``; a tensor it returns replaces ``x``."""
+    if callback is None:
+        return x
+    out = callback({"i": i, "sigma": sigma, "sigma_next": sigma_next, "x": x, "denoised": denoised})
+    return x if out is None else out
 
 
 @torch.no_grad()
@@ -81,7 +87,7 @@ def sample_ddim(denoiser, x, sigmas, cond=None, *, generator=None, callback=None
         x = denoised + (s_down / s) * (x - denoised)
         if s_up > 0:
             x = x + s_up * randn_like(x, generator)
-        _report(callback, i, s, x, denoised)
+        x = _report(callback, i, s, x, denoised, s_next)
     return x
 
 
@@ -93,7 +99,7 @@ def sample_euler(denoiser, x, sigmas, cond=None, *, generator=None, callback=Non
         denoised = _denoise(denoiser, x, s, cond)
         d = (x - denoised) / s
         x = x + (s_next - s) * d
-        _report(callback, i, s, x, denoised)
+        x = _report(callback, i, s, x, denoised, s_next)
     return x
 
 
@@ -138,7 +144,7 @@ def sample_heun(
             d_next = (x_next - _denoise(denoiser, x_next, s_next, cond)) / s_next
             x_next = x + (s_next - s_hat) * (d + d_next) / 2
         x = x_next
-        _report(callback, i, s, x, denoised)
+        x = _report(callback, i, s, x, denoised, s_next)
     return x
 
 
@@ -163,7 +169,7 @@ def sample_dpmpp_2m(denoiser, x, sigmas, cond=None, *, generator=None, callback=
             x = (s_next / s) * x - math.expm1(-h) * d
             h_last = h
         old_denoised = denoised
-        _report(callback, i, s, x, denoised)
+        x = _report(callback, i, s, x, denoised, s_next)
     return x
 
 
@@ -205,7 +211,7 @@ def sample_dpmpp_2s(
             x = (s_down / s) * x - math.expm1(-h) * denoised_mid
         if s_up > 0:
             x = x + s_up * randn_like(x, generator)
-        _report(callback, i, s, x, denoised)
+        x = _report(callback, i, s, x, denoised, s_next)
     return x
 
 
@@ -246,7 +252,7 @@ def sample_pc(
             x = x + var * (denoised - x) / s**2 + math.sqrt(var) * randn_like(x, generator)
             for _ in range(corrector_steps):
                 x = langevin_step(denoiser, x, s_next, cond, generator, snr)
-        _report(callback, i, s, x, denoised)
+        x = _report(callback, i, s, x, denoised, s_next)
     return x
 
 
@@ -268,8 +274,7 @@ def sample_pf_ode(
         (x,), _ = solve_rk45(f, (x,), math.log(sig[0]), math.log(s_end), rtol=rtol, atol=atol)
     if sig[-1] == 0:
         denoised = _denoise(denoiser, x, s_end, cond)
-        _report(callback, 0, s_end, denoised, denoised)
-        x = denoised
+        x = _report(callback, 0, s_end, denoised, denoised, 0.0)
     return x
 
 

@@ -109,6 +109,9 @@ def ingest(
         str | None, typer.Option(help="Table evaluation targets: a column or a second file.")
     ] = None,
     axis: Annotated[str, typer.Option(help="NIfTI slicing axis.")] = "axial",
+    image_size: Annotated[
+        int, typer.Option(help="A NIfTI volume as --kind images: slice size in pixels.")
+    ] = 64,
     progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
 ) -> None:
     """Ingest a source into a canonical zarr v3 store (a no-op when it is already there)."""
@@ -128,6 +131,7 @@ def ingest(
             time_column=time_column,
             targets=targets,
             axis=axis,  # type: ignore[arg-type]
+            image_size=image_size,
         )
         result = run_ingest(source, out, opt, progress=progress)
     except ValueError as e:  # DataError is a ValueError: one line naming the file

@@ -241,3 +241,22 @@ def test_colin27_real(colin27):
     nonempty = int((values.reshape(181, -1) > 0).any(axis=1).sum())
     print("Colin27 axial slices with any signal:", nonempty)
     assert 100 < nonempty <= 181
+
+
+def test_volume_slices_as_images(tmp_path):
+    from datasets.ingest import IngestOptions, ingest
+    from datasets.medical import slices_as_images
+
+    vol = np.zeros((40, 30, 60), np.float32)  # (x, y, z): a bright ellipsoid, empty ends in z
+    xx, yy, zz = np.meshgrid(np.arange(40), np.arange(30), np.arange(60), indexing="ij")
+    vol[((xx - 20) / 15) ** 2 + ((yy - 15) / 12) ** 2 + ((zz - 30) / 25) ** 2 < 1] = 100.0
+    nib.save(nib.Nifti1Image(vol, np.eye(4)), tmp_path / "v.nii.gz")
+    ds = slices_as_images(load_nifti(tmp_path / "v.nii.gz"), 16, block=4, test_every=3)
+    n = ds.sizes["sample"]
+    assert ds["image"].shape == (n, 1, 16, 16) and ds["image"].dtype == np.uint8
+    assert 0 < n < 60  # the empty ends are dropped
+    assert ds["image"].values.max() == 255 and ds["image"].values[:, :, 0, 0].max() == 0
+    split = ds["split"].values
+    assert split.sum() > 0 and list(split[:12]) == [0] * 4 + [1] * 4 + [0] * 4  # whole blocks
+    res = ingest(tmp_path / "v.nii.gz", tmp_path / "s.zarr", IngestOptions(kind="images", image_size=16))
+    assert "images (sample=" in res.summary and "x=16" in res.summary

@@ -15,7 +15,7 @@ import torch
 from safetensors.torch import load_file
 
 from pipelines.checkpoint import latest_checkpoint, load_torch_weights
-from pipelines.train import StepBatches, lr_factor
+from pipelines.train import OptimConfig, StepBatches, lr_factor
 
 JOB = Path(__file__).with_name("resume_job.py")
 
@@ -106,3 +106,17 @@ def test_ddp_gradients_equal_single_process(tmp_path: Path, torchrun) -> None:
         torch.testing.assert_close(ddp[name], p.grad, rtol=1e-5, atol=1e-7)
     assert (tmp_path / "run/checkpoints/step_000000006/weights.safetensors").is_file()
     assert len((tmp_path / "run/metrics.jsonl").read_text().splitlines()) == 2
+
+
+def test_lr_schedules_match_their_definitions() -> None:
+    # CSDI's MultiStepLR: x0.1 at 75 % and again at 90 % of the steps, no warm-up
+    ms = OptimConfig(lr_schedule="multistep", warmup_steps=0)
+    got = [ms.factor(s, 100) for s in (0, 74, 75, 89, 90, 99)]
+    assert got == pytest.approx([1.0, 1.0, 0.1, 0.1, 0.01, 0.01])
+    assert OptimConfig(lr_schedule="constant", warmup_steps=4).factor(1, 100) == 0.5
+    assert OptimConfig(lr_schedule="constant", warmup_steps=4).factor(50, 100) == 1.0
+    assert OptimConfig(warmup_steps=10).factor(100, 100) == pytest.approx(0.1)  # cosine end
+    with pytest.raises(ValueError, match="lr_schedule"):
+        OptimConfig(lr_schedule="step")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="milestones"):
+        OptimConfig(milestones=(75,))
