@@ -258,5 +258,7 @@ def test_volume_slices_as_images(tmp_path):
     assert ds["image"].values.max() == 255 and ds["image"].values[:, :, 0, 0].max() == 0
     split = ds["split"].values
     assert split.sum() > 0 and list(split[:12]) == [0] * 4 + [1] * 4 + [0] * 4  # whole blocks
-    res = ingest(tmp_path / "v.nii.gz", tmp_path / "s.zarr", IngestOptions(kind="images", image_size=16))
+    res = ingest(
+        tmp_path / "v.nii.gz", tmp_path / "s.zarr", IngestOptions(kind="images", image_size=16)
+    )
     assert "images (sample=" in res.summary and "x=16" in res.summary
