@@ -207,7 +207,7 @@ def _weather_params(cfg: TrainJobConfig) -> dict[str, Any]:
 
 def store_metadata(ds, variables: list[str]) -> dict[str, Any]:
     """What inference needs to know about the training data, kept in the checkpoint: the
-    variables, their dims and non-sample coordinates (feature names, grid), and the
+    variables, their dims, sizes and non-sample coordinates (feature names, grid), and the
     normalisation statistics (``<var>_mean`` / ``_std`` / ``_diff_std`` arrays) as lists."""
     stats = {
         name: np.asarray(ds[name].values, dtype=np.float64).tolist()
@@ -222,6 +222,9 @@ def store_metadata(ds, variables: list[str]) -> dict[str, Any]:
     return {
         "variables": {v: list(ds[v].dims) for v in variables},
         "coords": coords,
+        "sizes": {
+            str(d): int(n) for d, n in ds.sizes.items() if d not in ("stay", "sample", "time")
+        },
         "stats": stats,
         "normalization": ds.attrs.get("normalization", ""),
         "store_hash": ds.attrs.get("content_hash", ""),
