@@ -3,7 +3,8 @@
 * ``ingest_flow``: a source to a store (I/O task with retries; a no-op when the store already
   holds the same inputs, by content hash).
 * ``train_flow``: ``stdiff train`` from a YAML config (tagged ``gpu`` for a concurrency limit).
-* ``impute_flow``, ``forecast_flow``, ``score_flow``: the inference and scoring jobs.
+* ``impute_flow``, ``forecast_flow``, ``score_flow``, ``reconstruct_flow``, ``generate_flow``:
+  the inference and scoring jobs.
 
 Each flow validates its parameters with the job's typed config before any work (a bad value fails
 with a message naming the field) and publishes a markdown artifact with its metrics and outputs.
@@ -72,7 +73,10 @@ JOBS: dict[str, tuple[str, str, str]] = {
     "impute": ("pipelines.imputation", "ImputeConfig", "run_imputation"),
     "forecast": ("pipelines.forecast", "ForecastConfig", "run_forecast"),
     "score": ("pipelines.weather_eval", "ScoreConfig", "run_scoring"),
+    "reconstruct": ("pipelines.reconstruct", "ReconstructConfig", "run_reconstruction"),
+    "generate": ("pipelines.generate", "GenerateConfig", "run_generation"),
 }
+NO_PROGRESS = ("impute", "forecast", "reconstruct")  # run functions with a progress switch
 
 
 def _config(kind: str, params: dict[str, Any]) -> Any:
@@ -87,7 +91,7 @@ def job_task(kind: str, params: dict[str, Any]) -> dict[str, Any]:
     module, _, fn = JOBS[kind]
     run = getattr(importlib.import_module(module), fn)
     cfg = _config(kind, params)
-    return run(cfg) if kind == "score" else run(cfg, progress=False)
+    return run(cfg, progress=False) if kind in NO_PROGRESS else run(cfg)
 
 
 @flow(name="stdiff-impute")
@@ -124,4 +128,29 @@ def score_flow(params: dict[str, Any]) -> dict[str, Any]:
         {png: f"[{png}](file://{out / png})" for png in ("case_maps.png", "scores_vs_lead.png")}
     )
     _publish("score", "forecast scores", rows)
+    return r
+
+
+@flow(name="stdiff-reconstruct")
+def reconstruct_flow(params: dict[str, Any]) -> dict[str, Any]:
+    """``stdiff reconstruct`` with ``params`` (``ReconstructConfig`` fields); links the PNG grid."""
+    _config("reconstruct", params)
+    r = job_task("reconstruct", params)
+    rows = {k: v for k, v in r.items() if k != "metrics"}
+    rows.update(r["metrics"])
+    png = Path(f"{params['out']}.png").resolve()
+    rows["grid"] = f"[{png.name}](file://{png})"
+    _publish("reconstruct", f"reconstruct ({params.get('task', 'inpaint')})", rows)
+    return r
+
+
+@flow(name="stdiff-generate")
+def generate_flow(params: dict[str, Any]) -> dict[str, Any]:
+    """``stdiff generate`` with ``params`` (``GenerateConfig`` fields); links the PNG grid."""
+    _config("generate", params)
+    r = job_task("generate", params)
+    rows = {"out": r["out"], **r["metrics"]}
+    png = Path(f"{params['out']}.png").resolve()
+    rows["grid"] = f"[{png.name}](file://{png})"
+    _publish("generate", "class-conditional samples", rows)
     return r

@@ -1,5 +1,5 @@
 """Shared fixtures: exact Gaussian and Gaussian-mixture data, the real-data folder, a small store of
-stays and a small trained CSDI."""
+stays and a small trained CSDI, a small images store and a small trained class-conditional DiT."""
 
 from __future__ import annotations
 
@@ -149,3 +149,70 @@ def trained_csdi(tmp_path_factory) -> tuple[Path, Path]:
     res = CliRunner().invoke(app, ["train", "--config", str(root / "job.yaml")])
     assert res.exit_code == 0, res.output
     return store, root / "run"
+
+
+def make_image_store(path: Path, images: np.ndarray, labels: np.ndarray) -> Path:
+    n = len(images)
+    ds = xr.Dataset(
+        {
+            "image": (("sample", "channel", "y", "x"), images),
+            "label": ("sample", labels.astype(np.int64)),
+            "split": ("sample", (np.arange(n) % 4 == 0).astype(np.int8)),  # every 4th held back
+        },
+        attrs={"kind": "images", "classes": ["a", "b", "c"]},
+    )
+    write_store(ds, path, content_hash=path.name)
+    return path
+
+
+@pytest.fixture(scope="module")
+def image_model(tmp_path_factory) -> tuple[Path, Path]:
+    """A class-conditional DiT trained for a few steps on 16 x 16 blobs of 3 classes:
+    ``(run folder, store)``; every 4th image is held back (split 1)."""
+    import yaml
+    from typer.testing import CliRunner
+
+    from pipelines.cli import app
+
+    tmp = tmp_path_factory.mktemp("recon")
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[:16, :16]
+    labels = rng.integers(0, 3, 96)
+    centres = np.array([[5, 5], [10, 10], [5, 11]])[labels] + rng.integers(-1, 2, (96, 2))
+    blobs = np.exp(-((yy - centres[:, :1, None]) ** 2 + (xx - centres[:, 1:, None]) ** 2) / 8)
+    store = make_image_store(tmp / "blobs.zarr", (blobs * 255).astype(np.uint8)[:, None], labels)
+    cfg = {
+        "out": str(tmp / "run"),
+        "device": "cpu",
+        "data": {"store": str(store), "task": "images"},
+        "model": {
+            "net": "dit_custom",
+            "params": {
+                "in_channels": 1,
+                "patch_size": 2,
+                "depth": 1,
+                "hidden": 32,
+                "num_heads": 2,
+                "num_classes": 3,
+            },
+        },
+        "optim": {"lr": 2e-3, "warmup_steps": 5},
+        "loop": {
+            "steps": 30,
+            "batch_size": 16,
+            "cfg_dropout": 0.2,
+            "log_every": 10,
+            "checkpoint_every": 30,
+            "progress": False,
+        },
+    }
+    (tmp / "train.yaml").write_text(yaml.safe_dump(cfg))
+    res = CliRunner().invoke(app, ["train", "--config", str(tmp / "train.yaml")])
+    assert res.exit_code == 0, res.output
+    return tmp / "run", store
+
+
+@pytest.fixture
+def make_images():
+    """``make_image_store(path, images, labels)``: an images store for a test."""
+    return make_image_store

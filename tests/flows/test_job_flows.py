@@ -56,3 +56,22 @@ def test_bad_parameters_fail_before_work(harness, tmp_path: Path) -> None:
     assert state.is_failed()
     with pytest.raises(ValueError, match="members must be at least 1"):
         state.result()
+
+
+def test_reconstruct_and_generate_flows(harness, tmp_path: Path, image_model) -> None:
+    from flows.jobs import generate_flow, reconstruct_flow
+
+    run, store = image_model
+    out = tmp_path / "mri.zarr"
+    r = reconstruct_flow({"checkpoint": str(run), "data": str(store), "out": str(out),
+                          "task": "mri", "steps": 4, "members": 2, "max_images": 2,
+                          "device": "cpu"})  # fmt: skip
+    assert r["metrics"]["psnr"] > 0 and out.is_dir() and Path(f"{out}.png").is_file()
+    art = Artifact.get("reconstruct")
+    assert art is not None and "psnr" in art.data and "mri.zarr.png" in art.data
+    g = generate_flow({"checkpoint": str(run), "out": str(tmp_path / "g.zarr"), "n": 3,
+                       "steps": 3, "guidance": 2.0, "device": "cpu"})  # fmt: skip
+    assert g["metrics"]["n"] == 3 and Artifact.get("generate") is not None
+    with pytest.raises(ValueError, match="guidance must be >= 0"):
+        generate_flow({"checkpoint": str(run), "out": str(tmp_path / "x.zarr"), "guidance": -1})
+    assert not (tmp_path / "x.zarr").exists()

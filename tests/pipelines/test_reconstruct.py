@@ -8,67 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import xarray as xr
-import yaml
 from PIL import Image
 from typer.testing import CliRunner
 
-from datasets.store import write_store
 from pipelines.cli import app
-
-
-def _store(path: Path, images: np.ndarray, labels: np.ndarray) -> Path:
-    n = len(images)
-    ds = xr.Dataset(
-        {
-            "image": (("sample", "channel", "y", "x"), images),
-            "label": ("sample", labels.astype(np.int64)),
-            "split": ("sample", (np.arange(n) % 4 == 0).astype(np.int8)),  # every 4th held back
-        },
-        attrs={"kind": "images", "classes": ["a", "b", "c"]},
-    )
-    write_store(ds, path, content_hash=path.name)
-    return path
-
-
-@pytest.fixture(scope="module")
-def image_model(tmp_path_factory) -> tuple[Path, Path]:
-    """A class-conditional DiT trained for a few steps on 16 x 16 blobs of 3 classes."""
-    tmp = tmp_path_factory.mktemp("recon")
-    rng = np.random.default_rng(0)
-    yy, xx = np.mgrid[:16, :16]
-    labels = rng.integers(0, 3, 96)
-    centres = np.array([[5, 5], [10, 10], [5, 11]])[labels] + rng.integers(-1, 2, (96, 2))
-    blobs = np.exp(-((yy - centres[:, :1, None]) ** 2 + (xx - centres[:, 1:, None]) ** 2) / 8)
-    store = _store(tmp / "blobs.zarr", (blobs * 255).astype(np.uint8)[:, None], labels)
-    cfg = {
-        "out": str(tmp / "run"),
-        "device": "cpu",
-        "data": {"store": str(store), "task": "images"},
-        "model": {
-            "net": "dit_custom",
-            "params": {
-                "in_channels": 1,
-                "patch_size": 2,
-                "depth": 1,
-                "hidden": 32,
-                "num_heads": 2,
-                "num_classes": 3,
-            },
-        },
-        "optim": {"lr": 2e-3, "warmup_steps": 5},
-        "loop": {
-            "steps": 30,
-            "batch_size": 16,
-            "cfg_dropout": 0.2,
-            "log_every": 10,
-            "checkpoint_every": 30,
-            "progress": False,
-        },
-    }
-    (tmp / "train.yaml").write_text(yaml.safe_dump(cfg))
-    res = CliRunner().invoke(app, ["train", "--config", str(tmp / "train.yaml")])
-    assert res.exit_code == 0, res.output
-    return tmp / "run", store
 
 
 def _reconstruct(model, out: Path, task: str, *extra: str):
@@ -120,7 +63,7 @@ def test_result_does_not_depend_on_the_batch_size(image_model, tmp_path) -> None
     assert np.allclose(sa, sb, atol=1e-5)
 
 
-def test_bad_input_fails_before_any_work(image_model, tmp_path) -> None:
+def test_bad_input_fails_before_any_work(image_model, make_images, tmp_path) -> None:
     run, _ = image_model
     Image.fromarray(np.zeros((8, 9), np.uint8)).save(tmp_path / "m.png")
     cases = [
@@ -138,13 +81,13 @@ def test_bad_input_fails_before_any_work(image_model, tmp_path) -> None:
         assert len(res.output.strip().splitlines()) == 1
         assert not out.exists() and not Path(f"{out}.png").exists()
     # images outside the model's range [-1, 1]
-    far = _store(tmp_path / "far.zarr", np.full((4, 1, 16, 16), 5.0, np.float32), np.zeros(4))
+    far = make_images(tmp_path / "far.zarr", np.full((4, 1, 16, 16), 5.0, np.float32), np.zeros(4))
     res = CliRunner().invoke(app, ["reconstruct", "--checkpoint", str(run), "--data", str(far),
                                    "--out", str(tmp_path / "o.zarr"), "--task", "inpaint",
                                    "--set", "split=all"])  # fmt: skip
     assert res.exit_code == 2 and "outside the model's range" in res.output
     # other image size than the model's
-    small = _store(tmp_path / "small.zarr", np.zeros((4, 1, 8, 8), np.uint8), np.zeros(4))
+    small = make_images(tmp_path / "small.zarr", np.zeros((4, 1, 8, 8), np.uint8), np.zeros(4))
     res = CliRunner().invoke(app, ["reconstruct", "--checkpoint", str(run), "--data", str(small),
                                    "--out", str(tmp_path / "o.zarr"), "--task", "inpaint"])  # fmt: skip
     assert res.exit_code == 2 and "trained on 16x16" in res.output
