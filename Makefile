@@ -3,9 +3,9 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.stdiff-installed
-OUT ?= outputs/demo
+OUT ?= outputs/quickstart
 
-.PHONY: test demo lint format bench bench-imputation bench-weather clean-venv
+.PHONY: test demo toy lint format bench bench-imputation bench-weather clean-venv
 
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -17,7 +17,10 @@ test: $(STAMP)
 	$(PY) -m pytest -q
 
 demo: $(STAMP)
-	$(VENV)/bin/stdiff demo --config configs/demo_toy2d.yaml --out $(OUT)
+	$(VENV)/bin/stdiff quickstart --out $(OUT)
+
+toy: $(STAMP)
+	$(VENV)/bin/stdiff demo --config configs/demo_toy2d.yaml --out outputs/toy
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

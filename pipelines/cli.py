@@ -87,6 +87,33 @@ def demo(
     typer.echo(f"wrote {out}/checkpoint.safetensors, samples.zarr, samples.png, metrics.json")
 
 
+@app.command()
+def quickstart(
+    out: Annotated[Path, typer.Option(help="Output folder.")] = Path("outputs/quickstart"),
+    steps: Annotated[int, typer.Option(help="Training steps.")] = 300,
+    members: Annotated[int, typer.Option(help="Ensemble members.")] = 4,
+) -> None:
+    """Ingest -> train -> forecast -> score -> report on the NCEP sample, as a Prefect flow run
+    (Prefect's local ephemeral server unless PREFECT_API_URL points at a server)."""
+    if steps < 1 or members < 1:
+        _fail("quickstart: --steps and --members must be at least 1")
+    import os
+
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")  # offline: no telemetry
+    from flows.quickstart import quickstart_flow
+
+    r = quickstart_flow(out=str(out), steps=steps, members=members)
+    typer.echo(f"quickstart done. Report: {r['report']}")
+    typer.echo(f"  store:     {r['store']}\n  model:     {r['run']}\n  forecast:  {r['forecast']}")
+    typer.echo(f"  scores and plots: {Path(r['out']) / 'scores'}")
+    for var, systems in r["scores"]["scores"].items():
+        crps = {n: s["crps"][-1] for n, s in systems.items()}
+        typer.echo(
+            f"  {var} CRPS at {r['scores']['lead_hours'][-1]:g} h: "
+            + ", ".join(f"{n} {v:.3f}" for n, v in crps.items())
+        )
+
+
 def _period(text: str | None, name: str) -> tuple[str, str] | None:
     if text is None:
         return None
