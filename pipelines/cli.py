@@ -114,6 +114,33 @@ def quickstart(
         )
 
 
+@app.command()
+def serve(
+    config: Annotated[Path, typer.Option(help="Serve YAML (flows.serve.ServeConfig).")] = Path(
+        "configs/serve.yaml"
+    ),
+    check: Annotated[
+        bool, typer.Option(help="Validate and list the deployments, do not serve.")
+    ] = False,
+) -> None:
+    """Register deployments with cron schedules and serve their runs (needs PREFECT_API_URL)."""
+    import os
+
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    from flows.serve import ServeConfig
+    from flows.serve import serve as run_serve
+    from pipelines.config import load_config
+
+    try:
+        cfg = load_config(config, ServeConfig)
+    except ValueError as e:
+        _fail(str(e))
+    for d in cfg.deployments:
+        typer.echo(f"{d.name}: flow {d.flow}, cron {d.cron or '-'} ({d.timezone})")
+    if not check:
+        run_serve(cfg)
+
+
 def _period(text: str | None, name: str) -> tuple[str, str] | None:
     if text is None:
         return None

@@ -49,7 +49,8 @@ GENCAST_OPTIONS = {"s_churn": 2.5, "s_tmin": 0.75, "s_tmax": 80.0, "s_noise": 1.
 
 @dataclass(frozen=True)
 class ForecastConfig:
-    """init: ISO times (``2014-06-01T00``) or ranges ``START/END/EVERY`` (``2014-01-01T00/2014-12-31T00/120h``);
+    """init: ISO times (``2014-06-01T00``), ranges ``START/END/EVERY`` (``2014-01-01T00/2014-12-31T00/120h``)
+    or ``latest`` (the last time in the data, for scheduled runs);
     lead: ``72h``; members, member_batch: ensemble size and members per network call; the
     sampler and its noise levels (Karras spacing from ``sigma_max`` to ``sigma_min``)."""
 
@@ -90,12 +91,17 @@ def lead_hours(lead: str) -> float:
     return float(m[1]) * {"h": 1.0, "d": 24.0, "m": 1 / 60}[m[2]]
 
 
-def parse_inits(specs: list[str], where: str) -> np.ndarray:
-    """Initial times from ISO strings and ``START/END/EVERY`` ranges, sorted, unique."""
+def parse_inits(specs: list[str], where: str, times: np.ndarray | None = None) -> np.ndarray:
+    """Initial times from ISO strings, ``START/END/EVERY`` ranges and ``latest`` (the last time
+    of ``times``, the data: what a scheduled forecast wants), sorted, unique."""
     out = []
     for spec in specs:
         try:
-            if "/" in spec:
+            if spec == "latest":
+                if times is None or len(times) == 0:
+                    raise ValueError("no data times to take the latest from")
+                out.append(pd.Timestamp(times[-1]))
+            elif "/" in spec:
                 start, end, every = spec.split("/")
                 step = pd.Timedelta(hours=lead_hours(every))
                 out += list(pd.date_range(pd.Timestamp(start), pd.Timestamp(end), freq=step))
@@ -132,7 +138,7 @@ def _prepare(cfg: ForecastConfig, ds: xr.Dataset, device: torch.device) -> _Job:
         raise ValueError(
             f"lead {cfg.lead} is not a positive multiple of the model's {step_hours:g} h step"
         )
-    inits = parse_inits(list(cfg.init), cfg.data)
+    inits = parse_inits(list(cfg.init), cfg.data, ds["time"].values)
     times = ds.indexes["time"]
     pos = times.get_indexer(pd.DatetimeIndex(inits))
     if (pos < 0).any():

@@ -203,3 +203,11 @@ def test_multi_variable_multi_level_grid_by_configuration(tmp_path: Path) -> Non
     assert res.exit_code == 0, res.output
     s = json.loads((tmp_path / "s/scores.json").read_text())["scores"]
     assert set(s) == {"t@850", "t@500", "u"} and len(s["t@500"]["ens"]["rmse"]) == 2  # per lead
+
+
+def test_latest_init_is_the_last_data_time() -> None:
+    times = np.array(["2013-03-01T00", "2013-03-01T06"], dtype="datetime64[ns]")
+    got = parse_inits(["latest", "2013-03-01T00"], "t", times)
+    assert list(got) == list(times)
+    with pytest.raises(ValueError, match="latest"):
+        parse_inits(["latest"], "t")
