@@ -35,9 +35,10 @@ import numpy as np
 import torch
 import xarray as xr
 
-from datasets.atomic import atomic_path, write_json
+from datasets.atomic import write_json
 from datasets.errors import DataError
 from datasets.masks import csdi_eval_mask
+from datasets.regions import RegionStore
 from datasets.splits import csdi_stay_split
 from datasets.store import open_store, stdiff_version
 from diffusion.conditioning import Condition
@@ -68,7 +69,8 @@ class ImputeConfig:
 
     split: which stays (CSDI fold split ``fold``; ``all`` for every stay); max_stays: the first N of
     them; sampler, steps, spacing, options: the sampler; members, member_chunk, batch_size: how many
-    samples, how many drawn at once, how many stays per batch."""
+    samples, how many drawn at once, how many stays per batch (one batch = one output chunk);
+    chunks: the batches this run computes (None: all); the store is published once all are done."""
 
     checkpoint: str
     data: str
@@ -90,6 +92,7 @@ class ImputeConfig:
     max_stays: int | None = None
     device: DeviceName = "auto"
     weights: Literal["ema", "model"] = "ema"
+    chunks: list[int] | None = None
 
     def __post_init__(self) -> None:
         check_options(self.sampler, self.options)  # also refuses an unknown sampler
@@ -226,6 +229,7 @@ def run_imputation(cfg: ImputeConfig, progress: bool = True) -> dict[str, Any]:
         raise ValueError(
             f"{cfg.checkpoint}: trained for the {tcfg.data.task!r} task, not imputation"
         )
+    denoiser.schedule.discretize(cfg.steps, cfg.spacing)  # a bad step count fails before any work
     ds = open_store(cfg.data)
     _check_inputs(cfg, ds, meta)
     observed = ds["observed_mask"].values.astype(bool)
@@ -249,64 +253,79 @@ def run_imputation(cfg: ImputeConfig, progress: bool = True) -> dict[str, Any]:
 
     out = Path(cfg.out)
     t0 = time.perf_counter()
-    with atomic_path(out) as tmp:
-        _template(ds, idx, cfg).to_zarr(
-            tmp, mode="w", zarr_format=3, consolidated=False, compute=False
+    n_chunks = -(-len(idx) // cfg.batch_size)
+    bad = [c for c in cfg.chunks or [] if not 0 <= c < n_chunks]
+    if bad:
+        raise ValueError(f"chunks {bad} are out of range: this job has {n_chunks} chunks")
+    store = RegionStore(out, _fingerprint(cfg, meta), n_chunks).open(_template(ds, idx, cfg))
+    todo = [c for c in (cfg.chunks if cfg.chunks is not None else range(n_chunks))
+            if not store.done(c)]  # fmt: skip
+    bar = progress_bar(len(todo), enabled=progress, unit="batch")
+    for c in todo:
+        a = c * cfg.batch_size
+        b = min(len(idx), a + cfg.batch_size)
+        sel = idx[a:b]
+        raw = ds["values"].isel(stay=sel).values.astype(np.float32)  # (B, L, K), NaN = missing
+        x_obs = torch.from_numpy(np.nan_to_num((raw - mean) / std)).to(device)
+        cmask = torch.from_numpy(cond_all[a:b].astype(np.float32)).to(device)
+        draws = _draw(denoiser, x_obs, cmask, sel, cfg, device).cpu().numpy()
+        if not np.isfinite(draws).all():
+            bad = ds["stay"].values[sel[~np.isfinite(draws).reshape(b - a, -1).all(1)]].tolist()
+            raise FloatingPointError(
+                f"non-finite samples for stays {bad[:10]}; the output was not published"
+            )
+        phys = draws * std + mean
+        given = cond_all[a:b][:, None]
+        phys = np.where(given, np.nan_to_num(raw)[:, None], phys)  # given entries keep their values
+        region = {"stay": slice(a, b)}
+        data = xr.Dataset(
+            {
+                "samples": (("stay", "member", "time", "feature"), phys.astype(np.float32)),
+                "median": (("stay", "time", "feature"), np.median(phys, 1).astype(np.float32)),
+                "quantiles": (
+                    ("stay", "quantile", "time", "feature"),
+                    np.quantile(phys, QUANTILES, axis=1).transpose(1, 0, 2, 3).astype(np.float32),
+                ),
+                "values": (("stay", "time", "feature"), raw),
+                "observed_mask": (("stay", "time", "feature"), observed[sel].astype(np.uint8)),
+                "cond_mask": (("stay", "time", "feature"), cond_all[a:b].astype(np.uint8)),
+                "eval_mask": (("stay", "time", "feature"), eval_all[a:b].astype(np.uint8)),
+            }
         )
-        bar = progress_bar(len(idx), enabled=progress, unit="stay")
-        for a in range(0, len(idx), cfg.batch_size):
-            b = min(len(idx), a + cfg.batch_size)
-            sel = idx[a:b]
-            raw = ds["values"].isel(stay=sel).values.astype(np.float32)  # (B, L, K), NaN = missing
-            x_obs = torch.from_numpy(np.nan_to_num((raw - mean) / std)).to(device)
-            cmask = torch.from_numpy(cond_all[a:b].astype(np.float32)).to(device)
-            draws = _draw(denoiser, x_obs, cmask, sel, cfg, device).cpu().numpy()
-            if not np.isfinite(draws).all():
-                bad = ds["stay"].values[sel[~np.isfinite(draws).reshape(b - a, -1).all(1)]].tolist()
-                raise FloatingPointError(
-                    f"non-finite samples for stays {bad[:10]}; nothing was written"
-                )
-            phys = draws * std + mean
-            given = cond_all[a:b][:, None]
-            phys = np.where(
-                given, np.nan_to_num(raw)[:, None], phys
-            )  # given entries keep their values
-            region = {"stay": slice(a, b)}
-            xr.Dataset(
-                {
-                    "samples": (("stay", "member", "time", "feature"), phys.astype(np.float32)),
-                    "median": (("stay", "time", "feature"), np.median(phys, 1).astype(np.float32)),
-                    "quantiles": (
-                        ("stay", "quantile", "time", "feature"),
-                        np.quantile(phys, QUANTILES, axis=1)
-                        .transpose(1, 0, 2, 3)
-                        .astype(np.float32),
-                    ),
-                    "values": (("stay", "time", "feature"), raw),
-                    "observed_mask": (("stay", "time", "feature"), observed[sel].astype(np.uint8)),
-                    "cond_mask": (("stay", "time", "feature"), cond_all[a:b].astype(np.uint8)),
-                    "eval_mask": (("stay", "time", "feature"), eval_all[a:b].astype(np.uint8)),
-                }
-            ).to_zarr(tmp, region=region, zarr_format=3, consolidated=False)
-            bar.update(b - a)
-        bar.close()
-        seconds = time.perf_counter() - t0
-        result: dict[str, Any] = {
-            "out": str(out),
-            "stays": len(idx),
-            "members": cfg.members,
-            "sampler": cfg.sampler,
-            "steps": cfg.steps,
-            "evals": _evals(cfg),
-            "seconds": seconds,
-            "device": str(device),
-        }
+        store.write(c, data, region)
+        bar.update(1)
+    bar.close()
+    result: dict[str, Any] = {
+        "out": str(out),
+        "stays": len(idx),
+        "members": cfg.members,
+        "sampler": cfg.sampler,
+        "steps": cfg.steps,
+        "evals": _evals(cfg),
+        "seconds": time.perf_counter() - t0,
+        "device": str(device),
+        "chunks": n_chunks,
+        "computed": todo,
+        "pending": store.pending(),
+    }
+
+    def prepare(path: Path) -> None:
         if eval_all.any():
-            result["metrics"] = score_imputation(xr.open_zarr(tmp, consolidated=False), mean, std)
-        _finish(tmp, cfg, meta, result)
+            result["metrics"] = score_imputation(xr.open_zarr(path, consolidated=False), mean, std)
+        _finish(path, cfg, meta, result)
+
+    result["complete"] = store.finish(prepare) or (not result["pending"] and out.exists())
     if "metrics" in result:
         write_json(out.with_name(out.name + ".metrics.json"), result)
     return result
+
+
+def _fingerprint(cfg: ImputeConfig, meta: dict[str, Any]) -> str:
+    """What changes the numbers of a run (not where it runs, its chunks or its output path)."""
+    keep = {k: v for k, v in to_dict(cfg).items() if k not in ("out", "device", "chunks")}
+    keep["checkpoint_path"] = meta.get("checkpoint", cfg.checkpoint)
+    keep["store_hash"] = meta.get("store_hash", "")
+    return json.dumps(keep, sort_keys=True, default=str)
 
 
 def _evals(cfg: ImputeConfig) -> int | None:

@@ -116,12 +116,12 @@ def test_bad_input_is_refused_and_writes_nothing(tmp_path: Path, trained_csdi) -
     assert not out.exists() and not list(tmp_path.glob(".bad.zarr*"))
 
 
-def test_non_finite_samples_write_nothing(tmp_path: Path, trained_csdi, monkeypatch) -> None:
+def test_non_finite_samples_publish_nothing(tmp_path: Path, trained_csdi, monkeypatch) -> None:
     store, run = trained_csdi
     monkeypatch.setattr(imputation, "sample", lambda *a, **k: torch.full(a[1], float("nan")))
     cfg = ImputeConfig(checkpoint=str(run), data=str(store), out=str(tmp_path / "n.zarr"),
                        steps=2, members=2, device="cpu")  # fmt: skip
-    with pytest.raises(FloatingPointError, match="nothing was written"):
+    with pytest.raises(FloatingPointError, match="not published"):
         run_imputation(cfg, progress=False)
     assert not (tmp_path / "n.zarr").exists() and not list(tmp_path.glob(".n.zarr*"))
 

@@ -1,0 +1,120 @@
+"""Resumable, concurrent region writes into one zarr store, with completion markers.
+
+An inference job splits its output along the leading dimension into chunks (batches of stays,
+initial times, images). :class:`RegionStore` keeps the store being filled in ``OUT.partial/``
+(``store.zarr``, ``job.json`` and the ``done/`` markers):
+
+* ``open(template)`` creates it from a lazy template the first time (under a file lock, so
+  concurrent runs create it once) and reuses it while the job's ``fingerprint`` (a hash of
+  everything that changes the numbers) is the same; a different fingerprint starts over;
+* ``write(chunk, ds, region)`` writes one region, then a marker ``done/<chunk>``
+  (written after the data, atomically): a chunk is done exactly when its marker exists;
+* ``finish()`` (when every chunk is done) removes the bookkeeping and renames the store to
+  ``OUT``, replacing an older one atomically.
+
+A run killed midway and run again computes only the chunks without markers; runs writing
+different chunks at once never touch the same zarr chunk (the template's zarr chunks are the job's
+chunks), so they do not corrupt each other.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import shutil
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import xarray as xr
+
+JOB, DONE, DATA = "job.json", "done", "store.zarr"
+
+
+@contextlib.contextmanager
+def file_lock(path: Path) -> Iterator[None]:
+    """An exclusive advisory lock (``flock``) on ``path``, between processes of one machine."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+class RegionStore:
+    """The partial store of ``out`` for a job with ``fingerprint`` split into ``chunks`` chunks."""
+
+    def __init__(self, out: str | Path, fingerprint: str, chunks: int) -> None:
+        self.out = Path(out)
+        self.work = self.out.with_name(self.out.name + ".partial")
+        self.lock = self.out.with_name(self.out.name + ".partial.lock")
+        self.fingerprint, self.chunks = fingerprint, chunks
+
+    def _job(self) -> dict | None:
+        try:
+            return json.loads((self.work / JOB).read_text())
+        except (OSError, ValueError):
+            return None
+
+    def open(self, template: xr.Dataset) -> RegionStore:
+        """Create the partial store from ``template`` (lazy) or reuse a matching one."""
+        with file_lock(self.lock):
+            job = self._job()
+            if (
+                job
+                and job.get("fingerprint") == self.fingerprint
+                and job.get("chunks") == self.chunks
+            ):
+                return self
+            shutil.rmtree(self.work, ignore_errors=True)
+            tmp = self.work.with_name(f".{self.work.name}.tmp-{uuid.uuid4().hex[:8]}")
+            try:
+                template.to_zarr(
+                    tmp / DATA, mode="w", zarr_format=3, consolidated=False, compute=False
+                )
+                (tmp / DONE).mkdir()
+                job = {"fingerprint": self.fingerprint, "chunks": self.chunks}
+                (tmp / JOB).write_text(json.dumps(job))
+                os.replace(tmp, self.work)
+            finally:
+                shutil.rmtree(tmp, ignore_errors=True)
+        return self
+
+    def done(self, chunk: int) -> bool:
+        return (self.work / DONE / f"{chunk:08d}").exists()
+
+    def pending(self) -> list[int]:
+        return [c for c in range(self.chunks) if not self.done(c)]
+
+    def write(self, chunk: int, ds: xr.Dataset, region: dict[str, slice]) -> None:
+        """Write ``ds`` into ``region``, then mark ``chunk`` done."""
+        ds.to_zarr(self.work / DATA, region=region, zarr_format=3, consolidated=False)
+        marker = self.work / DONE / f"{chunk:08d}"
+        tmp = marker.with_name(f".{marker.name}.tmp-{uuid.uuid4().hex[:8]}")
+        tmp.write_text("done\n")
+        os.replace(tmp, marker)
+
+    def finish(self, prepare: Callable[[Path], None] | None = None) -> bool:
+        """Publish the store as ``out`` once every chunk is done, after ``prepare(store path)``
+        (metrics, attributes) under the lock; False when some chunks are pending or another run
+        published it first."""
+        with file_lock(self.lock):
+            if not self.work.exists() or self.pending():
+                return False
+            if prepare is not None:
+                prepare(self.work / DATA)
+            if self.out.exists():
+                old = self.out.with_name(f".{self.out.name}.old-{uuid.uuid4().hex[:8]}")
+                os.replace(self.out, old)
+                os.replace(self.work / DATA, self.out)
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                os.replace(self.work / DATA, self.out)
+            shutil.rmtree(self.work)
+        with contextlib.suppress(OSError):  # a run still waiting on it finds no work and stops
+            self.lock.unlink()
+        return True
