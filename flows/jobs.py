@@ -154,3 +154,51 @@ def generate_flow(params: dict[str, Any]) -> dict[str, Any]:
     rows["grid"] = f"[{png.name}](file://{png})"
     _publish("generate", "class-conditional samples", rows)
     return r
+
+
+@task(name="impute-chunk", tags=["gpu"])
+def impute_chunk_task(params: dict[str, Any], chunks: list[int]) -> list[int]:
+    """Compute some chunks of an imputation store (on a Dask worker under ``DaskTaskRunner``)."""
+    from pipelines.imputation import run_imputation
+
+    return run_imputation(_config("impute", {**params, "chunks": chunks}), progress=False)[
+        "computed"
+    ]
+
+
+@flow(name="stdiff-impute-fan-out")
+def impute_fan_out_flow(params: dict[str, Any], chunks_per_task: int = 1) -> dict[str, Any]:
+    """``impute_flow`` with the store's chunks computed by parallel tasks, then published once.
+
+    Run it through :func:`distributed_impute` (a ``DaskTaskRunner``); killed and run again, it
+    computes only the chunks without completion markers."""
+    from pipelines.imputation import plan_chunks
+
+    n = plan_chunks(_config("impute", params))
+    groups = [list(range(a, min(n, a + chunks_per_task))) for a in range(0, n, chunks_per_task)]
+    futures = [impute_chunk_task.submit(params, g) for g in groups]
+    computed = sorted(c for f in futures for c in f.result())
+    r = job_task("impute", params)  # every chunk is done: this scores and publishes the store
+    rows = {"chunks": n, "computed by tasks": len(computed), "out": r["out"]}
+    rows.update({k: v for k, v in r.get("metrics", {}).items() if k != "rank_histogram"})
+    _publish("impute-fan-out", "imputation (fan-out)", rows)
+    return {**r, "computed": computed}
+
+
+def distributed_impute(
+    params: dict[str, Any],
+    address: str | None = None,
+    n_workers: int = 2,
+    chunks_per_task: int = 1,
+) -> dict[str, Any]:
+    """Run :func:`impute_fan_out_flow` on a ``dask.distributed`` cluster: the scheduler at
+    ``address`` (``tcp://host:8786``), or a ``LocalCluster`` of ``n_workers`` one-thread
+    processes."""
+    from prefect_dask import DaskTaskRunner
+
+    if address:
+        runner = DaskTaskRunner(address=address)
+    else:
+        kw = {"n_workers": n_workers, "threads_per_worker": 1, "processes": True}
+        runner = DaskTaskRunner(cluster_kwargs=kw)
+    return impute_fan_out_flow.with_options(task_runner=runner)(params, chunks_per_task)

@@ -109,6 +109,12 @@ class ImputeConfig:
             raise ValueError("eval_ratio applies to impute mode; forecast mode scores the horizon")
 
 
+def plan_chunks(cfg: ImputeConfig) -> int:
+    """How many output chunks (batches of stays) the job has: what a fan-out distributes."""
+    observed = open_store(cfg.data)["observed_mask"].values.astype(bool)
+    return -(-len(_select(cfg, observed)) // cfg.batch_size)
+
+
 def _select(cfg: ImputeConfig, observed: np.ndarray) -> np.ndarray:
     if cfg.split == "all":
         idx = np.arange(observed.shape[0])

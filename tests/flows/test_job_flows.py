@@ -75,3 +75,25 @@ def test_reconstruct_and_generate_flows(harness, tmp_path: Path, image_model) ->
     with pytest.raises(ValueError, match="guidance must be >= 0"):
         generate_flow({"checkpoint": str(run), "out": str(tmp_path / "x.zarr"), "guidance": -1})
     assert not (tmp_path / "x.zarr").exists()
+
+
+def test_impute_fans_out_over_a_dask_cluster(harness, tmp_path: Path, trained_csdi) -> None:
+    import numpy as np
+
+    from flows.jobs import distributed_impute
+    from pipelines.imputation import ImputeConfig, run_imputation
+
+    store, run = trained_csdi
+    params = {"checkpoint": str(run), "data": str(store), "out": str(tmp_path / "fan.zarr"),
+              "sampler": "dpmpp_2m", "steps": 4, "members": 3, "batch_size": 8, "split": "all",
+              "eval_ratio": 0.2, "device": "cpu"}  # fmt: skip
+    r = distributed_impute(params, n_workers=2)
+    assert r["computed"] == list(range(5)) and r["complete"]  # 40 stays / 8: five chunk tasks
+    ref = run_imputation(
+        ImputeConfig(**{**params, "out": str(tmp_path / "ref.zarr")}), progress=False
+    )
+    got = xr.open_zarr(tmp_path / "fan.zarr", consolidated=False)["samples"].values
+    want = xr.open_zarr(tmp_path / "ref.zarr", consolidated=False)["samples"].values
+    np.testing.assert_array_equal(got, want)
+    assert r["metrics"]["crps"] == ref["metrics"]["crps"]
+    assert Artifact.get("impute-fan-out") is not None
