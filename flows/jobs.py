@@ -47,25 +47,68 @@ def ingest_flow(source: str, out: str, options: dict[str, Any]) -> dict[str, Any
     return r
 
 
+def torchrun_command(
+    config: str, overrides: dict[str, Any], resume: str | None, nproc: int
+) -> list[str]:
+    """``torchrun --standalone --nproc_per_node N -m pipelines.cli train ...`` (DDP: NCCL with one
+    GPU per process, gloo on the CPU; the trainer joins the process group itself)."""
+    import sys
+
+    import yaml
+
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+           f"--nproc_per_node={nproc}", "-m", "pipelines.cli", "train", "--config", config]  # fmt: skip
+    for k, v in overrides.items():
+        cmd += ["--set", f"{k}={yaml.safe_dump(v, default_flow_style=True).strip()}"]
+    if resume:
+        cmd += ["--resume", resume]
+    return cmd
+
+
 @task(name="train", tags=["gpu"])
-def train_task(config: str, overrides: dict[str, Any], resume: str | None) -> dict[str, Any]:
+def train_task(
+    config: str, overrides: dict[str, Any], resume: str | None, nproc: int = 1
+) -> dict[str, Any]:
     from pipelines.training_job import TrainJobConfig, run_training
 
     cfg = load_config(config, TrainJobConfig, overrides)
-    state = run_training(cfg, resume)
+    if nproc > 1:
+        import subprocess
+
+        res = subprocess.run(torchrun_command(config, overrides, resume, nproc),
+                             capture_output=True, text=True)  # fmt: skip
+        if res.returncode != 0:
+            raise RuntimeError(f"torchrun train failed ({res.returncode}): {res.stderr[-2000:]}")
+        step = None
+    else:
+        step = run_training(cfg, resume).step
     metrics = Path(cfg.out) / "metrics.jsonl"
     last = json.loads(metrics.read_text().splitlines()[-1]) if metrics.exists() else {}
-    return {"run": cfg.out, "step": state.step, **{k: v for k, v in last.items() if k != "step"}}
+    return {"run": cfg.out, "processes": nproc, **last,
+            "step": step if step is not None else last.get("step")}  # fmt: skip
 
 
 @flow(name="stdiff-train")
 def train_flow(
-    config: str, overrides: dict[str, Any] | None = None, resume: str | None = None
+    config: str,
+    overrides: dict[str, Any] | None = None,
+    resume: str | None = None,
+    nproc: int = 1,
 ) -> dict[str, Any]:
-    """Train from a YAML config (``overrides``: dotted keys) and publish the last metrics."""
-    r = train_task(config, overrides or {}, resume)
+    """Train from a YAML config (``overrides``: dotted keys) and publish the last metrics;
+    ``nproc > 1`` launches data-parallel training through ``torchrun`` on this machine."""
+    if nproc < 1:
+        raise ValueError(f"nproc must be at least 1, got {nproc}")
+    load_config(config, _train_cls(), overrides or {})  # fail fast on a bad config
+    r = train_task(config, overrides or {}, resume, nproc)
     _publish("train", f"train {Path(config).stem}", r)
     return r
+
+
+def _train_cls():
+    from pipelines.training_job import TrainJobConfig
+
+    return TrainJobConfig
 
 
 # kind -> (module, config class, run function); each run function takes the config first

@@ -42,6 +42,11 @@ def test_train_and_ingest_flows(harness, tmp_path: Path, trained_csdi, csdi_job)
     (tmp_path / "job.yaml").write_text(yaml.safe_dump(cfg))
     r = train_flow(str(tmp_path / "job.yaml"), {"loop.steps": 2})
     assert r["step"] == 2 and (tmp_path / "run/checkpoints/step_000000002").is_dir()
+    # data-parallel through torchrun: 2 CPU processes (gloo), rank 0 writes the run
+    d = train_flow(str(tmp_path / "job.yaml"), {"out": str(tmp_path / "ddp"), "loop.steps": 4},
+                   nproc=2)  # fmt: skip
+    assert d["processes"] == 2 and d["step"] == 4
+    assert (tmp_path / "ddp/checkpoints/step_000000004/weights.safetensors").is_file()
     again = ingest_flow(
         str(store), str(tmp_path / "copy.zarr"), {"kind": "weather"}, return_state=True
     )
