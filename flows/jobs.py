@@ -123,9 +123,15 @@ NO_PROGRESS = ("impute", "forecast", "reconstruct")  # run functions with a prog
 
 
 def _config(kind: str, params: dict[str, Any]) -> Any:
-    """The job's typed config: a bad value raises naming the field."""
+    """The job's typed config from ``params``; ``params["config"]`` may name a YAML file
+    (``configs/*.yaml``) whose keys the other params override. A bad value raises naming the
+    field (and the file)."""
     module, cls, _ = JOBS[kind]
-    return from_dict(getattr(importlib.import_module(module), cls), params, f"{kind}:")
+    cls = getattr(importlib.import_module(module), cls)
+    if "config" in params:
+        rest = {k: v for k, v in params.items() if k != "config"}
+        return load_config(params["config"], cls, rest)
+    return from_dict(cls, params, f"{kind}:")
 
 
 @task(name="job", tags=["gpu"])
@@ -160,13 +166,13 @@ def forecast_flow(params: dict[str, Any]) -> dict[str, Any]:
 @flow(name="stdiff-score")
 def score_flow(params: dict[str, Any]) -> dict[str, Any]:
     """``stdiff score`` with ``params`` (``ScoreConfig`` fields); plots are linked in the artifact."""
-    _config("score", params)
+    cfg = _config("score", params)
     r = job_task("score", params)
     rows: dict[str, Any] = {"lead hours": r["lead_hours"]}
     for var, systems in r["scores"].items():
         for name, s in systems.items():
             rows[f"{var} {name} CRPS"] = " / ".join(f"{x:.3f}" for x in s["crps"])
-    out = Path(params["out"]).resolve()
+    out = Path(cfg.out).resolve()
     rows.update(
         {png: f"[{png}](file://{out / png})" for png in ("case_maps.png", "scores_vs_lead.png")}
     )
@@ -181,9 +187,9 @@ def reconstruct_flow(params: dict[str, Any]) -> dict[str, Any]:
     r = job_task("reconstruct", params)
     rows = {k: v for k, v in r.items() if k != "metrics"}
     rows.update(r["metrics"])
-    png = Path(f"{params['out']}.png").resolve()
+    png = Path(f"{r['out']}.png").resolve()
     rows["grid"] = f"[{png.name}](file://{png})"
-    _publish("reconstruct", f"reconstruct ({params.get('task', 'inpaint')})", rows)
+    _publish("reconstruct", "reconstruction", rows)
     return r
 
 
@@ -193,7 +199,7 @@ def generate_flow(params: dict[str, Any]) -> dict[str, Any]:
     _config("generate", params)
     r = job_task("generate", params)
     rows = {"out": r["out"], **r["metrics"]}
-    png = Path(f"{params['out']}.png").resolve()
+    png = Path(f"{r['out']}.png").resolve()
     rows["grid"] = f"[{png.name}](file://{png})"
     _publish("generate", "class-conditional samples", rows)
     return r

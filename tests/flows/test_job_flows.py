@@ -102,3 +102,19 @@ def test_impute_fans_out_over_a_dask_cluster(harness, tmp_path: Path, trained_cs
     np.testing.assert_array_equal(got, want)
     assert r["metrics"]["crps"] == ref["metrics"]["crps"]
     assert Artifact.get("impute-fan-out") is not None
+
+
+def test_job_flows_load_their_config_from_yaml(harness, tmp_path: Path, trained_csdi) -> None:
+    import yaml
+
+    store, run = trained_csdi
+    (tmp_path / "impute.yaml").write_text(yaml.safe_dump({"sampler": "dpmpp_2m", "steps": 3,
+                                                          "members": 2, "split": "all"}))  # fmt: skip
+    r = impute_flow({"config": str(tmp_path / "impute.yaml"), "checkpoint": str(run),
+                     "data": str(store), "out": str(tmp_path / "y.zarr"), "device": "cpu"})  # fmt: skip
+    assert r["sampler"] == "dpmpp_2m" and r["steps"] == 3 and r["members"] == 2
+    (tmp_path / "bad.yaml").write_text(yaml.safe_dump({"members": "many"}))
+    with pytest.raises(ValueError, match=r"bad\.yaml.*members"):
+        impute_flow(
+            {"config": str(tmp_path / "bad.yaml"), "checkpoint": "c", "data": "d", "out": "o"}
+        )
