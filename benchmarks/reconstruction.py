@@ -81,7 +81,9 @@ def recon(args, tmp: Path) -> str:
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for label, model, task, over in RECON_ROWS:
-        if args.only and not any(k in label for k in args.only):
+        if (args.only and not any(k in label for k in args.only)) or (
+            args.model and model != args.model
+        ):
             continue
         ckpt, store = models[model]
         out = tmp / f"r{len(rows)}.zarr"
@@ -165,6 +167,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--steps", type=int, default=18)
     ap.add_argument("--weights", type=float, nargs="+", default=[0.0, 1.0, 2.0, 4.0, 7.0])
     ap.add_argument("--write", type=Path, help="markdown file whose section to replace")
+    ap.add_argument("--section", help="section name in the markdown file (default: the phase)")
+    ap.add_argument("--model", choices=[FMNIST, BRAIN], help="recon: only this model's rows")
     argv = sys.argv[1:] if argv is None else argv
     args = ap.parse_args(argv)
     with tempfile.TemporaryDirectory() as t:
@@ -174,13 +178,14 @@ def main(argv: list[str] | None = None) -> None:
         "recon": "Reconstruction: inpainting, super-resolution, MRI and CT against baselines",
         "guidance": "Class-conditional Fashion-MNIST: classifier-free guidance sweep",
     }[args.phase]
-    section = (f"<!-- BEGIN {args.phase} -->\n## {title}\n\n{cmd}\n\nMachine: {machine()}\n\n"
-               f"{body}\n<!-- END {args.phase} -->\n")  # fmt: skip
+    if args.model:
+        title += f" ({args.model})"
+    name = args.section or args.phase
+    section = (f"<!-- BEGIN {name} -->\n## {title}\n\n{cmd}\n\nMachine: {machine()}\n\n"
+               f"{body}\n<!-- END {name} -->\n")  # fmt: skip
     print(section)
     if args.write:
-        write_section(
-            args.write, section, f"<!-- BEGIN {args.phase} -->", f"<!-- END {args.phase} -->"
-        )
+        write_section(args.write, section, f"<!-- BEGIN {name} -->", f"<!-- END {name} -->")
 
 
 if __name__ == "__main__":
