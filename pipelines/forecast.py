@@ -12,8 +12,9 @@ Everything is checked before any work: initial times in the data with their prev
 lead that is a multiple of the model's step, the data's variables, levels and grid equal to the
 checkpoint's. The output zarr holds one variable per input variable, ``(init_time, member,
 lead_time, [level], lat, lon)`` in the data's units with CF-style attributes and a ``valid_time``
-coordinate; it is written one initial time at a time into a temporary store (a long rollout never
-holds more than one initial time) and renamed into place at the end.
+coordinate; it is written one initial time (one zarr chunk) at a time with a completion marker
+(``datasets.regions``; a long rollout never holds more than one initial time) and renamed into
+place when all are done: a killed forecast run again computes only the missing initial times.
 """
 
 from __future__ import annotations
@@ -31,8 +32,8 @@ import pandas as pd
 import torch
 import xarray as xr
 
-from datasets.atomic import atomic_path
 from datasets.errors import DataError
+from datasets.regions import RegionStore
 from datasets.store import open_store, stdiff_version
 from diffusion.losses import regression_predict
 from diffusion.rng import member_generators
@@ -241,47 +242,56 @@ def run_forecast(cfg: ForecastConfig, progress: bool = True) -> dict[str, Any]:
     ctx = job.layout.context
     channels = [ds[v] for v in job.layout.variables]
     t0 = time.perf_counter()
-    with atomic_path(Path(cfg.out)) as tmp:
-        template = _template(job, ds, members)
-        template.to_zarr(tmp, mode="w", zarr_format=3, consolidated=False, compute=False)
-        bar = progress_bar(len(job.inits), enabled=progress, unit="init")
-        for i, (init, p) in enumerate(zip(job.inits, job.positions, strict=True)):
-            hist = np.concatenate(
-                [
-                    np.asarray(a.isel(time=slice(p - ctx + 1, p + 1)).values, np.float32).reshape(
-                        ctx, -1, *a.shape[-2:]
-                    )
-                    for a in channels
-                ],
-                axis=1,
-            )  # (ctx, C, H, W)
-            if not np.isfinite(hist).all():
-                raise DataError(cfg.data, f"missing values in the states before {str(init)[:16]}")
-            block = _rollout(cfg, job, hist, init, members, device)
-            if not np.isfinite(block).all():
-                raise FloatingPointError(
-                    f"non-finite forecast from {str(init)[:16]}; nothing was written"
+    fingerprint = json.dumps(
+        {**{k: v for k, v in to_dict(cfg).items() if k not in ("out", "device", "init")},
+         "inits": [str(t) for t in job.inits], "store": ds.attrs.get("content_hash", "")},
+        sort_keys=True, default=str,
+    )  # fmt: skip
+    template = _template(job, ds, members)
+    store_dims = {v: template[v].dims for v in template.data_vars}
+    store = RegionStore(cfg.out, fingerprint, len(job.inits)).open(template)
+    todo = store.pending()
+    bar = progress_bar(len(todo), enabled=progress, unit="init")
+    for i in todo:
+        init, p = job.inits[i], job.positions[i]
+        hist = np.concatenate(
+            [
+                np.asarray(a.isel(time=slice(p - ctx + 1, p + 1)).values, np.float32).reshape(
+                    ctx, -1, *a.shape[-2:]
                 )
-            parts = _channels_to_vars(job, block, ds)
-            xr.Dataset({v: (template[v].dims, a) for v, a in parts.items()}).to_zarr(
-                tmp, region={"init_time": slice(i, i + 1)}, zarr_format=3, consolidated=False
+                for a in channels
+            ],
+            axis=1,
+        )  # (ctx, C, H, W)
+        if not np.isfinite(hist).all():
+            raise DataError(cfg.data, f"missing values in the states before {str(init)[:16]}")
+        block = _rollout(cfg, job, hist, init, members, device)
+        if not np.isfinite(block).all():
+            raise FloatingPointError(
+                f"non-finite forecast from {str(init)[:16]}; the output was not published"
             )
-            bar.update(1)
-        bar.close()
-        seconds = time.perf_counter() - t0
-        result = {
-            "out": cfg.out,
-            "inits": len(job.inits),
-            "members": members,
-            "lead_steps": job.n_steps,
-            "seconds": seconds,
-            "seconds_per_member_step": seconds / (len(job.inits) * members * job.n_steps),
-            "deterministic": job.regression,
-            "device": str(device),
-        }
+        parts = _channels_to_vars(job, block, ds)
+        region = xr.Dataset({v: (store_dims[v], a) for v, a in parts.items()})
+        store.write(i, region, {"init_time": slice(i, i + 1)})
+        bar.update(1)
+    bar.close()
+    seconds = time.perf_counter() - t0
+    result = {
+        "out": cfg.out,
+        "inits": len(job.inits),
+        "members": members,
+        "lead_steps": job.n_steps,
+        "seconds": seconds,
+        "seconds_per_member_step": seconds / (max(1, len(todo)) * members * job.n_steps),
+        "deterministic": job.regression,
+        "device": str(device),
+        "computed": todo,
+    }
+
+    def prepare(path: Path) -> None:
         import zarr
 
-        zarr.open_group(str(tmp), mode="r+").attrs.update(
+        zarr.open_group(str(path), mode="r+").attrs.update(
             {
                 "Conventions": "CF-1.8",
                 "title": "stdiff ensemble forecast",
@@ -291,4 +301,6 @@ def run_forecast(cfg: ForecastConfig, progress: bool = True) -> dict[str, Any]:
                 "result": json.dumps(result),
             }
         )
+
+    store.finish(prepare)
     return result

@@ -211,3 +211,35 @@ def test_latest_init_is_the_last_data_time() -> None:
     assert list(got) == list(times)
     with pytest.raises(ValueError, match="latest"):
         parse_inits(["latest"], "t")
+
+
+def test_forecast_resumes_missing_initial_times(tmp_path, trained, monkeypatch) -> None:
+    """A forecast that fails at its second initial time keeps the first; run again it computes
+    only the missing ones and equals an uninterrupted run."""
+    from pipelines import forecast as fc
+
+    store, run, _ = trained
+    cfg = ForecastConfig(checkpoint=str(run), data=str(store), out=str(tmp_path / "f.zarr"),
+                         init=["2013-03-10T00", "2013-03-11T00"], lead="12h", members=2,
+                         steps=3, device="cpu")  # fmt: skip
+    real, calls = fc._rollout, []
+
+    def flaky(*a, **k):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt  # as a kill would, mid-run
+        return real(*a, **k)
+
+    monkeypatch.setattr(fc, "_rollout", flaky)
+    with pytest.raises(KeyboardInterrupt):
+        run_forecast(cfg, progress=False)
+    assert not (tmp_path / "f.zarr").exists()
+    monkeypatch.setattr(fc, "_rollout", real)
+    r = run_forecast(cfg, progress=False)
+    assert r["computed"] == [1]
+    ref = run_forecast(ForecastConfig(**{**cfg.__dict__, "out": str(tmp_path / "ref.zarr")}),
+                       progress=False)  # fmt: skip
+    assert ref["computed"] == [0, 1]
+    a = xr.open_zarr(tmp_path / "f.zarr", consolidated=False)
+    b = xr.open_zarr(tmp_path / "ref.zarr", consolidated=False)
+    np.testing.assert_array_equal(a["air"].values, b["air"].values)
