@@ -9,7 +9,9 @@ the samplers' ``x = x0 + sigma n``.
   current level. For a mask ``A^+ = A`` and this is the replacement method (Song et al. 2021,
   sec. 5; RePaint's known-region update); for an undersampled Fourier operator it replaces the
   measured k-space (score-MRI, Chung & Ye 2022) and is used inside the predictor-corrector
-  sampler; for average-pool downsampling ``A^+`` is the nearest upsample (ILVR/DDNM style).
+  sampler; for average-pool downsampling ``A^+`` is the nearest upsample (ILVR/DDNM style); for
+  operators without a closed form (Radon, blur) ``A^+`` is computed by CGLS (``cgls_iters``
+  conjugate-gradient iterations, the projection of DiffusionMBIR / DDS-style solvers).
 * **RePaint resampling** (Lugmayr et al. 2022, sec. 4.2): the sigma grid is walked down
   ``jump_length`` steps at a time; each block is re-noised back up (``x + sqrt(s_up^2 - s^2) n``,
   the forward process) and denoised again, ``resample - 1`` times, so the generated region
@@ -56,13 +58,46 @@ class CountingDenoiser:
         return self.denoiser(x, sigma, cond)
 
 
-def consistency_hook(operator, y: Tensor, generator: Generators) -> Callable[[dict], Tensor]:
-    """The sampler callback ``x <- x + A^+(y + s_next A n - A x)`` (see the module docstring)."""
+def cgls_pinv(operator, r: Tensor, iters: int = 30) -> Tensor:
+    """``A^+ r`` by CGLS (conjugate gradients on ``A^T A d = A^T r`` from ``d = 0``), per batch
+    element: the minimum-norm least-squares solution, for operators without a closed-form
+    pseudo-inverse (Radon, blur). ``iters`` bounds the work; it stops early when converged."""
+    b = r.shape[0]
+
+    def dot(u: Tensor, v: Tensor) -> Tensor:
+        return (u * v).flatten(1).sum(1).reshape(b, *([1] * (u.ndim - 1)))
+
+    s = operator.adjoint(r)  # A^T residual
+    d, p, gamma = torch.zeros_like(s), s.clone(), dot(s, s)
+    for _ in range(iters):
+        q = operator(p)
+        alpha = gamma / dot(q, q).clamp_min(1e-30)
+        d, r = d + alpha * p, r - alpha * q
+        s = operator.adjoint(r)
+        gamma_new = dot(s, s)
+        if float(gamma_new.max()) <= 1e-12 * float(dot(d, d).max() + 1e-30):
+            break
+        p, gamma = s + (gamma_new / gamma.clamp_min(1e-30)) * p, gamma_new
+    return d
+
+
+def _pinv(operator, r: Tensor, iters: int) -> Tensor:
+    try:
+        return operator.pinv(r)
+    except NotImplementedError:
+        return cgls_pinv(operator, r, iters)
+
+
+def consistency_hook(
+    operator, y: Tensor, generator: Generators, iters: int = 30
+) -> Callable[[dict], Tensor]:
+    """The sampler callback ``x <- x + A^+(y + s_next A n - A x)`` (see the module docstring);
+    ``A^+`` is the operator's own pseudo-inverse or ``iters`` CGLS iterations."""
 
     def hook(info: dict[str, Any]) -> Tensor:
         x, s = info["x"], float(info["sigma_next"])
         y_s = y if s == 0 else y + s * operator(randn_like(x, generator))
-        return x + operator.pinv(y_s - operator(x))
+        return x + _pinv(operator, y_s - operator(x), iters)
 
     return hook
 
@@ -145,6 +180,7 @@ class InverseConfig:
     jump_length: int = 10
     resample: int = 10
     zeta: float = 1.0
+    cgls_iters: int = 30
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -182,7 +218,7 @@ def solve(
         dps = DPSGuidance(counter, operator, y, cfg.zeta)
         x = fn(dps, x, sig, cond, generator=generator, callback=dps.hook, **opts)
         return x, counter.calls
-    hook = consistency_hook(operator, y, generator)
+    hook = consistency_hook(operator, y, generator, cfg.cgls_iters)
     if cfg.method != "repaint":
         return fn(counter, x, sig, cond, generator=generator, callback=hook, **opts), counter.calls
     for kind, a, b in _runs(repaint_walk(len(sig) - 1, cfg.jump_length, cfg.resample)):

@@ -13,7 +13,7 @@ superres    average pooling by ``factor`` (2, 4)         data consistency (DDPM)
 deblur      Gaussian blur ``blur_sigma``                 DPS (DDPM)                   the input
 mri         1-D Cartesian k-space mask, x``acceleration``  data consistency (PC)      zero-filled
             (``pattern`` uniform/gaussian, 8 % centre)
-ct          parallel-beam Radon, ``views`` angles        DPS (DDPM)                   FBP (iradon)
+ct          parallel-beam Radon, ``views`` angles        consistency, CGLS (DDPM)     FBP (iradon)
 ==========  ===========================================  ===========================  ==========
 
 Masks and member noise are seeded per image (``seed``, image index), so results do not depend
@@ -56,7 +56,7 @@ DEFAULTS: dict[str, tuple[str, str]] = {  # task -> (method, sampler)
     "superres": ("consistency", "ddpm"),
     "deblur": ("dps", "ddpm"),
     "mri": ("consistency", "pc"),
-    "ct": ("dps", "ddpm"),
+    "ct": ("consistency", "ddpm"),  # A^+ by CGLS; DPS with --method dps
 }
 
 

@@ -13,8 +13,8 @@ import pytest
 import torch
 
 from diffusion.analytic import GaussianMixture
-from diffusion.inverse import InverseConfig, repaint_walk, solve, summarize
-from diffusion.operators import FourierMask, Mask
+from diffusion.inverse import InverseConfig, cgls_pinv, repaint_walk, solve, summarize
+from diffusion.operators import Downsample, FourierMask, Mask, Radon
 from diffusion.schedules import edm
 
 COV = torch.tensor(
@@ -117,3 +117,16 @@ def test_summarize_and_config_errors() -> None:
         InverseConfig(sampler="nope")
     with pytest.raises(ValueError, match="zeta"):
         run(InverseConfig("dps", zeta=-1.0), n=2)
+
+
+def test_cgls_pseudo_inverse() -> None:
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 1, 8, 8, generator=g, dtype=torch.float64)
+    down = Downsample(2)
+    r = torch.randn(2, 1, 4, 4, generator=g, dtype=torch.float64)
+    assert torch.allclose(cgls_pinv(down, r), down.pinv(r), atol=1e-8)  # the closed form
+    radon = Radon(8, n_views=5)  # underdetermined: 40 measurements, 64 unknowns
+    y = radon(x)
+    d = cgls_pinv(radon, y, iters=200)
+    assert torch.allclose(radon(d), y, atol=1e-6)  # fits the data
+    assert d.flatten(1).norm(dim=1).le(x.flatten(1).norm(dim=1) + 1e-9).all()  # minimum norm
