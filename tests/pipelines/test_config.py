@@ -53,6 +53,11 @@ def test_every_shipped_config_loads() -> None:
 
     kinds = {"demo_": (ToyDemoConfig, {}), "train_": (TrainJobConfig, {})}
     kinds["impute_"] = (ImputeConfig, {"checkpoint": "c", "data": "d", "out": "o"})
+    kinds["quickstart_"] = (TrainJobConfig, {})  # the quickstart's forecaster
+
+    from flows.serve import ServeConfig
+
+    kinds["serve"] = (ServeConfig, {})
     paths = sorted((REPO / "configs").glob("*.yaml"))
     assert len(paths) >= 5
     for path in paths:
