@@ -186,10 +186,7 @@ def reconstruct_flow(params: dict[str, Any]) -> dict[str, Any]:
     _config("reconstruct", params)
     r = job_task("reconstruct", params)
     rows = {k: v for k, v in r.items() if k != "metrics"}
-    rows.update(r["metrics"])
-    png = Path(f"{r['out']}.png").resolve()
-    rows["grid"] = f"[{png.name}](file://{png})"
-    _publish("reconstruct", "reconstruction", rows)
+    _publish("reconstruct", "reconstruction", {**rows, **r["metrics"], **_grid_link(r["out"])})
     return r
 
 
@@ -198,11 +195,15 @@ def generate_flow(params: dict[str, Any]) -> dict[str, Any]:
     """``stdiff generate`` with ``params`` (``GenerateConfig`` fields); links the PNG grid."""
     _config("generate", params)
     r = job_task("generate", params)
-    rows = {"out": r["out"], **r["metrics"]}
-    png = Path(f"{r['out']}.png").resolve()
-    rows["grid"] = f"[{png.name}](file://{png})"
+    rows = {"out": r["out"], **r["metrics"], **_grid_link(r["out"])}
     _publish("generate", "class-conditional samples", rows)
     return r
+
+
+def _grid_link(out: str) -> dict[str, str]:
+    """The artifact row linking the PNG grid written beside the output store."""
+    png = Path(f"{out}.png").resolve()
+    return {"grid": f"[{png.name}](file://{png})"}
 
 
 @task(name="impute-chunk", tags=["gpu"])
