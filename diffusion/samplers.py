@@ -278,6 +278,20 @@ def sample_pf_ode(
     return x
 
 
+@torch.no_grad()
+def sample_consistency(denoiser, x, sigmas, cond=None, *, generator=None, callback=None):
+    """Multistep consistency sampling (Song et al. 2023, algorithm 1): ``x0 = f(x, s_i)``, then
+    fresh noise up to the next level, ``x = x0 + s_{i+1} z``; one evaluation per step. Meant for
+    consistency models (``diffusion.distill.ConsistencyDenoiser``); ``sigmas[0]`` is the start."""
+    sig = _sigma_list(sigmas)
+    generator = ensure_generator(generator)
+    for i, (s, s_next) in enumerate(itertools.pairwise(sig)):
+        denoised = _denoise(denoiser, x, s, cond)
+        x = denoised + s_next * randn_like(x, generator) if s_next > 0 else denoised
+        x = _report(callback, i, s, x, denoised, s_next)
+    return x
+
+
 @dataclass(frozen=True)
 class SamplerSpec:
     """A registered sampler: the function, whether it draws noise, and its evaluations for N steps
@@ -306,6 +320,7 @@ SAMPLERS: dict[str, SamplerSpec] = {
     "euler_maruyama": SamplerSpec(partial(sample_pc, corrector_steps=0), True, _one),
     "pc": SamplerSpec(sample_pc, True, _two),
     "pf_ode": SamplerSpec(sample_pf_ode, False, None),
+    "consistency": SamplerSpec(sample_consistency, True, _one),
 }
 
 

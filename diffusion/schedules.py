@@ -24,7 +24,7 @@ from torch import Tensor
 
 from diffusion.rng import ensure_generator
 
-Spacing = Literal["default", "trailing", "leading", "linspace", "karras", "log"]
+Spacing = Literal["default", "trailing", "leading", "linspace", "karras", "log", "uniform_t"]
 SPACINGS: tuple[str, ...] = get_args(Spacing)
 
 # Zero terminal SNR means sigma_max = inf; like diffusers' schedulers we clamp the final
@@ -56,6 +56,16 @@ def karras_sigmas(n: int, sigma_min: float, sigma_max: float, rho: float = 7.0) 
     lo, hi = sigma_min ** (1 / rho), sigma_max ** (1 / rho)
     sig = (hi + ramp * (lo - hi)) ** rho
     return torch.cat([sig, sig.new_zeros(1)])
+
+
+def uniform_t(n: int) -> Tensor:
+    """``t_i = 1 - i / n`` for ``i < n`` (the last step goes from ``t = 1/n`` to sigma = 0).
+
+    The ``uniform_t`` spacing of progressive distillation (Salimans & Ho 2022): the grid of ``n``
+    steps is every other point of the grid of ``2n`` steps, so a student's step is exactly two of
+    its teacher's."""
+    _check_n(n)
+    return 1 - torch.arange(n, dtype=torch.float64) / n
 
 
 def log_sigmas(n: int, sigma_min: float, sigma_max: float) -> Tensor:
@@ -123,6 +133,8 @@ class ContinuousSchedule:
         if spacing == "log":
             return log_sigmas(n, self.sigma_min, self.sigma_max)
         _check_n(n)
+        if spacing == "uniform_t":
+            return torch.cat([self.sigma(uniform_t(n)), torch.zeros(1, dtype=torch.float64)])
         t = torch.linspace(1, 0, n, dtype=torch.float64)
         return torch.cat([self.sigma(t), torch.zeros(1, dtype=torch.float64)])
 
@@ -207,7 +219,9 @@ class DiscreteSchedule:
 
         Spacings (Lin et al. 2023, table 2): ``trailing`` ends exactly on the last timestep
         (needed for zero terminal SNR), ``leading`` is DDIM's original choice, ``linspace``
-        rounds a linear grid; ``karras`` and ``log`` use the schedule's sigma range continuously.
+        rounds a linear grid; ``karras`` and ``log`` use the schedule's sigma range continuously;
+        ``uniform_t`` is the nested grid of progressive distillation (:func:`uniform_t`, rounded
+        to integer timesteps).
         """
         _check_spacing(spacing)
         _check_n(n)
@@ -218,6 +232,11 @@ class DiscreteSchedule:
             return karras_sigmas(n, self.sigma_min, self.sigma_max)
         if spacing == "log":
             return log_sigmas(n, self.sigma_min, self.sigma_max)
+        if spacing == "uniform_t":  # integer timesteps, so the network sees its training inputs
+            idx = torch.round(uniform_t(n) * (T - 1)).long()
+            if len(set(idx.tolist())) < n:
+                raise ValueError(f"discretize(n={n}, spacing='uniform_t') needs n < T={T}")
+            return torch.cat([self.sigmas_table[idx], torch.zeros(1, dtype=torch.float64)])
         if n > T:
             raise ValueError(f"discretize(n={n}) with spacing={spacing!r} needs n <= T={T}")
         if spacing == "trailing":

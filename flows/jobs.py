@@ -118,6 +118,7 @@ JOBS: dict[str, tuple[str, str, str]] = {
     "score": ("pipelines.weather_eval", "ScoreConfig", "run_scoring"),
     "reconstruct": ("pipelines.reconstruct", "ReconstructConfig", "run_reconstruction"),
     "generate": ("pipelines.generate", "GenerateConfig", "run_generation"),
+    "distill": ("pipelines.distill", "DistillConfig", "run_distillation"),
 }
 NO_PROGRESS = ("impute", "forecast", "reconstruct")  # run functions with a progress switch
 
@@ -197,6 +198,16 @@ def generate_flow(params: dict[str, Any]) -> dict[str, Any]:
     r = job_task("generate", params)
     rows = {"out": r["out"], **r["metrics"], **_grid_link(r["out"])}
     _publish("generate", "class-conditional samples", rows)
+    return r
+
+
+@flow(name="stdiff-distill")
+def distill_flow(params: dict[str, Any]) -> dict[str, Any]:
+    """``stdiff distill`` with ``params`` (``DistillConfig`` fields, or ``config``: a YAML file)."""
+    _config("distill", params)
+    r = job_task("distill", params)
+    rows = {s["run"]: f"{s['sampler']} x {s['steps']} ({s['spacing']})" for s in r["students"]}
+    _publish("distill", f"{r['method']} distillation", {**rows, "seconds": r["seconds"]})
     return r
 
 

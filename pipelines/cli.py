@@ -232,6 +232,35 @@ def train(
 
 
 @app.command()
+def distill(
+    config: Annotated[Path, typer.Option(help="YAML config (DistillConfig).")],
+    teacher: Annotated[
+        Path | None, typer.Option(help="Trained run folder (overrides the config's).")
+    ] = None,
+    out: Annotated[Path | None, typer.Option(help="Students' folder.")] = None,
+    set_: Annotated[
+        list[str] | None, typer.Option("--set", help="Override a config key: KEY=VALUE.")
+    ] = None,
+) -> None:
+    """Distil a trained model into a few-step student (progressive or consistency)."""
+    from pipelines.config import load_config
+    from pipelines.distill import DistillConfig, run_distillation
+
+    given = {"teacher": teacher, "out": out}
+    overrides = {**{k: str(v) for k, v in given.items() if v is not None}, **_overrides(set_)}
+    try:
+        r = run_distillation(load_config(config, DistillConfig, overrides))
+    except ValueError as e:
+        _fail(str(e))
+    for s in r["students"]:
+        typer.echo(
+            f"{s['run']}: sample with --sampler {s['sampler']} --steps {s['steps']}"
+            f" --spacing {s['spacing']}"
+        )
+    typer.echo(f"{r['method']} distillation done in {r['seconds']:.0f} s")
+
+
+@app.command()
 def impute(
     checkpoint: Annotated[Path, typer.Option(help="Training run folder or step_* checkpoint.")],
     data: Annotated[Path, typer.Option(help="Timeseries store from `stdiff ingest`.")],

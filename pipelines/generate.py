@@ -27,8 +27,10 @@ from diffusion.conditioning import Condition
 from diffusion.guidance import classifier_free_guidance
 from diffusion.rng import member_generators
 from diffusion.samplers import check_options, sample
+from diffusion.schedules import Spacing
 from pipelines.config import at_least_one, to_dict
 from pipelines.device import DeviceName, autocast, resolve_device
+from pipelines.latent import codec_from_metadata
 from pipelines.training_job import load_denoiser
 
 
@@ -46,6 +48,7 @@ class GenerateConfig:
     n: int = 64
     sampler: str = "heun"
     steps: int = 18
+    spacing: Spacing = "default"
     options: dict[str, Any] = field(default_factory=dict)
     batch_size: int = 64
     seed: int = 0
@@ -77,9 +80,12 @@ def run_generation(cfg: GenerateConfig) -> dict[str, Any]:
         raise ValueError(f"labels {list(labels)}: each must be in 0..{classes - 1}")
     sizes = meta.get("sizes") or _sizes(tcfg)
     shape = tuple(int(sizes[d]) for d in ("channel", "y", "x"))
+    codec = codec_from_metadata(meta, device)  # a latent model: sample latents, then decode
+    if codec is not None:
+        shape = codec.shape
     y = torch.tensor([labels[i % len(labels)] for i in range(cfg.n)])
     guided = classifier_free_guidance(denoiser, cfg.guidance, rescale=cfg.rescale)
-    sigmas = denoiser.schedule.discretize(cfg.steps)
+    sigmas = denoiser.schedule.discretize(cfg.steps, cfg.spacing)
     start, out = time.perf_counter(), []
     for b0 in range(0, cfg.n, cfg.batch_size):
         lab = y[b0 : b0 + cfg.batch_size].to(device)
@@ -89,6 +95,9 @@ def run_generation(cfg: GenerateConfig) -> dict[str, Any]:
         with autocast(device, True):
             x = sample(guided, (len(lab), *shape), sigmas, Condition(labels=lab),
                        sampler=cfg.sampler, generator=gens, device=device, **cfg.options)  # fmt: skip
+        if codec is not None:
+            with torch.no_grad():
+                x = codec.decode(x.float())
         out.append(x.float().clamp(-1, 1).cpu())
     images = torch.cat(out).numpy()
     seconds = time.perf_counter() - start

@@ -20,6 +20,7 @@ import math
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
+from functools import partial
 from pathlib import Path
 from typing import Any, Literal
 
@@ -42,6 +43,12 @@ from pipelines.device import autocast
 from pipelines.progress import progress_bar
 
 Batch = tuple[torch.Tensor, Condition | None, torch.Tensor | None]  # x0, condition, loss mask
+# loss_fn(forward, denoiser, x0, cond, mask, generator) -> scalar: ``forward`` is the (possibly
+# DDP-wrapped / compiled) module to call, ``denoiser`` the plain one (its precond, schedule, ...)
+LossFn = Callable[
+    [nn.Module, Denoiser, torch.Tensor, Condition | None, torch.Tensor | None, torch.Generator],
+    torch.Tensor,
+]
 
 
 @dataclass(frozen=True)
@@ -94,7 +101,11 @@ class LoopConfig:
 
     ``ema_warmup``: the EMA decay at step ``s`` is ``min(ema_decay, (1 + s) / (10 + s))`` (as
     diffusers' EMAModel), so early EMA weights are not dominated by the initialisation; without
-    it 0.999 keeps ``0.999**s`` of the initial weights (22 % after 1,500 steps)."""
+    it 0.999 keeps ``0.999**s`` of the initial weights (22 % after 1,500 steps).
+
+    ``objective``: ``denoise``; ``regression`` (the deterministic baseline); ``autoencoder`` (a
+    ``KLAutoencoder`` with ``kl_weight``, ``pipelines.latent``); ``hybrid`` (IDDPM's
+    ``L_simple + vlb_weight * L_vlb`` for ``model.kind: learned_variance``)."""
 
     steps: int = 1000
     batch_size: int = 32
@@ -102,7 +113,9 @@ class LoopConfig:
     ema_warmup: bool = True
     cfg_dropout: float = 0.0
     weighting: Weighting = "native"
-    objective: Literal["denoise", "regression"] = "denoise"
+    objective: Literal["denoise", "regression", "autoencoder", "hybrid"] = "denoise"
+    kl_weight: float = 1e-6
+    vlb_weight: float = 0.001
     log_every: int = 50
     checkpoint_every: int = 500
     val_every: int = 0
@@ -195,19 +208,23 @@ def train(
     val_dataset: Dataset | None = None,
     metadata: dict[str, Any] | None = None,
     sample_fn: Callable[[Denoiser, int, Path], dict[str, float]] | None = None,
+    loss_fn: LossFn | None = None,
 ) -> TrainState:
     """Train ``denoiser`` in place for ``loop.steps`` optimizer steps; checkpoints and
     ``metrics.jsonl`` (and ``metrics.csv``, and TensorBoard events in ``tb/`` when tensorboard is
     installed) go to ``run_dir``. ``to_batch(item_batch, generator)`` turns a collated batch into
     ``(x0, cond, loss_mask)`` (drawing any task randomness from ``generator``). Every
     ``loop.sample_every`` steps ``sample_fn(ema_denoiser, step, run_dir / "samples")`` dumps
-    samples (its own generators; the training stream is untouched) and returns scores to log."""
+    samples (its own generators; the training stream is untouched) and returns scores to log.
+    ``loss_fn`` replaces the objective of ``loop.objective`` (distillation: :mod:`pipelines.distill`)."""
     rank, world = _dist()
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     denoiser.to(device)
+    if loss_fn is None:
+        loss_fn = partial(_loss, schedule=schedule, loop=loop)
     ema = (
-        Denoiser(copy.deepcopy(denoiser.net), denoiser.precond, denoiser.schedule)
+        copy.deepcopy(denoiser)  # same class: energy / consistency / learned-variance wrappers
         .to(device)
         .requires_grad_(False)
         .eval()  # never trained: dropout off for validation and sample dumps
@@ -259,7 +276,7 @@ def train(
                     drop = torch.rand(x0.shape[0], generator=gen, device=device) < loop.cfg_dropout
                     cond = replace(cond, drop=drop)
                 with autocast(device, loop.amp):
-                    loss = _loss(forward, denoiser, x0, schedule, cond, mask, loop, gen)
+                    loss = loss_fn(forward, denoiser, x0, cond, mask, gen)
                 (loss / optim.grad_accum).backward()
                 total += float(loss.detach()) / optim.grad_accum
                 n_last += x0.shape[0] * world
@@ -288,7 +305,7 @@ def train(
                 }
                 if val_dataset is not None and loop.val_every and state.step % loop.val_every == 0:
                     rec["val_loss"] = validation_loss(
-                        ema, schedule, val_dataset, to_batch, loop, seed, device
+                        ema, val_dataset, to_batch, loop, seed, device, loss_fn
                     )
                 if (
                     sample_fn is not None
@@ -316,7 +333,7 @@ def train(
     return state
 
 
-def _loss(forward, denoiser, x0, schedule, cond, mask, loop: LoopConfig, gen) -> torch.Tensor:
+def _loss(forward, denoiser, x0, cond, mask, gen, *, schedule, loop: LoopConfig) -> torch.Tensor:
     """The training objective: denoising, or (``regression``) the deterministic baseline's MSE."""
     if loop.objective == "regression":
         return regression_loss(forward, x0, _sigma_max(schedule), cond, mask=mask)
@@ -333,12 +350,12 @@ def _sigma_max(schedule: NoiseSchedule) -> float:
 @torch.no_grad()
 def validation_loss(
     denoiser: Denoiser,
-    schedule: NoiseSchedule,
     dataset: Dataset,
     to_batch: Callable[[dict, torch.Generator], Batch],
     loop: LoopConfig,
     seed: int,
     device: torch.device,
+    loss_fn: LossFn,
 ) -> float:
     """Mean loss over the first ``loop.val_batches`` batches, with fixed noise (comparable over time)."""
     gen = torch.Generator(device=device).manual_seed(member_seed(seed, 5))
@@ -347,7 +364,7 @@ def validation_loss(
         if i >= loop.val_batches:
             break
         x0, cond, mask = to_batch(_to(batch, device), gen)
-        losses.append(float(_loss(denoiser, denoiser, x0, schedule, cond, mask, loop, gen)))
+        losses.append(float(loss_fn(denoiser, denoiser, x0, cond, mask, gen)))
     return float(np.mean(losses)) if losses else float("nan")
 
 

@@ -45,6 +45,7 @@ NETS: dict[str, tuple[str, str]] = {
     "dit": ("diffusion.nets.dit", "make_dit"),  # registry sizes: {"name": "B/2", ...}
     "dit_custom": ("diffusion.nets.dit", "DiT"),  # explicit depth / hidden / num_heads
     "unet": ("diffusion.nets.unet", "UNet"),
+    "autoencoder": ("diffusion.autoencoder", "KLAutoencoder"),  # loop.objective: autoencoder
 }
 
 
@@ -55,10 +56,12 @@ class DataConfig:
     mask, horizon, max_block: the imputation targets (``datasets.masks``; ``horizon`` steps for
     ``forecast``, the longest gap as a fraction of the window for ``block``);
     variables, train_period, valid_period, context, leads, residual: the weather ``forecast`` task
-    (``pipelines.weather_task``; periods are inclusive ``[start, end]`` dates, leads in steps)."""
+    (``pipelines.weather_task``; periods are inclusive ``[start, end]`` dates, leads in steps);
+    latent: an autoencoder run: train in its latent space (``pipelines.latent``)."""
 
     store: str
     task: Literal["images", "imputation", "forecast"]
+    latent: str | None = None
     fold: int = 0
     max_samples: int | None = None
     mask: Strategy = "random"
@@ -82,19 +85,40 @@ class DataConfig:
             raise ValueError("horizon must be at least 1 with mask: forecast")
 
 
+# model.kind -> the Denoiser class wrapping the network
+KINDS: dict[str, tuple[str, str]] = {
+    "score": ("diffusion.precond", "Denoiser"),  # D = c_skip x + c_out F
+    "energy": ("diffusion.energy", "EnergyDenoiser"),  # D = x - sigma^2 grad E
+    "learned_variance": ("diffusion.variance", "VarianceDenoiser"),  # IDDPM: F has 2C channels
+    "consistency": ("diffusion.distill", "ConsistencyDenoiser"),  # f(x, s_min) = x
+}
+
+
 @dataclass(frozen=True)
 class ModelConfig:
-    """net: a name in ``NETS``; params: its constructor arguments; the parameterisation."""
+    """net: a name in ``NETS``; params: its constructor arguments; the parameterisation;
+    kind: how the network becomes a denoiser (``KINDS``): ``score`` (the usual), ``energy`` (the
+    gradient of a scalar energy, ``diffusion.energy``), ``learned_variance`` (IDDPM's extra
+    variance channels, ``diffusion.variance``), ``consistency`` (a distilled consistency model)."""
 
     net: str
     params: dict[str, Any] = field(default_factory=dict)
     prediction: Prediction = "edm"
     sigma_data: float = 0.5
     noise_conditioning: NoiseConditioning = "log_sigma"
+    kind: Literal["score", "energy", "learned_variance", "consistency"] = "score"
 
     def __post_init__(self) -> None:
         if self.net not in NETS:
             raise ValueError(f"net {self.net!r} is not known; choose one of {sorted(NETS)}")
+
+
+def make_denoiser(m: ModelConfig, net: torch.nn.Module, schedule) -> Denoiser:
+    """The network wrapped as ``m.kind`` with its preconditioning."""
+    module, cls = KINDS[m.kind]
+    denoiser_cls = getattr(importlib.import_module(module), cls)
+    pre = Preconditioning(m.prediction, m.sigma_data, m.noise_conditioning)
+    return denoiser_cls(net, pre, schedule)
 
 
 @dataclass(frozen=True)
@@ -196,6 +220,8 @@ def _weather_params(cfg: TrainJobConfig) -> dict[str, Any]:
     layout = WeatherLayout.from_store(
         open_store(cfg.data.store), cfg.data.variables, cfg.data.context
     )
+    if cfg.model.net == "autoencoder":
+        return {"in_channels": layout.num_channels, "periodic_lon": True, **cfg.model.params}
     return {
         "in_channels": layout.num_channels,
         "context_channels": layout.context_channels,
@@ -248,12 +274,29 @@ def run_training(cfg: TrainJobConfig, resume: str | Path | None = None) -> Train
     schedule = make_schedule(cfg.schedule.name, **cfg.schedule.params)
     if cfg.data.task == "forecast":  # the resolved channel counts go into the checkpoint's config
         cfg = replace(cfg, model=replace(cfg.model, params=_weather_params(cfg)))
+    train_ds, val_ds, to_batch, meta = _datasets(cfg)
+    loss_fn = None
+    if cfg.data.latent:
+        from pipelines.latent import fit_codec, latent_batches
+
+        gen = torch.Generator().manual_seed(member_seed(cfg.seed, 8))
+        first = [to_batch({k: v.unsqueeze(0) for k, v in train_ds[i].items()}, gen)[0]
+                 for i in range(min(512, len(train_ds)))]  # fmt: skip
+        codec = fit_codec(cfg.data.latent, [torch.cat(first)], device)
+        to_batch = latent_batches(to_batch, codec)
+        meta = {**meta, "latent": codec.metadata(cfg.data.latent)}
+        cfg = replace(cfg, model=replace(cfg.model, params={
+            **cfg.model.params, "in_channels": codec.shape[0]}))  # fmt: skip
     m = cfg.model
     net = build_net(m.net, m.params, member_seed(cfg.seed, 1))
-    denoiser = Denoiser(
-        net, Preconditioning(m.prediction, m.sigma_data, m.noise_conditioning), schedule
-    )
-    train_ds, val_ds, to_batch, meta = _datasets(cfg)
+    if cfg.loop.objective == "autoencoder":
+        from pipelines.latent import AutoencoderHolder, autoencoder_loss_fn
+
+        if m.net != "autoencoder":
+            raise ValueError("loop.objective: autoencoder needs model.net: autoencoder")
+        denoiser, loss_fn = AutoencoderHolder(net), autoencoder_loss_fn(cfg.loop.kl_weight)
+    else:
+        denoiser = make_denoiser(m, net, schedule)
     return train(
         denoiser,
         schedule,
@@ -269,12 +312,13 @@ def run_training(cfg: TrainJobConfig, resume: str | Path | None = None) -> Train
         val_dataset=val_ds,
         metadata=meta,
         sample_fn=_sample_fn(cfg, val_ds if val_ds is not None else train_ds),
+        loss_fn=loss_fn,
     )
 
 
 def _sample_fn(cfg: TrainJobConfig, ds) -> SampleFn | None:
     """The task's periodic sample dump (``loop.sample_every``), on the first held-out items."""
-    if not cfg.loop.sample_every:
+    if not cfg.loop.sample_every or cfg.data.latent or cfg.loop.objective == "autoencoder":
         return None
     first = [ds[i] for i in range(min(8, len(ds)))]
     if cfg.data.task == "forecast":
@@ -306,6 +350,5 @@ def load_denoiser(
     m = cfg.model
     net = build_net(m.net, m.params, 0)
     net.load_state_dict(groups[weights])
-    pre = Preconditioning(m.prediction, m.sigma_data, m.noise_conditioning)
     metadata = {**metadata, "checkpoint": str(ckpt)}
-    return Denoiser(net, pre, schedule).to(device).eval(), cfg, metadata
+    return make_denoiser(m, net, schedule).to(device).eval(), cfg, metadata

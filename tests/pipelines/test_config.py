@@ -54,6 +54,9 @@ def test_every_shipped_config_loads() -> None:
     kinds = {"demo_": (ToyDemoConfig, {}), "train_": (TrainJobConfig, {})}
     kinds["impute_"] = (ImputeConfig, {"checkpoint": "c", "data": "d", "out": "o"})
     kinds["quickstart_"] = (TrainJobConfig, {})  # the quickstart's forecaster
+    from pipelines.distill import DistillConfig
+
+    kinds["distill_"] = (DistillConfig, {})
 
     from flows.serve import ServeConfig
 

@@ -1,0 +1,168 @@
+"""``stdiff distill``: a trained model becomes a few-step student (``diffusion.distill``).
+
+* ``progressive``: stages of halving, ``teacher_steps -> teacher_steps/2 -> ... -> min_steps``.
+  Stage ``N`` trains in ``OUT/steps_N`` (a normal run folder: checkpoints, metrics, exact resume)
+  and its EMA weights are the next stage's teacher. A student of ``N`` steps is sampled with
+  ``--sampler ddim --steps N --spacing uniform_t``.
+* ``consistency``: one consistency model in ``OUT/consistency`` (``model.kind: consistency``),
+  sampled with ``--sampler consistency --steps 1`` (or 2, 4 with ``--spacing uniform_t``).
+
+Every student is trained on the teacher's own training data (its checkpoint names the store) with
+the same task rules (labels, CSDI target masks), so ``stdiff generate/impute --checkpoint
+OUT/steps_4`` work unchanged. ``OUT/distill.json`` lists the students and how to sample them.
+A killed run resumes where it stopped: finished stages are skipped, the current one resumes from
+its last checkpoint.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Literal
+
+from datasets.atomic import write_json
+from diffusion.distill import (
+    ConsistencyDenoiser,
+    Distance,
+    consistency_grid,
+    consistency_loss,
+    progressive_loss,
+)
+from diffusion.rng import member_seed
+from pipelines.checkpoint import latest_checkpoint
+from pipelines.config import at_least_one, to_dict
+from pipelines.device import DeviceName, resolve_device
+from pipelines.train import LoopConfig, OptimConfig, train
+from pipelines.training_job import _datasets, load_denoiser
+
+
+@dataclass(frozen=True)
+class DistillConfig:
+    """teacher: a training run folder (or ``step_*`` checkpoint); out: the students' folder;
+    method: ``progressive`` or ``consistency``; teacher_steps / min_steps: the progressive stages
+    (powers of two apart); stage_steps: optimiser steps per stage (or of consistency training);
+    levels, distance: consistency distillation's grid size N and metric; store: the training
+    store when it moved since the teacher was trained; optim, loop: as in training (``loop.steps``
+    is set from ``stage_steps``)."""
+
+    teacher: str
+    out: str
+    method: Literal["progressive", "consistency"] = "progressive"
+    teacher_steps: int = 16
+    min_steps: int = 1
+    stage_steps: int = 500
+    levels: int = 18
+    distance: Distance = "pseudo_huber"
+    store: str | None = None
+    weights: Literal["ema", "model"] = "ema"
+    seed: int = 0
+    device: DeviceName = "auto"
+    optim: OptimConfig = field(
+        default_factory=lambda: OptimConfig(lr=1e-4, warmup_steps=0, lr_schedule="constant")
+    )
+    loop: LoopConfig = field(default_factory=lambda: LoopConfig(checkpoint_every=250))
+
+    def __post_init__(self) -> None:
+        at_least_one(self, "teacher_steps", "min_steps", "stage_steps")
+        if self.method == "progressive":
+            ratio = self.teacher_steps / self.min_steps
+            if self.teacher_steps <= self.min_steps or ratio != 2 ** round(math.log2(ratio)):
+                raise ValueError(
+                    f"teacher_steps={self.teacher_steps} must be min_steps={self.min_steps} "
+                    "times a power of two (at least 2)"
+                )
+        if self.levels < 2:
+            raise ValueError(f"levels must be at least 2, got {self.levels}")
+
+
+def progressive_stages(cfg: DistillConfig) -> list[int]:
+    """The student step counts, largest first: ``teacher_steps/2, ..., min_steps``."""
+    out, n = [], cfg.teacher_steps // 2
+    while n >= cfg.min_steps:
+        out.append(n)
+        n //= 2
+    return out
+
+
+def _stage_done(run_dir: Path, steps: int) -> bool:
+    ckpt = latest_checkpoint(run_dir) if run_dir.exists() else None
+    return ckpt is not None and ckpt.name == f"step_{steps:09d}"
+
+
+def run_distillation(cfg: DistillConfig) -> dict[str, Any]:
+    """Run every stage (skipping finished ones); returns and writes ``OUT/distill.json``."""
+    device = resolve_device(cfg.device)
+    teacher, tcfg, meta = load_denoiser(cfg.teacher, cfg.weights, device=str(device))
+    if cfg.store is not None:
+        tcfg = replace(tcfg, data=replace(tcfg.data, store=cfg.store))
+    if tcfg.model.kind not in ("score", "learned_variance"):
+        raise ValueError(f"{cfg.teacher}: cannot distil a {tcfg.model.kind!r} model")
+    schedule = teacher.schedule
+    if cfg.method == "consistency":
+        consistency_grid(schedule, cfg.levels)  # a bad grid fails before any work
+    train_ds, val_ds, to_batch, store_meta = _datasets(tcfg)
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    # the teacher's label dropout, so that the guided (unconditional) branch is distilled too
+    loop = replace(
+        cfg.loop, steps=cfg.stage_steps, sample_every=0, cfg_dropout=tcfg.loop.cfg_dropout
+    )
+    sd = tcfg.model.sigma_data
+    students, start = [], time.perf_counter()
+    stages = progressive_stages(cfg) if cfg.method == "progressive" else [0]
+    for k, n in enumerate(stages):
+        frozen = copy.deepcopy(teacher).eval().requires_grad_(False)
+        name = f"steps_{n}" if n else "consistency"
+        run_dir = out / name
+        if cfg.method == "progressive":
+            student = copy.deepcopy(teacher).train().requires_grad_(True)
+            sampling = {"sampler": "ddim", "steps": n, "spacing": "uniform_t"}
+
+            def loss_fn(fwd, den, x0, cond, mask, gen, n=n, frozen=frozen):
+                return progressive_loss(fwd, frozen, x0, schedule, n, cond, mask=mask,
+                                        sigma_data=sd, generator=gen)  # fmt: skip
+        else:
+            student = ConsistencyDenoiser(copy.deepcopy(teacher.net), teacher.precond, schedule)
+            student = student.to(device).train().requires_grad_(True)
+            grid = consistency_grid(schedule, cfg.levels)
+            sampling = {"sampler": "consistency", "steps": 1, "spacing": "uniform_t"}
+
+            def loss_fn(fwd, den, x0, cond, mask, gen, frozen=frozen, grid=grid):
+                return consistency_loss(fwd, frozen, x0, grid, cond, mask=mask,
+                                        distance=cfg.distance, generator=gen)  # fmt: skip
+
+        kind = "consistency" if n == 0 else tcfg.model.kind
+        scfg = replace(tcfg, out=str(run_dir), model=replace(tcfg.model, kind=kind))
+        info = {"method": cfg.method, "teacher": str(meta["checkpoint"]), **sampling}
+        if not _stage_done(run_dir, cfg.stage_steps):
+            train(
+                student,
+                schedule,
+                train_ds,
+                to_batch,
+                loop=loop,
+                optim=cfg.optim,
+                run_dir=run_dir,
+                config=to_dict(scfg),
+                seed=member_seed(cfg.seed, 7, k),
+                device=device,
+                resume=run_dir if latest_checkpoint(run_dir) else None,
+                val_dataset=val_ds,
+                metadata={**store_meta, "distilled": info},
+                loss_fn=loss_fn,
+            )
+        students.append({"run": str(run_dir), **info})
+        if cfg.method == "progressive":
+            teacher, _, _ = load_denoiser(run_dir, "ema", device=str(device))
+    summary = {
+        "teacher": cfg.teacher,
+        "method": cfg.method,
+        "students": students,
+        "seconds": time.perf_counter() - start,
+        "config": to_dict(cfg),
+    }
+    write_json(out / "distill.json", summary)
+    return summary
