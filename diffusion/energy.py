@@ -32,17 +32,27 @@ of the summed energy is taken as the per-sample gradient.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 from collections.abc import Sequence
 from typing import Any
 
 import torch
 from torch import Tensor
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from diffusion.conditioning import Condition
 from diffusion.precond import Denoiser, expand_sigma
 from diffusion.rng import Generators, ensure_generator, randn, randn_like
-from diffusion.samplers import Callback, _report, _sigma_list, ancestral_step
+from diffusion.samplers import (
+    SAMPLERS,
+    Callback,
+    SamplerSpec,
+    _report,
+    _sigma_list,
+    _two,
+    ancestral_step,
+)
 
 
 class EnergyDenoiser(Denoiser):
@@ -90,7 +100,10 @@ class EnergyDenoiser(Denoiser):
                 "not torch.inference_mode()"
             )
         track = torch.is_grad_enabled()
-        with torch.enable_grad():
+        # second derivatives (track) need attention's math kernel: the fused CPU / flash kernels
+        # have no double backward
+        kernels = sdpa_kernel(SDPBackend.MATH) if track else contextlib.nullcontext()
+        with torch.enable_grad(), kernels:
             xi = x if track and x.requires_grad else x.detach().requires_grad_(True)
             e = self.energy(xi, sigma, cond)
             (g,) = torch.autograd.grad(
@@ -212,6 +225,11 @@ def sample_annealed_mala(
     steps ending at 0 cost ``1 + (N - 1)(1 + corrector_steps)`` energy-and-gradient evaluations
     (``N`` without correctors; ``2N - 1`` with one), unless the callback replaces ``x``.
     """
+    if not hasattr(denoiser, "energy_and_grad"):
+        raise ValueError(
+            "sampler 'mala' needs an energy model (model.kind: energy), "
+            f"got {type(denoiser).__name__}"
+        )
     if corrector_steps < 0 or not step_scale > 0:
         raise ValueError(
             f"need corrector_steps >= 0 and step_scale > 0, got {corrector_steps}, {step_scale}"
@@ -258,3 +276,7 @@ def acceptance_recorder() -> tuple[list[dict[str, Any]], Callback]:
             )
 
     return records, callback
+
+
+# registered here (diffusion/__init__ imports this module): ``--sampler mala`` for energy models
+SAMPLERS["mala"] = SamplerSpec(sample_annealed_mala, True, _two)

@@ -26,6 +26,10 @@ def classifier_free_guidance(
 ) -> DenoiserFn:
     """Wrap ``denoiser`` with classifier-free guidance of weight ``scale`` (1 = conditional).
 
+    The wrapper keeps what special samplers need: ``predict`` (learned variances, taken from the
+    conditional branch) and ``energy_and_grad`` (the guided energy ``E_u + w (E_c - E_u)``,
+    without CFG-rescale) when ``denoiser`` has them.
+
     Args:
       scale: guidance weight ``w``; 0 gives the unconditional denoiser.
       rescale: CFG-rescale factor phi in [0, 1]; 0 disables it.
@@ -56,6 +60,22 @@ def classifier_free_guidance(
             out = rescale * out * ratio + (1 - rescale) * out
         return out
 
+    if hasattr(denoiser, "predict"):  # learned variances: the conditional branch's (as ADM)
+
+        def predict(x: Tensor, sigma: Tensor, cond: Condition | None):
+            return guided(x, sigma, cond), denoiser.predict(x, sigma, cond)[1]
+
+        guided.predict = predict  # type: ignore[attr-defined]
+    if hasattr(denoiser, "energy_and_grad"):  # energy models: E_u + w (E_c - E_u), as D
+
+        def energy_and_grad(x: Tensor, sigma: Tensor, cond: Condition | None):
+            e_c, g_c = denoiser.energy_and_grad(x, sigma, cond)
+            if scale == 1.0 or cond is None:
+                return e_c, g_c
+            e_u, g_u = denoiser.energy_and_grad(x, sigma, cond.dropped(x.shape[0]))
+            return e_u + scale * (e_c - e_u), g_u + scale * (g_c - g_u)
+
+        guided.energy_and_grad = energy_and_grad  # type: ignore[attr-defined]
     return guided
 
 

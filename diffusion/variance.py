@@ -48,7 +48,7 @@ from diffusion.conditioning import Condition
 from diffusion.losses import Weighting, loss_weight, masked_mean
 from diffusion.precond import Denoiser, Preconditioning, expand_sigma
 from diffusion.rng import Generators, ensure_generator, randn_like
-from diffusion.samplers import _denoise, _report, _sigma_list
+from diffusion.samplers import SAMPLERS, SamplerSpec, _denoise, _one, _report, _sigma_list
 from diffusion.schedules import DiscreteSchedule
 
 Variance = Literal["learned", "large", "small"]
@@ -202,18 +202,13 @@ def _above(sigma_above: Tensor | float | None, x: Tensor) -> Tensor:
     return _expand(math.inf if sigma_above is None else sigma_above, x)
 
 
-def _check_variance(variance: str) -> None:
-    if variance not in VARIANCES:
-        raise ValueError(f"variance={variance!r} is not valid; choose one of {list(VARIANCES)}")
-
-
-def _check_decoder(decoder: str) -> None:
-    if decoder not in DECODERS:
-        raise ValueError(f"decoder={decoder!r} is not valid; choose one of {list(DECODERS)}")
+def _check(name: str, value: str, options: tuple[str, ...]) -> None:
+    if value not in options:
+        raise ValueError(f"{name}={value!r} is not valid; choose one of {list(options)}")
 
 
 def _require_variance_denoiser(denoiser) -> None:
-    if not isinstance(denoiser, VarianceDenoiser):
+    if not hasattr(denoiser, "predict"):  # a VarianceDenoiser or a guidance wrapper of one
         raise ValueError(
             "variance='learned' needs a VarianceDenoiser (a net with 2C output channels, e.g. DiT "
             f"with learn_sigma=True), got {type(denoiser).__name__}; use variance='large' or 'small'"
@@ -339,8 +334,8 @@ def vlb_terms(
     ``sigma_above`` (the level above sigma_t) only sets beta_tilde at the decoder (module docstring).
     Fixed variances work with any denoiser; ``learned`` needs a :class:`VarianceDenoiser`.
     """
-    _check_variance(variance)
-    _check_decoder(decoder)
+    _check("variance", variance, VARIANCES)
+    _check("decoder", decoder, DECODERS)
     st, ss = _expand(sigma_t, x0), _expand(sigma_s, x0)
     if bool((ss < 0).any()) or bool((st <= ss).any()):
         raise ValueError("vlb_terms: need sigma_t > sigma_s >= 0")
@@ -432,7 +427,7 @@ def hybrid_loss(
         raise ValueError("hybrid_loss needs a DiscreteSchedule (the VLB is over its T steps)")
     if isinstance(denoiser, Denoiser) and not isinstance(denoiser, VarianceDenoiser):
         raise ValueError("hybrid_loss needs a VarianceDenoiser (a net with 2C output channels)")
-    _check_decoder(decoder)
+    _check("decoder", decoder, DECODERS)
     generator = ensure_generator(generator)
     if not isinstance(generator, torch.Generator):
         raise ValueError("hybrid_loss: generator must be one torch.Generator (or None for seed 0)")
@@ -486,7 +481,7 @@ def sample_iddpm(
     ``x0_hat`` (no noise). ``variance="small"`` is ``sample_ddim(eta=1)``; ``"learned"`` needs a
     :class:`VarianceDenoiser`. Same signature and callback as :mod:`diffusion.samplers`.
     """
-    _check_variance(variance)
+    _check("variance", variance, VARIANCES)
     if variance == "learned":
         _require_variance_denoiser(denoiser)
     sig = _sigma_list(sigmas)
@@ -503,10 +498,7 @@ def sample_iddpm(
             st = ddpm_step(s, s_next)
             to_sigma = float(1 + s_next**2)  # VP variance -> sigma-coordinate variance
             if variance == "learned":
-                frac = (v + 1) / 2
-                logvar = frac * math.log(float(st.beta)) + (1 - frac) * math.log(
-                    float(st.beta_tilde)
-                )
+                logvar = _reverse_log_variance(variance, v, st.beta_tilde.log(), st.beta.log(), x)
                 std = (logvar + math.log(to_sigma)).mul(0.5).exp()
             else:
                 var = st.beta if variance == "large" else st.beta_tilde
@@ -514,3 +506,8 @@ def sample_iddpm(
             x = x + std * randn_like(x, generator)
         x = _report(callback, i, s, x, denoised, s_next)
     return x
+
+
+# registered here (diffusion/__init__ imports this module): ``--sampler iddpm`` (learned variances
+# need ``model.kind: learned_variance``; ``options: {variance: small | large}`` works for any model)
+SAMPLERS["iddpm"] = SamplerSpec(sample_iddpm, True, _one)

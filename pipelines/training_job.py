@@ -280,9 +280,8 @@ def run_training(cfg: TrainJobConfig, resume: str | Path | None = None) -> Train
         from pipelines.latent import fit_codec, latent_batches
 
         gen = torch.Generator().manual_seed(member_seed(cfg.seed, 8))
-        first = [to_batch({k: v.unsqueeze(0) for k, v in train_ds[i].items()}, gen)[0]
-                 for i in range(min(512, len(train_ds)))]  # fmt: skip
-        codec = fit_codec(cfg.data.latent, [torch.cat(first)], device)
+        first = next(iter(torch.utils.data.DataLoader(train_ds, batch_size=512)))
+        codec = fit_codec(cfg.data.latent, [to_batch(first, gen)[0]], device)
         to_batch = latent_batches(to_batch, codec)
         meta = {**meta, "latent": codec.metadata(cfg.data.latent)}
         cfg = replace(cfg, model=replace(cfg.model, params={
@@ -297,6 +296,15 @@ def run_training(cfg: TrainJobConfig, resume: str | Path | None = None) -> Train
         denoiser, loss_fn = AutoencoderHolder(net), autoencoder_loss_fn(cfg.loop.kl_weight)
     else:
         denoiser = make_denoiser(m, net, schedule)
+    if cfg.loop.objective == "hybrid":
+        from diffusion.variance import hybrid_loss
+
+        if m.kind != "learned_variance":
+            raise ValueError("loop.objective: hybrid needs model.kind: learned_variance")
+
+        def loss_fn(fwd, den, x0, cond, mask, gen):
+            return hybrid_loss(fwd, x0, schedule, cond, mask=mask, vlb_weight=cfg.loop.vlb_weight,
+                               weighting=cfg.loop.weighting, generator=gen, precond=den.precond)  # fmt: skip
     return train(
         denoiser,
         schedule,

@@ -1,0 +1,268 @@
+"""Distillation, latent diffusion, learned variances and energy-based models on Fashion-MNIST.
+
+    .venv/bin/python -m benchmarks.theory distill --write BENCHMARKS.md
+    .venv/bin/python -m benchmarks.theory latent --write BENCHMARKS.md
+    .venv/bin/python -m benchmarks.theory variance --write BENCHMARKS.md
+    .venv/bin/python -m benchmarks.theory energy --write BENCHMARKS.md
+
+Sample quality is the Fréchet distance between the penultimate features of the project's
+Fashion-MNIST classifier (90.6 % test accuracy) on the samples and on 2,000 held-back test images
+(not ImageNet FID; lower is better), and for class-conditional models the classifier's accuracy
+on the asked labels. Wall times are for the whole batch on this CPU, one process.
+
+* ``distill``: the teacher (train_fmnist_dit_cpu) with DDIM on the ``uniform_t`` grid and with
+  Heun / DPM-Solver++(2M) on Karras steps, against its progressive students (8, 4, 2 steps) and
+  its consistency-distilled student (1, 2 steps), at equal evaluations.
+* ``latent``: the latent DiT (train_fmnist_ldm_cpu on the train_fmnist_ae latents) against the
+  pixel DiT of the same size at equal training compute (wall time), plus the autoencoder's
+  reconstruction PSNR on test images.
+* ``variance``: the IDDPM model (train_fmnist_iddpm_cpu): variational bound in bits/dim on test
+  images with its learned variances and with the fixed ones (beta, beta-tilde) of the same mean
+  network, over the full T = 1000 steps and respaced to 100; samples at 25 / 50 / 100 steps.
+* ``energy``: the energy-parameterised model against its score-parameterised twin: bits/dim from
+  the probability-flow ODE (Hutchinson trace), samples with Heun, and annealed MALA correction.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from benchmarks.report import machine, write_section
+from datasets.store import open_store
+from diffusion.conditioning import Condition
+from diffusion.likelihood import log_likelihood
+from diffusion.samplers import sample
+from pipelines.classifier import classify, load_classifier
+from pipelines.image_metrics import frechet_distance
+from pipelines.latent import codec_from_metadata
+from pipelines.training_job import load_denoiser
+
+REPO = Path(__file__).resolve().parent.parent
+OUT = REPO / "outputs"
+
+
+class Scorer:
+    """Classifier accuracy and Fréchet distance against held-back test images."""
+
+    def __init__(self, classifier: Path, store: Path, n_ref: int = 2000) -> None:
+        self.model, _ = load_classifier(classifier, device="cpu")
+        ds = open_store(store)
+        idx = np.flatnonzero(ds["split"].values == 1)[:n_ref]
+        self.test = ds["image"].isel(sample=idx).values
+        _, self.ref = classify(self.model, self.test)
+
+    def __call__(self, images: np.ndarray, labels: np.ndarray | None) -> dict[str, float]:
+        pred, feats = classify(self.model, images)
+        out = {"fd": frechet_distance(feats, self.ref)}
+        if labels is not None:
+            out["acc"] = float((pred == labels).mean())
+        return out
+
+    def test_images(self, n: int) -> torch.Tensor:
+        """The first ``n`` test images in [-1, 1], float32."""
+        return torch.from_numpy(self.test[:n].astype(np.float32) / 127.5 - 1)
+
+
+def draw(den, n, sampler, steps, spacing="default", *, labels=True, codec=None, seed=0, **opt):
+    """``n`` samples (labels cycling 0..9 when ``labels``), decoded when ``codec``; returns
+    ``(images uint8-range float in [-1, 1], labels, seconds)``."""
+    shape = codec.shape if codec is not None else (1, 28, 28)
+    y = torch.arange(n) % 10 if labels else None
+    cond = Condition(labels=y) if labels else None
+    sig = den.schedule.discretize(steps, spacing)
+    t = time.perf_counter()
+    x = sample(den, (n, *shape), sig, cond, sampler=sampler,
+               generator=torch.Generator().manual_seed(seed), **opt)  # fmt: skip
+    if codec is not None:
+        with torch.no_grad():
+            x = codec.decode(x)
+    sec = time.perf_counter() - t
+    return x.clamp(-1, 1).numpy(), (y.numpy() if labels else None), sec
+
+
+def _row(label, evals, scores, sec, extra=""):
+    acc = f"{scores['acc']:.3f}" if "acc" in scores else "-"
+    return f"| {label} | {evals} | {scores['fd']:.2f} | {acc} | {sec:.1f} |{extra}"
+
+
+HEAD = "| model / sampler | evaluations | Fréchet (classifier) | accuracy | seconds |\n|---|---|---|---|---|"
+
+
+def distill(args, scorer: Scorer) -> str:
+    teacher, _, _ = load_denoiser(args.teacher)
+    rows = []
+    for steps in (2, 4, 8, 16):
+        x, y, s = draw(teacher, args.n, "ddim", steps, "uniform_t")
+        rows.append(_row(f"teacher, DDIM {steps} (uniform_t)", steps, scorer(x, y), s))
+    for name, steps, evals in (("heun", 5, 9), ("heun", 18, 35), ("dpmpp_2m", 8, 8)):
+        x, y, s = draw(teacher, args.n, name, steps)
+        rows.append(_row(f"teacher, {name} {steps} (Karras)", evals, scorer(x, y), s))
+    info = json.loads((args.progressive / "distill.json").read_text())
+    for st in info["students"]:
+        den, _, _ = load_denoiser(st["run"])
+        x, y, s = draw(den, args.n, "ddim", st["steps"], "uniform_t")
+        rows.append(_row(f"progressive student, DDIM {st['steps']}", st["steps"], scorer(x, y), s))
+    cd, _, _ = load_denoiser(args.consistency / "consistency")
+    for steps in (1, 2, 4):
+        x, y, s = draw(cd, args.n, "consistency", steps, "uniform_t")
+        rows.append(_row(f"consistency student, {steps} step(s)", steps, scorer(x, y), s))
+    return _table(rows, args.n, "class-conditional, labels cycling 0-9, no guidance")
+
+
+def _table(rows, n, what) -> str:
+    return f"{n} samples each ({what}).\n\n{HEAD}\n" + "\n".join(rows) + "\n"
+
+
+def _speed(run: Path) -> tuple[float, int]:
+    """(median samples/s, last step) from a run's metrics.jsonl."""
+    recs = [json.loads(ln) for ln in (run / "metrics.jsonl").read_text().splitlines() if ln]
+    return float(np.median([r["samples_per_s"] for r in recs])), recs[-1]["step"]
+
+
+def latent(args, scorer: Scorer) -> str:
+    lat, _, meta = load_denoiser(args.latent)
+    codec = codec_from_metadata(meta, "cpu")
+    rows = []
+    test = scorer.test_images(500)
+    with torch.no_grad():
+        rec = codec.ae.decode(codec.ae.encode(test).mean, (28, 28))
+    psnr = float((10 * torch.log10(4 / ((rec - test) ** 2).flatten(1).mean(1))).mean())
+    ae_scores = scorer(rec.clamp(-1, 1).numpy(), None)
+    pix_sps, _ = _speed(args.pixel)
+    lat_sps, lat_steps = _speed(args.latent)
+    for label, den, cdc in (("pixel DiT (4 x 96, patch 2, 196 tokens)", load_denoiser(args.pixel)[0], None),
+                            ("latent DiT (4 x 96, patch 1, 49 tokens) + decoder", lat, codec)):  # fmt: skip
+        x, y, s = draw(den, args.n, "heun", 18, codec=cdc)
+        rows.append(_row(label + ", Heun 18", 35, scorer(x, y), s))
+    # the pixel model at the training compute the latent model used
+    lat_seconds = lat_steps * 32 / lat_sps
+    step_eq = round(lat_seconds * pix_sps / 32)
+    ck = sorted((args.pixel / "checkpoints").glob("step_*"))
+    near = min(ck, key=lambda p: abs(int(p.name.split("_")[1]) - step_eq))
+    den, _, _ = load_denoiser(near)
+    x, y, s = draw(den, args.n, "heun", 18)
+    rows.append(
+        _row(f"pixel DiT at {near.name} (nearest to equal compute), Heun 18", 35, scorer(x, y), s)
+    )
+    head = (
+        f"Autoencoder (train_fmnist_ae, 28x28x1 -> 7x7x4): reconstruction PSNR {psnr:.2f} dB on "
+        f"500 test images; Fréchet of the reconstructions {ae_scores['fd']:.2f} (the floor for "
+        f"the latent model).\n\nTraining throughput (median samples/s in metrics.jsonl, same "
+        f"machine): pixel DiT {pix_sps:.1f}, latent DiT {lat_sps:.1f} (x{lat_sps / pix_sps:.1f}); "
+        f"the latent run's {lat_steps} steps took ~{lat_seconds / 60:.1f} min, which the pixel "
+        f"DiT spends on ~{step_eq} steps.\n\n"
+    )
+    return head + _table(rows, args.n, "class-conditional, labels cycling, no guidance")
+
+
+def variance(args, scorer: Scorer) -> str:
+    from diffusion.variance import vlb_bits_per_dim
+
+    den, _, _ = load_denoiser(args.iddpm)
+    x0 = scorer.test_images(args.nll_images)
+    # uniform dequantisation is not needed: the discretised decoder scores 8-bit data directly
+    rows = ["| variances | steps | bits/dim (VLB) | seconds |", "|---|---|---|---|"]
+    for steps in (1000, 100):
+        sig = None if steps == 1000 else den.schedule.discretize(steps, "linspace")
+        for var in ("learned", "small", "large"):
+            t = time.perf_counter()
+            with torch.no_grad():
+                bpd = vlb_bits_per_dim(den, x0, den.schedule, variance=var, sigmas=sig,
+                                       generator=torch.Generator().manual_seed(0))  # fmt: skip
+            rows.append(
+                f"| {var} | {steps} | {float(bpd.mean()):.3f} | {time.perf_counter() - t:.0f} |"
+            )
+    srows = []
+    for steps in (25, 50, 100):
+        for var in ("learned", "small", "large"):
+            x, _, s = draw(den, args.n, "iddpm", steps, "linspace", labels=False, variance=var)
+            srows.append(
+                _row(f"IDDPM sampler, {var} variances, {steps} steps", steps, scorer(x, None), s)
+            )
+    return (
+        f"Variational bound on {len(x0)} test images (same mean network, three variance "
+        "choices; 'small' = beta-tilde, 'large' = beta):\n\n"
+        + "\n".join(rows)
+        + "\n\n"
+        + _table(srows, args.n, "unconditional")
+    )
+
+
+def energy(args, scorer: Scorer) -> str:
+    x0 = scorer.test_images(args.nll_images)
+    g = torch.Generator().manual_seed(0)
+    x_deq = x0 + torch.rand(x0.shape, generator=g) * (2 / 256)  # uniform dequantisation
+    rows = ["| model | bits/dim (PF-ODE) | NFE | seconds |", "|---|---|---|---|"]
+    srows = []
+    for label, run in (("score", args.score), ("energy", args.energy)):
+        den, _, _ = load_denoiser(run)
+        t = time.perf_counter()
+        ll = log_likelihood(den, x_deq, sigma_min=0.002, sigma_max=80.0, trace="hutchinson",
+                            generator=torch.Generator().manual_seed(1), rtol=1e-3, atol=1e-3)  # fmt: skip
+        bpd = float(ll.bits_per_dim(data_scale=2 / 256).mean())
+        rows.append(f"| {label} | {bpd:.3f} | {ll.nfe} | {time.perf_counter() - t:.0f} |")
+        x, _, s = draw(den, args.n, "heun", 18, labels=False)
+        srows.append(_row(f"{label} model, Heun 18", 35, scorer(x, None), s))
+        if label == "energy":
+            for steps, k, scale in ((18, 1, 0.1), (18, 2, 0.1), (10, 2, 0.1)):
+                x, _, s = draw(den, args.n, "mala", steps, labels=False,
+                               corrector_steps=k, step_scale=scale)  # fmt: skip
+                ev = 1 + (steps - 1) * (1 + k)
+                srows.append(_row(f"energy model, annealed MALA {steps} steps x {k} correctors "
+                                  f"(step {scale} sigma^2)", ev, scorer(x, None), s))  # fmt: skip
+    return (
+        f"Likelihood of {len(x0)} dequantised test images by the probability-flow ODE "
+        "(RK45, rtol 1e-3, one Hutchinson probe):\n\n"
+        + "\n".join(rows)
+        + "\n\n"
+        + _table(srows, args.n, "unconditional")
+    )
+
+
+PHASES = {"distill": distill, "latent": latent, "variance": variance, "energy": energy}
+TITLES = {
+    "distill": "Distillation: progressive and consistency students against the teacher",
+    "latent": "Latent diffusion against pixel space at equal compute",
+    "variance": "Learned variances (IDDPM): bits/dim and few-step sampling",
+    "energy": "Energy-based parameterisation against the score model",
+}
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("phase", choices=sorted(PHASES))
+    ap.add_argument("--n", type=int, default=500)
+    ap.add_argument("--nll-images", type=int, default=32)
+    ap.add_argument("--store", type=Path, default=OUT / "fmnist.zarr")
+    ap.add_argument("--classifier", type=Path, default=OUT / "fmnist_classifier")
+    ap.add_argument("--teacher", type=Path, default=OUT / "train_fmnist_dit_cpu")
+    ap.add_argument("--progressive", type=Path, default=OUT / "distill_fmnist")
+    ap.add_argument("--consistency", type=Path, default=OUT / "distill_fmnist_cd")
+    ap.add_argument("--pixel", type=Path, default=OUT / "train_fmnist_dit_cpu")
+    ap.add_argument("--latent", type=Path, default=OUT / "train_fmnist_ldm_cpu")
+    ap.add_argument("--iddpm", type=Path, default=OUT / "train_fmnist_iddpm_cpu")
+    ap.add_argument("--score", type=Path, default=OUT / "train_fmnist_score_cpu")
+    ap.add_argument("--energy", type=Path, default=OUT / "train_fmnist_ebm_cpu")
+    ap.add_argument("--write", type=Path, help="markdown file whose section to replace")
+    argv = sys.argv[1:] if argv is None else argv
+    args = ap.parse_args(argv)
+    torch.set_grad_enabled(True)
+    body = PHASES[args.phase](args, Scorer(args.classifier, args.store))
+    cmd = "`.venv/bin/python -m benchmarks.theory " + " ".join(argv) + "`"
+    name = f"theory-{args.phase}"
+    section = (f"<!-- BEGIN {name} -->\n## {TITLES[args.phase]}\n\n{cmd}\n\nMachine: {machine()}"
+               f"\n\n{body}\n<!-- END {name} -->\n")  # fmt: skip
+    print(section)
+    if args.write:
+        write_section(args.write, section, f"<!-- BEGIN {name} -->", f"<!-- END {name} -->")
+
+
+if __name__ == "__main__":
+    main()
