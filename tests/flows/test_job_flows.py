@@ -118,3 +118,18 @@ def test_job_flows_load_their_config_from_yaml(harness, tmp_path: Path, trained_
         impute_flow(
             {"config": str(tmp_path / "bad.yaml"), "checkpoint": "c", "data": "d", "out": "o"}
         )
+
+
+def test_distill_flow_publishes_its_students(harness, tmp_path: Path, image_model) -> None:
+    from flows.jobs import distill_flow
+
+    run, _ = image_model
+    params = {"teacher": str(run), "out": str(tmp_path / "students"), "teacher_steps": 2,
+              "min_steps": 1, "stage_steps": 1, "device": "cpu",
+              "loop": {"batch_size": 4, "progress": False}}  # fmt: skip
+    r = distill_flow(params)
+    assert [s["steps"] for s in r["students"]] == [1]
+    art = Artifact.get("distill")
+    assert art is not None and "steps_1" in art.data
+    with pytest.raises(ValueError, match="power of two"):
+        distill_flow({**params, "teacher_steps": 3})
