@@ -455,6 +455,7 @@ def info(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = 
     from diffusion.precond import PREDICTIONS
     from diffusion.samplers import SAMPLERS
     from diffusion.schedules import SCHEDULES
+    from pipelines.training_job import KINDS, NETS
 
     data = {
         "schedules": sorted(SCHEDULES),
@@ -464,6 +465,8 @@ def info(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = 
         },
         "predictions": list(PREDICTIONS),
         "weightings": list(WEIGHTINGS),
+        "model_kinds": list(KINDS),
+        "nets": sorted(NETS),
     }
     if as_json:
         typer.echo(json.dumps(data, indent=2))
@@ -472,6 +475,8 @@ def info(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = 
     typer.echo("samplers:    " + ", ".join(data["samplers"]))
     typer.echo("predictions: " + ", ".join(data["predictions"]))
     typer.echo("weightings:  " + ", ".join(data["weightings"]))
+    typer.echo("model kinds: " + ", ".join(data["model_kinds"]))
+    typer.echo("nets:        " + ", ".join(data["nets"]))
 
 
 if __name__ == "__main__":
