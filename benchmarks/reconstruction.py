@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import xarray as xr
 
-from benchmarks.report import machine, write_section
+from benchmarks.report import emit_section
 from pipelines.generate import GenerateConfig, run_generation
 from pipelines.reconstruct import ReconstructConfig, run_reconstruction
 
@@ -188,11 +188,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.model:
         title += f" ({args.model})"
     name = args.section or args.phase
-    section = (f"<!-- BEGIN {name} -->\n## {title}\n\n{cmd}\n\nMachine: {machine()}\n\n"
-               f"{body}\n<!-- END {name} -->\n")  # fmt: skip
-    print(section)
-    if args.write:
-        write_section(args.write, section, f"<!-- BEGIN {name} -->", f"<!-- END {name} -->")
+    emit_section(name, title, cmd, body, args.write)
 
 
 if __name__ == "__main__":

@@ -35,3 +35,14 @@ def machine() -> str:
         f" ({torch.get_num_threads()} threads), Python {platform.python_version()},"
         f" {datetime.date.today().isoformat()}"
     )
+
+
+def emit_section(name: str, title: str, cmd: str, body: str, write: Path | None) -> str:
+    """The marked section ``<!-- BEGIN name -->`` (title, command, machine, body): printed, and
+    written into ``write`` (replacing that section) when given."""
+    section = (f"<!-- BEGIN {name} -->\n## {title}\n\n{cmd}\n\nMachine: {machine()}\n\n"
+               f"{body}\n<!-- END {name} -->\n")  # fmt: skip
+    print(section)
+    if write:
+        write_section(write, section, f"<!-- BEGIN {name} -->", f"<!-- END {name} -->")
+    return section

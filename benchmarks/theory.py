@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from benchmarks.report import machine, write_section
+from benchmarks.report import emit_section
 from datasets.store import open_store
 from diffusion.conditioning import Condition
 from diffusion.likelihood import log_likelihood
@@ -256,12 +256,7 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_grad_enabled(True)
     body = PHASES[args.phase](args, Scorer(args.classifier, args.store))
     cmd = "`.venv/bin/python -m benchmarks.theory " + " ".join(argv) + "`"
-    name = f"theory-{args.phase}"
-    section = (f"<!-- BEGIN {name} -->\n## {TITLES[args.phase]}\n\n{cmd}\n\nMachine: {machine()}"
-               f"\n\n{body}\n<!-- END {name} -->\n")  # fmt: skip
-    print(section)
-    if args.write:
-        write_section(args.write, section, f"<!-- BEGIN {name} -->", f"<!-- END {name} -->")
+    emit_section(f"theory-{args.phase}", TITLES[args.phase], cmd, body, args.write)
 
 
 if __name__ == "__main__":
