@@ -19,6 +19,7 @@ on the asked labels. Wall times are for the whole batch on this CPU, one process
 * ``variance``: the IDDPM model (train_fmnist_iddpm_cpu): variational bound in bits/dim on test
   images with its learned variances and with the fixed ones (beta, beta-tilde) of the same mean
   network, over the full T = 1000 steps and respaced to 100; samples at 25 / 50 / 100 steps.
+* ``distill_impute``: the CSDI imputation teacher against its progressive students (PhysioNet).
 * ``energy``: the energy-parameterised model against its score-parameterised twin: bits/dim from
   the probability-flow ODE (Hutchinson trace), samples with Heun, and annealed MALA correction.
 """
@@ -165,30 +166,32 @@ def latent(args, scorer: Scorer) -> str:
 def variance(args, scorer: Scorer) -> str:
     from diffusion.variance import vlb_bits_per_dim
 
-    den, _, _ = load_denoiser(args.iddpm)
+    models = [("L_hybrid", load_denoiser(args.iddpm)[0], ("learned", "small", "large"))]
+    if (args.ddpm / "checkpoints").is_dir():
+        models.append(("L_simple", load_denoiser(args.ddpm)[0], ("small", "large")))
     x0 = scorer.test_images(args.nll_images)
-    # uniform dequantisation is not needed: the discretised decoder scores 8-bit data directly
-    rows = ["| variances | steps | bits/dim (VLB) | seconds |", "|---|---|---|---|"]
-    for steps in (1000, 100):
-        sig = None if steps == 1000 else den.schedule.discretize(steps, "linspace")
-        for var in ("learned", "small", "large"):
-            t = time.perf_counter()
-            with torch.no_grad():
-                bpd = vlb_bits_per_dim(den, x0, den.schedule, variance=var, sigmas=sig,
-                                       generator=torch.Generator().manual_seed(0))  # fmt: skip
-            rows.append(
-                f"| {var} | {steps} | {float(bpd.mean()):.3f} | {time.perf_counter() - t:.0f} |"
-            )
+    # the discretised decoder scores the 8-bit data directly: no dequantisation
+    rows = ["| model | variances | steps | bits/dim (VLB) | seconds |", "|---|---|---|---|---|"]
+    for name, den, variances in models:
+        for steps in (1000, 100):
+            sig = None if steps == 1000 else den.schedule.discretize(steps, "linspace")
+            for var in variances:
+                t = time.perf_counter()
+                with torch.no_grad():
+                    bpd = vlb_bits_per_dim(den, x0, den.schedule, variance=var, sigmas=sig,
+                                           generator=torch.Generator().manual_seed(0))  # fmt: skip
+                sec = time.perf_counter() - t
+                rows.append(f"| {name} | {var} | {steps} | {float(bpd.mean()):.3f} | {sec:.0f} |")
     srows = []
     for steps in (25, 50, 100):
-        for var in ("learned", "small", "large"):
-            x, _, s = draw(den, args.n, "iddpm", steps, "linspace", labels=False, variance=var)
-            srows.append(
-                _row(f"IDDPM sampler, {var} variances, {steps} steps", steps, scorer(x, None), s)
-            )
+        for name, den, variances in models:
+            for var in variances[:2]:
+                x, _, s = draw(den, args.n, "iddpm", steps, "linspace", labels=False, variance=var)
+                label = f"{name}, iddpm sampler, {var} variances, {steps} steps"
+                srows.append(_row(label, steps, scorer(x, None), s))
     return (
-        f"Variational bound on {len(x0)} test images (same mean network, three variance "
-        "choices; 'small' = beta-tilde, 'large' = beta):\n\n"
+        f"Variational bound on {len(x0)} test images ('small' = beta-tilde, 'large' = beta; the "
+        "L_simple model is the same DiT trained without the VLB term):\n\n"
         + "\n".join(rows)
         + "\n\n"
         + _table(srows, args.n, "unconditional")
@@ -226,9 +229,52 @@ def energy(args, scorer: Scorer) -> str:
     )
 
 
-PHASES = {"distill": distill, "latent": latent, "variance": variance, "energy": energy}
+def distill_impute(args, scorer: Scorer | None) -> str:
+    """The CSDI teacher (raw weights) and its progressive students on PhysioNet fold 0."""
+    import tempfile
+
+    from pipelines.imputation import ImputeConfig, run_imputation
+
+    info = json.loads((args.physio_students / "distill.json").read_text())
+    rows_in = [(f"teacher, DDPM {n} (CSDI's sampler)", args.csdi, "ddpm", n, "default", "model")
+               for n in (50,)]  # fmt: skip
+    rows_in += [(f"teacher, DDIM {n} (uniform_t)", args.csdi, "ddim", n, "uniform_t", "model")
+                for n in (16, 8, 4, 2)]  # fmt: skip
+    rows_in += [(f"teacher, DPM-Solver++(2M) {n}", args.csdi, "dpmpp_2m", n, "default", "model")
+                for n in (8, 4)]  # fmt: skip
+    rows_in += [(f"progressive student, DDIM {s['steps']}", Path(s["run"]), "ddim", s["steps"],
+                 "uniform_t", "ema") for s in info["students"]]  # fmt: skip
+    rows = ["| model / sampler | evaluations | CRPS | MAE | RMSE | 90 % coverage | seconds |",
+            "|---|---|---|---|---|---|---|"]  # fmt: skip
+    with tempfile.TemporaryDirectory() as t:
+        for i, (label, ckpt, sampler, n, spacing, weights) in enumerate(rows_in):
+            cfg = ImputeConfig(checkpoint=str(ckpt), data=str(args.physio), out=f"{t}/{i}.zarr",
+                               sampler=sampler, steps=n, spacing=spacing, members=args.members,
+                               member_chunk=args.members, eval_ratio=0.1, max_stays=args.stays,
+                               device="cpu", weights=weights)  # fmt: skip
+            r = run_imputation(cfg, progress=False)
+            m = r["metrics"]
+            rows.append(f"| {label} | {r['evals']} | {m['crps']:.3f} | {m['mae']:.3f} | "
+                        f"{m['rmse']:.3f} | {m['cover_90']:.2f} | {r['seconds']:.1f} |")  # fmt: skip
+    return (
+        f"First {args.stays} fold-0 test stays, 10 % of the observed values hidden (CSDI's mask, "
+        f"seed 1), {args.members} samples; teacher = the 350-step CSDI run (raw weights), "
+        "students from configs/distill_physionet_progressive.yaml (EMA weights).\n\n"
+        + "\n".join(rows)
+        + "\n"
+    )
+
+
+PHASES = {
+    "distill": distill,
+    "distill_impute": distill_impute,
+    "latent": latent,
+    "variance": variance,
+    "energy": energy,
+}
 TITLES = {
     "distill": "Distillation: progressive and consistency students against the teacher",
+    "distill_impute": "Distillation of the CSDI imputation model (PhysioNet)",
     "latent": "Latent diffusion against pixel space at equal compute",
     "variance": "Learned variances (IDDPM): bits/dim and few-step sampling",
     "energy": "Energy-based parameterisation against the score model",
@@ -248,13 +294,20 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--pixel", type=Path, default=OUT / "train_fmnist_dit_cpu")
     ap.add_argument("--latent", type=Path, default=OUT / "train_fmnist_ldm_cpu")
     ap.add_argument("--iddpm", type=Path, default=OUT / "train_fmnist_iddpm_cpu")
+    ap.add_argument("--ddpm", type=Path, default=OUT / "train_fmnist_ddpm_cpu")
     ap.add_argument("--score", type=Path, default=OUT / "train_fmnist_score_cpu")
     ap.add_argument("--energy", type=Path, default=OUT / "train_fmnist_ebm_cpu")
+    ap.add_argument("--csdi", type=Path, default=OUT / "csdi_ms350")
+    ap.add_argument("--physio", type=Path, default=OUT / "physio.zarr")
+    ap.add_argument("--physio-students", type=Path, default=OUT / "distill_physionet")
+    ap.add_argument("--stays", type=int, default=8)
+    ap.add_argument("--members", type=int, default=10)
     ap.add_argument("--write", type=Path, help="markdown file whose section to replace")
     argv = sys.argv[1:] if argv is None else argv
     args = ap.parse_args(argv)
     torch.set_grad_enabled(True)
-    body = PHASES[args.phase](args, Scorer(args.classifier, args.store))
+    scorer = None if args.phase == "distill_impute" else Scorer(args.classifier, args.store)
+    body = PHASES[args.phase](args, scorer)
     cmd = "`.venv/bin/python -m benchmarks.theory " + " ".join(argv) + "`"
     emit_section(f"theory-{args.phase}", TITLES[args.phase], cmd, body, args.write)
 
