@@ -30,6 +30,7 @@ import argparse
 import json
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -160,7 +161,52 @@ def latent(args, scorer: Scorer) -> str:
         f"the latent run's {lat_steps} steps took ~{lat_seconds / 60:.1f} min, which the pixel "
         f"DiT spends on ~{step_eq} steps.\n\n"
     )
-    return head + _table(rows, args.n, "class-conditional, labels cycling, no guidance")
+    return (
+        head
+        + _table(rows, args.n, "class-conditional, labels cycling, no guidance")
+        + (
+            "\n" + weather_autoencoder(args.weather_ae)
+            if (args.weather_ae / "checkpoints").is_dir()
+            else ""
+        )
+    )
+
+
+def weather_autoencoder(run: Path) -> str:
+    """Reconstruction RMSE (K) of the weather autoencoder on every 2014 state of the store,
+    beside 2x2 average pooling + bilinear upsampling (4x fewer values; the latents: 3.4x)."""
+    import torch.nn.functional as F
+    from torch.utils.data import DataLoader
+
+    from pipelines.config import from_dict
+    from pipelines.latent import load_autoencoder
+    from pipelines.training_job import TrainJobConfig, _datasets
+
+    ae, config, ckpt = load_autoencoder(run)
+    cfg = from_dict(TrainJobConfig, config)
+    test = replace(cfg.data, train_period=["2014-01-01", "2014-12-30"], valid_period=None)
+    ds, _, to_batch, meta = _datasets(replace(cfg, data=test))
+    std = float(np.asarray(meta["weather"]["std"]).mean())  # one variable: its std (K)
+    se_ae = se_pool = n = 0.0
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for batch in DataLoader(ds, batch_size=64):
+            x0 = to_batch(batch, gen)[0]
+            rec = ae.decode(ae.encode(x0).mean, tuple(x0.shape[-2:]))
+            pooled = F.interpolate(F.avg_pool2d(x0, 2, ceil_mode=True), size=x0.shape[-2:],
+                                   mode="bilinear", align_corners=False)  # fmt: skip
+            se_ae += float(((rec - x0) ** 2).sum())
+            se_pool += float(((pooled - x0) ** 2).sum())
+            n += x0.numel()
+    h, w = x0.shape[-2:]
+    lat = ae.latent_channels * np.prod(ae.latent_size(h, w))
+    return (
+        f"Weather autoencoder ({ckpt.relative_to(REPO) if ckpt.is_relative_to(REPO) else ckpt}, "
+        f"NCEP air {h}x{w} -> {ae.latent_channels}x{'x'.join(map(str, ae.latent_size(h, w)))}, "
+        f"{h * w / lat:.1f}x fewer values) on all {len(ds)} 2014 states: reconstruction RMSE "
+        f"{np.sqrt(se_ae / n) * std:.3f} K; 2x2 average pooling + bilinear upsampling (4x fewer "
+        f"values): {np.sqrt(se_pool / n) * std:.3f} K.\n"
+    )
 
 
 def variance(args, scorer: Scorer) -> str:
@@ -293,6 +339,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--consistency", type=Path, default=OUT / "distill_fmnist_cd")
     ap.add_argument("--pixel", type=Path, default=OUT / "train_fmnist_dit_cpu")
     ap.add_argument("--latent", type=Path, default=OUT / "train_fmnist_ldm_cpu")
+    ap.add_argument("--weather-ae", type=Path, default=OUT / "train_ncep_ae")
     ap.add_argument("--iddpm", type=Path, default=OUT / "train_fmnist_iddpm_cpu")
     ap.add_argument("--ddpm", type=Path, default=OUT / "train_fmnist_ddpm_cpu")
     ap.add_argument("--score", type=Path, default=OUT / "train_fmnist_score_cpu")
