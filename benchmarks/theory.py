@@ -172,6 +172,54 @@ def latent(args, scorer: Scorer) -> str:
     )
 
 
+def latent_speed(args, scorer: Scorer | None) -> str:
+    """Seconds per training step (batch 32, forward + backward + Adam) of the trained pixel and
+    latent DiTs, the latent one including the autoencoder's encoder, median of ``--repeats``
+    after 3 warm-up steps; and seconds per sampler evaluation of 500 samples (the latent one
+    without the final decode)."""
+    import statistics
+
+    from diffusion.losses import denoising_loss
+    from pipelines.latent import load_autoencoder
+
+    ae, _, _ = load_autoencoder(args.fmnist_ae)
+    rows = ["| model | tokens | train step (s) | one evaluation, 500 samples (s) |",
+            "|---|---|---|---|"]  # fmt: skip
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(32, 1, 28, 28, generator=g) * 2 - 1
+    y = torch.arange(32) % 10
+    for name, run in (("pixel DiT (patch 2)", args.pixel), ("latent DiT (patch 1)", args.latent)):
+        den, tcfg, _ = load_denoiser(run)
+        latent = tcfg.data.latent is not None
+        opt = torch.optim.Adam(den.train().parameters(), lr=1e-4)
+        times = []
+        for i in range(3 + args.repeats):
+            t = time.perf_counter()
+            with torch.no_grad():
+                x0 = ae.encode(x).sample(g) if latent else x
+            loss = denoising_loss(den, x0, den.schedule, Condition(labels=y), generator=g)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            if i >= 3:
+                times.append(time.perf_counter() - t)
+        den.eval()
+        xs = torch.randn(500, *x0.shape[1:], generator=g)
+        lab = Condition(labels=torch.arange(500) % 10)
+        with torch.no_grad():
+            t = time.perf_counter()
+            for _ in range(3):
+                den(xs, torch.full((500,), 1.0), lab)
+            ev = (time.perf_counter() - t) / 3
+        tokens = (x0.shape[-1] // tcfg.model.params["patch_size"]) ** 2
+        rows.append(f"| {name} | {tokens} | {statistics.median(times):.3f} | {ev:.3f} |")
+    return (
+        f"Median of {args.repeats} steps, {torch.get_num_threads()} thread(s).\n\n"
+        + "\n".join(rows)
+        + "\n"
+    )
+
+
 def weather_autoencoder(run: Path) -> str:
     """Reconstruction RMSE (K) of the weather autoencoder on every 2014 state of the store,
     beside 2x2 average pooling + bilinear upsampling (4x fewer values; the latents: 3.4x)."""
@@ -314,6 +362,7 @@ def distill_impute(args, scorer: Scorer | None) -> str:
 PHASES = {
     "distill": distill,
     "distill_impute": distill_impute,
+    "latent_speed": latent_speed,
     "latent": latent,
     "variance": variance,
     "energy": energy,
@@ -321,6 +370,7 @@ PHASES = {
 TITLES = {
     "distill": "Distillation: progressive and consistency students against the teacher",
     "distill_impute": "Distillation of the CSDI imputation model (PhysioNet)",
+    "latent_speed": "Latent diffusion: cost per training step and per evaluation",
     "latent": "Latent diffusion against pixel space at equal compute",
     "variance": "Learned variances (IDDPM): bits/dim and few-step sampling",
     "energy": "Energy-based parameterisation against the score model",
@@ -348,12 +398,15 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--physio", type=Path, default=OUT / "physio.zarr")
     ap.add_argument("--physio-students", type=Path, default=OUT / "distill_physionet")
     ap.add_argument("--stays", type=int, default=8)
+    ap.add_argument("--repeats", type=int, default=10)
+    ap.add_argument("--fmnist-ae", type=Path, default=OUT / "train_fmnist_ae")
     ap.add_argument("--members", type=int, default=10)
     ap.add_argument("--write", type=Path, help="markdown file whose section to replace")
     argv = sys.argv[1:] if argv is None else argv
     args = ap.parse_args(argv)
     torch.set_grad_enabled(True)
-    scorer = None if args.phase == "distill_impute" else Scorer(args.classifier, args.store)
+    no_scorer = ("distill_impute", "latent_speed")
+    scorer = None if args.phase in no_scorer else Scorer(args.classifier, args.store)
     body = PHASES[args.phase](args, scorer)
     cmd = "`.venv/bin/python -m benchmarks.theory " + " ".join(argv) + "`"
     emit_section(f"theory-{args.phase}", TITLES[args.phase], cmd, body, args.write)
