@@ -161,5 +161,7 @@ def consistency_loss(
     elif distance == "l2":
         dist = sq
     else:
-        raise ValueError(f"distance={distance!r} is not valid; choose one of ['l2', 'pseudo_huber']")
+        raise ValueError(
+            f"distance={distance!r} is not valid; choose one of ['l2', 'pseudo_huber']"
+        )
     return (dist / (s_hi - s_lo).to(dt)).mean()

@@ -305,6 +305,7 @@ def run_training(cfg: TrainJobConfig, resume: str | Path | None = None) -> Train
         def loss_fn(fwd, den, x0, cond, mask, gen):
             return hybrid_loss(fwd, x0, schedule, cond, mask=mask, vlb_weight=cfg.loop.vlb_weight,
                                weighting=cfg.loop.weighting, generator=gen, precond=den.precond)  # fmt: skip
+
     return train(
         denoiser,
         schedule,

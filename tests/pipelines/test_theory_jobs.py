@@ -163,10 +163,9 @@ def test_energy_model_trains_and_samples_with_mala(image_model, tmp_path):
     x = torch.randn(2, 1, 16, 16)
     e = den.energy(x, torch.full((2,), 1.0))
     assert e.shape == (2,) and bool(torch.isfinite(e).all())
-    from diffusion.samplers import sample
-
     from diffusion.conditioning import Condition
     from diffusion.guidance import classifier_free_guidance
+    from diffusion.samplers import sample
 
     cond = Condition(labels=torch.tensor([0, 2]))
     guided = classifier_free_guidance(den, 2.0)
