@@ -114,7 +114,7 @@ def run_distillation(cfg: DistillConfig) -> dict[str, Any]:
     students, start = [], time.perf_counter()
     stages = progressive_stages(cfg) if cfg.method == "progressive" else [0]
     for k, n in enumerate(stages):
-        frozen = copy.deepcopy(teacher).eval().requires_grad_(False)
+        frozen = teacher.eval().requires_grad_(False)  # loaded fresh: no copy needed
         name = f"steps_{n}" if n else "consistency"
         run_dir = out / name
         if cfg.method == "progressive":

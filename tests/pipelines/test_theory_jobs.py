@@ -104,6 +104,15 @@ def _train(tmp: Path, name: str, store: Path, model: dict, loop: dict | None = N
     return tmp / name
 
 
+def _train_fails(tmp: Path, store: Path, model: dict, loop: dict, message: str, **kw) -> None:
+    """A training config that must be refused with exit code 2 and ``message``."""
+    cfg = {"out": str(tmp / "bad"), "device": "cpu", "model": model,
+           "data": {"store": str(store), "task": "images"},
+           "loop": {**LOOP, "steps": 1, **loop}, **kw}  # fmt: skip
+    res = _invoke("train", "--config", str(_yaml(tmp / "bad.yaml", cfg)))
+    assert res.exit_code == 2 and message in res.output, res.output
+
+
 DIT = {"net": "dit_custom", "params": {"in_channels": 1, "patch_size": 2, "depth": 1,
        "hidden": 32, "num_heads": 2, "num_classes": 3}}  # fmt: skip
 
@@ -128,11 +137,7 @@ def test_latent_diffusion_end_to_end(image_model, tmp_path):
 
 def test_autoencoder_objective_needs_the_autoencoder_net(image_model, tmp_path):
     _, store = image_model
-    cfg = {"out": str(tmp_path / "x"), "device": "cpu", "model": DIT,
-           "data": {"store": str(store), "task": "images"},
-           "loop": {**LOOP, "steps": 1, "objective": "autoencoder"}}  # fmt: skip
-    res = _invoke("train", "--config", str(_yaml(tmp_path / "x.yaml", cfg)))
-    assert res.exit_code == 2 and "model.net: autoencoder" in res.output
+    _train_fails(tmp_path, store, DIT, {"objective": "autoencoder"}, "model.net: autoencoder")
 
 
 def test_hybrid_objective_trains_learned_variances_and_samples(image_model, tmp_path):
@@ -147,11 +152,8 @@ def test_hybrid_objective_trains_learned_variances_and_samples(image_model, tmp_
     assert type(den).__name__ == "VarianceDenoiser"
     _generate(tmp_path, run, "iddpm", 5)
     bad = {**model, "kind": "score", "params": DIT["params"]}
-    cfg = {"out": str(tmp_path / "b"), "device": "cpu", "model": bad, "schedule": {"name": "vp_cosine"},
-           "data": {"store": str(store), "task": "images"},
-           "loop": {**LOOP, "steps": 1, "objective": "hybrid"}}  # fmt: skip
-    res = _invoke("train", "--config", str(_yaml(tmp_path / "b.yaml", cfg)))
-    assert res.exit_code == 2 and "model.kind: learned_variance" in res.output
+    _train_fails(tmp_path, store, bad, {"objective": "hybrid"}, "model.kind: learned_variance",
+                 schedule={"name": "vp_cosine"})  # fmt: skip
 
 
 def test_energy_model_trains_and_samples_with_mala(image_model, tmp_path):
