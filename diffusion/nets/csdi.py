@@ -7,13 +7,21 @@ over features ``K``, adds the projected side information (time embedding | featu
 conditional mask) and applies the gated activation; the skips are summed and scaled by
 1/sqrt(layers) and go through a two-layer output projection whose last layer starts at zero.
 
-At the interface a sample is ``(B, L, K)`` (time, feature); inside it is CSDI's ``(B, C, K, L)``.
-Module names match the official state dict (``diffmodel.`` prefix removed, ``embed_layer`` kept),
-and the side-information time embedding is interleaved sin/cos like ``time_embedding`` there.
+At the interface a sample is ``(B, L, K)`` (time, feature). Inside, the activations are kept
+channels-last, ``(B, K, L, C)``, where the official code permutes ``(B, C, K, L)`` into sequences and
+back twice per layer: the 1x1 convolutions are Linear layers over the last axis, the transformers
+attend along an axis in place (:class:`EncoderLayer`), and the side-information projection is split
+into its time, feature and mask parts (:meth:`ResidualBlock.side_terms`). The maths is unchanged
+(tests compare with a permute-based reference built on PyTorch's own transformer layer) and, on this
+project's 2-core CPU, a training step costs about 20 % less (BENCHMARKS.md, imputation speed).
+Module names and shapes match the official state dict (``diffmodel.`` prefix removed,
+``embed_layer`` kept), and the side-information time embedding is interleaved sin/cos like
+``time_embedding`` there.
 
 Deviations: ``output_projection2``'s bias is zero-initialised too (the official code zeros the
 weight only) so the initial output is exactly 0; transformer dropout is 0.1 as the official code
-(PyTorch's default there); it draws from torch's default generator, which the trainer re-seeds per
+(PyTorch's default there, on the attention weights, after attention and in and after the
+feed-forward); it draws from torch's default generator, which the trainer re-seeds per
 step inside ``fork_rng`` so runs stay reproducible, and it is off in ``eval()`` mode; attention input
 projections are drawn from a fixed generator, since ``build_seeded`` redraws Linear layers only.
 """
@@ -69,38 +77,118 @@ class ZeroConv1x1(nn.Module):
         return F.conv1d(x, self.weight, self.bias)
 
 
-def _transformer(channels: int, heads: int, dropout: float) -> nn.TransformerEncoder:
-    layer = nn.TransformerEncoderLayer(
-        channels, heads, dim_feedforward=64, dropout=dropout, activation="gelu", batch_first=True
-    )
-    return nn.TransformerEncoder(layer, num_layers=1, enable_nested_tensor=False)
+def _linear(x: Tensor, conv: nn.Module) -> Tensor:
+    """A kernel-1 ``Conv1d`` (or :class:`ZeroConv1x1`) applied as a Linear over the last dim."""
+    return F.linear(x, conv.weight.squeeze(-1), conv.bias)
+
+
+def attention(q: Tensor, k: Tensor, v: Tensor, dropout: float = 0.0) -> Tensor:
+    """Softmax attention ``(N, h, S, d) -> (N, S, h, d)`` with dropout on the weights.
+
+    On the GPU this is the fused ``scaled_dot_product_attention``. On the CPU, CSDI's 8-wide heads
+    make the fused kernel slow; explicit matmuls over blocks of sequences whose weights fit in
+    cache (about 4 MB) are faster than both it and one unblocked matmul (about 1.3x and 2.8x on
+    the 48-step time attention), and the result is the same.
+    """
+    if q.device.type != "cpu":
+        return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout).transpose(1, 2)
+    n = max(1, (1 << 20) // (q.shape[1] * q.shape[2] * k.shape[2]))  # sequences per block
+    blocks = []
+    for i in range(0, q.shape[0], n):
+        w = torch.matmul(q[i : i + n] * q.shape[-1] ** -0.5, k[i : i + n].transpose(-1, -2))
+        w = F.dropout(torch.softmax(w, dim=-1), dropout, dropout > 0)  # (n, h, S, S)
+        blocks.append(torch.matmul(w, v[i : i + n]).transpose(1, 2))  # (n, S, h, d)
+    return torch.cat(blocks)
+
+
+class EncoderLayer(nn.Module):
+    """PyTorch's post-norm ``TransformerEncoderLayer`` (GELU, feed-forward 64) over any axis.
+
+    Same parameters and names (``self_attn`` is an ``nn.MultiheadAttention`` that only holds the
+    weights) and the same dropouts (attention weights, after attention, inside and after the
+    feed-forward), but the tokens stay where they are: ``forward(x, dim)`` attends along ``dim`` of
+    a channels-last ``x``, so neither the time nor the feature attention needs a transpose copy of
+    the activations, and attention is one fused ``scaled_dot_product_attention`` call.
+    """
+
+    def __init__(self, channels: int, heads: int, dropout: float) -> None:
+        super().__init__()
+        self.self_attn = nn.MultiheadAttention(channels, heads, dropout=dropout, batch_first=True)
+        self.linear1 = nn.Linear(channels, 64)
+        self.linear2 = nn.Linear(64, channels)
+        self.norm1 = nn.LayerNorm(channels)
+        self.norm2 = nn.LayerNorm(channels)
+        self.heads, self.p = heads, dropout
+
+    def _attend(self, x: Tensor, dim: int) -> Tensor:
+        a, h, p = self.self_attn, self.heads, self.p if self.training else 0.0
+        qkv = F.linear(x, a.in_proj_weight, a.in_proj_bias)  # (..., 3C)
+        qkv = rearrange(qkv, "... (three h d) -> three ... h d", three=3, h=h).movedim(dim + 1, -2)
+        outer = qkv.shape[1:-3]  # the batch axes: (B, K) for time, (B, L) for features
+        q, k, v = (z.reshape(-1, *z.shape[-3:]) for z in qkv)  # (N, h, S, d)
+        o = attention(q, k, v, p)  # (N, S, h, d)
+        o = rearrange(o.reshape(*outer, *o.shape[1:]), "... s h d -> ... s (h d)").movedim(-2, dim)
+        return F.dropout(a.out_proj(o), p, self.training)
+
+    def forward(self, x: Tensor, dim: int) -> Tensor:
+        x = self.norm1(x + self._attend(x, dim))
+        ff = self.linear2(F.dropout(F.gelu(self.linear1(x)), self.p, self.training))
+        return self.norm2(x + F.dropout(ff, self.p, self.training))
+
+
+class Encoder(nn.Module):
+    """One :class:`EncoderLayer` under ``layers.0``, the state-dict layout of a 1-layer
+    ``nn.TransformerEncoder`` (and of the official checkpoints)."""
+
+    def __init__(self, channels: int, heads: int, dropout: float) -> None:
+        super().__init__()
+        self.layers = nn.ModuleList([EncoderLayer(channels, heads, dropout)])
+
+    def forward(self, x: Tensor, dim: int) -> Tensor:
+        return self.layers[0](x, dim)
 
 
 class ResidualBlock(nn.Module):
+    """One residual layer on channels-last ``(B, K, L, C)`` activations.
+
+    The side information is ``[time embedding (L) | feature embedding (K) | mask (K, L)]``, so its
+    projection splits exactly into a per-time part, a per-feature part and the mask's column:
+    :meth:`side_terms` computes it once per forward as two small tables instead of a 145-channel
+    projection at every one of the K*L positions in every layer (a fifth of CSDI's FLOPs).
+    """
+
     def __init__(self, side_dim: int, channels: int, step_dim: int, heads: int, dropout: float):
         super().__init__()
         self.diffusion_projection = nn.Linear(step_dim, channels)
         self.cond_projection = nn.Conv1d(side_dim, 2 * channels, 1)
         self.mid_projection = nn.Conv1d(channels, 2 * channels, 1)
         self.output_projection = nn.Conv1d(channels, 2 * channels, 1)
-        self.time_layer = _transformer(channels, heads, dropout)
-        self.feature_layer = _transformer(channels, heads, dropout)
+        self.time_layer = Encoder(channels, heads, dropout)
+        self.feature_layer = Encoder(channels, heads, dropout)
 
-    def forward(self, x: Tensor, side: Tensor, emb: Tensor) -> tuple[Tensor, Tensor]:
-        B, _, K, L = x.shape  # x: (B, C, K, L), side: (B, S, K, L), emb: (B, step_dim)
-        y = x + self.diffusion_projection(emb)[:, :, None, None]  # (B, C, K, L)
+    def side_terms(self, te: Tensor, fe: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """``(B, L, 2C)`` time part (bias included), ``(K, 2C)`` feature part, ``(2C,)`` mask
+        column of the side projection, from ``te (B, L, T)`` and ``fe (K, F)``."""
+        w = self.cond_projection.weight.squeeze(-1)  # (2C, T+F+1)
+        t, f = te.shape[-1], fe.shape[-1]
+        time = F.linear(te, w[:, :t], self.cond_projection.bias)  # (B, L, 2C)
+        return time, F.linear(fe, w[:, t : t + f]), w[:, t + f]
+
+    def forward(
+        self, x: Tensor, side: tuple[Tensor, Tensor, Tensor], mask: Tensor, emb: Tensor
+    ) -> tuple[Tensor, Tensor]:
+        K, L = x.shape[1:3]  # x: (B, K, L, C), mask: (B, K, L, 1), emb: (B, step_dim)
+        y = x + self.diffusion_projection(emb)[:, None, None, :]  # (B, K, L, C)
         if L > 1:
-            t = rearrange(y, "b c k l -> (b k) l c")  # (B*K, L, C)
-            y = rearrange(self.time_layer(t), "(b k) l c -> b c k l", b=B)  # (B, C, K, L)
+            y = self.time_layer(y, dim=2)  # attends over time, per (stay, feature)
         if K > 1:
-            f = rearrange(y, "b c k l -> (b l) k c")  # (B*L, K, C)
-            y = rearrange(self.feature_layer(f), "(b l) k c -> b c k l", b=B)  # (B, C, K, L)
-        y = self.mid_projection(rearrange(y, "b c k l -> b c (k l)"))  # (B, 2C, K*L)
-        y = y + self.cond_projection(rearrange(side, "b s k l -> b s (k l)"))  # (B, 2C, K*L)
-        gate, filt = y.chunk(2, dim=1)  # (B, C, K*L) each
-        y = self.output_projection(torch.sigmoid(gate) * torch.tanh(filt))  # (B, 2C, K*L)
-        residual, skip = (rearrange(z, "b c (k l) -> b c k l", k=K) for z in y.chunk(2, dim=1))
-        return (x + residual) / math.sqrt(2.0), skip  # (B, C, K, L) each
+            y = self.feature_layer(y, dim=1)  # attends over features, per (stay, time)
+        time, feature, column = side
+        y = _linear(y, self.mid_projection) + time[:, None] + feature[:, None] + mask * column
+        gate, filt = y.chunk(2, dim=-1)  # (B, K, L, C) each
+        y = _linear(torch.sigmoid(gate) * torch.tanh(filt), self.output_projection)
+        residual, skip = y.chunk(2, dim=-1)  # (B, K, L, C) each
+        return (x + residual) / math.sqrt(2.0), skip
 
 
 class CSDINet(nn.Module):
@@ -171,30 +259,21 @@ class CSDINet(nn.Module):
     def forward(self, x: Tensor, c_noise: Tensor, cond: Condition | None = None) -> Tensor:
         if x.ndim != 3 or x.shape[2] != self.num_features:
             raise ValueError(f"CSDINet: x must be (B, L, {self.num_features}), got {x.shape}")
-        B, L, K = x.shape
+        B = x.shape[0]
         obs, mask, tp = self._inputs(x, cond)
-        inp = torch.stack([obs * mask, x * (1 - mask)], dim=1)  # (B, 2, L, K)
-        h = F.relu(self.input_projection(rearrange(inp, "b c l k -> b c (k l)")))  # (B, C, K*L)
-        h = rearrange(h, "b c (k l) -> b c k l", k=K)  # (B, C, K, L)
+        inp = torch.stack([obs * mask, x * (1 - mask)], dim=-1)  # (B, L, K, 2)
+        h = F.relu(_linear(inp.transpose(1, 2), self.input_projection))  # (B, K, L, C)
 
         te = sinusoidal_embedding(tp.reshape(-1), self.time_emb).to(x.dtype)  # (B*L, T) sin|cos
-        te = rearrange(te, "(b l) (two h) -> b (h two) l", b=B, two=2)  # (B, T, L) interleaved
-        fe = rearrange(self.embed_layer.weight, "k f -> f k")  # (F, K)
-        side = torch.cat(
-            [
-                te[:, :, None, :].expand(-1, -1, K, -1),  # (B, T, K, L)
-                fe[None, :, :, None].expand(B, -1, -1, L).to(x.dtype),  # (B, F, K, L)
-                rearrange(mask, "b l k -> b 1 k l"),  # (B, 1, K, L)
-            ],
-            dim=1,
-        )  # (B, T+F+1, K, L)
+        te = rearrange(te, "(b l) (two h) -> b l (h two)", b=B, two=2)  # (B, L, T) interleaved
+        fe = self.embed_layer.weight.to(x.dtype)  # (K, F)
+        m = rearrange(mask, "b l k -> b k l 1")  # (B, K, L, 1)
 
         emb = self.diffusion_embedding(c_noise.reshape(B))  # (B, step_emb)
-        skip = torch.zeros_like(h)  # (B, C, K, L)
+        skip = torch.zeros_like(h)  # (B, K, L, C)
         for layer in self.residual_layers:
-            h, s = layer(h, side, emb)  # (B, C, K, L) each
+            h, s = layer(h, layer.side_terms(te, fe), m, emb)  # (B, K, L, C) each
             skip = skip + s
-        skip = skip / math.sqrt(len(self.residual_layers))  # (B, C, K, L)
-        out = F.relu(self.output_projection1(rearrange(skip, "b c k l -> b c (k l)")))
-        out = self.output_projection2(out)  # (B, 1, K*L)
-        return rearrange(out, "b 1 (k l) -> b l k", k=K)  # (B, L, K)
+        skip = skip / math.sqrt(len(self.residual_layers))  # (B, K, L, C)
+        out = _linear(F.relu(_linear(skip, self.output_projection1)), self.output_projection2)
+        return rearrange(out, "b k l 1 -> b l k")  # (B, L, K)

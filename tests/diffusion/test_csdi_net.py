@@ -11,7 +11,7 @@ from torch import nn
 
 from diffusion.conditioning import Condition
 from diffusion.losses import denoising_loss
-from diffusion.nets.csdi import CSDINet, step_embedding
+from diffusion.nets.csdi import CSDINet, EncoderLayer, attention, step_embedding
 from diffusion.nets.init import build_seeded
 from diffusion.precond import Denoiser, Preconditioning
 from diffusion.schedules import csdi_quad
@@ -66,9 +66,21 @@ def test_seeded_build_is_deterministic_and_leaves_global_rng() -> None:
         assert torch.equal(p, q)
 
 
+def _torch_encoder(enc: nn.Module) -> nn.TransformerEncoder:
+    """The official code's 1-layer ``nn.TransformerEncoder``, loaded from our encoder's state dict
+    (strict: same names and shapes)."""
+    layer = enc.layers[0]
+    c = layer.norm1.normalized_shape[0]
+    ref = nn.TransformerEncoderLayer(c, layer.heads, 64, activation="gelu", batch_first=True)
+    ref = nn.TransformerEncoder(ref, num_layers=1, enable_nested_tensor=False)
+    ref.load_state_dict(enc.state_dict())
+    return ref.eval()
+
+
 @torch.no_grad()
 def _reference(net: CSDINet, x: torch.Tensor, step: torch.Tensor, cond: Condition):
-    """CSDI's forward written with reshape/permute in the official (B, K, L) layout."""
+    """CSDI's forward written with reshape/permute and PyTorch's transformer in the official
+    (B, C, K, L) layout."""
     B, L, K = x.shape
     data, obs, m = (t.permute(0, 2, 1) for t in (x, cond.observed, cond.mask))  # (B, K, L)
     h = torch.stack([obs * m, (1 - m) * data], 1).reshape(B, 2, K * L)
@@ -85,9 +97,9 @@ def _reference(net: CSDINet, x: torch.Tensor, step: torch.Tensor, cond: Conditio
     skips = []
     for blk in net.residual_layers:
         y = h + blk.diffusion_projection(emb)[:, :, None, None]  # (B, C, K, L)
-        y = blk.time_layer(y.permute(0, 2, 3, 1).reshape(B * K, L, C))
+        y = _torch_encoder(blk.time_layer)(y.permute(0, 2, 3, 1).reshape(B * K, L, C))
         y = y.reshape(B, K, L, C).permute(0, 3, 1, 2)
-        y = blk.feature_layer(y.permute(0, 3, 2, 1).reshape(B * L, K, C))
+        y = _torch_encoder(blk.feature_layer)(y.permute(0, 3, 2, 1).reshape(B * L, K, C))
         y = y.reshape(B, L, K, C).permute(0, 3, 2, 1).reshape(B, C, K * L)
         y = blk.mid_projection(y) + blk.cond_projection(side)
         y = blk.output_projection(torch.sigmoid(y[:, :C]) * torch.tanh(y[:, C:]))
@@ -105,6 +117,56 @@ def test_layout_matches_permute_reference() -> None:
     step = torch.tensor([0.0, 17.0, 49.0])
     with torch.no_grad():
         torch.testing.assert_close(net(x, step, cond), _reference(net, x, step, cond))
+
+
+def test_blocked_attention_matches_the_fused_kernel_with_gradients() -> None:
+    g = _gen(11)
+    # 64 x 64 weights with 4 heads: 64 sequences per block, so 150 sequences make 3 blocks
+    q, k, v = (torch.randn(150, 4, 64, 8, generator=g, requires_grad=True) for _ in range(3))
+    out = attention(q, k, v)
+    ref = torch.nn.functional.scaled_dot_product_attention(q, k, v).transpose(1, 2)
+    torch.testing.assert_close(out, ref)
+    w = torch.randn(out.shape, generator=g)
+    grads = torch.autograd.grad((out * w).sum(), (q, k, v))
+    for a, b in zip(grads, torch.autograd.grad((ref * w).sum(), (q, k, v)), strict=True):
+        torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize("dim", [1, 2])
+def test_encoder_layer_is_pytorchs_layer_along_any_axis(dim: int) -> None:
+    """Forward and backward in training mode (dropout 0) against ``nn.TransformerEncoderLayer``
+    run on the sequences moved to the front, with the same state dict."""
+    ours = build_seeded(lambda: EncoderLayer(16, 4, dropout=0.0), seed=3).train()
+    ref = nn.TransformerEncoderLayer(16, 4, 64, dropout=0.0, activation="gelu", batch_first=True)
+    ref.load_state_dict(ours.state_dict())
+    x = torch.randn(2, 5, 7, 16, generator=_gen(12), requires_grad=True)  # (B, K, L, C)
+    out = ours(x, dim)
+    seq = x.movedim(dim, -2)  # sequences along the axis ``dim``
+    expect = ref(seq.reshape(-1, *seq.shape[-2:])).reshape(seq.shape).movedim(-2, dim)
+    torch.testing.assert_close(out, expect)
+    w = torch.randn(out.shape, generator=_gen(13))
+    (gx,) = torch.autograd.grad((out * w).sum(), x, retain_graph=True)
+    (rx,) = torch.autograd.grad((expect * w).sum(), x, retain_graph=True)
+    torch.testing.assert_close(gx, rx)
+    (out * w).sum().backward()
+    (expect * w).sum().backward()
+    for (name, a), b in zip(ours.named_parameters(), ref.parameters(), strict=True):
+        torch.testing.assert_close(a.grad, b.grad, msg=name)
+
+
+def test_dropout_acts_in_training_only() -> None:
+    layer = build_seeded(lambda: EncoderLayer(16, 4, dropout=0.1), seed=4)
+    x = torch.randn(2, 5, 7, 16, generator=_gen(14))
+    with torch.no_grad():
+        evals = [layer.eval()(x, 2) for _ in range(2)]
+        with torch.random.fork_rng():
+            torch.manual_seed(0)
+            a = layer.train()(x, 2)
+            torch.manual_seed(0)
+            b = layer(x, 2)
+            c = layer(x, 2)
+    assert torch.equal(evals[0], evals[1]) and torch.equal(a, b)  # seeded: reproducible
+    assert not torch.allclose(a, evals[0]) and not torch.allclose(a, c)
 
 
 def _loss(net: nn.Module, x: torch.Tensor, cond: Condition, seed: int) -> torch.Tensor:
