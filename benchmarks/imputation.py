@@ -19,6 +19,11 @@ Phases (each writes its own section of BENCHMARKS.md):
 * ``paper``: a trained checkpoint at 10 / 50 / 90 % hidden on the first ``--stays`` test stays,
   CSDI's sampler (DDPM, 50 steps) and a fast one, beside the paper's table (100 samples, all 800
   test stays, 200 epochs on a GPU).
+* ``samplers``: one or more trained checkpoints with every ``--samplers NAME:STEPS`` on the same
+  stays and hidden values (10 %), each row's CRPS beside the first row's (CSDI's DDPM-50).
+
+``--fast NAME:STEPS`` is the fast sampler of the speed, peer and paper phases (default
+SDE-DPM-Solver++(2M) at 10 evaluations).
 
 Scores are in normalised units as CSDI reports PhysioNet (its ``evaluate(..., scaler=1)``).
 The PyPOTS venv comes from ``bash benchmarks/make_peer_venv.sh pypots``.
@@ -57,12 +62,20 @@ from pipelines.scores import CSDI_QUANTILES, interval_quantiles
 REPO = Path(__file__).resolve().parent.parent
 PEER = Path(os.environ.get("STDIFF_PEER_VENVS", Path.home() / ".cache/stdiff-peers")) / "pypots"
 PAPER = {0.1: (0.238, 0.217), 0.5: (0.330, 0.301), 0.9: (0.522, 0.481)}  # CRPS, MAE (table 2/3)
-FAST = ("dpmpp_2m", 10)
 TITLES = {
     "speed": "CSDI on PhysioNet: speed, stdiff vs PyPOTS 1.5 (same shapes, same model size)",
     "peer": "CSDI on PhysioNet: stdiff vs PyPOTS 1.5 trained with the same budget",
     "paper": "CSDI on PhysioNet: stdiff beside the paper (Tashiro et al. 2021)",
+    "samplers": "CSDI on PhysioNet: CRPS against network evaluations, sampler by sampler",
 }
+
+
+def sampler_spec(text: str) -> tuple[str, int]:
+    """``NAME:STEPS`` -> ``(NAME, STEPS)``."""
+    name, _, steps = text.partition(":")
+    if not steps.isdigit():
+        raise argparse.ArgumentTypeError(f"sampler {text!r}: expected NAME:STEPS, e.g. ddpm:50")
+    return name, int(steps)
 
 
 def _peer(*args: str, threads: int) -> subprocess.Popen:
@@ -121,10 +134,11 @@ class Data:
 
 
 def _ours(ckpt: Path, data: Data, stays: int, samples: int, ratio: float, sampler: str, steps: int,
-          out: Path) -> dict:  # fmt: skip
+          out: Path, weights: str = "ema") -> dict:  # fmt: skip
     cfg = ImputeConfig(
         checkpoint=str(ckpt), data=str(data.store), out=str(out), sampler=sampler, steps=steps,
         members=samples, member_chunk=samples, eval_ratio=ratio, max_stays=stays, device="cpu",
+        weights=weights,
     )  # fmt: skip
     return run_imputation(cfg, progress=False)
 
@@ -181,7 +195,7 @@ def speed(args, data: Data, tmp: Path) -> str:
         f"{statistics.median(peer['step_seconds']):.3f} s | "
         f"{statistics.median(peer['step_seconds']) / statistics.median(ours):.2f}x faster |",
     ]
-    for sampler, steps in [("ddpm", 50), FAST]:
+    for sampler, steps in [("ddpm", 50), args.fast]:
         r = _ours(
             ckpt, data, args.stays, args.samples, 0.1, sampler, steps, tmp / f"sp_{sampler}.zarr"
         )
@@ -230,7 +244,7 @@ def peer(args, data: Data, tmp: Path) -> str:
         f"{info['train_seconds'] / 60:.1f} min | {pm['crps']:.3f} | {pm['mae']:.3f} | "
         f"{pm['rmse']:.3f} | {pm['cover_90']:.3f} | {info['impute_seconds']:.1f} s |",
     ]
-    for sampler, st in [("ddpm", 50), FAST]:
+    for sampler, st in [("ddpm", 50), args.fast]:
         r = _ours(
             run, data, args.stays, args.samples, 0.1, sampler, st, tmp / f"peer_{sampler}.zarr"
         )
@@ -253,7 +267,7 @@ def paper(args, data: Data, tmp: Path) -> str:
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for ratio in args.ratios:
-        for sampler, steps in [("ddpm", 50), FAST]:
+        for sampler, steps in [("ddpm", 50), args.fast]:
             r = _ours(args.checkpoint, data, args.stays, args.samples, ratio, sampler, steps,
                       tmp / f"paper_{ratio}_{sampler}.zarr")  # fmt: skip
             m = r["metrics"]
@@ -266,11 +280,42 @@ def paper(args, data: Data, tmp: Path) -> str:
     return "\n".join(rows)
 
 
+# ----------------------------------------------------------------------------- samplers
+
+
+def samplers(args, data: Data, tmp: Path) -> str:
+    torch.set_num_threads(args.threads)
+    rows = [
+        "| checkpoint | weights | sampler | evals | CRPS | vs first row | MAE | RMSE "
+        "| 50 / 90 % coverage | wall |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for ckpt in args.checkpoint:
+        first = None
+        for sampler, steps in args.samplers:
+            r = _ours(ckpt, data, args.stays, args.samples, 0.1, sampler, steps,
+                      tmp / f"s_{sampler}_{steps}.zarr", args.weights)  # fmt: skip
+            m = r["metrics"]
+            first = m["crps"] if first is None else first
+            rows.append(
+                f"| {ckpt.name} | {args.weights} | {sampler} | {r['evals']} | {m['crps']:.3f} | "
+                f"{m['crps'] / first - 1:+.1%} | {m['mae']:.3f} | {m['rmse']:.3f} | "
+                f"{m['cover_50']:.2f} / {m['cover_90']:.2f} | {r['seconds']:.0f} s |"
+            )
+    return "\n".join(rows)
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    ap.add_argument("phase", choices=["speed", "peer", "paper"])
+    ap.add_argument("phase", choices=["speed", "peer", "paper", "samplers"])
     ap.add_argument("--store", type=Path, default=REPO / "outputs/physio.zarr")
-    ap.add_argument("--checkpoint", type=Path, help="trained CSDI run (speed, paper)")
+    ap.add_argument("--checkpoint", type=Path, nargs="+", help="trained CSDI run(s): speed, "
+                    "paper (the first), samplers (each)")  # fmt: skip
+    ap.add_argument("--weights", choices=["ema", "model"], default="ema", help="samplers phase")
+    ap.add_argument("--fast", type=sampler_spec, default=("dpmpp_2m_sde", 10))
+    ap.add_argument("--samplers", type=sampler_spec, nargs="+",
+                    default=[("ddpm", 50), ("ddpm", 10), ("ddim", 10), ("dpmpp_2m", 10),
+                             ("dpmpp_2m_sde", 10), ("dpmpp_2m_sde", 5)])  # fmt: skip
     ap.add_argument("--stays", type=int, default=16)
     ap.add_argument("--samples", type=int, default=10)
     ap.add_argument("--epochs", type=int, default=2)
@@ -281,11 +326,14 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--ratios", type=float, nargs="+", default=[0.1, 0.5, 0.9])
     ap.add_argument("--write", type=Path, help="markdown file whose section to replace")
     args = ap.parse_args(argv)
-    if args.phase in ("speed", "paper") and args.checkpoint is None:
+    if args.phase != "peer" and args.checkpoint is None:
         sys.exit(f"benchmarks.imputation {args.phase}: --checkpoint is required")
+    if args.phase in ("speed", "paper"):
+        args.checkpoint = args.checkpoint[0]
     data = Data(args.store)
     with tempfile.TemporaryDirectory() as d:
-        body = {"speed": speed, "peer": peer, "paper": paper}[args.phase](args, data, Path(d))
+        phases = {"speed": speed, "peer": peer, "paper": paper, "samplers": samplers}
+        body = phases[args.phase](args, data, Path(d))
     cmd = " ".join([".venv/bin/python -m benchmarks.imputation", *(argv or sys.argv[1:])])
     begin, end = f"<!-- BEGIN imputation-{args.phase} -->", f"<!-- END imputation-{args.phase} -->"
     section = (
