@@ -290,11 +290,11 @@ def samplers(args, data: Data, tmp: Path) -> str:
         "| 50 / 90 % coverage | wall |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for ckpt in args.checkpoint:
+    for i, ckpt in enumerate(args.checkpoint):
         first = None
         for sampler, steps in args.samplers:
             r = _ours(ckpt, data, args.stays, args.samples, 0.1, sampler, steps,
-                      tmp / f"s_{sampler}_{steps}.zarr", args.weights)  # fmt: skip
+                      tmp / f"s{i}_{sampler}_{steps}.zarr", args.weights)  # fmt: skip
             m = r["metrics"]
             first = m["crps"] if first is None else first
             rows.append(
@@ -314,8 +314,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--weights", choices=["ema", "model"], default="ema", help="samplers phase")
     ap.add_argument("--fast", type=sampler_spec, default=("dpmpp_2m_sde", 10))
     ap.add_argument("--samplers", type=sampler_spec, nargs="+",
-                    default=[("ddpm", 50), ("ddpm", 10), ("ddim", 10), ("dpmpp_2m", 10),
-                             ("dpmpp_2m_sde", 10), ("dpmpp_2m_sde", 5)])  # fmt: skip
+                    default=[("ddpm", 50), ("ddpm", 25), ("ddpm", 10), ("ddim", 10),
+                             ("dpmpp_2m", 10), ("dpmpp_2m_sde", 20), ("dpmpp_2m_sde", 10),
+                             ("dpmpp_2m_sde", 5)])  # fmt: skip
     ap.add_argument("--stays", type=int, default=16)
     ap.add_argument("--samples", type=int, default=10)
     ap.add_argument("--epochs", type=int, default=2)
@@ -325,6 +326,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--ratios", type=float, nargs="+", default=[0.1, 0.5, 0.9])
     ap.add_argument("--write", type=Path, help="markdown file whose section to replace")
+    ap.add_argument("--name", help="section id (default: imputation-PHASE), to keep several runs")
     args = ap.parse_args(argv)
     if args.phase != "peer" and args.checkpoint is None:
         sys.exit(f"benchmarks.imputation {args.phase}: --checkpoint is required")
@@ -335,7 +337,8 @@ def main(argv: list[str] | None = None) -> None:
         phases = {"speed": speed, "peer": peer, "paper": paper, "samplers": samplers}
         body = phases[args.phase](args, data, Path(d))
     cmd = " ".join([".venv/bin/python -m benchmarks.imputation", *(argv or sys.argv[1:])])
-    begin, end = f"<!-- BEGIN imputation-{args.phase} -->", f"<!-- END imputation-{args.phase} -->"
+    name = args.name or f"imputation-{args.phase}"
+    begin, end = f"<!-- BEGIN {name} -->", f"<!-- END {name} -->"
     section = (
         f"{begin}\n## {TITLES[args.phase]}\n\n`{cmd}`\n\nMachine: {machine()}\n\n{body}\n{end}\n"
     )

@@ -63,6 +63,11 @@ from pipelines.training_job import load_denoiser
 QUANTILES: tuple[float, ...] = tuple(sorted(set(CSDI_QUANTILES) | set(interval_quantiles())))
 
 
+# samples per network evaluation on the CPU: CSDI's forward costs 22-27 ms per sample at 8-32
+# samples and 50-67 ms at 80-160 on the 2-core benchmark machine (activations fall out of cache)
+CPU_EVAL_BATCH = 16
+
+
 @dataclass(frozen=True)
 class ImputeConfig:
     """One imputation (or forecasting) run; see the module docstring.
@@ -70,6 +75,9 @@ class ImputeConfig:
     split: which stays (CSDI fold split ``fold``; ``all`` for every stay); max_stays: the first N of
     them; sampler, steps, spacing, options: the sampler; members, member_chunk, batch_size: how many
     samples, how many drawn at once, how many stays per batch (one batch = one output chunk);
+    eval_batch: at most this many samples (stays x members) go through the network together
+    (None: ``CPU_EVAL_BATCH`` on the CPU, where small batches stay in cache and cost about half as
+    much per sample as 80 or more; no limit on a GPU); it never changes the numbers;
     chunks: the batches this run computes (None: all); the store is published once all are done."""
 
     checkpoint: str
@@ -93,6 +101,7 @@ class ImputeConfig:
     device: DeviceName = "auto"
     weights: Literal["ema", "model"] = "ema"
     chunks: list[int] | None = None
+    eval_batch: int | None = None
 
     def __post_init__(self) -> None:
         check_options(self.sampler, self.options)  # also refuses an unknown sampler
@@ -101,6 +110,8 @@ class ImputeConfig:
                 f"spacing {self.spacing!r} is not valid; choose one of {list(SPACINGS)}"
             )
         at_least_one(self, "steps", "members", "member_chunk", "batch_size")
+        if self.eval_batch is not None:
+            at_least_one(self, "eval_batch")
         if not 0.0 <= self.eval_ratio < 1.0:
             raise ValueError(f"eval_ratio must be in [0, 1), got {self.eval_ratio}")
         if self.mode == "forecast" and self.horizon < 1:
@@ -201,6 +212,7 @@ def _draw(denoiser, x_obs, cond_mask, positions, cfg, device) -> torch.Tensor:
     """``(B, members, L, K)`` normalised samples for one batch of stays."""
     b = x_obs.shape[0]
     sigmas = denoiser.schedule.discretize(cfg.steps, cfg.spacing)
+    step = cfg.eval_batch or (CPU_EVAL_BATCH if device.type == "cpu" else b * cfg.member_chunk)
     out = []
     for start in range(0, cfg.members, cfg.member_chunk):
         members = range(start, min(cfg.members, start + cfg.member_chunk))
@@ -211,19 +223,23 @@ def _draw(denoiser, x_obs, cond_mask, positions, cfg, device) -> torch.Tensor:
             for g in member_generators(cfg.seed, members, int(p), device=device)
         ]
         mask = cond_mask.repeat_interleave(c, 0)
-        cond = Condition(observed=x_obs.repeat_interleave(c, 0) * mask, mask=mask)
-        with autocast(device, True):
-            x = sample(
-                denoiser,
-                (b * c, *x_obs.shape[1:]),
-                sigmas,
-                cond,
-                sampler=cfg.sampler,
-                generator=gens,
-                device=device,
-                **cfg.options,
-            )
-        out.append(x.float().reshape(b, c, *x_obs.shape[1:]))
+        obs = x_obs.repeat_interleave(c, 0) * mask
+        parts = []
+        for i in range(0, b * c, step):  # every sample has its own generator: same numbers
+            j = min(b * c, i + step)
+            with autocast(device, True):
+                x = sample(
+                    denoiser,
+                    (j - i, *x_obs.shape[1:]),
+                    sigmas,
+                    Condition(observed=obs[i:j], mask=mask[i:j]),
+                    sampler=cfg.sampler,
+                    generator=gens[i:j],
+                    device=device,
+                    **cfg.options,
+                )
+            parts.append(x.float())
+        out.append(torch.cat(parts).reshape(b, c, *x_obs.shape[1:]))
     return torch.cat(out, 1)
 
 
@@ -328,7 +344,8 @@ def run_imputation(cfg: ImputeConfig, progress: bool = True) -> dict[str, Any]:
 
 def _fingerprint(cfg: ImputeConfig, meta: dict[str, Any]) -> str:
     """What changes the numbers of a run (not where it runs, its chunks or its output path)."""
-    keep = {k: v for k, v in to_dict(cfg).items() if k not in ("out", "device", "chunks")}
+    skip = ("out", "device", "chunks", "eval_batch")
+    keep = {k: v for k, v in to_dict(cfg).items() if k not in skip}
     keep["checkpoint_path"] = meta.get("checkpoint", cfg.checkpoint)
     keep["store_hash"] = meta.get("store_hash", "")
     return json.dumps(keep, sort_keys=True, default=str)

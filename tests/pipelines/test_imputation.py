@@ -65,12 +65,14 @@ def test_members_do_not_depend_on_chunking(tmp_path: Path, trained_csdi) -> None
         progress=False,
     )
     b = run_imputation(
-        ImputeConfig(out=str(tmp_path / "b.zarr"), member_chunk=4, batch_size=2, **base),
+        ImputeConfig(
+            out=str(tmp_path / "b.zarr"), member_chunk=4, batch_size=2, eval_batch=3, **base
+        ),
         progress=False,
     )
     sa = xr.open_zarr(a["out"], consolidated=False)["samples"].values
     sb = xr.open_zarr(b["out"], consolidated=False)["samples"].values
-    np.testing.assert_allclose(sa, sb, rtol=1e-4, atol=1e-5)  # float sums differ with batch size
+    np.testing.assert_allclose(sa, sb, rtol=1e-4, atol=1e-4)  # float sums differ with batch size
     assert np.std(sa, axis=1).max() > 0  # members differ
 
 
@@ -176,6 +178,7 @@ def test_imputation_draws_the_exact_conditional(sampler: str, steps: int) -> Non
         steps=steps,
         members=3000,
         member_chunk=1500,
+        eval_batch=1500,
     )
     s = _draw(
         den, x.reshape(1, 3, 2), mask.reshape(1, 3, 2), np.array([0]), cfg, torch.device("cpu")
