@@ -63,8 +63,9 @@ from pipelines.training_job import load_denoiser
 QUANTILES: tuple[float, ...] = tuple(sorted(set(CSDI_QUANTILES) | set(interval_quantiles())))
 
 
-# samples per network evaluation on the CPU: CSDI's forward costs 22-27 ms per sample at 8-32
-# samples and 50-67 ms at 80-160 on the 2-core benchmark machine (activations fall out of cache)
+# samples per network evaluation on the CPU: in a fresh process CSDI's forward costs 22 ms per
+# sample at 16 samples and 45-50 ms at 80 on the 2-core benchmark machine (the larger activations
+# are allocated afresh at every step; BENCHMARKS.md, CSDI findings)
 CPU_EVAL_BATCH = 16
 
 
@@ -76,8 +77,8 @@ class ImputeConfig:
     them; sampler, steps, spacing, options: the sampler; members, member_chunk, batch_size: how many
     samples, how many drawn at once, how many stays per batch (one batch = one output chunk);
     eval_batch: at most this many samples (stays x members) go through the network together
-    (None: ``CPU_EVAL_BATCH`` on the CPU, where small batches stay in cache and cost about half as
-    much per sample as 80 or more; no limit on a GPU); it never changes the numbers;
+    (None: ``CPU_EVAL_BATCH`` on the CPU, where 16 samples cost about half as much per sample as
+    80 in a fresh process; no limit on a GPU); it never changes the numbers;
     chunks: the batches this run computes (None: all); the store is published once all are done."""
 
     checkpoint: str
