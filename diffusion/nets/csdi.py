@@ -108,7 +108,7 @@ class EncoderLayer(nn.Module):
     weights) and the same dropouts (attention weights, after attention, inside and after the
     feed-forward), but the tokens stay where they are: ``forward(x, dim)`` attends along ``dim`` of
     a channels-last ``x``, so neither the time nor the feature attention needs a transpose copy of
-    the activations, and attention is one fused ``scaled_dot_product_attention`` call.
+    the activations; the attention itself is :func:`attention`.
     """
 
     def __init__(self, channels: int, heads: int, dropout: float) -> None:
@@ -153,8 +153,8 @@ class ResidualBlock(nn.Module):
 
     The side information is ``[time embedding (L) | feature embedding (K) | mask (K, L)]``, so its
     projection splits exactly into a per-time part, a per-feature part and the mask's column:
-    :meth:`side_terms` computes it once per forward as two small tables instead of a 145-channel
-    projection at every one of the K*L positions in every layer (a fifth of CSDI's FLOPs).
+    :meth:`side_terms` computes it as two small tables per layer and forward instead of a 145-channel
+    projection at every one of the K*L positions (a fifth of CSDI's FLOPs).
     """
 
     def __init__(self, side_dim: int, channels: int, step_dim: int, heads: int, dropout: float):
