@@ -22,9 +22,9 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from benchmarks.report import machine, write_section
-from datasets.ingest import IngestOptions, ingest
-from datasets.store import open_store
-from datasets.windows import ForecastWindows, SampleWindows
+from stdiff.datasets.ingest import IngestOptions, ingest
+from stdiff.datasets.store import open_store
+from stdiff.datasets.windows import ForecastWindows, SampleWindows
 
 REPO = Path(__file__).resolve().parent.parent
 DATA = REPO.parent / "shared" / "data"

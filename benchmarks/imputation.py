@@ -47,17 +47,17 @@ import torch
 import xarray as xr
 
 from benchmarks.report import machine, write_section
-from datasets.masks import csdi_eval_mask, random_cond_mask
-from datasets.splits import csdi_stay_split
-from datasets.store import open_store
-from diffusion.conditioning import Condition
-from diffusion.losses import denoising_loss
-from diffusion.nets.csdi import CSDINet
-from diffusion.nets.init import build_seeded
-from diffusion.precond import Denoiser, Preconditioning
-from diffusion.schedules import make_schedule
-from pipelines.imputation import ImputeConfig, run_imputation, score_imputation
-from pipelines.scores import CSDI_QUANTILES, interval_quantiles
+from stdiff.datasets.masks import csdi_eval_mask, random_cond_mask
+from stdiff.datasets.splits import csdi_stay_split
+from stdiff.datasets.store import open_store
+from stdiff.diffusion.conditioning import Condition
+from stdiff.diffusion.losses import denoising_loss
+from stdiff.diffusion.nets.csdi import CSDINet
+from stdiff.diffusion.nets.init import build_seeded
+from stdiff.diffusion.precond import Denoiser, Preconditioning
+from stdiff.diffusion.schedules import make_schedule
+from stdiff.pipelines.imputation import ImputeConfig, run_imputation, score_imputation
+from stdiff.pipelines.scores import CSDI_QUANTILES, interval_quantiles
 
 REPO = Path(__file__).resolve().parent.parent
 PEER = Path(os.environ.get("STDIFF_PEER_VENVS", Path.home() / ".cache/stdiff-peers")) / "pypots"
@@ -217,7 +217,7 @@ def peer(args, data: Data, tmp: Path) -> str:
     steps = args.epochs * -(-len(train_idx) // 16)
     run = tmp / "ours_run"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "CI": "true"}
-    cmd = [sys.executable, "-m", "pipelines.cli", "train", "--config",
+    cmd = [sys.executable, "-m", "stdiff", "train", "--config",
            str(REPO / "configs/train_physionet_csdi.yaml"), "--set", f"out={run}",
            "--set", f"data.store={data.store}", "--set", f"loop.steps={steps}",
            "--set", "loop.val_every=0", "--set", "loop.sample_every=0",

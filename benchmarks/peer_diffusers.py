@@ -46,7 +46,7 @@ from benchmarks.samplers import (  # noqa: E402
     overhead_tensor,
     result,
 )
-from diffusion.analytic import GaussianMixture  # noqa: E402
+from stdiff.diffusion.analytic import GaussianMixture  # noqa: E402
 
 CHECK_STEPS = 500
 DDPM = dict(

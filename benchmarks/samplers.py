@@ -28,9 +28,9 @@ import torch
 from torch import Tensor
 
 from benchmarks.report import machine, write_section
-from diffusion.analytic import GaussianMixture
-from diffusion.samplers import SAMPLERS, sample, steps_for_evals
-from diffusion.schedules import vp_linear
+from stdiff.diffusion.analytic import GaussianMixture
+from stdiff.diffusion.samplers import SAMPLERS, sample, steps_for_evals
+from stdiff.diffusion.schedules import vp_linear
 
 REPO = Path(__file__).resolve().parent.parent
 BUDGETS = (4, 5, 8, 10, 20, 25, 40, 50, 100)  # all divide T=1000: diffusers' DDIM needs that

@@ -37,14 +37,14 @@ import numpy as np
 import torch
 
 from benchmarks.report import emit_section
-from datasets.store import open_store
-from diffusion.conditioning import Condition
-from diffusion.likelihood import log_likelihood
-from diffusion.samplers import sample
-from pipelines.classifier import classify, load_classifier
-from pipelines.image_metrics import frechet_distance
-from pipelines.latent import codec_from_metadata
-from pipelines.training_job import load_denoiser
+from stdiff.datasets.store import open_store
+from stdiff.diffusion.conditioning import Condition
+from stdiff.diffusion.likelihood import log_likelihood
+from stdiff.diffusion.samplers import sample
+from stdiff.pipelines.classifier import classify, load_classifier
+from stdiff.pipelines.image_metrics import frechet_distance
+from stdiff.pipelines.latent import codec_from_metadata
+from stdiff.pipelines.training_job import load_denoiser
 
 REPO = Path(__file__).resolve().parent.parent
 OUT = REPO / "outputs"
@@ -179,8 +179,8 @@ def latent_speed(args, scorer: Scorer | None) -> str:
     without the final decode)."""
     import statistics
 
-    from diffusion.losses import denoising_loss
-    from pipelines.latent import load_autoencoder
+    from stdiff.diffusion.losses import denoising_loss
+    from stdiff.pipelines.latent import load_autoencoder
 
     ae, _, _ = load_autoencoder(args.fmnist_ae)
     rows = ["| model | tokens | train step (s) | one evaluation, 500 samples (s) |",
@@ -226,9 +226,9 @@ def weather_autoencoder(run: Path) -> str:
     import torch.nn.functional as F
     from torch.utils.data import DataLoader
 
-    from pipelines.config import from_dict
-    from pipelines.latent import load_autoencoder
-    from pipelines.training_job import TrainJobConfig, _datasets
+    from stdiff.pipelines.config import from_dict
+    from stdiff.pipelines.latent import load_autoencoder
+    from stdiff.pipelines.training_job import TrainJobConfig, _datasets
 
     ae, config, ckpt = load_autoencoder(run)
     cfg = from_dict(TrainJobConfig, config)
@@ -258,7 +258,7 @@ def weather_autoencoder(run: Path) -> str:
 
 
 def variance(args, scorer: Scorer) -> str:
-    from diffusion.variance import vlb_bits_per_dim
+    from stdiff.diffusion.variance import vlb_bits_per_dim
 
     models = [("L_hybrid", load_denoiser(args.iddpm)[0], ("learned", "small", "large"))]
     if (args.ddpm / "checkpoints").is_dir():
@@ -333,7 +333,7 @@ def distill_impute(args, scorer: Scorer | None) -> str:
     """The CSDI teacher (raw weights) and its progressive students on PhysioNet fold 0."""
     import tempfile
 
-    from pipelines.imputation import ImputeConfig, run_imputation
+    from stdiff.pipelines.imputation import ImputeConfig, run_imputation
 
     info = json.loads((args.physio_students / "distill.json").read_text())
     rows_in = [(f"teacher, DDPM {n} (CSDI's sampler)", args.csdi, "ddpm", n, "default", "model")

@@ -27,8 +27,8 @@ import numpy as np
 import torch
 
 from benchmarks.report import machine, write_section
-from pipelines.forecast import ForecastConfig, run_forecast
-from pipelines.weather_eval import ScoreConfig, run_scoring
+from stdiff.pipelines.forecast import ForecastConfig, run_forecast
+from stdiff.pipelines.weather_eval import ScoreConfig, run_scoring
 
 REPO = Path(__file__).resolve().parent.parent
 FIGURES = REPO / "benchmarks/figures"

@@ -31,7 +31,7 @@ from typing import Literal
 
 import numpy as np
 
-from datasets.errors import DataError
+from stdiff.datasets.errors import DataError
 
 INPAINT_KINDS: tuple[str, ...] = ("thin", "thick", "half", "frame", "lines")
 

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import xarray as xr
 
-from datasets.errors import DataError
+from stdiff.datasets.errors import DataError
 
 
 def _why(err: BaseException) -> str:

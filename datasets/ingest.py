@@ -20,9 +20,9 @@ from typing import Literal
 import numpy as np
 import xarray as xr
 
-from datasets.errors import DataError
-from datasets.splits import Split, csdi_stay_split, normalization_stats, time_split
-from datasets.store import attach_stats, content_hash, store_hash, write_store
+from stdiff.datasets.errors import DataError
+from stdiff.datasets.splits import Split, csdi_stay_split, normalization_stats, time_split
+from stdiff.datasets.store import attach_stats, content_hash, store_hash, write_store
 
 Kind = Literal["weather", "timeseries", "images", "medical"]
 KINDS: tuple[str, ...] = ("weather", "timeseries", "images", "medical")
@@ -78,7 +78,7 @@ def _fraction_split(n: int, dim: str) -> Split:
 
 
 def _weather(source: str, opt: IngestOptions) -> tuple[xr.Dataset, Split, list[str]]:
-    from datasets.weather import coarsen, open_weather
+    from stdiff.datasets.weather import coarsen, open_weather
 
     ds = open_weather(
         source,
@@ -100,7 +100,7 @@ def _weather(source: str, opt: IngestOptions) -> tuple[xr.Dataset, Split, list[s
 def _timeseries(source: str, opt: IngestOptions) -> tuple[xr.Dataset, Split, list[str]]:
     p = Path(source)
     if p.suffix.lower() in (".csv", ".parquet", ".pq"):
-        from datasets.tabular import load_table
+        from stdiff.datasets.tabular import load_table
 
         ds = load_table(
             p,
@@ -110,20 +110,20 @@ def _timeseries(source: str, opt: IngestOptions) -> tuple[xr.Dataset, Split, lis
             targets=opt.targets,
         )
         return ds, _fraction_split(ds.sizes["time"], "time"), ["values"]
-    from datasets.physionet import load_physionet2012
+    from stdiff.datasets.physionet import load_physionet2012
 
     ds = load_physionet2012(p, progress=True)
     return ds, csdi_stay_split(ds["observed_mask"].values, fold=opt.fold), ["values"]
 
 
 def _images(source: str, opt: IngestOptions) -> xr.Dataset:
-    from datasets import images
+    from stdiff.datasets import images
 
     p = Path(source)
     if p.suffix.lower() == ".npz":
         return images.load_npz(p)
     if p.name.endswith((".nii", ".nii.gz")):  # a volume's slices as images (reconstruction)
-        from datasets.medical import load_nifti, slices_as_images
+        from stdiff.datasets.medical import load_nifti, slices_as_images
 
         return slices_as_images(load_nifti(p, axis=opt.axis), opt.image_size)
     if p.is_dir() and any(q.name.endswith(("idx3-ubyte", "idx3-ubyte.gz")) for q in p.iterdir()):
@@ -138,7 +138,7 @@ def _images(source: str, opt: IngestOptions) -> xr.Dataset:
 
 
 def _medical(source: str, opt: IngestOptions) -> xr.Dataset:
-    from datasets import medical
+    from stdiff.datasets import medical
 
     p = Path(source)
     if p.name.endswith((".nii", ".nii.gz")):

@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
-from datasets.errors import DataError
+from stdiff.datasets.errors import DataError
 
 
 def _why(err: BaseException) -> str:

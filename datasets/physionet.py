@@ -49,7 +49,7 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-from datasets.errors import DataError
+from stdiff.datasets.errors import DataError
 
 __all__ = ["ATTRIBUTES", "N_HOURS", "load_physionet2012"]
 

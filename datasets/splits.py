@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 import xarray as xr
 
-from datasets.errors import DataError
+from stdiff.datasets.errors import DataError
 
 
 @dataclass(frozen=True)

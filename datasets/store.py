@@ -19,8 +19,8 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
-from datasets.atomic import atomic_path
-from datasets.errors import DataError
+from stdiff.datasets.atomic import atomic_path
+from stdiff.datasets.errors import DataError
 
 STORE_FORMAT = 1  # bump when the canonical layout changes: old hashes then no longer match
 

@@ -42,7 +42,7 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-from datasets.errors import DataError
+from stdiff.datasets.errors import DataError
 
 __all__ = ["load_table"]
 

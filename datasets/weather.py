@@ -24,7 +24,7 @@ import dask
 import numpy as np
 import xarray as xr
 
-from datasets.errors import DataError
+from stdiff.datasets.errors import DataError
 
 Source = str | PathLike[str]
 

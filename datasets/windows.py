@@ -28,8 +28,8 @@ import xarray as xr
 import zarr
 from torch.utils.data import Dataset
 
-from datasets.errors import DataError
-from datasets.store import open_store
+from stdiff.datasets.errors import DataError
+from stdiff.datasets.store import open_store
 
 Stats = tuple[np.ndarray, np.ndarray] | None
 

@@ -3,17 +3,17 @@
 Depends on torch (and, for networks, timm and einops) only: no xarray, no Prefect.
 """
 
-from diffusion.analytic import GaussianMixture
-from diffusion.conditioning import Condition
-from diffusion.energy import EnergyDenoiser
-from diffusion.guidance import classifier_free_guidance, classifier_guidance
-from diffusion.likelihood import bits_per_dim, log_likelihood
-from diffusion.losses import denoising_loss
-from diffusion.precond import Denoiser, Preconditioning
-from diffusion.rng import member_generators
-from diffusion.samplers import SAMPLERS, get_sampler, sample
-from diffusion.schedules import SCHEDULES, make_schedule
-from diffusion.variance import VarianceDenoiser
+from stdiff.diffusion.analytic import GaussianMixture
+from stdiff.diffusion.conditioning import Condition
+from stdiff.diffusion.energy import EnergyDenoiser
+from stdiff.diffusion.guidance import classifier_free_guidance, classifier_guidance
+from stdiff.diffusion.likelihood import bits_per_dim, log_likelihood
+from stdiff.diffusion.losses import denoising_loss
+from stdiff.diffusion.precond import Denoiser, Preconditioning
+from stdiff.diffusion.rng import member_generators
+from stdiff.diffusion.samplers import SAMPLERS, get_sampler, sample
+from stdiff.diffusion.schedules import SCHEDULES, make_schedule
+from stdiff.diffusion.variance import VarianceDenoiser
 
 __all__ = [
     "SAMPLERS",

@@ -17,8 +17,8 @@ import math
 import torch
 from torch import Tensor
 
-from diffusion.conditioning import Condition
-from diffusion.rng import ensure_generator
+from stdiff.diffusion.conditioning import Condition
+from stdiff.diffusion.rng import ensure_generator
 
 
 class GaussianMixture:

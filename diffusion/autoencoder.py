@@ -23,9 +23,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from diffusion.nets.dit import pad_to_patch
-from diffusion.nets.unet import _norm
-from diffusion.rng import Generators, randn_like
+from stdiff.diffusion.nets.dit import pad_to_patch
+from stdiff.diffusion.nets.unet import _norm
+from stdiff.diffusion.rng import Generators, randn_like
 
 
 class DiagonalGaussian:

@@ -38,11 +38,11 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
-from diffusion.conditioning import Condition
-from diffusion.losses import masked_mean
-from diffusion.precond import Denoiser, expand_sigma
-from diffusion.rng import randn_like
-from diffusion.schedules import DiscreteSchedule, NoiseSchedule, karras_sigmas
+from stdiff.diffusion.conditioning import Condition
+from stdiff.diffusion.losses import masked_mean
+from stdiff.diffusion.precond import Denoiser, expand_sigma
+from stdiff.diffusion.rng import randn_like
+from stdiff.diffusion.schedules import DiscreteSchedule, NoiseSchedule, karras_sigmas
 
 Distance = Literal["l2", "pseudo_huber"]
 

@@ -41,10 +41,10 @@ import torch
 from torch import Tensor
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from diffusion.conditioning import Condition
-from diffusion.precond import Denoiser, expand_sigma
-from diffusion.rng import Generators, ensure_generator, randn, randn_like
-from diffusion.samplers import (
+from stdiff.diffusion.conditioning import Condition
+from stdiff.diffusion.precond import Denoiser, expand_sigma
+from stdiff.diffusion.rng import Generators, ensure_generator, randn, randn_like
+from stdiff.diffusion.samplers import (
     SAMPLERS,
     Callback,
     SamplerSpec,

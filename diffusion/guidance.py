@@ -14,8 +14,8 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from diffusion.conditioning import Condition
-from diffusion.precond import expand_sigma
+from stdiff.diffusion.conditioning import Condition
+from stdiff.diffusion.precond import expand_sigma
 
 DenoiserFn = Callable[[Tensor, Tensor, Condition | None], Tensor]
 ClassifierFn = Callable[[Tensor, Tensor, Condition], Tensor]

@@ -39,9 +39,9 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
-from diffusion.conditioning import Condition
-from diffusion.rng import Generators, ensure_generator, randn, randn_like
-from diffusion.samplers import DenoiserFn, get_sampler
+from stdiff.diffusion.conditioning import Condition
+from stdiff.diffusion.rng import Generators, ensure_generator, randn, randn_like
+from stdiff.diffusion.samplers import DenoiserFn, get_sampler
 
 Method = Literal["replacement", "repaint", "dps", "consistency"]
 METHODS: tuple[str, ...] = ("replacement", "repaint", "dps", "consistency")

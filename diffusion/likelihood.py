@@ -23,10 +23,10 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from diffusion.conditioning import Condition
-from diffusion.ode import solve_rk45
-from diffusion.rng import ensure_generator
-from diffusion.samplers import DenoiserFn
+from stdiff.diffusion.conditioning import Condition
+from stdiff.diffusion.ode import solve_rk45
+from stdiff.diffusion.rng import ensure_generator
+from stdiff.diffusion.samplers import DenoiserFn
 
 Trace = Literal["exact", "hutchinson"]
 

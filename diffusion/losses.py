@@ -21,10 +21,10 @@ from typing import Literal, get_args
 import torch
 from torch import Tensor
 
-from diffusion.conditioning import Condition
-from diffusion.precond import Denoiser, Preconditioning, expand_sigma
-from diffusion.rng import Generators, ensure_generator, randn_like
-from diffusion.schedules import NoiseSchedule
+from stdiff.diffusion.conditioning import Condition
+from stdiff.diffusion.precond import Denoiser, Preconditioning, expand_sigma
+from stdiff.diffusion.rng import Generators, ensure_generator, randn_like
+from stdiff.diffusion.schedules import NoiseSchedule
 
 Weighting = Literal["native", "edm", "min_snr", "uniform"]
 WEIGHTINGS: tuple[str, ...] = get_args(Weighting)

@@ -28,8 +28,8 @@ from typing import Literal, get_args
 import torch
 from torch import Tensor, nn
 
-from diffusion.conditioning import Condition
-from diffusion.schedules import DiscreteSchedule, NoiseSchedule
+from stdiff.diffusion.conditioning import Condition
+from stdiff.diffusion.schedules import DiscreteSchedule, NoiseSchedule
 
 Prediction = Literal["eps", "v", "x0", "edm"]
 PREDICTIONS: tuple[str, ...] = get_args(Prediction)

@@ -30,9 +30,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from diffusion.conditioning import Condition
-from diffusion.ode import solve_rk45
-from diffusion.rng import Generators, ensure_generator, randn, randn_like
+from stdiff.diffusion.conditioning import Condition
+from stdiff.diffusion.ode import solve_rk45
+from stdiff.diffusion.rng import Generators, ensure_generator, randn, randn_like
 
 DenoiserFn = Callable[[Tensor, Tensor, Condition | None], Tensor]
 Callback = Callable[[dict[str, Any]], Tensor | None] | None

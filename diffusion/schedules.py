@@ -22,7 +22,7 @@ from typing import Literal, get_args
 import torch
 from torch import Tensor
 
-from diffusion.rng import ensure_generator
+from stdiff.diffusion.rng import ensure_generator
 
 Spacing = Literal["default", "trailing", "leading", "linspace", "karras", "log", "uniform_t"]
 SPACINGS: tuple[str, ...] = get_args(Spacing)

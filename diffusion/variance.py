@@ -44,12 +44,12 @@ from typing import Literal, get_args
 import torch
 from torch import Tensor
 
-from diffusion.conditioning import Condition
-from diffusion.losses import Weighting, loss_weight, masked_mean
-from diffusion.precond import Denoiser, Preconditioning, expand_sigma
-from diffusion.rng import Generators, ensure_generator, randn_like
-from diffusion.samplers import SAMPLERS, SamplerSpec, _denoise, _one, _report, _sigma_list
-from diffusion.schedules import DiscreteSchedule
+from stdiff.diffusion.conditioning import Condition
+from stdiff.diffusion.losses import Weighting, loss_weight, masked_mean
+from stdiff.diffusion.precond import Denoiser, Preconditioning, expand_sigma
+from stdiff.diffusion.rng import Generators, ensure_generator, randn_like
+from stdiff.diffusion.samplers import SAMPLERS, SamplerSpec, _denoise, _one, _report, _sigma_list
+from stdiff.diffusion.schedules import DiscreteSchedule
 
 Variance = Literal["learned", "large", "small"]
 VARIANCES: tuple[str, ...] = get_args(Variance)

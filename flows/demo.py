@@ -6,8 +6,8 @@ from pathlib import Path
 
 from prefect import flow, task
 
-from pipelines.config import load_config
-from pipelines.toy import ToyDemoConfig, evaluate_toy, train_toy
+from stdiff.pipelines.config import load_config
+from stdiff.pipelines.toy import ToyDemoConfig, evaluate_toy, train_toy
 
 
 @task(name="train-toy-denoiser")

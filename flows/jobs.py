@@ -20,7 +20,7 @@ from typing import Any
 from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact
 
-from pipelines.config import from_dict, load_config
+from stdiff.pipelines.config import from_dict, load_config
 
 
 def _publish(key: str, title: str, rows: dict[str, Any]) -> None:
@@ -32,7 +32,7 @@ def _publish(key: str, title: str, rows: dict[str, Any]) -> None:
 
 @task(name="ingest", retries=2, retry_delay_seconds=5)
 def ingest_task(source: str, out: str, options: dict[str, Any]) -> dict[str, Any]:
-    from datasets.ingest import IngestOptions, ingest
+    from stdiff.datasets.ingest import IngestOptions, ingest
 
     opt = from_dict(IngestOptions, options, "ingest:")
     r = ingest(source, out, opt)
@@ -50,14 +50,14 @@ def ingest_flow(source: str, out: str, options: dict[str, Any]) -> dict[str, Any
 def torchrun_command(
     config: str, overrides: dict[str, Any], resume: str | None, nproc: int
 ) -> list[str]:
-    """``torchrun --standalone --nproc_per_node N -m pipelines.cli train ...`` (DDP: NCCL with one
+    """``torchrun --standalone --nproc_per_node N -m stdiff train ...`` (DDP: NCCL with one
     GPU per process, gloo on the CPU; the trainer joins the process group itself)."""
     import sys
 
     import yaml
 
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-           f"--nproc_per_node={nproc}", "-m", "pipelines.cli", "train", "--config", config]  # fmt: skip
+           f"--nproc_per_node={nproc}", "-m", "stdiff", "train", "--config", config]  # fmt: skip
     for k, v in overrides.items():
         cmd += ["--set", f"{k}={yaml.safe_dump(v, default_flow_style=True).strip()}"]
     if resume:
@@ -69,7 +69,7 @@ def torchrun_command(
 def train_task(
     config: str, overrides: dict[str, Any], resume: str | None, nproc: int = 1
 ) -> dict[str, Any]:
-    from pipelines.training_job import TrainJobConfig, run_training
+    from stdiff.pipelines.training_job import TrainJobConfig, run_training
 
     cfg = load_config(config, TrainJobConfig, overrides)
     if nproc > 1:
@@ -106,19 +106,19 @@ def train_flow(
 
 
 def _train_cls():
-    from pipelines.training_job import TrainJobConfig
+    from stdiff.pipelines.training_job import TrainJobConfig
 
     return TrainJobConfig
 
 
 # kind -> (module, config class, run function); each run function takes the config first
 JOBS: dict[str, tuple[str, str, str]] = {
-    "impute": ("pipelines.imputation", "ImputeConfig", "run_imputation"),
-    "forecast": ("pipelines.forecast", "ForecastConfig", "run_forecast"),
-    "score": ("pipelines.weather_eval", "ScoreConfig", "run_scoring"),
-    "reconstruct": ("pipelines.reconstruct", "ReconstructConfig", "run_reconstruction"),
-    "generate": ("pipelines.generate", "GenerateConfig", "run_generation"),
-    "distill": ("pipelines.distill", "DistillConfig", "run_distillation"),
+    "impute": ("stdiff.pipelines.imputation", "ImputeConfig", "run_imputation"),
+    "forecast": ("stdiff.pipelines.forecast", "ForecastConfig", "run_forecast"),
+    "score": ("stdiff.pipelines.weather_eval", "ScoreConfig", "run_scoring"),
+    "reconstruct": ("stdiff.pipelines.reconstruct", "ReconstructConfig", "run_reconstruction"),
+    "generate": ("stdiff.pipelines.generate", "GenerateConfig", "run_generation"),
+    "distill": ("stdiff.pipelines.distill", "DistillConfig", "run_distillation"),
 }
 NO_PROGRESS = ("impute", "forecast", "reconstruct")  # run functions with a progress switch
 
@@ -220,7 +220,7 @@ def _grid_link(out: str) -> dict[str, str]:
 @task(name="impute-chunk", tags=["gpu"])
 def impute_chunk_task(params: dict[str, Any], chunks: list[int]) -> list[int]:
     """Compute some chunks of an imputation store (on a Dask worker under ``DaskTaskRunner``)."""
-    from pipelines.imputation import run_imputation
+    from stdiff.pipelines.imputation import run_imputation
 
     return run_imputation(_config("impute", {**params, "chunks": chunks}), progress=False)[
         "computed"
@@ -233,7 +233,7 @@ def impute_fan_out_flow(params: dict[str, Any], chunks_per_task: int = 1) -> dic
 
     Run it through :func:`distributed_impute` (a ``DaskTaskRunner``); killed and run again, it
     computes only the chunks without completion markers."""
-    from pipelines.imputation import plan_chunks
+    from stdiff.pipelines.imputation import plan_chunks
 
     n = plan_chunks(_config("impute", params))
     groups = [list(range(a, min(n, a + chunks_per_task))) for a in range(0, n, chunks_per_task)]

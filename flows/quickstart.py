@@ -16,11 +16,11 @@ from typing import Any
 
 from prefect import flow
 
-from flows.jobs import _publish, ingest_task, job_task, train_task
+from stdiff.flows.jobs import _publish, ingest_task, job_task, train_task
+from stdiff.pipelines.resources import shipped_config, shipped_sample
 
-REPO = Path(__file__).resolve().parents[1]
-SAMPLE = REPO / "datasets/samples/ncep_air_2013q1.nc"
-CONFIG = REPO / "configs/quickstart_forecast.yaml"
+SAMPLE = shipped_sample("ncep_air_2013q1.nc")
+CONFIG = shipped_config("quickstart_forecast.yaml")
 
 
 @flow(name="stdiff-quickstart")

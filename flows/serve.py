@@ -22,8 +22,8 @@ import inspect
 from dataclasses import dataclass, field
 from typing import Any
 
-from flows.demo import toy_demo_flow
-from flows.jobs import (
+from stdiff.flows.demo import toy_demo_flow
+from stdiff.flows.jobs import (
     JOBS,
     _config,
     forecast_flow,
@@ -34,7 +34,7 @@ from flows.jobs import (
     score_flow,
     train_flow,
 )
-from flows.quickstart import quickstart_flow
+from stdiff.flows.quickstart import quickstart_flow
 
 FLOWS = {
     "ingest": ingest_flow,

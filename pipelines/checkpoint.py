@@ -16,7 +16,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
-from datasets.atomic import atomic_path
+from stdiff.datasets.atomic import atomic_path
 
 
 def save_checkpoint(

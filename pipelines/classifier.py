@@ -24,11 +24,11 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
-from datasets.atomic import atomic_path
-from datasets.store import open_store
-from diffusion.nets.init import build_seeded
-from pipelines.device import resolve_device
-from pipelines.progress import progress_bar
+from stdiff.datasets.atomic import atomic_path
+from stdiff.datasets.store import open_store
+from stdiff.diffusion.nets.init import build_seeded
+from stdiff.pipelines.device import resolve_device
+from stdiff.pipelines.progress import progress_bar
 
 FORMAT = "stdiff-image-classifier"
 NORMALIZATION = "x / 127.5 - 1 (uint8 [0, 255] -> [-1, 1])"

@@ -16,6 +16,8 @@ from typing import Any, Literal, TypeVar, get_args, get_origin
 
 import yaml
 
+from stdiff.pipelines.resources import resolve_config
+
 T = TypeVar("T")
 
 
@@ -94,7 +96,7 @@ def from_dict(cls: type[T], data: dict[str, Any], where: str = "config:") -> T:
 
 def load_config(path: str | Path, cls: type[T], overrides: dict[str, Any] | None = None) -> T:
     """Read a YAML file into ``cls``; ``overrides`` are dotted keys (``train.steps``) set on top."""
-    path = Path(path)
+    path = resolve_config(path)
     if not path.is_file():
         raise ValueError(f"{path}: config file not found")
     try:

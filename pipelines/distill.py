@@ -23,20 +23,20 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
-from datasets.atomic import write_json
-from diffusion.distill import (
+from stdiff.datasets.atomic import write_json
+from stdiff.diffusion.distill import (
     ConsistencyDenoiser,
     Distance,
     consistency_grid,
     consistency_loss,
     progressive_loss,
 )
-from diffusion.rng import member_seed
-from pipelines.checkpoint import latest_checkpoint
-from pipelines.config import at_least_one, to_dict
-from pipelines.device import DeviceName, resolve_device
-from pipelines.train import LoopConfig, OptimConfig, train
-from pipelines.training_job import _datasets, load_denoiser
+from stdiff.diffusion.rng import member_seed
+from stdiff.pipelines.checkpoint import latest_checkpoint
+from stdiff.pipelines.config import at_least_one, to_dict
+from stdiff.pipelines.device import DeviceName, resolve_device
+from stdiff.pipelines.train import LoopConfig, OptimConfig, train
+from stdiff.pipelines.training_job import _datasets, load_denoiser
 
 
 @dataclass(frozen=True)

@@ -32,18 +32,18 @@ import pandas as pd
 import torch
 import xarray as xr
 
-from datasets.errors import DataError
-from datasets.regions import RegionStore
-from datasets.store import open_store, stdiff_version
-from diffusion.losses import regression_predict
-from diffusion.rng import member_generators
-from diffusion.samplers import check_options, sample
-from diffusion.schedules import karras_sigmas
-from pipelines.config import at_least_one, to_dict
-from pipelines.device import DeviceName, autocast, resolve_device
-from pipelines.progress import progress_bar
-from pipelines.training_job import load_denoiser
-from pipelines.weather_task import WeatherLayout, condition, time_scalars
+from stdiff.datasets.errors import DataError
+from stdiff.datasets.regions import RegionStore
+from stdiff.datasets.store import open_store, stdiff_version
+from stdiff.diffusion.losses import regression_predict
+from stdiff.diffusion.rng import member_generators
+from stdiff.diffusion.samplers import check_options, sample
+from stdiff.diffusion.schedules import karras_sigmas
+from stdiff.pipelines.config import at_least_one, to_dict
+from stdiff.pipelines.device import DeviceName, autocast, resolve_device
+from stdiff.pipelines.progress import progress_bar
+from stdiff.pipelines.training_job import load_denoiser
+from stdiff.pipelines.weather_task import WeatherLayout, condition, time_scalars
 
 GENCAST_OPTIONS = {"s_churn": 2.5, "s_tmin": 0.75, "s_tmax": 80.0, "s_noise": 1.05}
 

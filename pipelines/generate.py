@@ -21,17 +21,17 @@ import numpy as np
 import torch
 import xarray as xr
 
-from datasets.atomic import atomic_path, write_json
-from datasets.store import open_store, stdiff_version
-from diffusion.conditioning import Condition
-from diffusion.guidance import classifier_free_guidance
-from diffusion.rng import member_generators
-from diffusion.samplers import check_options, sample
-from diffusion.schedules import Spacing
-from pipelines.config import at_least_one, to_dict
-from pipelines.device import DeviceName, autocast, resolve_device
-from pipelines.latent import codec_from_metadata
-from pipelines.training_job import load_denoiser
+from stdiff.datasets.atomic import atomic_path, write_json
+from stdiff.datasets.store import open_store, stdiff_version
+from stdiff.diffusion.conditioning import Condition
+from stdiff.diffusion.guidance import classifier_free_guidance
+from stdiff.diffusion.rng import member_generators
+from stdiff.diffusion.samplers import check_options, sample
+from stdiff.diffusion.schedules import Spacing
+from stdiff.pipelines.config import at_least_one, to_dict
+from stdiff.pipelines.device import DeviceName, autocast, resolve_device
+from stdiff.pipelines.latent import codec_from_metadata
+from stdiff.pipelines.training_job import load_denoiser
 
 
 @dataclass(frozen=True)
@@ -115,8 +115,8 @@ def _sizes(tcfg) -> dict[str, int]:
 
 def score_samples(images: np.ndarray, labels: np.ndarray, cfg: GenerateConfig, store: str):
     """Classifier accuracy against the asked labels and the Fréchet distance to real images."""
-    from pipelines.classifier import classify, load_classifier
-    from pipelines.image_metrics import frechet_distance
+    from stdiff.pipelines.classifier import classify, load_classifier
+    from stdiff.pipelines.image_metrics import frechet_distance
 
     model, _ = load_classifier(cfg.classifier, device="cpu")
     pred, feats = classify(model, images)

@@ -35,20 +35,20 @@ import numpy as np
 import torch
 import xarray as xr
 
-from datasets.atomic import write_json
-from datasets.errors import DataError
-from datasets.masks import csdi_eval_mask
-from datasets.regions import RegionStore
-from datasets.splits import csdi_stay_split
-from datasets.store import open_store, stdiff_version
-from diffusion.conditioning import Condition
-from diffusion.rng import member_generators
-from diffusion.samplers import check_options, get_sampler, sample
-from diffusion.schedules import SPACINGS, Spacing
-from pipelines.config import at_least_one, to_dict
-from pipelines.device import DeviceName, autocast, resolve_device
-from pipelines.progress import progress_bar
-from pipelines.scores import (
+from stdiff.datasets.atomic import write_json
+from stdiff.datasets.errors import DataError
+from stdiff.datasets.masks import csdi_eval_mask
+from stdiff.datasets.regions import RegionStore
+from stdiff.datasets.splits import csdi_stay_split
+from stdiff.datasets.store import open_store, stdiff_version
+from stdiff.diffusion.conditioning import Condition
+from stdiff.diffusion.rng import member_generators
+from stdiff.diffusion.samplers import check_options, get_sampler, sample
+from stdiff.diffusion.schedules import SPACINGS, Spacing
+from stdiff.pipelines.config import at_least_one, to_dict
+from stdiff.pipelines.device import DeviceName, autocast, resolve_device
+from stdiff.pipelines.progress import progress_bar
+from stdiff.pipelines.scores import (
     CSDI_QUANTILES,
     ensemble_quantiles,
     interval_coverage,
@@ -58,7 +58,7 @@ from pipelines.scores import (
     quantile_crps_sum,
     rank_histogram,
 )
-from pipelines.training_job import load_denoiser
+from stdiff.pipelines.training_job import load_denoiser
 
 QUANTILES: tuple[float, ...] = tuple(sorted(set(CSDI_QUANTILES) | set(interval_quantiles())))
 

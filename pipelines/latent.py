@@ -20,8 +20,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from diffusion.autoencoder import KLAutoencoder, autoencoder_loss, latent_scale
-from pipelines.checkpoint import latest_checkpoint, load_checkpoint
+from stdiff.diffusion.autoencoder import KLAutoencoder, autoencoder_loss, latent_scale
+from stdiff.pipelines.checkpoint import latest_checkpoint, load_checkpoint
 
 
 class AutoencoderHolder(nn.Module):
@@ -45,7 +45,7 @@ def load_autoencoder(
     run: str | Path, device: str | torch.device = "cpu"
 ) -> tuple[KLAutoencoder, dict[str, Any], Path]:
     """The trained autoencoder (EMA weights, eval, frozen), its job config and checkpoint path."""
-    from pipelines.training_job import build_net
+    from stdiff.pipelines.training_job import build_net
 
     path = Path(run)
     ckpt = path if (path / "weights.safetensors").is_file() else latest_checkpoint(path)

@@ -36,17 +36,17 @@ import numpy as np
 import torch
 import xarray as xr
 
-from datasets.atomic import atomic_path, write_json
-from datasets.degradations import INPAINT_KINDS, cartesian_mask, inpaint_mask, load_user_mask
-from datasets.store import open_store, stdiff_version
-from diffusion.conditioning import Condition
-from diffusion.inverse import InverseConfig, solve, summarize
-from diffusion.operators import Blur, Downsample, FourierMask, Mask, Radon
-from diffusion.rng import member_generators, member_seed
-from pipelines.config import at_least_one, to_dict
-from pipelines.device import DeviceName, resolve_device
-from pipelines.image_metrics import psnr, ssim
-from pipelines.training_job import load_denoiser
+from stdiff.datasets.atomic import atomic_path, write_json
+from stdiff.datasets.degradations import INPAINT_KINDS, cartesian_mask, inpaint_mask, load_user_mask
+from stdiff.datasets.store import open_store, stdiff_version
+from stdiff.diffusion.conditioning import Condition
+from stdiff.diffusion.inverse import InverseConfig, solve, summarize
+from stdiff.diffusion.operators import Blur, Downsample, FourierMask, Mask, Radon
+from stdiff.diffusion.rng import member_generators, member_seed
+from stdiff.pipelines.config import at_least_one, to_dict
+from stdiff.pipelines.device import DeviceName, resolve_device
+from stdiff.pipelines.image_metrics import psnr, ssim
+from stdiff.pipelines.training_job import load_denoiser
 
 Task = Literal["inpaint", "outpaint", "superres", "deblur", "mri", "ct"]
 TASKS: tuple[str, ...] = ("inpaint", "outpaint", "superres", "deblur", "mri", "ct")

@@ -13,13 +13,13 @@ import numpy as np
 import torch
 import xarray as xr
 
-from datasets.atomic import atomic_path
-from datasets.masks import csdi_eval_mask
-from diffusion.conditioning import Condition
-from diffusion.precond import Denoiser
-from diffusion.rng import member_generators, member_seed
-from diffusion.samplers import sample
-from pipelines.scores import CSDI_QUANTILES, ensemble_quantiles, point_errors, quantile_crps
+from stdiff.datasets.atomic import atomic_path
+from stdiff.datasets.masks import csdi_eval_mask
+from stdiff.diffusion.conditioning import Condition
+from stdiff.diffusion.precond import Denoiser
+from stdiff.diffusion.rng import member_generators, member_seed
+from stdiff.diffusion.samplers import sample
+from stdiff.pipelines.scores import CSDI_QUANTILES, ensemble_quantiles, point_errors, quantile_crps
 
 SampleFn = Callable[[Denoiser, int, Path], dict[str, float]]
 

@@ -14,20 +14,20 @@ import numpy as np
 import torch
 import xarray as xr
 
-from datasets.atomic import atomic_path, write_json
-from datasets.toy2d import toy2d
-from diffusion.losses import Weighting, denoising_loss
-from diffusion.nets.init import build_seeded
-from diffusion.nets.mlp import MLPNet
-from diffusion.precond import Denoiser, Preconditioning, Prediction
-from diffusion.rng import member_seed
-from diffusion.samplers import check_options, get_sampler, sample
-from diffusion.schedules import make_schedule
-from pipelines.checkpoint import load_checkpoint, save_checkpoint
-from pipelines.config import from_dict, to_dict
-from pipelines.device import DeviceName, resolve_device
-from pipelines.metrics import energy_distance
-from pipelines.train import ema_update
+from stdiff.datasets.atomic import atomic_path, write_json
+from stdiff.datasets.toy2d import toy2d
+from stdiff.diffusion.losses import Weighting, denoising_loss
+from stdiff.diffusion.nets.init import build_seeded
+from stdiff.diffusion.nets.mlp import MLPNet
+from stdiff.diffusion.precond import Denoiser, Preconditioning, Prediction
+from stdiff.diffusion.rng import member_seed
+from stdiff.diffusion.samplers import check_options, get_sampler, sample
+from stdiff.diffusion.schedules import make_schedule
+from stdiff.pipelines.checkpoint import load_checkpoint, save_checkpoint
+from stdiff.pipelines.config import from_dict, to_dict
+from stdiff.pipelines.device import DeviceName, resolve_device
+from stdiff.pipelines.metrics import energy_distance
+from stdiff.pipelines.train import ema_update
 
 
 @dataclass(frozen=True)

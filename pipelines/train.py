@@ -29,18 +29,18 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from diffusion.conditioning import Condition
-from diffusion.losses import Weighting, denoising_loss, regression_loss
-from diffusion.precond import Denoiser
-from diffusion.rng import member_seed
-from diffusion.schedules import NoiseSchedule
-from pipelines.checkpoint import (
+from stdiff.diffusion.conditioning import Condition
+from stdiff.diffusion.losses import Weighting, denoising_loss, regression_loss
+from stdiff.diffusion.precond import Denoiser
+from stdiff.diffusion.rng import member_seed
+from stdiff.diffusion.schedules import NoiseSchedule
+from stdiff.pipelines.checkpoint import (
     latest_checkpoint,
     load_training_checkpoint,
     save_training_checkpoint,
 )
-from pipelines.device import autocast
-from pipelines.progress import progress_bar
+from stdiff.pipelines.device import autocast
+from stdiff.pipelines.progress import progress_bar
 
 Batch = tuple[torch.Tensor, Condition | None, torch.Tensor | None]  # x0, condition, loss mask
 # loss_fn(forward, denoiser, x0, cond, mask, generator) -> scalar: ``forward`` is the (possibly

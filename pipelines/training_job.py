@@ -21,31 +21,31 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from datasets.masks import STRATEGIES, Strategy, cond_mask
-from datasets.splits import csdi_stay_split
-from datasets.store import open_store
-from datasets.windows import ForecastWindows, SampleWindows
-from diffusion.conditioning import Condition
-from diffusion.nets.init import build_seeded
-from diffusion.precond import Denoiser, NoiseConditioning, Preconditioning, Prediction
-from diffusion.rng import member_seed
-from diffusion.schedules import make_schedule
-from pipelines.checkpoint import latest_checkpoint, load_checkpoint
-from pipelines.config import from_dict, to_dict
-from pipelines.device import DeviceName, resolve_device
-from pipelines.sample_dumps import SampleFn, image_dump, imputation_dump
-from pipelines.toy import ScheduleConfig
-from pipelines.train import LoopConfig, OptimConfig, TrainState, train
-from pipelines.weather_task import NUM_SCALARS, WeatherLayout, forecast_batch
+from stdiff.datasets.masks import STRATEGIES, Strategy, cond_mask
+from stdiff.datasets.splits import csdi_stay_split
+from stdiff.datasets.store import open_store
+from stdiff.datasets.windows import ForecastWindows, SampleWindows
+from stdiff.diffusion.conditioning import Condition
+from stdiff.diffusion.nets.init import build_seeded
+from stdiff.diffusion.precond import Denoiser, NoiseConditioning, Preconditioning, Prediction
+from stdiff.diffusion.rng import member_seed
+from stdiff.diffusion.schedules import make_schedule
+from stdiff.pipelines.checkpoint import latest_checkpoint, load_checkpoint
+from stdiff.pipelines.config import from_dict, to_dict
+from stdiff.pipelines.device import DeviceName, resolve_device
+from stdiff.pipelines.sample_dumps import SampleFn, image_dump, imputation_dump
+from stdiff.pipelines.toy import ScheduleConfig
+from stdiff.pipelines.train import LoopConfig, OptimConfig, TrainState, train
+from stdiff.pipelines.weather_task import NUM_SCALARS, WeatherLayout, forecast_batch
 
 # name -> (module, factory); factories take the keyword parameters of ``model.params``
 NETS: dict[str, tuple[str, str]] = {
-    "mlp": ("diffusion.nets.mlp", "MLPNet"),
-    "csdi": ("diffusion.nets.csdi", "CSDINet"),
-    "dit": ("diffusion.nets.dit", "make_dit"),  # registry sizes: {"name": "B/2", ...}
-    "dit_custom": ("diffusion.nets.dit", "DiT"),  # explicit depth / hidden / num_heads
-    "unet": ("diffusion.nets.unet", "UNet"),
-    "autoencoder": ("diffusion.autoencoder", "KLAutoencoder"),  # loop.objective: autoencoder
+    "mlp": ("stdiff.diffusion.nets.mlp", "MLPNet"),
+    "csdi": ("stdiff.diffusion.nets.csdi", "CSDINet"),
+    "dit": ("stdiff.diffusion.nets.dit", "make_dit"),  # registry sizes: {"name": "B/2", ...}
+    "dit_custom": ("stdiff.diffusion.nets.dit", "DiT"),  # explicit depth / hidden / num_heads
+    "unet": ("stdiff.diffusion.nets.unet", "UNet"),
+    "autoencoder": ("stdiff.diffusion.autoencoder", "KLAutoencoder"),  # loop.objective: autoencoder
 }
 
 
@@ -87,10 +87,13 @@ class DataConfig:
 
 # model.kind -> the Denoiser class wrapping the network
 KINDS: dict[str, tuple[str, str]] = {
-    "score": ("diffusion.precond", "Denoiser"),  # D = c_skip x + c_out F
-    "energy": ("diffusion.energy", "EnergyDenoiser"),  # D = x - sigma^2 grad E
-    "learned_variance": ("diffusion.variance", "VarianceDenoiser"),  # IDDPM: F has 2C channels
-    "consistency": ("diffusion.distill", "ConsistencyDenoiser"),  # f(x, s_min) = x
+    "score": ("stdiff.diffusion.precond", "Denoiser"),  # D = c_skip x + c_out F
+    "energy": ("stdiff.diffusion.energy", "EnergyDenoiser"),  # D = x - sigma^2 grad E
+    "learned_variance": (
+        "stdiff.diffusion.variance",
+        "VarianceDenoiser",
+    ),  # IDDPM: F has 2C channels
+    "consistency": ("stdiff.diffusion.distill", "ConsistencyDenoiser"),  # f(x, s_min) = x
 }
 
 
@@ -277,7 +280,7 @@ def run_training(cfg: TrainJobConfig, resume: str | Path | None = None) -> Train
     train_ds, val_ds, to_batch, meta = _datasets(cfg)
     loss_fn = None
     if cfg.data.latent:
-        from pipelines.latent import fit_codec, latent_batches
+        from stdiff.pipelines.latent import fit_codec, latent_batches
 
         gen = torch.Generator().manual_seed(member_seed(cfg.seed, 8))
         first = next(iter(torch.utils.data.DataLoader(train_ds, batch_size=512)))
@@ -289,7 +292,7 @@ def run_training(cfg: TrainJobConfig, resume: str | Path | None = None) -> Train
     m = cfg.model
     net = build_net(m.net, m.params, member_seed(cfg.seed, 1))
     if cfg.loop.objective == "autoencoder":
-        from pipelines.latent import AutoencoderHolder, autoencoder_loss_fn
+        from stdiff.pipelines.latent import AutoencoderHolder, autoencoder_loss_fn
 
         if m.net != "autoencoder":
             raise ValueError("loop.objective: autoencoder needs model.net: autoencoder")
@@ -297,7 +300,7 @@ def run_training(cfg: TrainJobConfig, resume: str | Path | None = None) -> Train
     else:
         denoiser = make_denoiser(m, net, schedule)
     if cfg.loop.objective == "hybrid":
-        from diffusion.variance import hybrid_loss
+        from stdiff.diffusion.variance import hybrid_loss
 
         if m.kind != "learned_variance":
             raise ValueError("loop.objective: hybrid needs model.kind: learned_variance")
@@ -340,11 +343,8 @@ def _sample_fn(cfg: TrainJobConfig, ds) -> SampleFn | None:
     return imputation_dump(values, observed, cfg.seed)
 
 
-def load_denoiser(
-    checkpoint: str | Path, weights: Literal["ema", "model"] = "ema", device: str = "cpu"
-) -> tuple[Denoiser, TrainJobConfig, dict[str, Any]]:
-    """The trained denoiser (EMA weights by default, in ``eval()`` mode), its job config and the
-    checkpoint metadata, from a run folder (its latest checkpoint) or a ``step_*`` folder."""
+def checkpoint_folder(checkpoint: str | Path) -> Path:
+    """The ``step_*`` folder of a run folder (its latest) or of a checkpoint folder itself."""
     path = Path(checkpoint)
     if not path.exists():
         raise ValueError(f"{path}: checkpoint not found")
@@ -353,6 +353,15 @@ def load_denoiser(
         raise ValueError(
             f"{path}: no checkpoint in this folder (expected step_*/weights.safetensors)"
         )
+    return ckpt
+
+
+def load_denoiser(
+    checkpoint: str | Path, weights: Literal["ema", "model"] = "ema", device: str = "cpu"
+) -> tuple[Denoiser, TrainJobConfig, dict[str, Any]]:
+    """The trained denoiser (EMA weights by default, in ``eval()`` mode), its job config and the
+    checkpoint metadata, from a run folder (its latest checkpoint) or a ``step_*`` folder."""
+    ckpt = checkpoint_folder(checkpoint)
     groups, config, metadata = load_checkpoint(ckpt / "weights.safetensors")
     cfg = from_dict(TrainJobConfig, config, f"{ckpt}: config")
     schedule = make_schedule(cfg.schedule.name, **cfg.schedule.params)

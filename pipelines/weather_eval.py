@@ -26,11 +26,16 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-from datasets.atomic import atomic_path, write_json
-from datasets.errors import DataError
-from datasets.store import open_store
-from datasets.weather import latitude_weights
-from pipelines.scores import ensemble_mean_rmse, fair_crps, rank_histogram, spread_skill_ratio
+from stdiff.datasets.atomic import atomic_path, write_json
+from stdiff.datasets.errors import DataError
+from stdiff.datasets.store import open_store
+from stdiff.datasets.weather import latitude_weights
+from stdiff.pipelines.scores import (
+    ensemble_mean_rmse,
+    fair_crps,
+    rank_histogram,
+    spread_skill_ratio,
+)
 
 
 @dataclass(frozen=True)

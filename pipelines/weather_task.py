@@ -25,9 +25,9 @@ import pandas as pd
 import torch
 import xarray as xr
 
-from datasets.errors import DataError
-from datasets.weather import calendar_features, static_fields
-from diffusion.conditioning import Condition
+from stdiff.datasets.errors import DataError
+from stdiff.datasets.weather import calendar_features, static_fields
+from stdiff.diffusion.conditioning import Condition
 
 NUM_SCALARS = 5  # lead (days), hour sin/cos, day-of-year sin/cos
 

@@ -10,9 +10,9 @@ import pytest
 import torch
 import xarray as xr
 
-from datasets.splits import csdi_fold_split, normalization_stats
-from datasets.store import attach_stats, write_store
-from diffusion.analytic import GaussianMixture
+from stdiff.datasets.splits import csdi_fold_split, normalization_stats
+from stdiff.datasets.store import attach_stats, write_store
+from stdiff.diffusion.analytic import GaussianMixture
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
@@ -127,7 +127,7 @@ def trained_csdi(tmp_path_factory) -> tuple[Path, Path]:
     import yaml
     from typer.testing import CliRunner
 
-    from pipelines.cli import app
+    from stdiff.cli import app
 
     root = tmp_path_factory.mktemp("csdi")
     store = make_stay_store(root / "stays.zarr")
@@ -172,7 +172,7 @@ def image_model(tmp_path_factory) -> tuple[Path, Path]:
     import yaml
     from typer.testing import CliRunner
 
-    from pipelines.cli import app
+    from stdiff.cli import app
 
     tmp = tmp_path_factory.mktemp("recon")
     rng = np.random.default_rng(0)

@@ -35,8 +35,8 @@ from einops import rearrange
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from diffusion.conditioning import Condition
-from diffusion.nets.embeddings import sinusoidal_embedding
+from stdiff.diffusion.conditioning import Condition
+from stdiff.diffusion.nets.embeddings import sinusoidal_embedding
 
 
 def step_embedding(step: Tensor, dim: int = 128) -> Tensor:

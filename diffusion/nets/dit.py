@@ -31,8 +31,8 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 from torch.utils.checkpoint import checkpoint
 
-from diffusion.conditioning import Condition
-from diffusion.nets.embeddings import NoiseEmbedding
+from stdiff.diffusion.conditioning import Condition
+from stdiff.diffusion.nets.embeddings import NoiseEmbedding
 
 #: size name -> (depth, hidden, heads), the DiT paper's Table 1.
 DIT_CONFIGS: dict[str, tuple[int, int, int]] = {

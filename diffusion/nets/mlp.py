@@ -6,8 +6,8 @@ import torch
 from einops import rearrange
 from torch import Tensor, nn
 
-from diffusion.conditioning import Condition
-from diffusion.nets.embeddings import NoiseEmbedding
+from stdiff.diffusion.conditioning import Condition
+from stdiff.diffusion.nets.embeddings import NoiseEmbedding
 
 
 class _Block(nn.Module):

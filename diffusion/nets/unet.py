@@ -23,8 +23,8 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
-from diffusion.conditioning import Condition
-from diffusion.nets.embeddings import NoiseEmbedding
+from stdiff.diffusion.conditioning import Condition
+from stdiff.diffusion.nets.embeddings import NoiseEmbedding
 
 
 def _norm(channels: int) -> nn.GroupNorm:

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from datasets.degradations import INPAINT_KINDS, cartesian_mask, inpaint_mask, load_user_mask
+from stdiff.datasets.degradations import INPAINT_KINDS, cartesian_mask, inpaint_mask, load_user_mask
 
 HIDDEN = {
     "thin": (0.15, 0.30),

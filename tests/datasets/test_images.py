@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from datasets.errors import DataError
-from datasets.images import (
+from stdiff.datasets.errors import DataError
+from stdiff.datasets.images import (
     FASHION_MNIST_CLASSES,
     load_idx_images,
     load_image_folder,

@@ -11,9 +11,9 @@ import pytest
 import xarray as xr
 from typer.testing import CliRunner
 
-from datasets.store import open_store
-from datasets.windows import ForecastWindows, SampleWindows
-from pipelines.cli import app
+from stdiff.cli import app
+from stdiff.datasets.store import open_store
+from stdiff.datasets.windows import ForecastWindows, SampleWindows
 
 
 def _run(*args: str):

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from datasets.masks import STRATEGIES, cond_mask, csdi_eval_mask, historical_cond_mask
+from stdiff.datasets.masks import STRATEGIES, cond_mask, csdi_eval_mask, historical_cond_mask
 
 
 def _observed(b: int = 64, length: int = 12, k: int = 5) -> torch.Tensor:

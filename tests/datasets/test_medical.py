@@ -9,8 +9,8 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from datasets.errors import DataError
-from datasets.medical import load_dicom, load_nifti
+from stdiff.datasets.errors import DataError
+from stdiff.datasets.medical import load_dicom, load_nifti
 
 # ------------------------------------------------------------------------------------------ NIfTI
 
@@ -244,8 +244,8 @@ def test_colin27_real(colin27):
 
 
 def test_volume_slices_as_images(tmp_path):
-    from datasets.ingest import IngestOptions, ingest
-    from datasets.medical import slices_as_images
+    from stdiff.datasets.ingest import IngestOptions, ingest
+    from stdiff.datasets.medical import slices_as_images
 
     vol = np.zeros((40, 30, 60), np.float32)  # (x, y, z): a bright ellipsoid, empty ends in z
     xx, yy, zz = np.meshgrid(np.arange(40), np.arange(30), np.arange(60), indexing="ij")

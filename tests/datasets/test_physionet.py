@@ -12,8 +12,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from datasets.errors import DataError
-from datasets.physionet import ATTRIBUTES, load_physionet2012
+from stdiff.datasets.errors import DataError
+from stdiff.datasets.physionet import ATTRIBUTES, load_physionet2012
 
 F = {name: k for k, name in enumerate(ATTRIBUTES)}
 DESCRIPTORS = "00:00,RecordID,{rid}\n00:00,Age,54\n00:00,Gender,0\n00:00,Height,-1\n00:00,ICUType,4\n00:00,Weight,-1\n"

@@ -11,10 +11,10 @@ import torch
 import xarray as xr
 from torch.utils.data import DataLoader
 
-from datasets.errors import DataError
-from datasets.splits import csdi_fold_split, normalization_stats, time_split
-from datasets.store import attach_stats, content_hash, open_store, store_hash, write_store
-from datasets.windows import ForecastWindows, SampleWindows
+from stdiff.datasets.errors import DataError
+from stdiff.datasets.splits import csdi_fold_split, normalization_stats, time_split
+from stdiff.datasets.store import attach_stats, content_hash, open_store, store_hash, write_store
+from stdiff.datasets.windows import ForecastWindows, SampleWindows
 
 
 def _grid(n_time: int = 40) -> xr.Dataset:

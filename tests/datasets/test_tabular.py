@@ -8,8 +8,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from datasets.errors import DataError
-from datasets.tabular import load_table
+from stdiff.datasets.errors import DataError
+from stdiff.datasets.tabular import load_table
 
 NAN = np.nan
 

@@ -13,8 +13,8 @@ import pandas as pd
 import pytest
 import xarray as xr
 
-from datasets.errors import DataError
-from datasets.weather import (
+from stdiff.datasets.errors import DataError
+from stdiff.datasets.weather import (
     calendar_features,
     canonicalize,
     coarsen,

@@ -6,17 +6,17 @@ from __future__ import annotations
 import pytest
 import torch
 
-from diffusion.analytic import GaussianMixture
-from diffusion.autoencoder import (
+from stdiff.diffusion.analytic import GaussianMixture
+from stdiff.diffusion.autoencoder import (
     DiagonalGaussian,
     KLAutoencoder,
     autoencoder_loss,
     latent_scale,
     reconstruction_psnr,
 )
-from diffusion.samplers import sample
-from diffusion.schedules import make_schedule
-from pipelines.latent import LatentCodec
+from stdiff.diffusion.samplers import sample
+from stdiff.diffusion.schedules import make_schedule
+from stdiff.pipelines.latent import LatentCodec
 
 
 def test_kl_matches_monte_carlo_and_closed_form():

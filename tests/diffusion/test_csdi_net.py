@@ -9,12 +9,12 @@ import pytest
 import torch
 from torch import nn
 
-from diffusion.conditioning import Condition
-from diffusion.losses import denoising_loss
-from diffusion.nets.csdi import CSDINet, EncoderLayer, attention, step_embedding
-from diffusion.nets.init import build_seeded
-from diffusion.precond import Denoiser, Preconditioning
-from diffusion.schedules import csdi_quad
+from stdiff.diffusion.conditioning import Condition
+from stdiff.diffusion.losses import denoising_loss
+from stdiff.diffusion.nets.csdi import CSDINet, EncoderLayer, attention, step_embedding
+from stdiff.diffusion.nets.init import build_seeded
+from stdiff.diffusion.precond import Denoiser, Preconditioning
+from stdiff.diffusion.schedules import csdi_quad
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

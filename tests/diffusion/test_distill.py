@@ -13,7 +13,7 @@ import pytest
 import torch
 from torch import nn
 
-from diffusion.distill import (
+from stdiff.diffusion.distill import (
     ConsistencyDenoiser,
     consistency_grid,
     consistency_loss,
@@ -21,9 +21,9 @@ from diffusion.distill import (
     progressive_loss,
     progressive_target,
 )
-from diffusion.precond import Denoiser, Preconditioning
-from diffusion.samplers import sample_consistency, sample_ddim
-from diffusion.schedules import make_schedule
+from stdiff.diffusion.precond import Denoiser, Preconditioning
+from stdiff.diffusion.samplers import sample_consistency, sample_ddim
+from stdiff.diffusion.schedules import make_schedule
 
 C = 0.5  # data std
 SCHED = make_schedule("edm")

@@ -6,9 +6,9 @@ import pytest
 import torch
 from torch import Tensor
 
-from diffusion.conditioning import Condition
-from diffusion.losses import denoising_loss
-from diffusion.nets.dit import (
+from stdiff.diffusion.conditioning import Condition
+from stdiff.diffusion.losses import denoising_loss
+from stdiff.diffusion.nets.dit import (
     DIT_CONFIGS,
     DIT_NAMES,
     DiT,
@@ -17,9 +17,9 @@ from diffusion.nets.dit import (
     pad_to_patch,
     sincos_pos_embed_2d,
 )
-from diffusion.nets.init import build_seeded
-from diffusion.precond import Denoiser, Preconditioning
-from diffusion.schedules import edm
+from stdiff.diffusion.nets.init import build_seeded
+from stdiff.diffusion.precond import Denoiser, Preconditioning
+from stdiff.diffusion.schedules import edm
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -13,19 +13,19 @@ import pytest
 import torch
 from torch import nn
 
-from diffusion.analytic import GaussianMixture
-from diffusion.energy import (
+from stdiff.diffusion.analytic import GaussianMixture
+from stdiff.diffusion.energy import (
     EnergyDenoiser,
     acceptance_recorder,
     mala_step,
     sample_annealed_mala,
 )
-from diffusion.likelihood import log_likelihood
-from diffusion.losses import denoising_loss
-from diffusion.nets.mlp import MLPNet
-from diffusion.precond import PREDICTIONS, Preconditioning
-from diffusion.rng import member_generators
-from diffusion.schedules import edm
+from stdiff.diffusion.likelihood import log_likelihood
+from stdiff.diffusion.losses import denoising_loss
+from stdiff.diffusion.nets.mlp import MLPNet
+from stdiff.diffusion.precond import PREDICTIONS, Preconditioning
+from stdiff.diffusion.rng import member_generators
+from stdiff.diffusion.schedules import edm
 
 C = torch.tensor([0.5, 1.5], dtype=torch.float64)  # per-dimension data std of the Gaussian
 

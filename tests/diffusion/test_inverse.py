@@ -12,10 +12,10 @@ import itertools
 import pytest
 import torch
 
-from diffusion.analytic import GaussianMixture
-from diffusion.inverse import InverseConfig, cgls_pinv, repaint_walk, solve, summarize
-from diffusion.operators import Downsample, FourierMask, Mask, Radon
-from diffusion.schedules import edm
+from stdiff.diffusion.analytic import GaussianMixture
+from stdiff.diffusion.inverse import InverseConfig, cgls_pinv, repaint_walk, solve, summarize
+from stdiff.diffusion.operators import Downsample, FourierMask, Mask, Radon
+from stdiff.diffusion.schedules import edm
 
 COV = torch.tensor(
     [[1.0, 0.8, 0.6, 0.3], [0.8, 1.0, 0.5, 0.4], [0.6, 0.5, 1.0, 0.7], [0.3, 0.4, 0.7, 1.0]],

@@ -7,13 +7,13 @@ import math
 import pytest
 import torch
 
-from diffusion.analytic import GaussianMixture
-from diffusion.conditioning import Condition
-from diffusion.guidance import classifier_free_guidance, classifier_guidance
-from diffusion.likelihood import bits_per_dim, log_likelihood
-from diffusion.ode import solve_rk45
-from diffusion.samplers import sample
-from diffusion.schedules import edm
+from stdiff.diffusion.analytic import GaussianMixture
+from stdiff.diffusion.conditioning import Condition
+from stdiff.diffusion.guidance import classifier_free_guidance, classifier_guidance
+from stdiff.diffusion.likelihood import bits_per_dim, log_likelihood
+from stdiff.diffusion.ode import solve_rk45
+from stdiff.diffusion.samplers import sample
+from stdiff.diffusion.schedules import edm
 
 
 def _points(n: int = 6, seed: int = 0) -> torch.Tensor:

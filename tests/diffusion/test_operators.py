@@ -7,7 +7,7 @@ import pytest
 import torch
 from skimage.transform import iradon, radon
 
-from diffusion.operators import (
+from stdiff.diffusion.operators import (
     OPERATORS,
     Blur,
     Downsample,

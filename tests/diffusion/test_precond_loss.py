@@ -8,10 +8,10 @@ import pytest
 import torch
 from torch import nn
 
-from diffusion.conditioning import Condition
-from diffusion.losses import denoising_loss, loss_weight
-from diffusion.precond import PREDICTIONS, Denoiser, Preconditioning
-from diffusion.schedules import csdi_quad, edm, vp_linear
+from stdiff.diffusion.conditioning import Condition
+from stdiff.diffusion.losses import denoising_loss, loss_weight
+from stdiff.diffusion.precond import PREDICTIONS, Denoiser, Preconditioning
+from stdiff.diffusion.schedules import csdi_quad, edm, vp_linear
 
 
 class Fixed(nn.Module):

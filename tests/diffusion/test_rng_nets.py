@@ -5,11 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from diffusion.conditioning import Condition
-from diffusion.nets.init import build_seeded
-from diffusion.nets.mlp import MLPNet
-from diffusion.precond import Denoiser, Preconditioning
-from diffusion.rng import member_generators, member_seed, randn
+from stdiff.diffusion.conditioning import Condition
+from stdiff.diffusion.nets.init import build_seeded
+from stdiff.diffusion.nets.mlp import MLPNet
+from stdiff.diffusion.precond import Denoiser, Preconditioning
+from stdiff.diffusion.rng import member_generators, member_seed, randn
 
 
 def test_member_seeds_distinct_and_stable() -> None:
@@ -32,8 +32,8 @@ def test_library_leaves_global_rng_alone() -> None:
     net = build_seeded(lambda: MLPNet(2, 32, 2, num_classes=3), seed=4)
     randn((2, 2), None)
     d = Denoiser(net, Preconditioning("edm"))
-    from diffusion.samplers import sample
-    from diffusion.schedules import edm
+    from stdiff.diffusion.samplers import sample
+    from stdiff.diffusion.schedules import edm
 
     sample(d, (4, 2), edm().discretize(3), sampler="ddpm")
     assert torch.equal(state, torch.random.get_rng_state())

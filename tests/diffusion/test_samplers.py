@@ -19,10 +19,10 @@ import numpy as np
 import pytest
 import torch
 
-from diffusion.analytic import GaussianMixture
-from diffusion.conditioning import Condition
-from diffusion.rng import member_generators
-from diffusion.samplers import (
+from stdiff.diffusion.analytic import GaussianMixture
+from stdiff.diffusion.conditioning import Condition
+from stdiff.diffusion.rng import member_generators
+from stdiff.diffusion.samplers import (
     SAMPLERS,
     check_options,
     get_sampler,
@@ -30,7 +30,7 @@ from diffusion.samplers import (
     sample_pf_ode,
     steps_for_evals,
 )
-from diffusion.schedules import SCHEDULES, edm, make_schedule, vp_linear
+from stdiff.diffusion.schedules import SCHEDULES, edm, make_schedule, vp_linear
 
 N_SAMPLES = 20_000
 STEPS = {

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from diffusion.schedules import (
+from stdiff.diffusion.schedules import (
     SCHEDULES,
     DiscreteSchedule,
     csdi_quad,

@@ -6,12 +6,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from diffusion.conditioning import Condition
-from diffusion.losses import denoising_loss
-from diffusion.nets.init import build_seeded
-from diffusion.nets.unet import UNet
-from diffusion.precond import Denoiser, Preconditioning
-from diffusion.schedules import edm
+from stdiff.diffusion.conditioning import Condition
+from stdiff.diffusion.losses import denoising_loss
+from stdiff.diffusion.nets.init import build_seeded
+from stdiff.diffusion.nets.unet import UNet
+from stdiff.diffusion.precond import Denoiser, Preconditioning
+from stdiff.diffusion.schedules import edm
 
 DEFAULT_PARAMS_IN1 = 6_996_033  # UNet(in_channels=1): base 64, mult (1, 2, 2), 2 res blocks
 

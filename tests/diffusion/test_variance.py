@@ -23,12 +23,12 @@ import pytest
 import torch
 from torch import nn
 
-from diffusion.analytic import GaussianMixture
-from diffusion.losses import denoising_loss
-from diffusion.precond import Denoiser, Preconditioning
-from diffusion.samplers import ancestral_step, sample_ddim
-from diffusion.schedules import csdi_quad, vp_cosine
-from diffusion.variance import (
+from stdiff.diffusion.analytic import GaussianMixture
+from stdiff.diffusion.losses import denoising_loss
+from stdiff.diffusion.precond import Denoiser, Preconditioning
+from stdiff.diffusion.samplers import ancestral_step, sample_ddim
+from stdiff.diffusion.schedules import csdi_quad, vp_cosine
+from stdiff.diffusion.variance import (
     VarianceDenoiser,
     ddpm_step,
     discretized_gaussian_log_likelihood,

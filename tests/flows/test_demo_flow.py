@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from prefect.testing.utilities import prefect_test_harness
 
-from flows.demo import toy_demo_flow, train_task
+from stdiff.flows.demo import toy_demo_flow, train_task
 
 REPO = Path(__file__).resolve().parents[2]
 TINY = {"train.steps": 40, "train.batch_size": 128, "sample.n_samples": 300, "device": "cpu"}

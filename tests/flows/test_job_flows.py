@@ -10,7 +10,7 @@ import xarray as xr
 from prefect.artifacts import Artifact
 from prefect.testing.utilities import prefect_test_harness
 
-from flows.jobs import impute_flow, ingest_flow, train_flow
+from stdiff.flows.jobs import impute_flow, ingest_flow, train_flow
 
 
 @pytest.fixture(scope="module")
@@ -64,7 +64,7 @@ def test_bad_parameters_fail_before_work(harness, tmp_path: Path) -> None:
 
 
 def test_reconstruct_and_generate_flows(harness, tmp_path: Path, image_model) -> None:
-    from flows.jobs import generate_flow, reconstruct_flow
+    from stdiff.flows.jobs import generate_flow, reconstruct_flow
 
     run, store = image_model
     out = tmp_path / "mri.zarr"
@@ -85,8 +85,8 @@ def test_reconstruct_and_generate_flows(harness, tmp_path: Path, image_model) ->
 def test_impute_fans_out_over_a_dask_cluster(harness, tmp_path: Path, trained_csdi) -> None:
     import numpy as np
 
-    from flows.jobs import distributed_impute
-    from pipelines.imputation import ImputeConfig, run_imputation
+    from stdiff.flows.jobs import distributed_impute
+    from stdiff.pipelines.imputation import ImputeConfig, run_imputation
 
     store, run = trained_csdi
     params = {"checkpoint": str(run), "data": str(store), "out": str(tmp_path / "fan.zarr"),
@@ -121,7 +121,7 @@ def test_job_flows_load_their_config_from_yaml(harness, tmp_path: Path, trained_
 
 
 def test_distill_flow_publishes_its_students(harness, tmp_path: Path, image_model) -> None:
-    from flows.jobs import distill_flow
+    from stdiff.flows.jobs import distill_flow
 
     run, _ = image_model
     params = {"teacher": str(run), "out": str(tmp_path / "students"), "teacher_steps": 2,

@@ -8,7 +8,7 @@ import xarray as xr
 from prefect.artifacts import Artifact
 from prefect.testing.utilities import prefect_test_harness
 
-from flows.quickstart import SAMPLE, quickstart_flow
+from stdiff.flows.quickstart import SAMPLE, quickstart_flow
 
 
 def test_quickstart_runs_offline_and_reports(tmp_path: Path) -> None:

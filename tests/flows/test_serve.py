@@ -16,7 +16,7 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from pipelines.cli import app
+from stdiff.cli import app
 
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent

@@ -13,11 +13,11 @@ import torch
 import torch.distributed as dist
 from safetensors.torch import save_file
 
-from diffusion.nets.init import build_seeded
-from diffusion.nets.mlp import MLPNet
-from diffusion.precond import Denoiser, Preconditioning
-from diffusion.schedules import edm
-from pipelines.train import LoopConfig, OptimConfig, train
+from stdiff.diffusion.nets.init import build_seeded
+from stdiff.diffusion.nets.mlp import MLPNet
+from stdiff.diffusion.precond import Denoiser, Preconditioning
+from stdiff.diffusion.schedules import edm
+from stdiff.pipelines.train import LoopConfig, OptimConfig, train
 
 
 def global_batch() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

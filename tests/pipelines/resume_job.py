@@ -9,10 +9,10 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from diffusion.nets.init import build_seeded
-from diffusion.precond import Denoiser, Preconditioning
-from diffusion.schedules import edm
-from pipelines.train import LoopConfig, OptimConfig, train
+from stdiff.diffusion.nets.init import build_seeded
+from stdiff.diffusion.precond import Denoiser, Preconditioning
+from stdiff.diffusion.schedules import edm
+from stdiff.pipelines.train import LoopConfig, OptimConfig, train
 
 
 class Points(Dataset):

@@ -14,11 +14,11 @@ import xarray as xr
 import yaml
 from typer.testing import CliRunner
 
-from datasets.splits import normalization_stats, time_split
-from datasets.store import attach_stats, open_store, write_store
-from pipelines.cli import app
-from pipelines.forecast import ForecastConfig, parse_inits, run_forecast
-from pipelines.weather_eval import climatology, persistence, truth_at
+from stdiff.cli import app
+from stdiff.datasets.splits import normalization_stats, time_split
+from stdiff.datasets.store import attach_stats, open_store, write_store
+from stdiff.pipelines.forecast import ForecastConfig, parse_inits, run_forecast
+from stdiff.pipelines.weather_eval import climatology, persistence, truth_at
 
 TIMES = pd.date_range("2013-01-01", periods=4 * 80, freq="6h")
 
@@ -216,7 +216,7 @@ def test_latest_init_is_the_last_data_time() -> None:
 def test_forecast_resumes_missing_initial_times(tmp_path, trained, monkeypatch) -> None:
     """A forecast that fails at its second initial time keeps the first; run again it computes
     only the missing ones and equals an uninterrupted run."""
-    from pipelines import forecast as fc
+    from stdiff.pipelines import forecast as fc
 
     store, run, _ = trained
     cfg = ForecastConfig(checkpoint=str(run), data=str(store), out=str(tmp_path / "f.zarr"),

@@ -12,10 +12,10 @@ import torch
 import xarray as xr
 from typer.testing import CliRunner
 
-from datasets.store import open_store
-from pipelines import imputation
-from pipelines.cli import app
-from pipelines.imputation import ImputeConfig, run_imputation, score_imputation
+from stdiff.cli import app
+from stdiff.datasets.store import open_store
+from stdiff.pipelines import imputation
+from stdiff.pipelines.imputation import ImputeConfig, run_imputation, score_imputation
 
 
 def _impute(store: Path, run: Path, out: Path, *extra: str):
@@ -133,7 +133,7 @@ class _ConditionalGaussian:
     posterior mean of x_T given the noisy x_T and the observed x_O; at observed entries x_O."""
 
     def __init__(self, mu: torch.Tensor, cov: torch.Tensor) -> None:
-        from diffusion.schedules import edm
+        from stdiff.diffusion.schedules import edm
 
         self.mu, self.cov, self.schedule = mu, cov, edm()
 
@@ -159,7 +159,7 @@ def test_imputation_draws_the_exact_conditional(sampler: str, steps: int) -> Non
     """With the exact conditional denoiser of a Gaussian, the members at the hidden entries have
     the closed-form conditional mean and covariance (the whole conditioning path: masks,
     per-member generators, member chunks)."""
-    from pipelines.imputation import _draw
+    from stdiff.pipelines.imputation import _draw
 
     g = torch.Generator().manual_seed(0)
     a = torch.randn(6, 6, generator=g, dtype=torch.float64)

@@ -11,7 +11,7 @@ import xarray as xr
 from PIL import Image
 from typer.testing import CliRunner
 
-from pipelines.cli import app
+from stdiff.cli import app
 
 
 def _reconstruct(model, out: Path, task: str, *extra: str):

@@ -14,9 +14,9 @@ import xarray as xr
 import yaml
 from typer.testing import CliRunner
 
-from pipelines.checkpoint import load_checkpoint
-from pipelines.cli import app
-from pipelines.training_job import load_denoiser
+from stdiff.cli import app
+from stdiff.pipelines.checkpoint import load_checkpoint
+from stdiff.pipelines.training_job import load_denoiser
 
 RUNNER = CliRunner()
 LOOP = {"batch_size": 8, "log_every": 1, "checkpoint_every": 2, "progress": False}
@@ -165,9 +165,9 @@ def test_energy_model_trains_and_samples_with_mala(image_model, tmp_path):
     x = torch.randn(2, 1, 16, 16)
     e = den.energy(x, torch.full((2,), 1.0))
     assert e.shape == (2,) and bool(torch.isfinite(e).all())
-    from diffusion.conditioning import Condition
-    from diffusion.guidance import classifier_free_guidance
-    from diffusion.samplers import sample
+    from stdiff.diffusion.conditioning import Condition
+    from stdiff.diffusion.guidance import classifier_free_guidance
+    from stdiff.diffusion.samplers import sample
 
     cond = Condition(labels=torch.tensor([0, 2]))
     guided = classifier_free_guidance(den, 2.0)

@@ -13,13 +13,13 @@ import torch
 import xarray as xr
 from typer.testing import CliRunner
 
-from datasets.toy2d import toy2d
-from diffusion.rng import member_seed
-from diffusion.samplers import sample
-from pipelines.cli import app
-from pipelines.config import load_config
-from pipelines.metrics import energy_distance
-from pipelines.toy import ToyDemoConfig, build_denoiser, load_toy_denoiser, run_demo
+from stdiff.cli import app
+from stdiff.datasets.toy2d import toy2d
+from stdiff.diffusion.rng import member_seed
+from stdiff.diffusion.samplers import sample
+from stdiff.pipelines.config import load_config
+from stdiff.pipelines.metrics import energy_distance
+from stdiff.pipelines.toy import ToyDemoConfig, build_denoiser, load_toy_denoiser, run_demo
 
 REPO = Path(__file__).resolve().parents[2]
 SMALL = {"train.steps": 800, "train.batch_size": 256, "sample.n_samples": 2000, "device": "cpu"}

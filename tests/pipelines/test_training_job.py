@@ -10,7 +10,7 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from pipelines.cli import app
+from stdiff.cli import app
 
 
 @pytest.fixture
@@ -131,13 +131,13 @@ def test_bad_job_config(tmp_path: Path) -> None:
 
 
 def test_train_cli_under_torchrun(tmp_path: Path, stay_store: Path, torchrun, csdi_job) -> None:
-    """`torchrun --nproc_per_node 2 -m pipelines.cli train` joins one gloo group: one metrics
+    """`torchrun --nproc_per_node 2 -m stdiff train` joins one gloo group: one metrics
     writer (rank 0) and one set of checkpoints."""
     loop = {"steps": 4, "batch_size": 4, "log_every": 2, "checkpoint_every": 4, "progress": False}
     cfg = csdi_job(tmp_path / "ddp", stay_store, {"channels": 8, "layers": 1}, loop=loop)
     path = tmp_path / "ddp.yaml"
     path.write_text(yaml.safe_dump(cfg))
-    torchrun(29573, "-m", "pipelines.cli", "train", "--config", str(path))
+    torchrun(29573, "-m", "stdiff", "train", "--config", str(path))
     steps = [
         json.loads(ln)["step"] for ln in (tmp_path / "ddp/metrics.jsonl").read_text().splitlines()
     ]

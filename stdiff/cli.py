@@ -31,7 +31,7 @@ def _overrides(pairs: list[str] | None) -> dict:
 
 def _job_config(cls, base: dict, set_: list[str] | None, config: Path | None, where: str):
     """A job config: ``--set`` over the command's options over the YAML file (when given)."""
-    from pipelines.config import from_dict, load_config
+    from stdiff.pipelines.config import from_dict, load_config
 
     overrides = {**base, **_overrides(set_)}
     if config is not None:
@@ -58,15 +58,15 @@ def demo(
     ] = False,
 ) -> None:
     """Train a small denoiser on 2-D data, sample it with several samplers, report distances."""
-    from pipelines.config import load_config
-    from pipelines.toy import ToyDemoConfig, run_demo
+    from stdiff.pipelines.config import load_config
+    from stdiff.pipelines.toy import ToyDemoConfig, run_demo
 
     try:
         cfg = load_config(config, ToyDemoConfig, _overrides(set_))
     except ValueError as e:
         _fail(str(e))
     if flow:
-        from flows.demo import toy_demo_flow
+        from stdiff.flows.demo import toy_demo_flow
 
         metrics = toy_demo_flow(str(config), str(out), _overrides(set_))
     else:
@@ -100,7 +100,7 @@ def quickstart(
     import os
 
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")  # offline: no telemetry
-    from flows.quickstart import quickstart_flow
+    from stdiff.flows.quickstart import quickstart_flow
 
     r = quickstart_flow(out=str(out), steps=steps, members=members)
     typer.echo(f"quickstart done. Report: {r['report']}")
@@ -127,9 +127,9 @@ def serve(
     import os
 
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-    from flows.serve import ServeConfig
-    from flows.serve import serve as run_serve
-    from pipelines.config import load_config
+    from stdiff.flows.serve import ServeConfig
+    from stdiff.flows.serve import serve as run_serve
+    from stdiff.pipelines.config import load_config
 
     try:
         cfg = load_config(config, ServeConfig)
@@ -179,8 +179,8 @@ def ingest(
     progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
 ) -> None:
     """Ingest a source into a canonical zarr v3 store (a no-op when it is already there)."""
-    from datasets.ingest import IngestOptions
-    from datasets.ingest import ingest as run_ingest
+    from stdiff.datasets.ingest import IngestOptions
+    from stdiff.datasets.ingest import ingest as run_ingest
 
     try:
         opt = IngestOptions(
@@ -216,8 +216,8 @@ def train(
     ] = None,
 ) -> None:
     """Train a denoiser on a store from `stdiff ingest` (EMA, checkpoints, exact resume)."""
-    from pipelines.config import load_config
-    from pipelines.training_job import TrainJobConfig, run_training
+    from stdiff.pipelines.config import load_config
+    from stdiff.pipelines.training_job import TrainJobConfig, run_training
 
     try:
         cfg = load_config(config, TrainJobConfig, _overrides(set_))
@@ -243,8 +243,8 @@ def distill(
     ] = None,
 ) -> None:
     """Distil a trained model into a few-step student (progressive or consistency)."""
-    from pipelines.config import load_config
-    from pipelines.distill import DistillConfig, run_distillation
+    from stdiff.pipelines.config import load_config
+    from stdiff.pipelines.distill import DistillConfig, run_distillation
 
     given = {"teacher": teacher, "out": out}
     overrides = {**{k: str(v) for k, v in given.items() if v is not None}, **_overrides(set_)}
@@ -278,7 +278,7 @@ def impute(
     ] = None,
 ) -> None:
     """Fill the gaps of a timeseries store with N samples each (median, quantiles, intervals)."""
-    from pipelines.imputation import ImputeConfig, run_imputation
+    from stdiff.pipelines.imputation import ImputeConfig, run_imputation
 
     given = {"sampler": sampler, "steps": steps, "members": members}
     base = {"checkpoint": str(checkpoint), "data": str(data), "out": str(out)}
@@ -323,7 +323,7 @@ def reconstruct(
     ] = None,
 ) -> None:
     """Inpaint, outpaint, super-resolve, deblur, or reconstruct MRI / CT with uncertainty."""
-    from pipelines.reconstruct import ReconstructConfig, run_reconstruction
+    from stdiff.pipelines.reconstruct import ReconstructConfig, run_reconstruction
 
     given = {"method": method, "sampler": sampler, "steps": steps, "members": members}
     base = {"checkpoint": str(checkpoint), "data": str(data), "out": str(out), "task": task}
@@ -362,7 +362,7 @@ def generate(
     ] = None,
 ) -> None:
     """Class-conditional samples with classifier-free guidance."""
-    from pipelines.generate import GenerateConfig, run_generation
+    from stdiff.pipelines.generate import GenerateConfig, run_generation
 
     base = {"checkpoint": str(checkpoint), "out": str(out), "guidance": guidance, "n": n}
     if label:
@@ -396,8 +396,8 @@ def forecast(
     ] = None,
 ) -> None:
     """Roll an ensemble forward from initial times (GenCast's sampler by default)."""
-    from pipelines.config import from_dict
-    from pipelines.forecast import ForecastConfig, run_forecast
+    from stdiff.pipelines.config import from_dict
+    from stdiff.pipelines.forecast import ForecastConfig, run_forecast
 
     base = {"checkpoint": str(checkpoint), "data": str(data), "out": str(out), "init": init,
             "lead": lead, "members": members}  # fmt: skip
@@ -423,7 +423,7 @@ def score(
 ) -> None:
     """Score forecasts (RMSE, fair CRPS, spread-skill, rank histogram) beside persistence and
     climatology, WeatherBench 2 style."""
-    from pipelines.weather_eval import ScoreConfig, run_scoring
+    from stdiff.pipelines.weather_eval import ScoreConfig, run_scoring
 
     try:
         pairs = dict(_pair(f) for f in forecast)
@@ -451,11 +451,11 @@ def _pair(text: str) -> tuple[str, str]:
 @app.command()
 def info(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False) -> None:
     """List the registered schedules, samplers, parameterisations and loss weightings."""
-    from diffusion.losses import WEIGHTINGS
-    from diffusion.precond import PREDICTIONS
-    from diffusion.samplers import SAMPLERS
-    from diffusion.schedules import SCHEDULES
-    from pipelines.training_job import KINDS, NETS
+    from stdiff.diffusion.losses import WEIGHTINGS
+    from stdiff.diffusion.precond import PREDICTIONS
+    from stdiff.diffusion.samplers import SAMPLERS
+    from stdiff.diffusion.schedules import SCHEDULES
+    from stdiff.pipelines.training_job import KINDS, NETS
 
     data = {
         "schedules": sorted(SCHEDULES),

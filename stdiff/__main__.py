@@ -1,0 +1,6 @@
+"""``python -m stdiff``: the command line (also what ``torchrun ... -m stdiff train`` runs)."""
+
+from stdiff.cli import app
+
+if __name__ == "__main__":
+    app()
