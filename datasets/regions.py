@@ -30,6 +30,8 @@ from pathlib import Path
 
 import xarray as xr
 
+from stdiff.datasets.store import consolidate
+
 JOB, DONE, DATA = "job.json", "done", "store.zarr"
 
 
@@ -107,6 +109,7 @@ class RegionStore:
                 return False
             if prepare is not None:
                 prepare(self.work / DATA)
+            consolidate(self.work / DATA)
             if self.out.exists():
                 old = self.out.with_name(f".{self.out.name}.old-{uuid.uuid4().hex[:8]}")
                 os.replace(self.out, old)

@@ -149,7 +149,22 @@ def write_store(
                 delayed.compute()
         else:
             delayed.compute()
+        consolidate(tmp)
     return True
+
+
+def consolidate(path: str | Path) -> None:
+    """Consolidate the store's metadata, so that a plain ``xr.open_zarr(path)`` opens it without
+    a warning and with one read. Zarr v3 has no spec for it yet; zarr-python stores it in the root
+    ``zarr.json`` and warns at write time, which is silenced here (readers that ignore it lose
+    nothing). Call it last, after every attribute is written."""
+    import warnings
+
+    import zarr
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        zarr.consolidate_metadata(str(path))
 
 
 def open_store(path: str | Path) -> xr.Dataset:

@@ -61,6 +61,26 @@ def quickstart_flow(
             "forecast": forecast["out"], "scores": scores}  # fmt: skip
 
 
+REPORTED = (("crps", "CRPS (K)"), ("rmse", "RMSE (K)"), ("spread_skill", "spread-skill ratio"))
+
+
+def _worse_than_baselines(var: str, systems: dict, hours: list[float]) -> list[str]:
+    """Plain sentences for every lead at which the stdiff ensemble is worse than a baseline
+    (a report that shows only where it wins hides what a user most needs to know)."""
+    ours, out = systems.get("stdiff"), []
+    for base in ("persistence", "climatology"):
+        if ours is None or base not in systems:
+            continue
+        for key in ("crps", "rmse"):
+            worse = [f"{h:g} h" for h, a, b in zip(hours, ours[key], systems[base][key], strict=True)
+                     if a >= b]  # fmt: skip
+            if worse:
+                out.append(f"- {var}: the stdiff {key.upper()} is not better than {base} at "
+                           + ", ".join(worse) + ".")  # fmt: skip
+    return [*out, ""] if out else [f"- {var}: stdiff beats persistence and climatology in CRPS "
+                                   "and RMSE at every lead.", ""]  # fmt: skip
+
+
 def write_report(root: Path, trained: dict, forecast: dict, scores: dict) -> Path:
     """``REPORT.md``: what ran, the scores per lead against the baselines, links to plots."""
     hours = scores["lead_hours"]
@@ -79,12 +99,16 @@ def write_report(root: Path, trained: dict, forecast: dict, scores: dict) -> Pat
         "",
     ]
     for var, systems in scores["scores"].items():
-        lines += [f"## {var}: CRPS (K) by lead", "",
-                  "| system | " + " | ".join(f"{h:g} h" for h in hours) + " |",
-                  "|---|" + "---|" * len(hours)]  # fmt: skip
-        for name, s in systems.items():
-            lines.append(f"| {name} | " + " | ".join(f"{x:.3f}" for x in s["crps"]) + " |")
-        lines.append("")
+        for key, title in REPORTED:
+            rows = {n: s[key] for n, s in systems.items() if key in s}
+            lines += [f"## {var}: {title} by lead", "",
+                      "| system | " + " | ".join(f"{h:g} h" for h in hours) + " |",
+                      "|---|" + "---|" * len(hours)]  # fmt: skip
+            lines += [
+                f"| {n} | " + " | ".join(f"{x:.3f}" for x in r) + " |" for n, r in rows.items()
+            ]
+            lines.append("")
+        lines += _worse_than_baselines(var, systems, hours)
     path = root / "REPORT.md"
     path.write_text("\n".join(lines) + "\n")
     return path

@@ -10,8 +10,10 @@ deterministic baseline: one member, ``D(0; sigma_max)`` per step, no sampler.
 
 Everything is checked before any work: initial times in the data with their previous states, a
 lead that is a multiple of the model's step, the data's variables, levels and grid equal to the
-checkpoint's. The output zarr holds one variable per input variable, ``(init_time, member,
-lead_time, [level], lat, lon)`` in the data's units with CF-style attributes and a ``valid_time``
+checkpoint's. The output zarr holds one variable per input variable in the data's units, in
+WeatherBench 2's layout ``(time, realization, prediction_timedelta, [level], latitude,
+longitude)`` (``time`` is the initial time) or, with ``layout: stdiff``, ``(init_time, member,
+lead_time, [level], lat, lon)``; coordinates carry CF attributes, and a 2-D ``valid_time``
 coordinate; it is written one initial time (one zarr chunk) at a time with a completion marker
 (``datasets.regions``; a long rollout never holds more than one initial time) and renamed into
 place when all are done: a killed forecast run again computes only the missing initial times.
@@ -45,6 +47,27 @@ from stdiff.pipelines.progress import progress_bar
 from stdiff.pipelines.training_job import load_denoiser
 from stdiff.pipelines.weather_task import WeatherLayout, condition, time_scalars
 
+# Output layouts: the internal names -> the names a store is written with. ``wb2`` is
+# WeatherBench 2's (``time`` is the initial time, ``prediction_timedelta`` the lead) with CF's
+# ``realization`` for members; ``stdiff`` keeps the internal names. ``stdiff score`` reads both,
+# and ECMWF's ``number`` (``pipelines.weather_eval.to_internal``).
+LAYOUTS: dict[str, dict[str, str]] = {
+    "wb2": {"init_time": "time", "member": "realization", "lead_time": "prediction_timedelta",
+            "lat": "latitude", "lon": "longitude"},
+    "stdiff": {},
+}  # fmt: skip
+CF_COORDS: dict[str, dict[str, str]] = {
+    "init_time": {"standard_name": "forecast_reference_time", "long_name": "initial time"},
+    "lead_time": {"standard_name": "forecast_period", "long_name": "lead time"},
+    "member": {"standard_name": "realization", "long_name": "ensemble member", "units": "1"},
+    "valid_time": {"standard_name": "time", "long_name": "valid time", "axis": "T"},
+    "lat": {"standard_name": "latitude", "long_name": "latitude", "units": "degrees_north",
+            "axis": "Y"},
+    "lon": {"standard_name": "longitude", "long_name": "longitude", "units": "degrees_east",
+            "axis": "X"},
+    "level": {"axis": "Z"},
+}  # fmt: skip
+
 GENCAST_OPTIONS = {"s_churn": 2.5, "s_tmin": 0.75, "s_tmax": 80.0, "s_noise": 1.05}
 
 
@@ -53,7 +76,8 @@ class ForecastConfig:
     """init: ISO times (``2014-06-01T00``), ranges ``START/END/EVERY`` (``2014-01-01T00/2014-12-31T00/120h``)
     or ``latest`` (the last time in the data, for scheduled runs);
     lead: ``72h``; members, member_batch: ensemble size and members per network call; the
-    sampler and its noise levels (Karras spacing from ``sigma_max`` to ``sigma_min``)."""
+    sampler and its noise levels (Karras spacing from ``sigma_max`` to ``sigma_min``);
+    layout: the output's dimension names (``LAYOUTS``: WeatherBench 2's by default)."""
 
     checkpoint: str
     data: str
@@ -71,6 +95,7 @@ class ForecastConfig:
     seed: int = 0
     device: DeviceName = "auto"
     weights: Literal["ema", "model"] = "ema"
+    layout: Literal["wb2", "stdiff"] = "wb2"
 
     def __post_init__(self) -> None:
         check_options(self.sampler, self.options)  # also refuses an unknown sampler
@@ -158,7 +183,7 @@ def _prepare(cfg: ForecastConfig, ds: xr.Dataset, device: torch.device) -> _Job:
     return _Job(denoiser, layout, step_hours, round(hours / step_hours), inits, pos, regression)
 
 
-def _template(job: _Job, ds: xr.Dataset, members: int) -> xr.Dataset:
+def _template(job: _Job, ds: xr.Dataset, members: int, layout: str) -> xr.Dataset:
     lay = job.layout
     leads = np.arange(1, job.n_steps + 1) * np.timedelta64(int(job.step_hours * 3600), "s")
     coords: dict[str, Any] = {
@@ -184,8 +209,12 @@ def _template(job: _Job, ds: xr.Dataset, members: int) -> xr.Dataset:
         }
         out[v] = xr.DataArray(arr, dims=dims, attrs=attrs)
     result = xr.Dataset(out, coords=coords)
-    valid = result["init_time"] + result["lead_time"]
-    return result.assign_coords(valid_time=valid.assign_attrs(standard_name="time"))
+    result = result.assign_coords(valid_time=result["init_time"] + result["lead_time"])
+    for name, attrs in CF_COORDS.items():
+        if name in result.coords:
+            source = ds[name].attrs if name in ds.coords else {}
+            result[name].attrs = {**attrs, **source}
+    return result.rename(LAYOUTS[layout])
 
 
 @torch.no_grad()
@@ -247,7 +276,8 @@ def run_forecast(cfg: ForecastConfig, progress: bool = True) -> dict[str, Any]:
          "inits": [str(t) for t in job.inits], "store": ds.attrs.get("content_hash", "")},
         sort_keys=True, default=str,
     )  # fmt: skip
-    template = _template(job, ds, members)
+    template = _template(job, ds, members, cfg.layout)
+    init_dim = LAYOUTS[cfg.layout].get("init_time", "init_time")
     store_dims = {v: template[v].dims for v in template.data_vars}
     store = RegionStore(cfg.out, fingerprint, len(job.inits)).open(template)
     todo = store.pending()
@@ -272,7 +302,7 @@ def run_forecast(cfg: ForecastConfig, progress: bool = True) -> dict[str, Any]:
             )
         parts = _channels_to_vars(job, block, ds)
         region = xr.Dataset({v: (store_dims[v], a) for v, a in parts.items()})
-        store.write(i, region, {"init_time": slice(i, i + 1)})
+        store.write(i, region, {init_dim: slice(i, i + 1)})
         bar.update(1)
     bar.close()
     seconds = time.perf_counter() - t0

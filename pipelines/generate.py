@@ -22,7 +22,7 @@ import torch
 import xarray as xr
 
 from stdiff.datasets.atomic import atomic_path, write_json
-from stdiff.datasets.store import open_store, stdiff_version
+from stdiff.datasets.store import consolidate, open_store, stdiff_version
 from stdiff.diffusion.conditioning import Condition
 from stdiff.diffusion.guidance import classifier_free_guidance
 from stdiff.diffusion.rng import member_generators
@@ -150,7 +150,8 @@ def _write(cfg: GenerateConfig, images, labels, metrics, meta) -> None:
     )
     out = Path(cfg.out)
     with atomic_path(out) as tmp:
-        ds.to_zarr(tmp, mode="w", consolidated=False)
+        ds.to_zarr(tmp, mode="w", zarr_format=3, consolidated=False)
+        consolidate(tmp)
     write_json(Path(f"{out}.metrics.json"), metrics)
     _grid(images, labels, Path(f"{out}.png"), f"guidance w = {cfg.guidance:g}")
 

@@ -38,7 +38,7 @@ import xarray as xr
 
 from stdiff.datasets.atomic import atomic_path, write_json
 from stdiff.datasets.degradations import INPAINT_KINDS, cartesian_mask, inpaint_mask, load_user_mask
-from stdiff.datasets.store import open_store, stdiff_version
+from stdiff.datasets.store import consolidate, open_store, stdiff_version
 from stdiff.diffusion.conditioning import Condition
 from stdiff.diffusion.inverse import InverseConfig, solve, summarize
 from stdiff.diffusion.operators import Blur, Downsample, FourierMask, Mask, Radon
@@ -350,7 +350,8 @@ def _write(cfg, idx, truth, seen, base, draws, mean, std, masks, metrics, meta) 
     )
     out = Path(cfg.out)
     with atomic_path(out) as tmp:
-        ds.to_zarr(tmp, mode="w", consolidated=False)
+        ds.to_zarr(tmp, mode="w", zarr_format=3, consolidated=False)
+        consolidate(tmp)
     write_json(Path(f"{out}.metrics.json"), metrics)
     plot_grid(ds, Path(f"{out}.png"), title=f"{cfg.task}: {cfg.inverse().method}")
 

@@ -15,6 +15,7 @@ import torch
 import xarray as xr
 
 from stdiff.datasets.atomic import atomic_path, write_json
+from stdiff.datasets.store import consolidate
 from stdiff.datasets.toy2d import toy2d
 from stdiff.diffusion.losses import Weighting, denoising_loss
 from stdiff.diffusion.nets.init import build_seeded
@@ -205,6 +206,7 @@ def evaluate_toy(checkpoint: str | Path, out_dir: str | Path) -> dict:
     )
     with atomic_path(out / "samples.zarr") as tmp:
         ds.to_zarr(tmp, mode="w", zarr_format=3, consolidated=False)
+        consolidate(tmp)
     _scatter(out / "samples.png", held_out, samples, metrics)
     write_json(out / "metrics.json", metrics)
     return metrics

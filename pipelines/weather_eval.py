@@ -18,7 +18,7 @@ lead for all systems; the rank histogram).
 from __future__ import annotations
 
 import csv
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -40,15 +40,57 @@ from stdiff.pipelines.scores import (
 
 @dataclass(frozen=True)
 class ScoreConfig:
-    """forecasts: name -> forecast store; data: the weather store with the truth;
-    climatology_period: inclusive dates the climatology is computed from (training data)."""
+    """forecasts: name -> forecast store (stdiff's or WeatherBench 2 layout, any model's);
+    data: the weather store with the truth; climatology_period: inclusive dates the climatology
+    is computed from; None: every time of the data before the first initial time. A period
+    holding any verified (valid) time is refused: the baseline would have seen the answer."""
 
     forecasts: dict[str, str]
     data: str
     out: str
-    climatology_period: list[str] = field(default_factory=lambda: ["2013-01-01", "2013-12-31"])
+    climatology_period: list[str] | None = None
     window_days: int = 15
     rank_from_hours: float = 24.0
+
+
+# Names other models' forecast stores use -> the internal ones: WeatherBench 2 (``time`` is the
+# initial time, ``prediction_timedelta`` the lead), CF's ``realization``, ECMWF's ``number``.
+EXTERNAL_NAMES = {"time": "init_time", "prediction_timedelta": "lead_time", "latitude": "lat",
+                  "longitude": "lon", "realization": "member", "number": "member"}  # fmt: skip
+
+
+def to_internal(fc: xr.Dataset, data: xr.Dataset, where: str) -> xr.Dataset:
+    """A forecast store in any supported layout (``EXTERNAL_NAMES``; stdiff's own) with the
+    internal names ``(init_time, [member], lead_time, [level], lat, lon)``, a ``valid_time``, and
+    its grid put in the data's order (longitudes wrapped to the data's convention); a grid that
+    is not the data's raises ``DataError`` naming ``where``."""
+    if "init_time" not in fc.dims:
+        fc = fc.rename({k: v for k, v in EXTERNAL_NAMES.items() if k in fc.dims or k in fc.coords})
+    missing = [d for d in ("init_time", "lead_time", "lat", "lon") if d not in fc.dims]
+    if missing:
+        raise DataError(
+            where,
+            f"not a gridded forecast store: no {missing} dimension(s); expected stdiff's "
+            "(init_time, member, lead_time, lat, lon) or WeatherBench 2's (time, "
+            "[realization|number], prediction_timedelta, latitude, longitude)",
+        )
+    if "valid_time" not in fc.coords:
+        fc = fc.assign_coords(valid_time=fc["init_time"] + fc["lead_time"])
+    if fc["lon"].values.min() < 0 <= data["lon"].values.min():
+        fc = fc.assign_coords(lon=fc["lon"] % 360)
+    elif data["lon"].values.min() < 0 and fc["lon"].values.max() > 180:
+        fc = fc.assign_coords(lon=(fc["lon"] + 180) % 360 - 180)
+    for d in ("lat", "lon"):
+        a, b = np.sort(fc[d].values), np.sort(data[d].values)
+        if a.shape != b.shape or not np.allclose(a, b, atol=1e-4):
+            raise DataError(
+                where,
+                f"its {d} ({len(a)} values, {a[0]:g}..{a[-1]:g}) is not the data's grid "
+                f"({len(b)} values, {b[0]:g}..{b[-1]:g}); regrid it first",
+            )
+    return fc.sel(lat=data["lat"].values, lon=data["lon"].values, method="nearest").assign_coords(
+        lat=data["lat"], lon=data["lon"]
+    )
 
 
 def truth_at(data: xr.Dataset, fc: xr.Dataset, var: str) -> xr.DataArray:
@@ -137,7 +179,9 @@ def run_scoring(cfg: ScoreConfig) -> dict[str, Any]:
     if not cfg.forecasts:
         raise ValueError("forecasts: give at least one forecast store")
     data = open_store(cfg.data)
-    fcs = {name: xr.open_zarr(path, consolidated=False) for name, path in cfg.forecasts.items()}
+    fcs = {
+        name: to_internal(_open_forecast(path), data, path) for name, path in cfg.forecasts.items()
+    }
     ref = next(iter(fcs.values()))
     for name, fc in fcs.items():
         if not (np.array_equal(fc["init_time"].values, ref["init_time"].values)
@@ -145,6 +189,7 @@ def run_scoring(cfg: ScoreConfig) -> dict[str, Any]:
             raise ValueError(
                 f"forecast {name!r} has other initial times or leads than {next(iter(fcs))!r}"
             )
+    period = _climatology_period(cfg, data, ref)
     weights = latitude_weights(data["lat"])
     variables = [v for v in ref.data_vars if v in data]
     if not variables:
@@ -154,13 +199,14 @@ def run_scoring(cfg: ScoreConfig) -> dict[str, Any]:
     result: dict[str, Any] = {
         "lead_hours": _lead_hours(ref).tolist(),
         "inits": int(ref.sizes["init_time"]),
+        "climatology_period": period,
         "scores": {},
     }
     for v in variables:
         truth = truth_at(data, ref, v).load()
         systems = {name: fc[v].load() for name, fc in fcs.items()}
         systems["persistence"] = persistence(data, ref, v).load()
-        systems["climatology"] = climatology(data, ref, v, cfg.climatology_period, cfg.window_days)
+        systems["climatology"] = climatology(data, ref, v, period, cfg.window_days)
         levels = truth["level"].values.tolist() if "level" in truth.dims else [None]
         for lev in levels:  # one entry per variable and level: "t@850"
             key, pick = (v, {}) if lev is None else (f"{v}@{lev:g}", {"level": lev})
@@ -174,6 +220,36 @@ def run_scoring(cfg: ScoreConfig) -> dict[str, Any]:
     _csv(out / "scores.csv", result)
     _plots(out, result, fcs, data, variables[0])
     return result
+
+
+def _climatology_period(cfg: ScoreConfig, data: xr.Dataset, fc: xr.Dataset) -> list[str]:
+    """The climatology period: the given one, refused when it holds a verified time, or the
+    data before the first initial time."""
+    times = data.indexes["time"]
+    first_valid = pd.Timestamp(fc["valid_time"].values.min())
+    if cfg.climatology_period is None:
+        before = times[times < pd.Timestamp(fc["init_time"].values.min())]
+        if len(before) == 0:
+            raise DataError(cfg.data, "no data before the first initial time for the climatology; "
+                            "give --climatology-period START:END outside the verified times")  # fmt: skip
+        return [str(before[0])[:19], str(before[-1])[:19]]
+    start, end = (pd.Timestamp(t) for t in cfg.climatology_period)
+    end_of_day = end + pd.Timedelta(days=1) if end == end.normalize() else end
+    valid = pd.DatetimeIndex(fc["valid_time"].values.ravel())
+    if ((valid >= start) & (valid < end_of_day)).any():
+        raise ValueError(
+            f"--climatology-period {cfg.climatology_period[0]}:{cfg.climatology_period[1]} holds "
+            f"verified times (the forecasts verify from {str(first_valid)[:16]}); choose a period "
+            "without them, e.g. the training period"
+        )
+    return list(cfg.climatology_period)
+
+
+def _open_forecast(path: str) -> xr.Dataset:
+    p = Path(path)
+    if not (p / "zarr.json").is_file() and not (p / ".zgroup").is_file():
+        raise DataError(p, "not a zarr store (no zarr.json or .zgroup); give a forecast store")
+    return xr.open_zarr(p, consolidated=None if (p / ".zgroup").is_file() else False)
 
 
 def _csv(path: Path, result: dict[str, Any]) -> None:

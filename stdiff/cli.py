@@ -391,6 +391,13 @@ def forecast(
     ],
     lead: Annotated[str, typer.Option(help="Forecast length, e.g. 72h.")] = "72h",
     members: Annotated[int, typer.Option(help="Ensemble members.")] = 8,
+    layout: Annotated[
+        str,
+        typer.Option(
+            help="Output names: wb2 (time, realization, prediction_timedelta, "
+            "latitude, longitude) | stdiff (init_time, member, lead_time, lat, lon)."
+        ),
+    ] = "wb2",
     set_: Annotated[
         list[str] | None, typer.Option("--set", help="Override a ForecastConfig key: KEY=VALUE.")
     ] = None,
@@ -400,7 +407,7 @@ def forecast(
     from stdiff.pipelines.forecast import ForecastConfig, run_forecast
 
     base = {"checkpoint": str(checkpoint), "data": str(data), "out": str(out), "init": init,
-            "lead": lead, "members": members}  # fmt: skip
+            "lead": lead, "members": members, "layout": layout}  # fmt: skip
     try:
         cfg = from_dict(ForecastConfig, {**base, **_overrides(set_)}, "forecast:")
         r = run_forecast(cfg)
@@ -418,8 +425,12 @@ def score(
     data: Annotated[Path, typer.Option(help="Weather store with the truth.")],
     out: Annotated[Path, typer.Option(help="Folder for scores.json, scores.csv and plots.")],
     climatology_period: Annotated[
-        str, typer.Option(help="START:END of the climatology data.")
-    ] = "2013-01-01:2013-12-31",
+        str | None,
+        typer.Option(
+            help="START:END of the climatology data; default: the data before the "
+            "first initial time (a period holding verified times is refused)."
+        ),
+    ] = None,
 ) -> None:
     """Score forecasts (RMSE, fair CRPS, spread-skill, rank histogram) beside persistence and
     climatology, WeatherBench 2 style."""
@@ -427,10 +438,8 @@ def score(
 
     try:
         pairs = dict(_pair(f) for f in forecast)
-        start, sep, end = climatology_period.partition(":")
-        if not sep:
-            raise ValueError(f"--climatology-period {climatology_period!r}: expected START:END")
-        r = run_scoring(ScoreConfig(pairs, str(data), str(out), [start, end]))
+        period = _period(climatology_period, "climatology-period")
+        r = run_scoring(ScoreConfig(pairs, str(data), str(out), list(period) if period else None))
     except ValueError as e:
         _fail(str(e))
     for v, systems in r["scores"].items():
@@ -438,6 +447,8 @@ def score(
         for name, s in systems.items():
             typer.echo(f"  {name:>12} CRPS {' '.join(f'{x:.3f}' for x in s['crps'])}")
             typer.echo(f"  {'':>12} RMSE {' '.join(f'{x:.3f}' for x in s['rmse'])}")
+            if "spread_skill" in s:
+                typer.echo(f"  {'':>12} SSR  {' '.join(f'{x:.3f}' for x in s['spread_skill'])}")
     typer.echo(f"scores and plots in {out}")
 
 

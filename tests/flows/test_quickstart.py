@@ -20,7 +20,9 @@ def test_quickstart_runs_offline_and_reports(tmp_path: Path) -> None:
     report = Path(r["report"]).read_text()
     assert "| persistence |" in report and "| stdiff |" in report and "scores_vs_lead.png" in report
     fc = xr.open_zarr(r["forecast"], consolidated=False)
-    assert fc.sizes["init_time"] == 2 and fc.sizes["member"] == 2 and fc.sizes["lead_time"] == 2
+    assert fc.sizes["time"] == 2 and fc.sizes["realization"] == 2  # WeatherBench 2 layout
+    assert fc.sizes["prediction_timedelta"] == 2
+    assert "## air: RMSE (K) by lead" in report and "## air: spread-skill ratio by lead" in report
     assert (Path(r["out"]) / "scores/scores_vs_lead.png").is_file()
     assert art is not None and "REPORT.md" in art.data and "air stdiff CRPS" in art.data
     # a second run reuses the store (same inputs, same options: the ingest is a no-op)

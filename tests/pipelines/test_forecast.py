@@ -75,7 +75,7 @@ def test_forecast_and_score_from_the_cli(tmp_path: Path, trained) -> None:
     store, ens, det = trained
     common = ["--data", str(store), "--init", "2013-03-10T00/2013-03-11T00/24h", "--lead", "18h"]
     res = CliRunner().invoke(app, ["forecast", "--checkpoint", str(ens), "--out", str(tmp_path / "e.zarr"),
-                                   "--members", "3", "--set", "steps=4", *common])  # fmt: skip
+                                   "--members", "3", "--set", "steps=4", "--layout", "stdiff", *common])  # fmt: skip
     assert res.exit_code == 0, res.output
     assert "2 initial times x 3 members x 3 steps" in res.output
     res = CliRunner().invoke(
@@ -192,7 +192,8 @@ def test_multi_variable_multi_level_grid_by_configuration(tmp_path: Path) -> Non
     res = CliRunner().invoke(app, ["train", "--config", str(tmp_path / "job.yaml")])
     assert res.exit_code == 0, res.output
     cfg = ForecastConfig(checkpoint=str(tmp_path / "run"), data=str(store), out=str(tmp_path / "fc.zarr"),
-                         init=["2013-02-12T00"], lead="12h", members=2, steps=2, device="cpu")  # fmt: skip
+                         init=["2013-02-12T00"], lead="12h", members=2, steps=2, device="cpu",
+                         layout="stdiff")  # fmt: skip
     run_forecast(cfg, progress=False)
     fc = xr.open_zarr(tmp_path / "fc.zarr", consolidated=False)
     assert fc["t"].dims == ("init_time", "member", "lead_time", "level", "lat", "lon")
@@ -243,3 +244,98 @@ def test_forecast_resumes_missing_initial_times(tmp_path, trained, monkeypatch) 
     a = xr.open_zarr(tmp_path / "f.zarr", consolidated=False)
     b = xr.open_zarr(tmp_path / "ref.zarr", consolidated=False)
     np.testing.assert_array_equal(a["air"].values, b["air"].values)
+
+
+def test_wb2_layout_is_the_default_with_cf_attributes(tmp_path: Path, trained) -> None:
+    """The API's forecast (one implementation with the CLI) in WeatherBench 2 layout, opened by
+    plain ``xr.open_zarr`` with no warning, scored by `stdiff score` with the numbers of the same
+    forecast in stdiff's layout."""
+    import warnings
+
+    import stdiff
+
+    store, ens, _ = trained
+    model = stdiff.load(ens)
+    kw = {"init": ["2013-03-10T00", "2013-03-11T00"], "lead": "12h", "members": 2, "steps": 2,
+          "device": "cpu", "progress": False}  # fmt: skip
+    fc = model.forecast(store, out=tmp_path / "wb2.zarr", **kw)
+    model.forecast(store, out=tmp_path / "old.zarr", layout="stdiff", **kw)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        plain = xr.open_zarr(tmp_path / "wb2.zarr")
+    assert plain["air"].dims == (
+        "time",
+        "realization",
+        "prediction_timedelta",
+        "latitude",
+        "longitude",
+    )
+    assert fc["air"].shape == (2, 2, 2, 7, 10) and plain["air"].attrs["units"] == "K"
+    assert (
+        plain["latitude"].attrs["units"] == "degrees_north"
+        and plain["latitude"].attrs["axis"] == "Y"
+    )
+    assert plain["longitude"].attrs["standard_name"] == "longitude"
+    assert plain["time"].attrs["standard_name"] == "forecast_reference_time"
+    assert plain["prediction_timedelta"].attrs["standard_name"] == "forecast_period"
+    assert plain["realization"].attrs["standard_name"] == "realization"
+    assert plain["valid_time"].attrs["standard_name"] == "time"
+    with warnings.catch_warnings():  # the data store too
+        warnings.simplefilter("error")
+        xr.open_zarr(store)
+    scores = {}
+    for name in ("wb2", "old"):  # default climatology: the data before the first initial time
+        res = CliRunner().invoke(app, ["score", "--forecast", f"m={tmp_path / f'{name}.zarr'}",
+                                       "--data", str(store), "--out", str(tmp_path / name)])  # fmt: skip
+        assert res.exit_code == 0, res.output
+        scores[name] = json.loads((tmp_path / name / "scores.json").read_text())
+    assert scores["wb2"]["scores"] == scores["old"]["scores"]
+    assert scores["wb2"]["climatology_period"][1] < "2013-03-10"  # never the verified times
+
+
+def test_external_wb2_forecast_is_scored_on_the_same_truth(tmp_path: Path, trained) -> None:
+    """A forecast written by plain xarray in WB2 layout (ECMWF's ``number`` members, ascending
+    latitudes, longitudes in [-180, 180)): exact scores for a truth-plus-offset forecast."""
+    store, _, _ = trained
+    data = open_store(store)
+    inits = np.array(["2013-03-10T00", "2013-03-11T00"], dtype="datetime64[ns]")
+    leads = pd.to_timedelta([6, 12], "h").values
+    valid = inits[:, None] + leads[None, :]
+    truth = data["air"].sel(time=xr.DataArray(valid, dims=("time", "prediction_timedelta"))).values
+    offset = np.array([-1.0, 1.0, 3.0])[:, None, None, None, None]  # members: truth -1, +1, +3 K
+    ext = xr.Dataset(
+        {"air": (("number", "time", "prediction_timedelta", "latitude", "longitude"),
+                 (truth[None] + offset)[..., ::-1, :])},
+        coords={"number": [0, 1, 2], "time": inits, "prediction_timedelta": leads,
+                "latitude": data["lat"].values[::-1], "longitude": data["lon"].values - 360},
+    )  # fmt: skip
+    ext.to_zarr(tmp_path / "ext.zarr")
+    det = ext.isel(number=1, drop=True)  # truth + 1 K: RMSE 1, MAE 1
+    det.to_zarr(tmp_path / "det.zarr")
+    res = CliRunner().invoke(app, ["score", "--forecast", f"ext={tmp_path / 'ext.zarr'}",
+                                   "--forecast", f"det={tmp_path / 'det.zarr'}", "--data", str(store),
+                                   "--out", str(tmp_path / "s")])  # fmt: skip
+    assert res.exit_code == 0, res.output
+    s = json.loads((tmp_path / "s/scores.json").read_text())["scores"]["air"]
+    np.testing.assert_allclose(s["det"]["rmse"], 1.0, atol=1e-5)
+    np.testing.assert_allclose(s["det"]["crps"], 1.0, atol=1e-5)
+    np.testing.assert_allclose(s["ext"]["rmse"], 1.0, atol=1e-5)  # the ensemble mean is truth + 1
+    # fair CRPS of members {-1, 1, 3}: mean |x| - sum_{i,j}|xi - xj| / (2 m (m - 1)) = 5/3 - 16/12
+    np.testing.assert_allclose(s["ext"]["crps"], 5 / 3 - 16 / 12, atol=1e-5)
+
+
+def test_score_refusals(tmp_path: Path, trained) -> None:
+    store, ens, _ = trained
+    fc = tmp_path / "f.zarr"
+    run_forecast(ForecastConfig(checkpoint=str(ens), data=str(store), out=str(fc), init=["2013-03-10T00"],
+                                lead="6h", members=2, steps=2, device="cpu"), progress=False)  # fmt: skip
+    base = ["score", "--forecast", f"m={fc}", "--data", str(store), "--out", str(tmp_path / "s")]
+    res = CliRunner().invoke(app, [*base, "--climatology-period", "2013-01-01:2013-03-31"])
+    assert res.exit_code == 2 and "holds verified times" in res.output
+    shifted = xr.open_zarr(fc).assign_coords(latitude=np.linspace(61, 31, 7))
+    shifted.to_zarr(tmp_path / "shifted.zarr")
+    res = CliRunner().invoke(app, [*base[:2], f"m={tmp_path / 'shifted.zarr'}", *base[3:]])
+    assert res.exit_code == 2 and "is not the data's grid" in res.output
+    res = CliRunner().invoke(app, [*base[:2], f"m={tmp_path / 'nothing.zarr'}", *base[3:]])
+    assert res.exit_code == 2 and "nothing.zarr: not a zarr store" in res.output
+    assert not (tmp_path / "s").exists()
