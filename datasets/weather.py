@@ -7,7 +7,7 @@ their physical ``units`` in ``attrs`` (e.g. K for temperature), dataset attrs ``
 dask-backed: nothing reads the bulk of a store until the caller computes.
 
 Functions: :func:`open_weather`, :func:`canonicalize`, :func:`coarsen`, :func:`regrid`,
-:func:`calendar_features`, :func:`latitude_weights`, :func:`static_fields`.
+:func:`calendar_features`, :func:`latitude_bounds`, :func:`latitude_weights`, :func:`static_fields`.
 Every malformed input raises :class:`datasets.errors.DataError` naming the file.
 """
 
@@ -443,17 +443,36 @@ def calendar_features(ds: xr.Dataset) -> xr.Dataset:
     return out
 
 
+def latitude_bounds(lat: Any) -> np.ndarray:
+    """``(n + 1,)`` cell edges in degrees north, ascending, of latitude rows ``lat`` (degrees, any
+    order, any spacing): midpoints between neighbours, and the outer edges half a grid step (the
+    nearest spacing) beyond the first and last rows, clipped at the poles. A grid that reaches a
+    pole, or comes within half a step of it, closes its outer cell there; a regional grid does
+    not. A single row spans 1 degree."""
+    rows = np.sort(np.asarray(lat, dtype=np.float64).ravel())
+    if rows.size == 0:
+        raise DataError("lat", "no latitude rows")
+    if rows.size == 1:
+        inner, lo, hi = np.empty(0), rows[0] - 0.5, rows[0] + 0.5
+    else:
+        inner = (rows[:-1] + rows[1:]) / 2
+        lo, hi = rows[0] - (rows[1] - rows[0]) / 2, rows[-1] + (rows[-1] - rows[-2]) / 2
+    return np.clip(np.concatenate([[lo], inner, [hi]]), -90.0, 90.0)
+
+
 def latitude_weights(lat: xr.DataArray | Any) -> xr.DataArray:
     """Area weights of latitude rows from cell bounds, normalised to mean 1 (``lat`` in degrees,
-    either order), as WeatherBench 2 (Rasp et al. 2024, ``metrics.get_lat_weights``): a row's cell
-    spans from the midpoints to its neighbours (the poles close the outer cells), and its weight is
-    ``sin(upper) - sin(lower)``, the exact area of the band. On an equiangular grid this is
-    cos(lat) up to a constant except in the pole rows, where cos(lat) would give 0."""
+    either order, uniform or not): a row's cell spans from the midpoints to its neighbours, the
+    outer cells close half a grid step beyond the last rows (:func:`latitude_bounds`; at the poles
+    only for a grid that reaches them), and its weight is ``sin(upper) - sin(lower)``, the exact
+    area of the band. On a global equiangular grid with pole rows this is WeatherBench 2's
+    ``metrics.get_lat_weights`` (Rasp et al. 2024); on any equiangular grid without pole rows it
+    is cos(lat) up to a constant to second order in the step. (Closing a regional grid's outer
+    cells at the poles, as a global rule would, gives NCEP's 15N row 64 % of the total.)"""
     values = np.asarray(lat, dtype=np.float64)
     coords = lat.coords if isinstance(lat, xr.DataArray) else {"lat": values}
     order = np.argsort(values)
-    rad = np.deg2rad(values[order])
-    bounds = np.concatenate([[-np.pi / 2], (rad[:-1] + rad[1:]) / 2, [np.pi / 2]])
+    bounds = np.deg2rad(latitude_bounds(values))
     w = np.empty_like(values)
     w[order] = np.sin(bounds[1:]) - np.sin(bounds[:-1])
     return xr.DataArray(w / w.mean(), dims=("lat",), coords=coords, name="latitude_weight")

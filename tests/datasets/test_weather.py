@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import importlib.util
-import itertools
 import uuid
 from pathlib import Path
 
@@ -18,6 +17,7 @@ from stdiff.datasets.weather import (
     calendar_features,
     canonicalize,
     coarsen,
+    latitude_bounds,
     latitude_weights,
     open_weather,
     regrid,
@@ -259,25 +259,68 @@ def test_calendar_features_known_values() -> None:
     np.testing.assert_allclose(feats["doy_cos"][3], np.cos(half), atol=1e-6)
 
 
-def test_latitude_weights() -> None:
-    lat = np.arange(-90.0, 90.1, 2.5)
+def _brute_area_weights(lat: np.ndarray) -> np.ndarray:
+    """Each row's share of the area by numerical integration of cos(lat) over the points of the
+    covered band closer to that row than to any other; the band ends half the outer spacing
+    beyond the outer rows, clipped at the poles."""
+    rows = np.sort(lat)
+    lo = max(-90.0, rows[0] - (rows[1] - rows[0]) / 2)
+    hi = min(90.0, rows[-1] + (rows[-1] - rows[-2]) / 2)
+    n = 400_000
+    theta = lo + (np.arange(n) + 0.5) * (hi - lo) / n  # midpoint rule
+    nearest = np.abs(theta[:, None] - lat[None, :]).argmin(axis=1)
+    area = np.bincount(nearest, weights=np.cos(np.deg2rad(theta)), minlength=lat.size)
+    return area / area.mean()
+
+
+GRIDS = {
+    "ncep regional 15..75N": np.arange(15.0, 75.1, 2.5),
+    "southern regional": np.arange(-60.0, -9.9, 5.0),
+    "global with poles": np.arange(-90.0, 90.1, 2.5),
+    "global offset (no pole rows)": np.arange(-88.75, 88.8, 2.5),
+    "non-uniform regional": np.array([10.0, 11.0, 13.0, 16.0, 20.0, 25.0, 31.0]),
+    "non-uniform reaching the pole": np.array([60.0, 70.0, 76.0, 82.0, 86.0, 90.0]),
+}
+
+
+@pytest.mark.parametrize("name", list(GRIDS))
+@pytest.mark.parametrize("descending", [False, True])
+def test_latitude_weights_match_integrated_cos(name: str, descending: bool) -> None:
+    lat = GRIDS[name][::-1] if descending else GRIDS[name]
     w = latitude_weights(lat)
     assert w.dims == ("lat",)
+    np.testing.assert_allclose(w["lat"].values, lat)  # weights stay in the given order
     np.testing.assert_allclose(float(w.mean()), 1.0)
+    np.testing.assert_allclose(w.values, _brute_area_weights(lat), rtol=2e-4)
+
+
+def test_latitude_weights_regional_rows_follow_cos() -> None:
+    """On NCEP's 15-75N grid the outer rows are cells like the others: every weight is cos(lat)
+    up to one constant (second order in the 2.5 degree step), and the 15N row holds under 6 %
+    of the total (closing its cell at the pole gave it 64 %)."""
+    lat = np.arange(75.0, 14.9, -2.5)
+    w = latitude_weights(lat).values
+    ratio = w / np.cos(np.deg2rad(lat))
+    np.testing.assert_allclose(ratio, ratio.mean(), rtol=1e-3)
+    assert w[-1] / w.sum() == pytest.approx(np.cos(np.deg2rad(15)) / np.cos(np.deg2rad(lat)).sum())
+    assert w[-1] / w.sum() < 0.06
+
+
+def test_latitude_weights_global_grid_closes_at_the_poles() -> None:
+    lat = np.arange(-90.0, 90.1, 2.5)
+    bounds = latitude_bounds(lat)
+    assert bounds[0] == -90.0 and bounds[-1] == 90.0
+    w = latitude_weights(lat)
     np.testing.assert_allclose(w.values, w.values[::-1])
     assert float(w.sel(lat=0.0)) == pytest.approx(float(w.max()))
     assert float(w[0]) > 0  # pole rows have an area
-    # brute force: each row's band area by numerical integration of cos over its cell
-    edges = np.concatenate([[-90], (lat[:-1] + lat[1:]) / 2, [90]])
-    area = [
-        np.trapezoid(
-            np.cos(np.deg2rad(np.linspace(a, b, 2001))), np.deg2rad(np.linspace(a, b, 2001))
-        )
-        for a, b in itertools.pairwise(edges)
-    ]
-    np.testing.assert_allclose(w.values, np.asarray(area) / np.mean(area), rtol=1e-6)
-    # descending latitudes (NCEP's order) give the same weights per latitude
-    np.testing.assert_allclose(latitude_weights(lat[::-1]).values, w.values[::-1])
+    # WeatherBench 2's formula for grids with pole rows: sin of the midpoints, poles at the ends
+    edges = np.deg2rad(np.concatenate([[-90], (lat[:-1] + lat[1:]) / 2, [90]]))
+    ref = np.diff(np.sin(edges))
+    np.testing.assert_allclose(w.values, ref / ref.mean(), rtol=1e-12)
+    regional = latitude_bounds(np.arange(15.0, 75.1, 2.5))
+    assert (regional[0], regional[-1]) == (13.75, 76.25)
+    assert latitude_weights(np.array([45.0])).values.tolist() == [1.0]
 
 
 def test_static_fields_with_extra_from_file(tmp_path: Path) -> None:
