@@ -1,13 +1,16 @@
 """Gridded weather data (netCDF, zarr, cloud zarr, GRIB) as canonical, lazy ``xarray.Dataset``s.
 
 Canonical weather form (see :mod:`datasets`): dims ``time, lat, lon`` (+ ``level``), ``lat`` in
-degrees north ascending, ``lon`` in degrees east in [0, 360) ascending, data variables float32 with
+degrees north ascending, ``lon`` in degrees east ascending and contiguous (a global grid in
+[0, 360); a regional grid from its western edge, with negative western longitudes when it crosses
+0, e.g. -10..2; :func:`is_global_lon` tells them apart), data variables float32 with
 their physical ``units`` in ``attrs`` (e.g. K for temperature), dataset attrs ``kind="weather"`` and
 ``source``. Static fields over ``(lat, lon)`` (orography, land-sea mask) are kept. Everything stays
 dask-backed: nothing reads the bulk of a store until the caller computes.
 
 Functions: :func:`open_weather`, :func:`canonicalize`, :func:`coarsen`, :func:`regrid`,
-:func:`calendar_features`, :func:`latitude_bounds`, :func:`latitude_weights`, :func:`static_fields`.
+:func:`calendar_features`, :func:`is_global_lon`, :func:`latitude_bounds`,
+:func:`latitude_weights`, :func:`static_fields`.
 Every malformed input raises :class:`datasets.errors.DataError` naming the file.
 """
 
@@ -288,8 +291,22 @@ def _sort_lat(ds: xr.Dataset, where: str) -> xr.Dataset:
     return ds.assign_coords(lat=("lat", np.asarray(ds["lat"].values, np.float64), attrs))
 
 
+def is_global_lon(lon: Any) -> bool:
+    """Whether longitudes (degrees, any order, any convention) go all the way round: no gap
+    between neighbouring columns, taken circularly, wider than 1.5 times the median spacing. Only
+    such grids are periodic in longitude (regridding across the seam, circular padding)."""
+    x = np.sort(np.mod(np.asarray(lon, dtype=np.float64).ravel(), 360.0))
+    if x.size < 3:
+        return False
+    gaps = np.diff(np.concatenate([x, [x[0] + 360.0]]))
+    return bool(gaps.max() <= 1.5 * np.median(gaps))
+
+
 def _wrap_lon(ds: xr.Dataset, where: str) -> xr.Dataset:
-    """Longitudes to [0, 360), sorted by a lazy roll (or a sort for scattered columns)."""
+    """Longitudes ascending and contiguous, sorted by a lazy roll (or a sort for scattered
+    columns): a global grid in [0, 360); a regional grid from its western edge (the column after
+    the widest gap), in [0, 360) unless it crosses 0, where its western columns become negative
+    (so a grid over -10..2 keeps -10..2, in (-180, 180] unless it also crosses 180)."""
     raw = np.asarray(ds["lon"].values, dtype=np.float64)
     lon = np.mod(raw, 360.0)
     lon[lon >= 360.0] = 0.0  # np.mod(-1e-20, 360) rounds to 360
@@ -297,6 +314,11 @@ def _wrap_lon(ds: xr.Dataset, where: str) -> xr.Dataset:
         ds, lon = ds.isel(lon=slice(None, -1)), lon[:-1]  # periodic end column repeated
     if np.unique(lon).size != lon.size:
         raise DataError(where, "duplicated longitudes (modulo 360)")
+    if lon.size > 1 and not is_global_lon(lon):
+        ordered = np.sort(lon)
+        gaps = np.diff(np.concatenate([ordered, [ordered[0] + 360.0]]))
+        west = ordered[(int(np.argmax(gaps)) + 1) % ordered.size]
+        lon = np.where(lon >= west, lon - 360.0, lon) if west > ordered[0] else lon
     attrs = {**ds["lon"].attrs, "units": "degrees_east"}
     ds = ds.assign_coords(lon=("lon", lon, attrs))
     shift = int(np.argmin(lon))
@@ -310,7 +332,8 @@ def canonicalize(ds: xr.Dataset, where: str, require_time: bool = True) -> xr.Da
 
     Dims/coords named e.g. latitude/LAT/y/FNOCY/nav_lat, longitude/x/FNOCX, TIME/valid_time/t,
     lev/plev/isobaricInhPa/pressure_level become ``lat, lon, time, level``; lat ascending; lon
-    mapped to [0, 360) and rolled into order; packed integers decoded (scale_factor/add_offset)
+    mapped to [0, 360) (a regional grid crossing 0 to negative western longitudes, so it stays
+    contiguous) and rolled into order; packed integers decoded (scale_factor/add_offset)
     and data variables cast to float32 keeping ``units``; bounds/helper variables (those without
     both lat and lon) dropped, static (lat, lon) fields kept. ``where`` names the file in errors.
     """
@@ -378,25 +401,23 @@ def coarsen(
     return _float32(out)
 
 
-def _is_global(lon: np.ndarray) -> bool:
-    if lon.size < 2:
-        return False
-    step = float(np.median(np.diff(lon)))
-    return bool(np.isclose(lon[-1] - lon[0] + step, 360.0, atol=0.01 * step))
-
-
 def regrid(ds: xr.Dataset, lat: Any, lon: Any) -> xr.Dataset:
     """Bilinear interpolation onto ``lat`` x ``lon`` (1-D, degrees), periodic in longitude.
 
-    A global grid is padded with one column on each side across 0/360 so targets between the
-    last and first source longitude interpolate across the seam. Targets outside the source
-    latitude range (or outside a regional longitude range) are NaN. Data variables stay float32.
+    A global grid (:func:`is_global_lon`) is padded with one column on each side across 0/360 so
+    targets between the last and first source longitude interpolate across the seam; targets in
+    any longitude convention are mapped onto the source's (a regional grid may cross 0). Targets
+    outside the source latitude range (or outside a regional longitude range) are NaN. Data variables stay float32.
     """
     new_lat = np.asarray(lat, dtype=np.float64).ravel()
-    new_lon = np.mod(np.asarray(lon, dtype=np.float64).ravel(), 360.0)
     src_lon = np.asarray(ds["lon"].values, dtype=np.float64)
+    # targets in the source's convention: [0, 360) when global, else from its western edge
+    west = 0.0 if is_global_lon(src_lon) else float(src_lon.min())
+    new_lon = np.asarray(lon, dtype=np.float64).ravel()
+    away = (new_lon < west - 1e-9) | (new_lon >= west + 360.0)
+    new_lon = np.where(away, west + np.mod(new_lon - west + 1e-9, 360.0) - 1e-9, new_lon)
     src = ds
-    if _is_global(src_lon):
+    if is_global_lon(src_lon):
         left = ds.isel(lon=[-1]).assign_coords(lon=[src_lon[-1] - 360.0])
         right = ds.isel(lon=[0]).assign_coords(lon=[src_lon[0] + 360.0])
         src = xr.concat([left, ds, right], dim="lon", data_vars="minimal", coords="minimal")

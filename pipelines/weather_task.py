@@ -26,7 +26,7 @@ import torch
 import xarray as xr
 
 from stdiff.datasets.errors import DataError
-from stdiff.datasets.weather import calendar_features, static_fields
+from stdiff.datasets.weather import calendar_features, is_global_lon, static_fields
 from stdiff.diffusion.conditioning import Condition
 
 NUM_SCALARS = 5  # lead (days), hour sin/cos, day-of-year sin/cos
@@ -46,6 +46,28 @@ class WeatherLayout:
     step_hours: float
     context: int = 2
     residual: bool = True
+    # Whether the grid goes all the way round in longitude (``is_global_lon`` of ``lon``), so the
+    # networks pad it circularly; None in checkpoints written before it was recorded.
+    periodic_lon: bool | None = None
+
+    @property
+    def periodic(self) -> bool:
+        """Pad longitude circularly: recorded, or decided from ``lon`` for older checkpoints."""
+        return is_global_lon(self.lon) if self.periodic_lon is None else self.periodic_lon
+
+    def net_params(self, autoencoder: bool = False) -> dict[str, Any]:
+        """The network arguments that follow from the layout (a DiT, or the latent codec's
+        autoencoder): channel counts, scalar conditions, and circular longitude padding for
+        global grids only."""
+        if autoencoder:
+            return {"in_channels": self.num_channels, "periodic_lon": self.periodic}
+        return {
+            "in_channels": self.num_channels,
+            "context_channels": self.context_channels,
+            "num_scalars": NUM_SCALARS,
+            "scalar_scale": 100.0,
+            "periodic_lon": self.periodic,
+        }
 
     @property
     def num_channels(self) -> int:
@@ -104,6 +126,7 @@ class WeatherLayout:
             step_hours=float(step),
             context=context,
             residual=residual,
+            periodic_lon=is_global_lon(ds["lon"].values),
         )
 
     def check(self, other: WeatherLayout, where: str) -> None:
@@ -115,7 +138,16 @@ class WeatherLayout:
         if len(self.lat) != len(other.lat) or not np.allclose(self.lat, other.lat):
             raise DataError(where, "latitudes differ from the checkpoint's grid")
         if len(self.lon) != len(other.lon) or not np.allclose(self.lon, other.lon):
-            raise DataError(where, "longitudes differ from the checkpoint's grid")
+            same = len(self.lon) == len(other.lon) and np.allclose(
+                np.sort(np.mod(self.lon, 360)), np.sort(np.mod(other.lon, 360))
+            )
+            hint = (
+                " (the same columns in another order: the model was trained on a store written "
+                "with another longitude convention; ingest the data with the same stdiff version)"
+                if same
+                else ""
+            )
+            raise DataError(where, f"longitudes differ from the checkpoint's grid{hint}")
         if self.step_hours != other.step_hours:
             raise DataError(
                 where,

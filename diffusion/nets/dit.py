@@ -138,7 +138,10 @@ class DiT(nn.Module):
       num_scalars: width ``S`` of ``cond.scalars`` (required when ``> 0``); each scalar gets
         sinusoidal features of ``scalar * scalar_scale`` and its own MLP. Scalars are not dropped
         by ``cond.drop`` (a lead time stays known to the unconditional model).
-      periodic_lon: pad x circularly (global longitude grids) instead of by reflection.
+      periodic_lon: pad x circularly instead of by reflection; only for grids that go all the
+        way round in longitude (the weather task sets it from the grid's coordinates,
+        ``pipelines.weather_task.WeatherLayout.net_params``); a regional grid must not be
+        padded with its opposite edge.
       grad_checkpointing: recompute each block in the backward pass while training.
     """
 
