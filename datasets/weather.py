@@ -9,7 +9,7 @@ their physical ``units`` in ``attrs`` (e.g. K for temperature), dataset attrs ``
 dask-backed: nothing reads the bulk of a store until the caller computes.
 
 Functions: :func:`open_weather`, :func:`canonicalize`, :func:`coarsen`, :func:`regrid`,
-:func:`calendar_features`, :func:`is_global_lon`, :func:`latitude_bounds`,
+:func:`calendar_features`, :func:`is_global_lon`, :func:`lon_onto`, :func:`latitude_bounds`,
 :func:`latitude_weights`, :func:`static_fields`.
 Every malformed input raises :class:`datasets.errors.DataError` naming the file.
 """
@@ -401,6 +401,17 @@ def coarsen(
     return _float32(out)
 
 
+def lon_onto(lon: Any, grid: Any) -> np.ndarray:
+    """Longitudes ``lon`` (degrees, any convention) in the convention of the canonical ``grid``:
+    [0, 360) for a global grid, else [west, west + 360) from the grid's western edge (so -5 and
+    355 both become -5 on a grid over -10..2). Values already in that range are kept exactly."""
+    grid = np.asarray(grid, dtype=np.float64)
+    west = 0.0 if is_global_lon(grid) else float(grid.min())
+    x = np.asarray(lon, dtype=np.float64).ravel()
+    away = (x < west - 1e-9) | (x >= west + 360.0)
+    return np.where(away, west + np.mod(x - west + 1e-9, 360.0) - 1e-9, x)
+
+
 def regrid(ds: xr.Dataset, lat: Any, lon: Any) -> xr.Dataset:
     """Bilinear interpolation onto ``lat`` x ``lon`` (1-D, degrees), periodic in longitude.
 
@@ -411,11 +422,7 @@ def regrid(ds: xr.Dataset, lat: Any, lon: Any) -> xr.Dataset:
     """
     new_lat = np.asarray(lat, dtype=np.float64).ravel()
     src_lon = np.asarray(ds["lon"].values, dtype=np.float64)
-    # targets in the source's convention: [0, 360) when global, else from its western edge
-    west = 0.0 if is_global_lon(src_lon) else float(src_lon.min())
-    new_lon = np.asarray(lon, dtype=np.float64).ravel()
-    away = (new_lon < west - 1e-9) | (new_lon >= west + 360.0)
-    new_lon = np.where(away, west + np.mod(new_lon - west + 1e-9, 360.0) - 1e-9, new_lon)
+    new_lon = lon_onto(lon, src_lon)
     src = ds
     if is_global_lon(src_lon):
         left = ds.isel(lon=[-1]).assign_coords(lon=[src_lon[-1] - 360.0])

@@ -29,7 +29,7 @@ import xarray as xr
 from stdiff.datasets.atomic import atomic_path, write_json
 from stdiff.datasets.errors import DataError
 from stdiff.datasets.store import open_store
-from stdiff.datasets.weather import latitude_weights
+from stdiff.datasets.weather import latitude_weights, lon_onto
 from stdiff.pipelines.scores import (
     ensemble_mean_rmse,
     fair_crps,
@@ -62,7 +62,8 @@ EXTERNAL_NAMES = {"time": "init_time", "prediction_timedelta": "lead_time", "lat
 def to_internal(fc: xr.Dataset, data: xr.Dataset, where: str) -> xr.Dataset:
     """A forecast store in any supported layout (``EXTERNAL_NAMES``; stdiff's own) with the
     internal names ``(init_time, [member], lead_time, [level], lat, lon)``, a ``valid_time``, and
-    its grid put in the data's order (longitudes wrapped to the data's convention); a grid that
+    its grid put in the data's order (longitudes mapped onto the data's convention,
+    ``datasets.weather.lon_onto``, so a grid cut at 0 is joined up again); a grid that
     is not the data's raises ``DataError`` naming ``where``."""
     if "init_time" not in fc.dims:
         fc = fc.rename({k: v for k, v in EXTERNAL_NAMES.items() if k in fc.dims or k in fc.coords})
@@ -76,10 +77,8 @@ def to_internal(fc: xr.Dataset, data: xr.Dataset, where: str) -> xr.Dataset:
         )
     if "valid_time" not in fc.coords:
         fc = fc.assign_coords(valid_time=fc["init_time"] + fc["lead_time"])
-    if fc["lon"].values.min() < 0 <= data["lon"].values.min():
-        fc = fc.assign_coords(lon=fc["lon"] % 360)
-    elif data["lon"].values.min() < 0 and fc["lon"].values.max() > 180:
-        fc = fc.assign_coords(lon=(fc["lon"] + 180) % 360 - 180)
+    lon = lon_onto(fc["lon"].values, data["lon"].values)  # e.g. [0, 360) onto -10..2
+    fc = fc.assign_coords(lon=("lon", lon, fc["lon"].attrs)).sortby(["lat", "lon"])
     for d in ("lat", "lon"):
         a, b = np.sort(fc[d].values), np.sort(data[d].values)
         if a.shape != b.shape or not np.allclose(a, b, atol=1e-4):

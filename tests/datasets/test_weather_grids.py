@@ -15,8 +15,9 @@ import xarray as xr
 
 from stdiff.datasets.ingest import IngestOptions, ingest
 from stdiff.datasets.store import open_store
-from stdiff.datasets.weather import canonicalize, is_global_lon, open_weather, regrid
+from stdiff.datasets.weather import canonicalize, is_global_lon, lon_onto, open_weather, regrid
 from stdiff.diffusion.nets.dit import DiT
+from stdiff.pipelines.weather_eval import to_internal
 from stdiff.pipelines.weather_task import NUM_SCALARS, WeatherLayout, condition
 
 TIMES = pd.date_range("2013-01-01", periods=40, freq="6h")
@@ -149,4 +150,23 @@ def test_ncep_rolled_across_zero_stays_contiguous(shared_data: Path, tmp_path: P
     layout = _layout_of(tmp_path, moved, "rolled_store")
     np.testing.assert_allclose(layout.lon, np.arange(-60.0, 70.1, 2.5))
     assert layout.periodic_lon is False
-    assert WeatherLayout.from_store(open_store(tmp_path / "rolled_store.zarr"), ["air"]).lat[0] == 15.0
+    assert (
+        WeatherLayout.from_store(open_store(tmp_path / "rolled_store.zarr"), ["air"]).lat[0] == 15.0
+    )
+
+
+def test_forecasts_in_other_conventions_are_scored_on_the_data_grid() -> None:
+    np.testing.assert_allclose(lon_onto([355.0, -5.0, 2.0, 362.0], EUROPE), [-5, -5, 2, 2])
+    np.testing.assert_allclose(lon_onto([-90.0, 359.99], np.arange(0.0, 360, 10)), [270, 359.99])
+    data = canonicalize(_grid(EUROPE, _field(EUROPE)), "europe")
+    mod = np.mod(EUROPE, 360.0)
+    cut = np.argsort(mod)  # a WB2-style store of another model, in [0, 360), cut at 0
+    fc = xr.Dataset(
+        {"air": (("time", "prediction_timedelta", "latitude", "longitude"),
+                 data["air"].values[:2, None][..., cut])},
+        coords={"time": TIMES[:2], "prediction_timedelta": [np.timedelta64(6, "h")],
+                "latitude": LAT, "longitude": mod[cut]},
+    )  # fmt: skip
+    internal = to_internal(fc, data, "other.zarr")
+    np.testing.assert_allclose(internal["lon"], EUROPE)
+    np.testing.assert_allclose(internal["air"].values[:, 0], data["air"].values[:2], atol=1e-6)
