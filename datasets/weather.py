@@ -86,10 +86,38 @@ def _open_file(path: Path) -> xr.Dataset:
     for engine in engines:
         kwargs: dict[str, Any] = {"indexpath": ""} if engine == "cfgrib" else {}
         try:
-            return xr.open_dataset(path, engine=engine, chunks={}, backend_kwargs=kwargs or None)
+            ds = xr.open_dataset(path, engine=engine, chunks={}, backend_kwargs=kwargs or None)
         except Exception as err:
             errors.append(f"{engine}: {_one_line(err)}")
+            continue
+        return _grib_longitudes(ds) if engine == "cfgrib" else ds
     raise DataError(path, f"cannot read file ({'; '.join(errors)})")
+
+
+def _grib_longitudes(ds: xr.Dataset) -> xr.Dataset:
+    """The columns of a regular lat/lon GRIB grid in scan order, from its grid definition.
+
+    cfgrib labels them with ecCodes' ``distinctLongitudes``, which are sorted: right for most
+    grids, but a grid crossing 0 (GRIB encodes longitudes in [0, 360), so -10..2 is 350..2)
+    gets the labels 2, 350, 354, ... on data that run 350, 354, ..., 2 (the same fault at 180
+    is ecmwf/cfgrib#402). Other grids are returned unchanged."""
+    if "longitude" not in ds.dims:
+        return ds
+    keys = ("GRIB_Nx", "GRIB_longitudeOfFirstGridPointInDegrees",
+            "GRIB_iDirectionIncrementInDegrees", "GRIB_iScansNegatively")  # fmt: skip
+    grids = {
+        tuple(float(v.attrs[k]) for k in keys)
+        for v in ds.data_vars.values()
+        if v.attrs.get("GRIB_gridType") == "regular_ll" and all(k in v.attrs for k in keys)
+    }
+    if len(grids) != 1:
+        return ds
+    n, first, step, negative = next(iter(grids))
+    lon = first + np.arange(int(n)) * (-step if negative else step)
+    have = np.asarray(ds["longitude"].values, dtype=np.float64)
+    if lon.size != have.size or not np.allclose(np.sort(lon % 360), np.sort(have % 360)):
+        return ds  # not the grid the labels came from: leave them alone
+    return ds.assign_coords(longitude=("longitude", lon, ds["longitude"].attrs))
 
 
 def _open_url(url: str, storage_options: dict[str, Any] | None) -> xr.Dataset:

@@ -187,8 +187,13 @@ def test_bad_files(tmp_path: Path) -> None:
         open_weather(f"memory://{uuid.uuid4().hex}/absent.zarr")
 
 
-@pytest.mark.skipif(importlib.util.find_spec("cfgrib") is not None, reason="cfgrib installed")
-def test_grib_without_cfgrib_says_how_to_install(tmp_path: Path) -> None:
+def test_grib_without_cfgrib_says_how_to_install(tmp_path: Path, monkeypatch) -> None:
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(  # as if cfgrib were not installed
+        importlib.util,
+        "find_spec",
+        lambda name, *a: None if name == "cfgrib" else find_spec(name, *a),
+    )
     path = tmp_path / "era5.grib"
     path.write_bytes(b"GRIB" + bytes(100))
     with pytest.raises(DataError, match=r"era5\.grib.*pip install stdiff\[grib\]"):
