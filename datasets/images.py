@@ -4,7 +4,8 @@ Every loader returns dims ``sample, channel, y, x`` with variables
 
 * ``image`` uint8 (float32 where the source holds non-8-bit data),
 * ``label`` int64 (sample),
-* ``split`` int8 (sample), 0 = train, 1 = test, with CF ``flag_values``/``flag_meanings`` attrs,
+* ``split`` int8 (sample), 0 = train, 1 = test, 2 = validation, with CF
+  ``flag_values``/``flag_meanings`` attrs,
 
 and dataset attrs ``kind="images"``, ``source`` (the path read) and ``classes`` (one name per label).
 Malformed input raises :class:`datasets.errors.DataError` naming the file.
@@ -63,7 +64,7 @@ _IDX_DTYPES: dict[int, str] = {
     0x0D: ">f4",
     0x0E: ">f8",
 }
-_SPLITS = {"train": 0, "test": 1}
+_SPLITS = {"train": 0, "test": 1, "valid": 2}
 _IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg"}
 
 
@@ -125,13 +126,10 @@ def read_idx(path: str | Path) -> np.ndarray:
 
 
 def _split_code(split: int | str, where: str | Path) -> int:
-    if isinstance(split, str):
-        if split not in _SPLITS:
-            raise DataError(where, f"split must be 'train', 'test', 0 or 1, not {split!r}")
-        return _SPLITS[split]
-    if split not in (0, 1):
-        raise DataError(where, f"split must be 'train', 'test', 0 or 1, not {split!r}")
-    return int(split)
+    code = _SPLITS.get(split) if isinstance(split, str) else split
+    if code not in (0, 1, 2):
+        raise DataError(where, f"split must be 'train', 'test', 'valid', 0, 1 or 2, not {split!r}")
+    return int(code)
 
 
 def _as_image_dtype(arr: np.ndarray) -> np.ndarray:
@@ -181,7 +179,7 @@ def _images_dataset(
             "split": (
                 ("sample",),
                 split.astype(np.int8),
-                {"flag_values": [0, 1], "flag_meanings": "train test"},
+                {"flag_values": [0, 1, 2], "flag_meanings": "train test valid"},
             ),
         },
         attrs={"kind": "images", "source": str(source), "classes": list(classes), **attrs},
@@ -238,49 +236,67 @@ def load_idx_images(
     )
 
 
-def _find_idx(folder: Path, split: str, what: str) -> Path:
-    """``<split>-<what>-idxN-ubyte`` (or with ``.idxN``), raw or gzipped."""
+def _find_idx(folder: Path, split: str, what: str) -> Path | None:
+    """``<split>-<what>-idxN-ubyte`` (or with ``.idxN``), raw or gzipped; None when absent."""
     ndim = 3 if what == "images" else 1
     pattern = re.compile(rf"^{split}-{what}[-.]idx{ndim}-ubyte(\.gz)?$", re.IGNORECASE)
     found = sorted(p for p in folder.iterdir() if p.is_file() and pattern.match(p.name))
-    if not found:
+    return found[0] if found else None  # the raw file sorts before its .gz
+
+
+def _idx_split(folder: Path, split: str) -> tuple[np.ndarray, np.ndarray] | None:
+    """The images and labels of one split of an MNIST folder, None when it has neither file."""
+    images, labels = _find_idx(folder, split, "images"), _find_idx(folder, split, "labels")
+    if images is None and labels is None:
+        return None
+    if images is None or labels is None:
+        what, ndim = ("images", 3) if images is None else ("labels", 1)
         raise DataError(
             folder, f"no {split}-{what}-idx{ndim}-ubyte(.gz) file (MNIST layout expected)"
         )
-    return found[0]  # the raw file sorts before its .gz
+    return _read_idx_pair(images, labels)
 
 
 def _looks_like_fashion(folder: Path) -> bool:
     return any("fashion" in part.lower() for part in folder.resolve().parts)
 
 
-def load_mnist_folder(folder: str | Path, *, classes: Sequence[str] | None = None) -> xr.Dataset:
-    """A folder holding the four MNIST-layout idx files as one dataset, train then test.
+def load_mnist_folder(
+    folder: str | Path,
+    *,
+    classes: Sequence[str] | None = None,
+    split: int | str | None = None,
+) -> xr.Dataset:
+    """A folder holding MNIST-layout idx files as one dataset, train then test.
 
     Files: ``train-images-idx3-ubyte``, ``train-labels-idx1-ubyte``, ``t10k-images-idx3-ubyte``,
-    ``t10k-labels-idx1-ubyte`` (each raw or ``.gz``; ``.idx3`` spellings accepted). ``classes``
-    defaults to the Fashion-MNIST names when the folder path mentions "fashion", else "0".."9".
+    ``t10k-labels-idx1-ubyte`` (each raw or ``.gz``; ``.idx3`` spellings accepted). Either pair
+    may be absent (a test set alone, for inference with a model trained elsewhere), not both,
+    nor one file of a pair. ``split`` puts every image in that split instead of the files'.
+    ``classes`` defaults to the Fashion-MNIST names when the folder path mentions "fashion",
+    else "0".."9".
     """
     folder = Path(folder)
     if not folder.is_dir():
         raise DataError(folder, "not a folder")
-    parts = []
-    for split in ("train", "t10k"):
-        parts.append(
-            _read_idx_pair(_find_idx(folder, split, "images"), _find_idx(folder, split, "labels"))
-        )
-    (train_img, train_lab), (test_img, test_lab) = parts
-    if train_img.shape[1:] != test_img.shape[1:]:
+    parts = {s: _idx_split(folder, s) for s in ("train", "t10k")}
+    found = [(code, *p) for code, p in enumerate(parts.values()) if p is not None]
+    if not found:
+        raise DataError(folder, "no train-* or t10k-* idx files (MNIST layout expected)")
+    if len(found) == 2 and found[0][1].shape[1:] != found[1][1].shape[1:]:
         raise DataError(
             folder,
-            f"train images are {train_img.shape[2:]} but test images {test_img.shape[2:]}",
+            f"train images are {found[0][1].shape[2:]} but test images {found[1][1].shape[2:]}",
         )
-    image = np.concatenate([train_img, test_img])
-    label = np.concatenate([train_lab, test_lab])
-    split = np.concatenate([np.zeros(len(train_lab), np.int8), np.ones(len(test_lab), np.int8)])
+    image = np.concatenate([img for _, img, _ in found])
+    label = np.concatenate([lab for _, _, lab in found])
+    if split is None:
+        codes = np.concatenate([np.full(len(lab), code, np.int8) for code, _, lab in found])
+    else:
+        codes = np.full(len(label), _split_code(split, folder), np.int8)
     if classes is None:
         classes = FASHION_MNIST_CLASSES if _looks_like_fashion(folder) else DIGIT_CLASSES
-    return _images_dataset(image, label, split, source=folder, classes=classes)
+    return _images_dataset(image, label, codes, source=folder, classes=classes)
 
 
 # ----------------------------------------------------------------------------------- image folder
@@ -375,6 +391,10 @@ def load_image_folder(
 
 _IMAGE_KEYS = ("images", "x", "data")
 _LABEL_KEYS = ("labels", "y", "targets")
+# split-named pairs: MedMNIST (``train_images``/``train_labels``), Keras (``x_train``/``y_train``)
+_SPLIT_WORDS = {"train": 0, "val": 2, "valid": 2, "validation": 2, "test": 1}
+_PAIR_PATTERNS = (("{}_images", "{}_labels"), ("x_{}", "y_{}"))
+NO_LABELS = "none"
 
 
 def _pick_key(keys: Sequence[str], candidates: Sequence[str]) -> str | None:
@@ -383,6 +403,26 @@ def _pick_key(keys: Sequence[str], candidates: Sequence[str]) -> str | None:
         if c in lower:
             return lower[c]
     return None
+
+
+def _split_pairs(keys: Sequence[str]) -> list[tuple[str, str, int]]:
+    """``(images key, labels key, split code)`` for every split-named pair present, train first."""
+    lower = {k.lower(): k for k in keys}
+    for img_pattern, lab_pattern in _PAIR_PATTERNS:
+        pairs = [
+            (lower[img_pattern.format(w)], lower[lab_pattern.format(w)], code)
+            for w, code in _SPLIT_WORDS.items()
+            if img_pattern.format(w) in lower and lab_pattern.format(w) in lower
+        ]
+        if pairs:
+            return sorted(pairs, key=lambda p: (p[2] != 0, p[2]))  # train, test, valid
+    return []
+
+
+def _split_of_key(key: str) -> int:
+    """The split a key's name says (``test_images`` -> test), train when it says none."""
+    words = re.split(r"[^a-z]+", key.lower())
+    return next((_SPLIT_WORDS[w] for w in words if w in _SPLIT_WORDS), 0)
 
 
 def _to_sample_channel_y_x(arr: np.ndarray, where: str | Path, key: str) -> np.ndarray:
@@ -402,22 +442,47 @@ def _to_sample_channel_y_x(arr: np.ndarray, where: str | Path, key: str) -> np.n
     )
 
 
+def _npz_pairs(
+    keys: list[str], images_key: str | None, labels_key: str | None, path: Path
+) -> list[tuple[str, str | None, int]]:
+    """Which arrays to read: ``(images key, labels key or None, split code)``."""
+    for want in (images_key, labels_key):
+        if want is not None and want != NO_LABELS and want not in keys:
+            raise DataError(path, f"no key {want!r}; keys present: {sorted(keys)}")
+    if images_key is None and labels_key is None:
+        if _pick_key(keys, _IMAGE_KEYS) is None and (pairs := _split_pairs(keys)):
+            return list(pairs)
+    ik = images_key if images_key is not None else _pick_key(keys, _IMAGE_KEYS)
+    lk = labels_key if labels_key is not None else _pick_key(keys, _LABEL_KEYS)
+    if ik is None or lk is None:
+        missing = [] if ik else ["images (images|x|data or <split>_images|x_<split>)"]
+        missing += [] if lk else ["labels (labels|y|targets)"]
+        raise DataError(
+            path,
+            f"no {' or '.join(missing)} key; keys present: {sorted(keys)}; name them with "
+            f"--images-key / --labels-key (--labels-key {NO_LABELS}: unlabelled images)",
+        )
+    return [(ik, None if lk == NO_LABELS else lk, _split_of_key(ik))]
+
+
 def load_npz(
     path: str | Path,
     *,
     images_key: str | None = None,
     labels_key: str | None = None,
-    split: int | str = "train",
+    split: int | str | None = None,
     classes: Sequence[str] | None = None,
 ) -> xr.Dataset:
     """Images and labels from a NumPy ``.npz`` archive.
 
     Keys default to the first present (case-insensitive) of ``images``/``x``/``data`` and
-    ``labels``/``y``/``targets``. Failing those, a Keras-style archive with ``x_train``/``y_train``
-    (and optionally ``x_test``/``y_test``) loads as train then test. Image layouts: see
-    :func:`_to_sample_channel_y_x` (channels-last if the last dim is in {1, 3, 4} and the second
-    is not). uint8 images stay uint8, others become float32. All samples land in ``split``
-    except in the Keras layout.
+    ``labels``/``y``/``targets``. Failing those, split-named pairs load together, train, test then
+    validation (``split`` 2): MedMNIST's ``train_images``/``train_labels``, ``val_*``,
+    ``test_*``, or Keras's ``x_train``/``y_train``, ``x_test``/``y_test``. ``images_key`` and
+    ``labels_key`` name one pair (``labels_key="none"``: unlabelled, label 0); its split is the
+    one its name says (``test_images`` -> test), else train. ``split`` ("train"/"test"/0/1) puts
+    every sample in one split instead. Image layouts: see :func:`_to_sample_channel_y_x`. uint8
+    images stay uint8, others become float32 (float32 throughout when the pairs' types differ).
     """
     path = Path(path)
     try:
@@ -426,47 +491,63 @@ def load_npz(
         raise DataError(path, f"not a readable .npz archive ({_why(err)})") from err
     if not isinstance(npz, np.lib.npyio.NpzFile):
         raise DataError(path, "a single .npy array, not an .npz archive with images and labels")
+    forced = None if split is None else _split_code(split, path)
+    images, labels, splits = [], [], []
     with npz:
-        keys = list(npz.files)
-        ik = images_key if images_key is not None else _pick_key(keys, _IMAGE_KEYS)
-        lk = labels_key if labels_key is not None else _pick_key(keys, _LABEL_KEYS)
-        pairs: list[tuple[str, str, int]]
-        if images_key is None and labels_key is None and ik is None and lk is None:
-            if "x_train" in keys and "y_train" in keys:
-                pairs = [("x_train", "y_train", 0)]
-                if "x_test" in keys and "y_test" in keys:
-                    pairs.append(("x_test", "y_test", 1))
-            else:
-                pairs = []
-        else:
-            pairs = [(ik, lk, _split_code(split, path))] if ik and lk else []
-        for want in (images_key, labels_key):
-            if want is not None and want not in keys:
-                raise DataError(path, f"no key {want!r}; keys present: {sorted(keys)}")
-        if not pairs:
-            missing = []
-            if ik is None:
-                missing.append("images (images|x|data)")
-            if lk is None:
-                missing.append("labels (labels|y|targets)")
-            raise DataError(path, f"no {' or '.join(missing)} key; keys present: {sorted(keys)}")
-        images, labels, splits = [], [], []
-        for ikey, lkey, code in pairs:
+        for ikey, lkey, code in _npz_pairs(list(npz.files), images_key, labels_key, path):
             try:
-                img, lab = npz[ikey], npz[lkey]
+                img = _to_sample_channel_y_x(npz[ikey], path, ikey)
+                lab = np.zeros(img.shape[0], np.int64) if lkey is None else npz[lkey]
             except (ValueError, OSError, zipfile.BadZipFile, zlib.error) as err:
                 raise DataError(path, f"cannot read {ikey!r}/{lkey!r} ({_why(err)})") from err
-            img = _to_sample_channel_y_x(img, path, ikey)
+            if images and img.shape[1:] != images[0].shape[1:]:
+                raise DataError(path, f"{ikey} is {img.shape[1:]} but the first images "
+                                      f"{images[0].shape[1:]}")  # fmt: skip
             images.append(_as_image_dtype(img))
-            labels.append(_as_labels(lab, img.shape[0], path))
-            splits.append(np.full(img.shape[0], code, np.int8))
-    if len(images) == 2 and images[0].shape[1:] != images[1].shape[1:]:
-        raise DataError(path, f"x_train is {images[0].shape[1:]} but x_test {images[1].shape[1:]}")
-    if len(images) == 2 and images[0].dtype != images[1].dtype:
+            labels.append(_as_labels(_multilabel_check(lab, path, lkey), img.shape[0], path))
+            splits.append(np.full(img.shape[0], code if forced is None else forced, np.int8))
+    if len({a.dtype for a in images}) > 1:
         images = [a.astype(np.float32) for a in images]
     label = np.concatenate(labels)
     if classes is None:
         classes = _default_classes(label)
     return _images_dataset(
         np.concatenate(images), label, np.concatenate(splits), source=path, classes=classes
+    )
+
+
+def _multilabel_check(labels: np.ndarray, path: Path, key: str | None) -> np.ndarray:
+    if labels.ndim == 2 and labels.shape[1] > 1:
+        raise DataError(
+            path,
+            f"{key!r} holds {labels.shape[1]} labels per image (multi-label); one class per "
+            f"image is supported: pass --labels-key {NO_LABELS} to ingest the images unlabelled",
+        )
+    return labels
+
+
+# ------------------------------------------------------------------------------ images stores
+
+
+def require_images_store(ds: xr.Dataset, where: str | Path) -> None:
+    """Refuse, in one line that says which ingest to run, a store the image tasks cannot read.
+
+    A ``--kind medical`` volume becomes images by ingesting the store (or its source) again with
+    ``--kind images``; other kinds are not images at all."""
+    kind = ds.attrs.get("kind")
+    if kind == "images" or (kind is None and "image" in ds and "sample" in ds.dims):
+        return
+    if kind == "medical":
+        window = " --window soft_tissue" if ds["image"].attrs.get("units") == "HU" else ""
+        name = Path(str(where).rstrip("/")).name.removesuffix(".zarr")
+        raise DataError(
+            where,
+            "a --kind medical volume store (slice, y, x); the image tasks read a volume's slices "
+            f"as images: stdiff ingest {where} --kind images --image-size 64{window} "
+            f"--out {name}_images.zarr",
+        )
+    raise DataError(
+        where,
+        f"a {kind or 'non-image'!r} store, not images: ingest an image source with "
+        "`stdiff ingest SOURCE --kind images --out IMAGES.zarr`",
     )

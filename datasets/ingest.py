@@ -35,7 +35,10 @@ class IngestOptions:
     Fields: kind; variables / levels (weather selection); coarsen (weather block-mean factor);
     train_period / test_period (weather time split, ``("YYYY-MM-DD", "YYYY-MM-DD")``);
     fold (PhysioNet CSDI fold); layout / time_column / targets (CSV or Parquet tables);
-    axis (NIfTI slicing axis); image_size (a NIfTI volume ingested as ``images``: slices resized).
+    axis (NIfTI slicing axis); image_size / window (a volume ingested as ``images``: slice size
+    and intensity window, ``"LO,HI"``, a preset of ``datasets.slices.WINDOWS`` or ``"auto"``);
+    images_key / labels_key (NPZ arrays; ``labels_key="none"``: unlabelled images);
+    split (images: ``auto`` keeps the source's split, ``train``/``test`` puts every image there).
     """
 
     kind: Kind
@@ -50,6 +53,10 @@ class IngestOptions:
     targets: str | None = None
     axis: Literal["axial", "coronal", "sagittal"] = "axial"
     image_size: int = 64
+    window: str = "auto"
+    images_key: str | None = None
+    labels_key: str | None = None
+    split: Literal["auto", "train", "test"] = "auto"
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -62,6 +69,11 @@ class IngestOptions:
             )
         if self.coarsen < 1:
             raise ValueError(f"coarsen must be a positive integer, got {self.coarsen}")
+        if self.split not in ("auto", "train", "test"):
+            raise ValueError(f"split={self.split!r} is not valid; choose one of auto, train, test")
+        from stdiff.datasets.slices import parse_window
+
+        parse_window(self.window)  # a bad window fails before any input is read
 
 
 @dataclass(frozen=True)
@@ -116,24 +128,54 @@ def _timeseries(source: str, opt: IngestOptions) -> tuple[xr.Dataset, Split, lis
     return ds, csdi_stay_split(ds["observed_mask"].values, fold=opt.fold), ["values"]
 
 
+def _volume(p: Path, opt: IngestOptions) -> xr.Dataset | None:
+    """The medical volume at ``p`` (NIfTI, DICOM file or series folder, a ``--kind medical``
+    store), or None when ``p`` is none of these."""
+    from stdiff.datasets import medical
+
+    if p.name.endswith((".nii", ".nii.gz")):
+        return medical.load_nifti(p, axis=opt.axis)
+    if p.is_dir() and (p / "zarr.json").is_file():
+        from stdiff.datasets.store import open_store
+
+        ds = open_store(p)
+        if ds.attrs.get("kind") != "medical":
+            raise DataError(p, f"a {ds.attrs.get('kind', 'unknown')!r} store, not a medical volume")
+        return ds
+    files = [p] if p.is_file() else sorted(q for q in p.iterdir() if q.is_file())
+    dicom = [q for q in files[:1] if q.suffix.lower() in (".dcm", ".dicom") or _is_dicom(q)]
+    return medical.load_dicom(p) if dicom else None
+
+
+def _is_dicom(path: Path) -> bool:
+    """The DICOM signature: "DICM" after a 128-byte preamble."""
+    with open(path, "rb") as f:
+        return f.read(132)[128:] == b"DICM"
+
+
 def _images(source: str, opt: IngestOptions) -> xr.Dataset:
     from stdiff.datasets import images
 
     p = Path(source)
+    split = None if opt.split == "auto" else opt.split
     if p.suffix.lower() == ".npz":
-        return images.load_npz(p)
-    if p.name.endswith((".nii", ".nii.gz")):  # a volume's slices as images (reconstruction)
-        from stdiff.datasets.medical import load_nifti, slices_as_images
+        return images.load_npz(p, images_key=opt.images_key, labels_key=opt.labels_key,
+                               split=split)  # fmt: skip
+    volume = _volume(p, opt)
+    if volume is not None:  # a volume's slices as images
+        from stdiff.datasets.slices import parse_window, slices_as_images
 
-        return slices_as_images(load_nifti(p, axis=opt.axis), opt.image_size)
+        return slices_as_images(
+            volume, opt.image_size, window=parse_window(opt.window), split=opt.split
+        )
     if p.is_dir() and any(q.name.endswith(("idx3-ubyte", "idx3-ubyte.gz")) for q in p.iterdir()):
-        return images.load_mnist_folder(p)
+        return images.load_mnist_folder(p, split=split)
     if p.is_dir():
-        return images.load_image_folder(p)
+        return images.load_image_folder(p, split=split or "train")
     raise DataError(
         p,
-        "expected an .npz file, a NIfTI volume, an MNIST-style folder of idx files or a folder of "
-        "class sub-folders",
+        "expected an .npz file, a NIfTI volume, a DICOM file or series folder, a --kind medical "
+        "store, an MNIST-style folder of idx files or a folder of class sub-folders",
     )
 
 

@@ -16,7 +16,9 @@ coronal     j (A)     k (S)          i (R)
 sagittal    i (R)     k (S)          j (A)
 ==========  ========  =============  =============
 
-so ``y`` index 0 is the posterior/inferior edge: display with ``origin="lower"``.
+so ``y`` index 0 is the posterior/inferior edge: display with ``origin="lower"``. The slices as
+image samples (:mod:`datasets.slices`, ``stdiff ingest --kind images``) are turned to the
+radiological display instead (anterior or superior up, the patient's right on the left).
 
 DICOM: slices are ordered along the slice normal (row x column direction cosines), ``y`` and
 ``x`` are the stored rows and columns.
@@ -238,58 +240,4 @@ def load_dicom(path: str | Path) -> xr.Dataset:
             "image_orientation_patient": [float(v) for v in iop] if iop else [],
             "image_position_patient": [float(v) for v in ipp] if ipp else [],
         },
-    )
-
-
-# ------------------------------------------------------------------------------ slices as images
-
-
-def slices_as_images(
-    ds: xr.Dataset, size: int = 64, *, min_signal: float = 0.1, block: int = 8, test_every: int = 5
-) -> xr.Dataset:
-    """The slices of a volume as an ``images`` Dataset for the image tasks (reconstruction).
-
-    Slices whose mean intensity is below ``min_signal`` times the brightest slice's mean are
-    dropped (the empty ends of the volume). Every slice is cropped to the square around the
-    volume's non-zero bounding box (one crop for all slices, centred), resized to ``size`` x
-    ``size`` (bilinear, antialiased) and scaled to uint8 by the volume's 99.5th percentile.
-    Held-back slices (``split`` 1) are contiguous blocks of ``block`` slices, every
-    ``test_every``-th block, so a test slice's nearest training slices are some slices away.
-    Output: ``image (sample, channel, y, x)`` uint8, ``split (sample)`` int8, ``label`` 0,
-    ``slice`` (the source slice index) and the source's attrs plus ``kind="images"``.
-    """
-    from PIL import Image
-
-    vol = np.asarray(ds["image"].values, dtype=np.float32)  # (S, Y, X)
-    if vol.ndim != 3:
-        raise DataError(
-            ds.attrs.get("source", "volume"), f"expected (slice, y, x), got {vol.shape}"
-        )
-    if size < 8:
-        raise ValueError(f"image_size must be at least 8, got {size}")
-    means = vol.mean(axis=(1, 2))  # (S,)
-    keep = np.flatnonzero(means >= min_signal * means.max())
-    nz = np.argwhere(vol[keep].max(axis=0) > 0)  # (n, 2) in-slice non-zero pixels
-    (y0, x0), (y1, x1) = nz.min(0), nz.max(0) + 1
-    side = max(y1 - y0, x1 - x0)
-    cy, cx = (y0 + y1) // 2, (x0 + x1) // 2
-    pad = side  # pad so the centred square never leaves the array
-    padded = np.pad(vol[keep], ((0, 0), (pad, pad), (pad, pad)))
-    top, left = cy - side // 2 + pad, cx - side // 2 + pad
-    crop = padded[:, top : top + side, left : left + side]  # (S', side, side)
-    scale = float(np.percentile(crop, 99.5)) or 1.0
-    u8 = np.clip(crop / scale * 255.0, 0, 255).astype(np.uint8)
-    images = np.stack(
-        [np.asarray(Image.fromarray(s).resize((size, size), Image.Resampling.BILINEAR)) for s in u8]
-    )  # (S', size, size)
-    split = ((np.arange(len(keep)) // block) % test_every == test_every // 2).astype(np.int8)
-    attrs = {k: v for k, v in ds.attrs.items() if k != "kind"}
-    return xr.Dataset(
-        {
-            "image": (("sample", "channel", "y", "x"), images[:, None]),
-            "split": ("sample", split),
-            "label": ("sample", np.zeros(len(keep), dtype=np.int64)),
-            "slice": ("sample", keep.astype(np.int64)),
-        },
-        attrs={**attrs, "kind": "images", "classes": ["slice"], "image_scale": scale},
     )

@@ -7,7 +7,8 @@ store with ``image (sample, channel, y, x)`` in [-1, 1] and ``label``, a PNG gri
 with ``classifier``, metrics in ``OUT.zarr.metrics.json``: the accuracy of the classifier on the
 samples against the asked labels, and the Fréchet distance between the classifier's penultimate
 features of the samples and of ``reference`` images (the store's test split) -- a Fréchet
-distance on this project's Fashion-MNIST classifier, not ImageNet FID.
+distance on this project's Fashion-MNIST classifier, not ImageNet FID. An unconditional model
+(no classes, e.g. one trained on MRI slices) draws from its prior: no labels, no guidance.
 """
 
 from __future__ import annotations
@@ -71,20 +72,18 @@ def run_generation(cfg: GenerateConfig) -> dict[str, Any]:
     """Draw the samples, write them, score them; returns ``{"out", "seconds", "metrics"}``."""
     device = resolve_device(cfg.device)
     denoiser, tcfg, meta = load_denoiser(cfg.checkpoint, cfg.weights, device=str(device))
-    classes = int(getattr(denoiser.net, "num_classes", 0))
-    if tcfg.data.task != "images" or classes == 0:
-        raise ValueError(f"{cfg.checkpoint}: not a class-conditional image model")
-    labels = cfg.labels if cfg.labels is not None else tuple(range(classes))
-    bad = [c for c in labels if not 0 <= c < classes]
-    if bad or not labels:
-        raise ValueError(f"labels {list(labels)}: each must be in 0..{classes - 1}")
+    if tcfg.data.task != "images":
+        raise ValueError(f"{cfg.checkpoint}: trained for {tcfg.data.task!r}, not an image model")
+    labels = _labels(cfg, int(getattr(denoiser.net, "num_classes", 0)))
     sizes = meta.get("sizes") or _sizes(tcfg)
     shape = tuple(int(sizes[d]) for d in ("channel", "y", "x"))
     codec = codec_from_metadata(meta, device)  # a latent model: sample latents, then decode
     if codec is not None:
         shape = codec.shape
     y = torch.tensor([labels[i % len(labels)] for i in range(cfg.n)])
-    guided = classifier_free_guidance(denoiser, cfg.guidance, rescale=cfg.rescale)
+    guided = denoiser  # an unconditional model (e.g. MRI slices) draws from its prior
+    if getattr(denoiser.net, "num_classes", 0):
+        guided = classifier_free_guidance(denoiser, cfg.guidance, rescale=cfg.rescale)
     sigmas = denoiser.schedule.discretize(cfg.steps, cfg.spacing)
     start, out = time.perf_counter(), []
     for b0 in range(0, cfg.n, cfg.batch_size):
@@ -106,6 +105,23 @@ def run_generation(cfg: GenerateConfig) -> dict[str, Any]:
         metrics.update(score_samples(images, y.numpy(), cfg, tcfg.data.store))
     _write(cfg, images, y.numpy(), metrics, meta)
     return {"out": cfg.out, "seconds": seconds, "metrics": metrics}
+
+
+def _labels(cfg: GenerateConfig, classes: int) -> tuple[int, ...]:
+    """The labels to draw: the asked ones, every class, or label 0 for an unconditional model
+    (which takes no ``labels`` and no guidance other than 1)."""
+    if classes == 0:
+        if cfg.labels is not None or cfg.guidance != 1.0:
+            raise ValueError(
+                f"{cfg.checkpoint}: an unconditional model (no classes); drop --label and "
+                "--guidance"
+            )
+        return (0,)
+    labels = cfg.labels if cfg.labels is not None else tuple(range(classes))
+    bad = [c for c in labels if not 0 <= c < classes]
+    if bad or not labels:
+        raise ValueError(f"labels {list(labels)}: each must be in 0..{classes - 1}")
+    return labels
 
 
 def _sizes(tcfg) -> dict[str, int]:

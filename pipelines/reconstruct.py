@@ -38,6 +38,7 @@ import xarray as xr
 
 from stdiff.datasets.atomic import atomic_path, write_json
 from stdiff.datasets.degradations import INPAINT_KINDS, cartesian_mask, inpaint_mask, load_user_mask
+from stdiff.datasets.images import require_images_store
 from stdiff.datasets.store import consolidate, open_store, stdiff_version
 from stdiff.diffusion.conditioning import Condition
 from stdiff.diffusion.inverse import InverseConfig, solve, summarize
@@ -87,7 +88,7 @@ class ReconstructConfig:
     zeta: float = 1.0
     members: int = 4
     max_images: int = 16
-    split: Literal["test", "train", "all"] = "test"
+    split: Literal["test", "train", "valid", "all"] = "test"
     batch_size: int = 16
     seed: int = 0
     use_labels: bool = False
@@ -122,24 +123,36 @@ class ReconstructConfig:
         )
 
 
-def _images(cfg: ReconstructConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(indices, images (N, C, H, W) in [-1, 1], labels) of the selected images."""
+_SPLIT_CODES = {"train": 0, "test": 1, "valid": 2}
+
+
+def _images(cfg: ReconstructConfig, meta: dict[str, Any]) -> tuple[np.ndarray, ...]:
+    """(indices, images (N, C, H, W) in [-1, 1], labels) of the selected images.
+
+    The pixels are scaled as the checkpoint's training data were: uint8 by ``x / 127.5 - 1``,
+    float images by the checkpoint's ``image_mean``/``image_std`` when it has them (never the
+    store's: the model's normalisation comes from its training data); a store laid out
+    otherwise than the model's training store is refused (:func:`check_layout`)."""
     ds = open_store(cfg.data)
-    if "image" not in ds:
-        raise ValueError(f"{cfg.data}: no 'image' variable; reconstruct needs an images store")
-    n = ds.sizes["sample"]
+    require_images_store(ds, cfg.data)
+    check_layout(ds, cfg, meta)
     if cfg.split == "all" or "split" not in ds:
-        idx = np.arange(n)
+        idx = np.arange(ds.sizes["sample"])
     else:
-        idx = np.flatnonzero(ds["split"].values == (1 if cfg.split == "test" else 0))
+        idx = np.flatnonzero(ds["split"].values == _SPLIT_CODES[cfg.split])
     idx = idx[: cfg.max_images]
     if len(idx) == 0:
         raise ValueError(f"{cfg.data}: split {cfg.split!r} selects no image")
     raw = ds["image"].isel(sample=idx).values
+    stats = meta.get("stats", {})
     if raw.dtype == np.uint8:
         img = raw.astype(np.float32) / 127.5 - 1.0
     else:
         img = raw.astype(np.float32)
+        if "image_mean" in stats and "image_std" in stats:
+            shape = (1, -1, 1, 1)
+            mean = np.asarray(stats["image_mean"], np.float32).reshape(shape)
+            img = (img - mean) / np.asarray(stats["image_std"], np.float32).reshape(shape)
         lo, hi = float(np.nanmin(img)), float(np.nanmax(img))
         if not (np.isfinite(img).all() and lo >= -1.001 and hi <= 1.001):
             raise ValueError(
@@ -147,6 +160,58 @@ def _images(cfg: ReconstructConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray]
             )
     labels = ds["label"].isel(sample=idx).values if "label" in ds else np.zeros(len(idx), int)
     return idx, img, labels
+
+
+def check_layout(ds: xr.Dataset, cfg: ReconstructConfig, meta: dict[str, Any]) -> None:
+    """Refuse, in one line naming both, images whose channels or size differ from the
+    checkpoint's training images, or volume slices in other units or windowed otherwise (a fixed
+    window, e.g. HU for CT, is part of what the model learnt; per-scan ``auto`` windows differ
+    from scan to scan by design and are only checked to be ``auto`` on both sides)."""
+    sizes = meta.get("sizes", {})
+    shape = tuple(int(ds.sizes[d]) for d in ("channel", "y", "x"))
+    trained = tuple(int(sizes.get(d, n)) for d, n in zip(("channel", "y", "x"), shape, strict=True))
+    ckpt = meta.get("checkpoint", cfg.checkpoint)
+    if sizes and trained != shape:
+        c, h, w = shape
+        tc, th, tw = trained
+        raise ValueError(
+            f"{cfg.data}: images are {h}x{w} with {c} channel(s) but the model {ckpt} was "
+            f"trained on {th}x{tw} with {tc} channel(s)"
+        )
+    trained_on = meta.get("images", {})
+    units, trained_units = ds.attrs.get("window_units"), trained_on.get("window_units")
+    if units is not None and trained_units is not None and units != trained_units:
+        raise ValueError(
+            f"{cfg.data}: slices in {_units(units)} but the model {ckpt} was trained on slices "
+            f"in {_units(trained_units)}"
+        )
+    ours, theirs = _window(ds.attrs), _window(trained_on)
+    if ours is not None and theirs is not None and ours != theirs:
+        raise ValueError(
+            f"{cfg.data}: slices windowed {ours} but the model {ckpt} was trained on slices "
+            f"windowed {theirs}: ingest with --window {_window_flag(trained_on)}"
+        )
+
+
+def _window(attrs: dict[str, Any]) -> str | None:
+    """How volume slices were windowed, in words: ``per scan (auto)`` or ``to [lo, hi] HU``."""
+    if attrs.get("window") is None:
+        return None
+    if attrs.get("window_mode", "auto") == "auto":
+        return "per scan (auto)"
+    lo, hi = attrs["window"]
+    return f"to [{lo:g}, {hi:g}] {attrs.get('window_units', '')}".rstrip()
+
+
+def _window_flag(attrs: dict[str, Any]) -> str:
+    if attrs.get("window_mode", "auto") == "auto":
+        return "auto"
+    lo, hi = attrs["window"]
+    return f"{lo:g},{hi:g}"
+
+
+def _units(units: str) -> str:
+    return f"{units} (a fixed window)" if units else "arbitrary units (a per-scan window)"
 
 
 def _masks(cfg: ReconstructConfig, idx: np.ndarray, size: int) -> np.ndarray:
@@ -243,18 +308,12 @@ def fbp(op: Radon, y: torch.Tensor) -> torch.Tensor:
 
 def run_reconstruction(cfg: ReconstructConfig, progress: bool = False) -> dict[str, Any]:
     """Run the job; returns ``{"out", "images", "seconds", "evals", "metrics"}``."""
-    idx, truth_np, labels = _images(cfg)
-    op = build_operator(cfg, idx, truth_np.shape)
     device = resolve_device(cfg.device)
     denoiser, tcfg, meta = load_denoiser(cfg.checkpoint, cfg.weights, device=str(device))
     if tcfg.data.task != "images":
         raise ValueError(f"{cfg.checkpoint}: trained for {tcfg.data.task!r}, not images")
-    sizes = meta.get("sizes", {})
-    if sizes and (sizes.get("y"), sizes.get("x")) != truth_np.shape[-2:]:
-        raise ValueError(
-            f"{cfg.data}: images are {truth_np.shape[-2]}x{truth_np.shape[-1]} but the model was "
-            f"trained on {sizes.get('y')}x{sizes.get('x')}"
-        )
+    idx, truth_np, labels = _images(cfg, meta)
+    op = build_operator(cfg, idx, truth_np.shape)
     inv, start = cfg.inverse(), time.perf_counter()
     sigmas = denoiser.schedule.discretize(cfg.steps)
     truth = torch.from_numpy(truth_np)

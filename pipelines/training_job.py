@@ -167,14 +167,11 @@ def _datasets(cfg: TrainJobConfig):
     ds = open_store(cfg.data.store)
     if cfg.data.task == "forecast":
         return _weather_datasets(cfg, ds)
+    extra: dict[str, Any] = {}
     if cfg.data.task == "images":
-        train_idx = (
-            np.flatnonzero(ds["split"].values == 0)
-            if "split" in ds
-            else np.arange(ds.sizes["sample"])
-        )
-        val_idx = np.flatnonzero(ds["split"].values == 1) if "split" in ds else train_idx[:0]
+        train_idx, val_idx = _image_split(ds, cfg.data.store)
         variables, dim, to_batch = ["image", "label"], "sample", _images_batch
+        extra["images"] = image_metadata(ds)
     else:
         split = csdi_stay_split(ds["observed_mask"].values, cfg.data.fold)
         train_idx, val_idx = split.train, split.valid
@@ -185,7 +182,36 @@ def _datasets(cfg: TrainJobConfig):
     val_ds = (
         SampleWindows(cfg.data.store, dim, variables, indices=val_idx) if len(val_idx) else None
     )
-    return train_ds, val_ds, to_batch, store_metadata(ds, variables)
+    return train_ds, val_ds, to_batch, {**store_metadata(ds, variables), **extra}
+
+
+def _image_split(ds, store: str) -> tuple[np.ndarray, np.ndarray]:
+    """Training and validation samples of an images store (validation: split 2 when the store
+    has one, else the test split 1); a store the image tasks cannot read or without training
+    images is refused in one line."""
+    from stdiff.datasets.images import require_images_store
+
+    require_images_store(ds, store)
+    if "split" not in ds:
+        return np.arange(ds.sizes["sample"]), np.arange(0)
+    split = ds["split"].values
+    train_idx = np.flatnonzero(split == 0)
+    if len(train_idx) == 0:
+        raise ValueError(
+            f"{store}: no training images (split train), only {len(split)} for inference; train "
+            "on a store with a training split, or ingest this source again with --split train"
+        )
+    val_idx = np.flatnonzero(split == 2)
+    return train_idx, val_idx if len(val_idx) else np.flatnonzero(split == 1)
+
+
+def image_metadata(ds) -> dict[str, Any]:
+    """How an images store's pixels were made, kept in the checkpoint so that inference on
+    another store can check it: the intensity window of volume slices (``[lo, hi]``, its units),
+    the display orientation, the classes and the pixel type."""
+    keys = ("window", "window_mode", "window_units", "display_up", "display_left", "classes")
+    out = {k: ds.attrs[k] for k in keys if k in ds.attrs}
+    return {**out, "dtype": str(ds["image"].dtype)}
 
 
 def _period(ds, period: list[str] | None, name: str) -> np.ndarray:

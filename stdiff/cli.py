@@ -174,8 +174,24 @@ def ingest(
     ] = None,
     axis: Annotated[str, typer.Option(help="NIfTI slicing axis.")] = "axial",
     image_size: Annotated[
-        int, typer.Option(help="A NIfTI volume as --kind images: slice size in pixels.")
+        int, typer.Option(help="A volume (NIfTI, DICOM) as --kind images: slice size in pixels.")
     ] = 64,
+    window: Annotated[
+        str,
+        typer.Option(
+            help="A volume as --kind images: intensity window LO,HI (HU for CT, e.g. -1000,400), "
+            "a preset (brain, subdural, stroke, lung, mediastinum, soft_tissue, abdomen, liver, "
+            "bone) or auto (per scan: 99.5th percentile)."
+        ),
+    ] = "auto",
+    images_key: Annotated[str | None, typer.Option(help="NPZ array holding the images.")] = None,
+    labels_key: Annotated[
+        str | None, typer.Option(help="NPZ array holding the labels (none: unlabelled).")
+    ] = None,
+    split: Annotated[
+        str,
+        typer.Option(help="Images: auto (the source's), or train / test for every image."),
+    ] = "auto",
     progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
 ) -> None:
     """Ingest a source into a canonical zarr v3 store (a no-op when it is already there)."""
@@ -196,6 +212,10 @@ def ingest(
             targets=targets,
             axis=axis,  # type: ignore[arg-type]
             image_size=image_size,
+            window=window,
+            images_key=images_key,
+            labels_key=labels_key,
+            split=split,  # type: ignore[arg-type]
         )
         result = run_ingest(source, out, opt, progress=progress)
     except ValueError as e:  # DataError is a ValueError: one line naming the file

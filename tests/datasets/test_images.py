@@ -107,8 +107,8 @@ def test_load_idx_images_canonical(tmp_path, digits):
     np.testing.assert_array_equal(ds.image.values[:, 0], images)
     assert ds.label.dtype == np.int64 and ds.label.dims == ("sample",)
     assert ds.split.dtype == np.int8 and set(ds.split.values) == {1}  # t10k -> test
-    assert ds.split.attrs["flag_values"] == [0, 1]
-    assert ds.split.attrs["flag_meanings"] == "train test"
+    assert ds.split.attrs["flag_values"] == [0, 1, 2]
+    assert ds.split.attrs["flag_meanings"] == "train test valid"
     assert ds.attrs["kind"] == "images" and ds.attrs["classes"] == [str(d) for d in range(10)]
     ds = load_idx_images(
         tmp_path / "t10k-images-idx3-ubyte.gz",

@@ -245,7 +245,7 @@ def test_colin27_real(colin27):
 
 def test_volume_slices_as_images(tmp_path):
     from stdiff.datasets.ingest import IngestOptions, ingest
-    from stdiff.datasets.medical import slices_as_images
+    from stdiff.datasets.slices import slices_as_images
 
     vol = np.zeros((40, 30, 60), np.float32)  # (x, y, z): a bright ellipsoid, empty ends in z
     xx, yy, zz = np.meshgrid(np.arange(40), np.arange(30), np.arange(60), indexing="ij")

@@ -113,6 +113,6 @@ def test_generate_with_guidance(image_model, tmp_path) -> None:
     res = CliRunner().invoke(app, ["generate", "--checkpoint", str(run), "--out", str(out),
                                    "--guidance", "-0.5"])  # fmt: skip
     assert res.exit_code == 2 and "guidance must be >= 0" in res.output
-    res = CliRunner().invoke(app, ["generate", "--checkpoint", str(run), "--out", str(out),
-                                   "--label", "7"])  # fmt: skip
+    res = CliRunner().invoke(app, ["generate", "--checkpoint", str(run), "--out",
+                                   str(tmp_path / "g7.zarr"), "--label", "7"])  # fmt: skip
     assert res.exit_code == 2 and "labels [7]" in res.output
