@@ -116,3 +116,69 @@ def test_generate_with_guidance(image_model, tmp_path) -> None:
     res = CliRunner().invoke(app, ["generate", "--checkpoint", str(run), "--out",
                                    str(tmp_path / "g7.zarr"), "--label", "7"])  # fmt: skip
     assert res.exit_code == 2 and "labels [7]" in res.output
+
+
+def _blobs(
+    seed: int, n: int = 8, channels: int = 1, size: int = 16, width: float = 6.0
+) -> tuple[np.ndarray, ...]:
+    """Blobs like the fixture's training images (width 8), from another seed and with another
+    ``width`` (a new site's data)."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:size, :size]
+    labels = rng.integers(0, 3, n)
+    centres = np.array([[5, 5], [10, 10], [5, 11]])[labels] + rng.integers(-1, 2, (n, 2))
+    d2 = (yy - centres[:, :1, None]) ** 2 + (xx - centres[:, 1:, None]) ** 2
+    img = (np.exp(-d2 / width) * 255).astype(np.uint8)[:, None]
+    return np.repeat(img, channels, axis=1), labels
+
+
+def test_checkpoint_on_another_store(image_model, make_images, tmp_path) -> None:
+    """A model trained on one store reconstructs another store of the same layout; stores whose
+    channels or size differ are refused in one line naming both, before anything is written."""
+    run, trained_store = image_model
+    images, labels = _blobs(seed=7)
+    new = make_images(tmp_path / "new_site.zarr", images, labels)
+    seen = xr.open_zarr(trained_store, consolidated=False)["image"].values
+    assert not any((seen == img).all(axis=(1, 2, 3)).any() for img in images[:3])  # unseen
+    out = tmp_path / "new.zarr"
+    res = _reconstruct((run, new), out, "superres", "--set", "factor=2", "--set", "split=all")
+    assert res.exit_code == 0, res.output
+    rec = xr.open_zarr(out, consolidated=False)
+    np.testing.assert_allclose(rec["truth"].values, images[:3] / 127.5 - 1, atol=1e-6)
+    assert json.loads(Path(f"{out}.metrics.json").read_text())["images"] == 3
+    # 3 channels, or 16 x 16 images of another size: one line naming the store and the model
+    for name, (imgs, lab), want in [
+        ("rgb.zarr", _blobs(seed=8, channels=3), "16x16 with 3 channel(s)"),
+        ("big.zarr", _blobs(seed=9, size=24), "24x24 with 1 channel(s)"),
+    ]:
+        store = make_images(tmp_path / name, imgs, lab)
+        res = _reconstruct((run, store), tmp_path / f"o_{name}", "inpaint")
+        assert res.exit_code == 2 and len(res.output.strip().splitlines()) == 1, res.output
+        assert want in res.output and "trained on 16x16 with 1 channel(s)" in res.output
+        assert str(store) in res.output and str(run) in res.output
+        assert not (tmp_path / f"o_{name}").exists()
+
+
+def test_normalisation_comes_from_the_checkpoint(image_model, tmp_path) -> None:
+    """Float images carrying their own ``image_mean``/``image_std``: the model was trained on
+    uint8 pixels without statistics, so the store's are not applied (else truth would move)."""
+    from stdiff.datasets.store import write_store
+
+    run, _ = image_model
+    images, labels = _blobs(seed=3, n=4)
+    x = (images / 127.5 - 1).astype(np.float32)
+    ds = xr.Dataset(
+        {
+            "image": (("sample", "channel", "y", "x"), x),
+            "label": ("sample", labels.astype(np.int64)),
+            "image_mean": ("channel", np.array([5.0], np.float32)),
+            "image_std": ("channel", np.array([9.0], np.float32)),
+        },
+        attrs={"kind": "images"},
+    )
+    store = tmp_path / "float.zarr"
+    write_store(ds, store, content_hash="f")
+    res = _reconstruct((run, store), tmp_path / "f_out.zarr", "deblur")
+    assert res.exit_code == 0, res.output
+    truth = xr.open_zarr(tmp_path / "f_out.zarr", consolidated=False)["truth"].values
+    np.testing.assert_allclose(truth, x[:3], atol=1e-6)
