@@ -449,9 +449,9 @@ def _npz_pairs(
     for want in (images_key, labels_key):
         if want is not None and want != NO_LABELS and want not in keys:
             raise DataError(path, f"no key {want!r}; keys present: {sorted(keys)}")
-    if images_key is None and labels_key is None:
+    if images_key is None and labels_key in (None, NO_LABELS):
         if _pick_key(keys, _IMAGE_KEYS) is None and (pairs := _split_pairs(keys)):
-            return list(pairs)
+            return [(i, None if labels_key else lab, code) for i, lab, code in pairs]
     ik = images_key if images_key is not None else _pick_key(keys, _IMAGE_KEYS)
     lk = labels_key if labels_key is not None else _pick_key(keys, _LABEL_KEYS)
     if ik is None or lk is None:

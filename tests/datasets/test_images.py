@@ -312,3 +312,102 @@ def test_fashion_mnist_real(fashion):
     np.testing.assert_array_equal(np.bincount(test, minlength=10), [1000] * 10)
     assert ds.attrs["classes"] == list(FASHION_MNIST_CLASSES)
     assert 0 < ds.image.values[:100].mean() < 255
+
+
+# ------------------------------------------------------------------ through `stdiff ingest`
+
+
+def _cli(*args: object):
+    from typer.testing import CliRunner
+
+    from stdiff.cli import app
+
+    return CliRunner().invoke(app, [str(a) for a in args])
+
+
+def _ingest(*args: object):
+    return _cli("ingest", *args, "--no-progress")
+
+
+def test_medmnist_npz(tmp_path):
+    """MedMNIST's layout: ``{train,val,test}_{images,labels}``, labels (N, 1)."""
+    from stdiff.datasets.store import open_store
+
+    rng = np.random.default_rng(0)
+    parts = {"train": 6, "val": 2, "test": 3}
+    arrays = {
+        f"{p}_images": rng.integers(0, 256, (n, 8, 8), dtype=np.uint8) for p, n in parts.items()
+    }
+    arrays.update({f"{p}_labels": rng.integers(0, 4, (n, 1)) for p, n in parts.items()})
+    np.savez(tmp_path / "pathmnist.npz", **arrays)
+    res = _ingest(tmp_path / "pathmnist.npz", "--kind", "images", "--out", tmp_path / "m.zarr")
+    assert res.exit_code == 0, res.output
+    ds = open_store(tmp_path / "m.zarr")
+    np.testing.assert_array_equal(ds["split"].values, [0] * 6 + [1] * 3 + [2] * 2)
+    order = ("train", "test", "val")
+    want = np.concatenate([arrays[f"{p}_images"] for p in order])[:, None]
+    np.testing.assert_array_equal(ds["image"].values, want)
+    np.testing.assert_array_equal(
+        ds["label"].values, np.concatenate([arrays[f"{p}_labels"][:, 0] for p in order])
+    )
+    # flags name one pair; its split is the one its name says
+    res = _ingest(tmp_path / "pathmnist.npz", "--kind", "images", "--images-key", "test_images",
+                  "--labels-key", "test_labels", "--out", tmp_path / "t.zarr")  # fmt: skip
+    assert res.exit_code == 0, res.output
+    t = open_store(tmp_path / "t.zarr")
+    assert t.sizes["sample"] == 3 and set(t["split"].values) == {1}
+    res = _ingest(tmp_path / "pathmnist.npz", "--kind", "images", "--images-key", "pics",
+                  "--out", tmp_path / "x.zarr")  # fmt: skip
+    assert res.exit_code == 2 and "no key 'pics'; keys present: ['test_images'" in res.output
+    assert len(res.output.strip().splitlines()) == 1 and not (tmp_path / "x.zarr").exists()
+
+
+def test_npz_multilabel_and_unlabelled(tmp_path):
+    """ChestMNIST holds 14 labels per image: refused with the way out, then read unlabelled."""
+    imgs = np.zeros((4, 8, 8), np.uint8)
+    np.savez(tmp_path / "chest.npz", train_images=imgs, train_labels=np.zeros((4, 14), np.uint8))
+    with pytest.raises(DataError, match=r"14 labels per image .*--labels-key none"):
+        load_npz(tmp_path / "chest.npz")
+    ds = load_npz(tmp_path / "chest.npz", images_key="train_images", labels_key="none")
+    assert ds.sizes["sample"] == 4 and set(ds["label"].values) == {0}
+    assert load_npz(tmp_path / "chest.npz", labels_key="none").sizes["sample"] == 4
+    np.savez(tmp_path / "only.npz", images=imgs)
+    with pytest.raises(DataError, match=r"no labels .*\(--labels-key none: unlabelled"):
+        load_npz(tmp_path / "only.npz")
+
+
+def test_test_split_alone(tmp_path, image_model):
+    """MNIST's t10k files alone: ingested for inference with a model trained elsewhere; a
+    training job on them is refused in one line."""
+    import yaml
+
+    from stdiff.datasets.store import open_store
+
+    folder = tmp_path / "t10k"
+    folder.mkdir()
+    rng = np.random.default_rng(2)
+    write_idx(
+        folder / "t10k-images-idx3-ubyte.gz", rng.integers(0, 256, (5, 16, 16), dtype=np.uint8)
+    )
+    write_idx(folder / "t10k-labels-idx1-ubyte.gz", np.arange(5, dtype=np.uint8) % 3)
+    store = tmp_path / "test_only.zarr"
+    res = _ingest(folder, "--kind", "images", "--out", store)
+    assert res.exit_code == 0, res.output
+    assert set(open_store(store)["split"].values) == {1}
+    job = {"out": str(tmp_path / "run"), "data": {"store": str(store), "task": "images"},
+           "model": {"net": "unet"}}  # fmt: skip
+    (tmp_path / "job.yaml").write_text(yaml.safe_dump(job))
+    res = _cli("train", "--config", tmp_path / "job.yaml")
+    assert res.exit_code == 2 and len(res.output.strip().splitlines()) == 1, res.output
+    assert "no training images" in res.output and "--split train" in res.output
+    run, _ = image_model
+    res = _cli("reconstruct", "--checkpoint", run, "--data", store, "--out", tmp_path / "r.zarr",
+               "--task", "superres", "--steps", 2, "--members", 1)  # fmt: skip
+    assert res.exit_code == 0, res.output
+    # a train or test file without its partner is still an error
+    (folder / "t10k-labels-idx1-ubyte.gz").unlink()
+    with pytest.raises(DataError, match=r"no t10k-labels-idx1-ubyte\(\.gz\) file"):
+        load_mnist_folder(folder)
+    (folder / "t10k-images-idx3-ubyte.gz").unlink()
+    with pytest.raises(DataError, match=r"no train-\* or t10k-\* idx files"):
+        load_mnist_folder(folder)
