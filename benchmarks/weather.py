@@ -25,10 +25,20 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import xarray as xr
 
 from benchmarks.report import machine, write_section
-from stdiff.pipelines.forecast import ForecastConfig, run_forecast
-from stdiff.pipelines.weather_eval import ScoreConfig, run_scoring
+from stdiff.datasets.store import open_store
+from stdiff.datasets.weather import latitude_weights
+from stdiff.pipelines.forecast import ForecastConfig, parse_inits, run_forecast
+from stdiff.pipelines.weather_eval import (
+    ScoreConfig,
+    climatology,
+    persistence,
+    run_scoring,
+    score_system,
+    truth_at,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 FIGURES = REPO / "benchmarks/figures"
@@ -107,6 +117,46 @@ def run(args) -> str:
     return "\n".join(rows)
 
 
+def _pole_closed_weights(lat: xr.DataArray) -> xr.DataArray:
+    """The weights before issue 18, for comparison only: outer cells closed at the poles, as if
+    every grid were global (NCEP's 15N row then holds 64 % of the total)."""
+    rad = np.deg2rad(np.sort(lat.values.astype(np.float64)))
+    bounds = np.concatenate([[-np.pi / 2], (rad[:-1] + rad[1:]) / 2, [np.pi / 2]])
+    w = np.diff(np.sin(bounds))
+    w = w[np.argsort(np.argsort(lat.values))]
+    return xr.DataArray(w / w.mean(), dims="lat", coords={"lat": lat.values})
+
+
+def baselines(args) -> str:
+    """Persistence and climatology on the benchmark's initial times and leads, scored with the
+    area weights and with the pole-closed weights they replace (no checkpoint needed)."""
+    data = open_store(args.store)
+    inits = parse_inits([f"2014-01-01T00/{args.last_init}/{args.every}"], str(args.store))
+    hours = np.arange(6, float(args.lead.rstrip("h")) + 1, 6)
+    leads = (hours * 3600).astype("timedelta64[s]").astype("timedelta64[ns]")
+    fc = xr.Dataset(coords={"init_time": inits, "lead_time": leads})
+    fc = fc.assign_coords(valid_time=fc["init_time"] + fc["lead_time"])
+    truth = truth_at(data, fc, "air").load()
+    systems = {"persistence": persistence(data, fc, "air").load(),
+               "climatology": climatology(data, fc, "air", list(args.climatology), 15)}  # fmt: skip
+    rows = [
+        f"{len(inits)} initial times (00 UTC, 2014-01-01 to {args.last_init}, every {args.every}), "
+        f"leads {hours[0]:g}-{hours[-1]:g} h every 6 h; climatology from {args.climatology[0]} to "
+        f"{args.climatology[1]} (15-day window). NCEP's 15N row holds "
+        f"{float(latitude_weights(data['lat']).sel(lat=15.0)) / data.sizes['lat']:.1%} of the "
+        f"weight now, {float(_pole_closed_weights(data['lat']).sel(lat=15.0)) / data.sizes['lat']:.1%} before.",
+        "",
+        "| system | weights | CRPS (K) | RMSE (K) |",
+        "|---|---|---|---|",
+    ]  # fmt: skip
+    for name, f in systems.items():
+        for label, w in (("area (now)", latitude_weights(data["lat"])),
+                         ("pole-closed (before)", _pole_closed_weights(data["lat"]))):  # fmt: skip
+            s = score_system(f, truth, w, 24.0)
+            rows.append(f"| {name} | {label} | {_fmt(s['crps'])} | {_fmt(s['rmse'])} |")
+    return "\n".join(rows)
+
+
 def cost(args) -> str:
     """Quiet-machine cost: one forecast of ``--cost-inits`` initial times to the lead."""
     torch.set_num_threads(args.threads)
@@ -131,8 +181,8 @@ def cost(args) -> str:
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--store", type=Path, default=REPO / "outputs/ncep.zarr")
-    ap.add_argument("--ensemble", type=Path, required=True)
-    ap.add_argument("--deterministic", type=Path, required=True)
+    ap.add_argument("--ensemble", type=Path)
+    ap.add_argument("--deterministic", type=Path)
     ap.add_argument("--members", type=int, default=8)
     ap.add_argument("--lead", default="72h")
     ap.add_argument("--every", default="240h")
@@ -144,12 +194,21 @@ def main(argv: list[str] | None = None) -> None:
         "--cost-only", action="store_true", help="only time a short forecast (quiet machine)"
     )
     ap.add_argument("--cost-inits", type=int, default=2)
+    ap.add_argument(
+        "--baselines-only",
+        action="store_true",
+        help="only persistence and climatology, with the area and the old pole-closed weights",
+    )
     args = ap.parse_args(argv)
-    tag = "weather-cost" if args.cost_only else "weather"
+    if not args.baselines_only and not (args.ensemble and args.deterministic):
+        ap.error("--ensemble and --deterministic are required (except with --baselines-only)")
+    mode = "baselines" if args.baselines_only else "cost" if args.cost_only else "run"
+    tag = {"baselines": "weather-baselines", "cost": "weather-cost", "run": "weather"}[mode]
     begin, end = f"<!-- BEGIN {tag} -->", f"<!-- END {tag} -->"
-    body = cost(args) if args.cost_only else run(args)
+    body = {"baselines": baselines, "cost": cost, "run": run}[mode](args)
     cmd = " ".join([".venv/bin/python -m benchmarks.weather", *(argv or sys.argv[1:])])
-    title = "cost on a quiet machine" if args.cost_only else "ensemble forecasts"
+    title = {"baselines": "baselines and latitude weights", "cost": "cost on a quiet machine",
+             "run": "ensemble forecasts"}[mode]  # fmt: skip
     section = f"{begin}\n## Weather, NCEP air temperature: {title}\n\n`{cmd}`\n\nMachine: {machine()}\n\n{body}\n{end}\n"
     print(section)
     if args.write:
