@@ -17,19 +17,129 @@ that do not match.
 
 from __future__ import annotations
 
+import re
+import warnings
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
 import torch
 import xarray as xr
+from pandas.tseries.frequencies import to_offset
 
 from stdiff.datasets.errors import DataError
 from stdiff.datasets.weather import calendar_features, is_global_lon, static_fields
 from stdiff.diffusion.conditioning import Condition
 
 NUM_SCALARS = 5  # lead (days), hour sin/cos, day-of-year sin/cos
+HOURS_PER_MONTH = 730.5  # 365.25 * 24 / 12: the nominal length of a calendar month
+_MONTHS_PER_OFFSET = (("SemiMonth", 0), ("Month", 1), ("Quarter", 3), ("Year", 12))
+
+
+@dataclass(frozen=True)
+class TimeStep:
+    """A model's time step: a fixed duration of ``hours``, or (``freq``, a pandas frequency such
+    as ``"MS"``, month starts) a calendar step of varying length whose ``hours`` are nominal
+    (730.5 h a month). Valid times of a calendar step follow the calendar (:meth:`after`)."""
+
+    hours: float
+    freq: str = ""
+
+    @property
+    def months(self) -> int:
+        """Calendar months per step; 0 for a fixed step."""
+        if not self.freq:
+            return 0
+        offset = to_offset(self.freq)
+        name = type(offset).__name__
+        return next((m * offset.n for key, m in _MONTHS_PER_OFFSET if key in name), 0)
+
+    def times(self, n: int) -> TimeStep:
+        """``n`` steps as one step."""
+        freq = (to_offset(self.freq) * n).freqstr if self.freq else ""
+        return TimeStep(self.hours * n, freq)
+
+    def after(self, init: Any, k: Any) -> np.ndarray:
+        """The times ``k`` (an int or an array of ints) steps after ``init``, datetime64[ns]."""
+        ks = np.atleast_1d(np.asarray(k, dtype=np.int64))
+        t0 = pd.Timestamp(init)
+        if self.freq:
+            offset = to_offset(self.freq)
+            out = [t0 + int(j) * offset for j in ks]
+        else:
+            out = [t0 + pd.Timedelta(hours=self.hours * int(j)) for j in ks]
+        return np.asarray(out, dtype="datetime64[ns]")
+
+    def describe(self) -> str:
+        if self.months:
+            return f"{self.months} month{'s' * (self.months > 1)} ({self.freq}, a calendar step)"
+        return f"{self.hours:g} h"
+
+
+def infer_time_step(times: pd.DatetimeIndex, where: str = "data") -> TimeStep:
+    """The step of regular ``times``: monthly, quarterly or yearly calendars (pandas'
+    ``infer_freq``) as calendar steps, anything else as the first difference in hours."""
+    if len(times) < 2:
+        raise DataError(where, "needs at least 2 times to know the time step")
+    if len(times) >= 3:
+        with warnings.catch_warnings():  # pandas 3 warns that infer_freq will return offsets
+            warnings.simplefilter("ignore")
+            freq = pd.infer_freq(times)
+        if freq is not None:
+            step = TimeStep(0.0, to_offset(freq).freqstr)
+            if step.months:
+                return TimeStep(step.months * HOURS_PER_MONTH, step.freq)
+    return TimeStep(float((times[1] - times[0]) / pd.Timedelta(hours=1)))
+
+
+_UNITS: dict[str, tuple[Literal["hours", "months", "steps"], float]] = {
+    "step": ("steps", 1), "month": ("months", 1), "mo": ("months", 1), "year": ("months", 12),
+    "y": ("months", 12), "week": ("hours", 168), "w": ("hours", 168), "day": ("hours", 24),
+    "d": ("hours", 24), "hour": ("hours", 1), "h": ("hours", 1), "minute": ("hours", 1 / 60),
+    "min": ("hours", 1 / 60), "m": ("hours", 1 / 60),
+}  # fmt: skip
+_DURATION = re.compile(r"\s*(\d+(?:\.\d+)?)\s*(" + "|".join(_UNITS) + r")s?\s*")
+DURATION_HELP = "72h, 3d, 90m (minutes), 3steps or 3months"
+
+
+def parse_duration(text: str, flag: str) -> tuple[float, Literal["hours", "months", "steps"]]:
+    """``"72h"`` -> ``(72, "hours")``, ``"3months"`` -> ``(3, "months")``, ``"2y"`` ->
+    ``(24, "months")``, ``"4steps"`` -> ``(4, "steps")``; ``flag`` names the option in errors."""
+    m = _DURATION.fullmatch(str(text).lower())
+    if not m:
+        raise ValueError(f"{flag} {text!r} is not a duration like {DURATION_HELP}")
+    kind, factor = _UNITS[m[2]]
+    return float(m[1]) * factor, kind
+
+
+def _whole(x: float) -> int | None:
+    return round(x) if x > 0 and abs(x - round(x)) < 1e-9 else None
+
+
+def lead_steps(text: str, step: TimeStep, flag: str = "--lead") -> int:
+    """How many model steps the lead ``text`` is: in steps, in calendar months or years on a
+    calendar step, in fixed units (h, d, ...) on a fixed step; refused otherwise, naming
+    ``flag`` and the model's step."""
+    value, kind = parse_duration(text, flag)
+    if kind == "steps":
+        n = _whole(value)
+    elif kind == "months":
+        if not step.months:
+            raise ValueError(f"{flag} {text}: months and years need a calendar (monthly, "
+                             f"quarterly or yearly) step; this model steps {step.describe()}, "
+                             "so give hours, days or steps")  # fmt: skip
+        n = _whole(value / step.months)
+    else:
+        if step.months:
+            raise ValueError(f"{flag} {text}: this model steps {step.describe()}, of varying "
+                             f"length; give the lead in steps or months, e.g. {flag} 3steps or "
+                             f"{flag} {3 * step.months}months")  # fmt: skip
+        n = _whole(value / step.hours)
+    if n is None:
+        raise ValueError(f"{flag} {text} is not a positive whole number of the model's steps "
+                         f"({step.describe()})")  # fmt: skip
+    return n
 
 
 @dataclass(frozen=True)
@@ -49,6 +159,13 @@ class WeatherLayout:
     # Whether the grid goes all the way round in longitude (``is_global_lon`` of ``lon``), so the
     # networks pad it circularly; None in checkpoints written before it was recorded.
     periodic_lon: bool | None = None
+    # pandas frequency of a calendar step ("MS": month starts; step_hours is then nominal);
+    # "" for a fixed step (and in checkpoints written before it was recorded)
+    step_freq: str = ""
+
+    @property
+    def step(self) -> TimeStep:
+        return TimeStep(self.step_hours, self.step_freq)
 
     @property
     def periodic(self) -> bool:
@@ -113,8 +230,7 @@ class WeatherLayout:
                 for out, stat in ((mean, "mean"), (std, "std"), (dstd, "diff_std")):
                     s = np.atleast_1d(np.asarray(ds[f"{v}_{stat}"].values, dtype=np.float64))
                     out.append(float(s[i] if s.size > 1 else s[0]))
-        times = ds.indexes["time"]
-        step = (times[1] - times[0]) / pd.Timedelta(hours=1)
+        step = infer_time_step(ds.indexes["time"], where)
         return cls(
             variables=list(variables),
             channels=channels,
@@ -123,7 +239,8 @@ class WeatherLayout:
             diff_std=dstd,
             lat=ds["lat"].values.astype(float).tolist(),
             lon=ds["lon"].values.astype(float).tolist(),
-            step_hours=float(step),
+            step_hours=step.hours,
+            step_freq=step.freq,
             context=context,
             residual=residual,
             periodic_lon=is_global_lon(ds["lon"].values),
@@ -148,10 +265,11 @@ class WeatherLayout:
                 else ""
             )
             raise DataError(where, f"longitudes differ from the checkpoint's grid{hint}")
-        if self.step_hours != other.step_hours:
+        if self.step_hours != other.step_hours or self.step_freq != other.step_freq:
             raise DataError(
                 where,
-                f"time step {other.step_hours} h differs from the checkpoint's {self.step_hours} h",
+                f"time step {other.step.describe()} differs from the checkpoint's "
+                f"{self.step.describe()}",
             )
 
     def static(self) -> torch.Tensor:
