@@ -238,6 +238,11 @@ def test_hu_window_travels_with_the_checkpoint(tmp_path) -> None:
                "--task", "ct", "--set", "views=6", "--steps", 2, "--members", 1,
                "--set", "max_images=2")  # fmt: skip
     assert res.exit_code == 0, res.output
+    gen = tmp_path / "ct_gen.zarr"
+    assert (
+        _cli("generate", "--checkpoint", run, "--out", gen, "--n", 2, "--set", "steps=2").exit_code
+        == 0
+    )
     truth = xr.open_zarr(tmp_path / "c_out.zarr", consolidated=False)["truth"].values
     expected = open_store(a)["image"].values[:2] / 127.5 - 1  # the same scan, the same pixels
     np.testing.assert_allclose(truth, expected, atol=1e-6)
@@ -253,3 +258,17 @@ def test_hu_window_travels_with_the_checkpoint(tmp_path) -> None:
     res = _cli("reconstruct", "--checkpoint", run, "--data", mri, "--out", tmp_path / "o.zarr",
                "--task", "inpaint", "--set", "split=all")  # fmt: skip
     assert res.exit_code == 2 and "arbitrary units" in res.output and "HU" in res.output
+
+
+def test_other_kinds_are_refused_by_the_image_tasks(tmp_path, stay_store, image_model) -> None:
+    """A time-series store given to an image job: one line naming the ingest to run."""
+    job = {"out": str(tmp_path / "r"), "data": {"store": str(stay_store), "task": "images"},
+           "model": {"net": "unet"}}  # fmt: skip
+    (tmp_path / "j.yaml").write_text(yaml.safe_dump(job))
+    res = _cli("train", "--config", tmp_path / "j.yaml")
+    assert res.exit_code == 2 and len(res.output.strip().splitlines()) == 1, res.output
+    assert "a 'timeseries' store, not images" in res.output and "--kind images" in res.output
+    run, _ = image_model
+    res = _cli("reconstruct", "--checkpoint", run, "--data", stay_store, "--out",
+               tmp_path / "o.zarr", "--task", "inpaint")  # fmt: skip
+    assert res.exit_code == 2 and "a 'timeseries' store, not images" in res.output
