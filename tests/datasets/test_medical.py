@@ -8,6 +8,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
+import xarray as xr
 
 from stdiff.datasets.errors import DataError
 from stdiff.datasets.medical import load_dicom, load_nifti
@@ -262,3 +263,24 @@ def test_volume_slices_as_images(tmp_path):
         tmp_path / "v.nii.gz", tmp_path / "s.zarr", IngestOptions(kind="images", image_size=16)
     )
     assert "images (sample=" in res.summary and "x=16" in res.summary
+
+
+@pytest.mark.parametrize(
+    ("iop", "expected"),
+    [
+        ([1, 0, 0, 0, 1, 0], (False, False, False, "axial")),  # columns -> L, rows -> P
+        ([-1, 0, 0, 0, -1, 0], (False, True, True, "axial")),  # columns -> R, rows -> A
+        ([0, 1, 0, 1, 0, 0], (True, False, False, "axial")),  # rows and columns swapped
+        ([1, 0, 0, 0, 0, -1], (False, False, False, "coronal")),  # columns -> L, rows -> I
+        ([0, 1, 0, 0, 0, -1], (False, False, False, "sagittal")),  # columns -> P, rows -> I
+        ([0, 0, -1, 0, -1, 0], (True, False, True, "sagittal")),  # columns -> I, rows -> A
+    ],
+)
+def test_dicom_display_transform(iop, expected):
+    """Radiological display of DICOM slices from ImageOrientationPatient (LPS direction
+    cosines of the columns' and the rows' index): axial anterior up and the patient's right on
+    the left, coronal superior up, sagittal superior up and anterior on the left."""
+    from stdiff.datasets.slices import display_transform
+
+    ds = xr.Dataset(attrs={"image_orientation_patient": [float(v) for v in iop]})
+    assert display_transform(ds) == expected
