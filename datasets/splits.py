@@ -119,3 +119,71 @@ def normalization_stats(
     stats = xr.Dataset(out).compute().astype(np.float32)
     stats.attrs["normalization"] = f"statistics of the training split only ({split.describe()})"
     return stats
+
+
+# codes of the ``split`` variable of a series store (dims ``time``); -1: in no split
+SERIES_SPLIT_CODES: dict[str, int] = {"unused": -1, "train": 0, "valid": 1, "test": 2}
+
+
+def month_split(
+    ds: xr.Dataset, test_months: tuple[int, ...], valid_months: tuple[int, ...] = ()
+) -> Split:
+    """Positions along ``time`` by calendar month (CSDI's AQI-36 protocol: months 3, 6, 9 and 12
+    of every year are test, the others train; ``valid_months`` are taken from the training ones)."""
+    where = ds.attrs.get("source", "dataset")
+    if ds["time"].dtype.kind != "M":
+        raise DataError(where, "test_months needs dates as times, but the times are numbers")
+    both = set(test_months) & set(valid_months)
+    bad = [m for m in (*test_months, *valid_months) if not 1 <= int(m) <= 12]
+    if bad or both:
+        what = f"month {bad[0]} is not in 1..12" if bad else f"month {min(both)} is test and valid"
+        raise DataError("test_months", what)
+    month = ds.indexes["time"].month.to_numpy()
+    test = np.flatnonzero(np.isin(month, test_months))
+    valid = np.flatnonzero(np.isin(month, valid_months))
+    train = np.flatnonzero(~np.isin(month, (*test_months, *valid_months)))
+    for name, pos in (("train", train), ("test", test)):
+        if pos.size == 0:
+            raise DataError(where, f"the {name} months hold no time steps")
+    return Split("time", train, valid, test)
+
+
+def series_split(
+    ds: xr.Dataset,
+    *,
+    train_period: tuple[str, str] | None = None,
+    test_period: tuple[str, str] | None = None,
+    test_months: tuple[int, ...] | None = None,
+    valid_months: tuple[int, ...] | None = None,
+) -> Split:
+    """The split of one long series ``(time, feature)``: by months, by periods (the steps between
+    them are validation), or by default the first 70 % train, 10 % valid, last 20 % test."""
+    if test_months and (train_period or test_period):
+        raise ValueError("give test_months or train_period/test_period, not both")
+    if valid_months and not test_months:
+        raise ValueError("valid_months needs test_months")
+    if test_months:
+        return month_split(ds, tuple(test_months), tuple(valid_months or ()))
+    if bool(train_period) != bool(test_period):
+        raise ValueError("give both train_period and test_period, or neither")
+    n = ds.sizes["time"]
+    if train_period and test_period:
+        if ds["time"].dtype.kind != "M":
+            raise DataError(ds.attrs.get("source", "dataset"), "periods need dates as times")
+        s = time_split(ds, train_period, test_period)
+        between = np.arange(s.train.max() + 1, s.test.min())
+        return Split("time", s.train, between, s.test)
+    a, b = int(0.7 * n), int(0.8 * n)
+    return Split("time", np.arange(a), np.arange(a, b), np.arange(b, n))
+
+
+def split_variable(split: Split, n: int) -> xr.DataArray:
+    """The split as an int8 variable over ``split.dim`` (-1 unused, 0 train, 1 valid, 2 test)."""
+    codes = np.full(n, SERIES_SPLIT_CODES["unused"], dtype=np.int8)
+    for name in ("train", "valid", "test"):
+        codes[getattr(split, name)] = SERIES_SPLIT_CODES[name]
+    return xr.DataArray(
+        codes,
+        dims=split.dim,
+        attrs={"flag_values": [-1, 0, 1, 2], "flag_meanings": "unused train valid test"},
+    )

@@ -29,6 +29,15 @@ Evaluation targets (``target_mask``)
   ``observed_mask | target_mask`` and their ``gt_mask`` is our ``observed_mask``.  Columns, times
   and the values observed in both files must agree, else :class:`DataError`.
 
+Split time columns and other columns (wide layout)
+--------------------------------------------------
+* ``time_columns=("year", "month", "day", "hour")``: the timestamp is composed from separate
+  integer columns taken in the order year, month, day[, hour[, minute[, second]]] (any names).
+* ``drop_columns``: columns left out (e.g. a row number ``No``).
+* ``categorical``: what to do with a column that holds text, not numbers (e.g. a wind direction
+  ``wd``): ``"error"`` (the default: refuse and name it), ``"drop"``, or ``"onehot"`` (one 0/1
+  feature ``<column>=<category>`` per category, sorted; a missing entry is missing in all of them).
+
 Every fault raises :class:`~datasets.errors.DataError` with one line naming the file.
 """
 
@@ -37,6 +46,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import pandas as pd
@@ -44,11 +54,13 @@ import xarray as xr
 
 from stdiff.datasets.errors import DataError
 
-__all__ = ["load_table"]
+__all__ = ["Categorical", "compose_time", "encode_columns", "load_table"]
 
 _CSV = {".csv": ",", ".txt": ",", ".tsv": "\t"}
 _PARQUET = {".parquet", ".pq"}
 _COMPRESSION = {".gz", ".bz2", ".xz", ".zip", ".zst"}
+_TIME_PARTS = ("year", "month", "day", "hour", "minute", "second")
+Categorical = Literal["error", "drop", "onehot"]
 
 
 @dataclass
@@ -70,12 +82,16 @@ def load_table(
     variables: Sequence[str] | None = None,
     targets: str | Path | None = None,
     long_columns: tuple[str, str] = ("variable", "value"),
+    time_columns: Sequence[str] | None = None,
+    drop_columns: Sequence[str] = (),
+    categorical: Categorical = "error",
 ) -> xr.Dataset:
     """Read a CSV or Parquet time series into dims ``(time, feature)``.
 
     Returns ``values`` float32 (NaN = missing), ``observed_mask`` uint8 and, when ``targets`` is
     given, ``target_mask`` uint8 (1 = held-out evaluation target; see the module docstring for the
-    column and two-file conventions).  ``variables`` selects (and orders) the features.
+    column and two-file conventions).  ``variables`` selects (and orders) the features;
+    ``time_columns``, ``drop_columns`` and ``categorical`` as in the module docstring.
     """
     path = Path(path)
     if layout not in ("wide", "long"):
@@ -83,6 +99,7 @@ def load_table(
     if isinstance(long_columns, str) or len(long_columns) != 2:
         raise DataError("long_columns", "must be a pair (variable column, value column)")
     frame = _read(path)
+    frame = _prepare(path, frame, time_column, time_columns, drop_columns, categorical, layout)
 
     target_column: str | None = None
     target_file: Path | None = None
@@ -106,6 +123,7 @@ def load_table(
         "long_columns": tuple(long_columns),
     }
     table = _grid(path, frame, target_column=target_column, **options)
+    prep = (time_column, time_columns, drop_columns, categorical, layout)
     attrs = {"kind": "timeseries", "source": str(path), "layout": layout}
     observed = ~np.isnan(table.values)
     values = table.values
@@ -115,7 +133,8 @@ def load_table(
         observed &= ~target_mask
         attrs["target_column"] = target_column
     elif target_file is not None:
-        other = _grid(target_file, _read(target_file), target_column=None, **options)
+        other_frame = _prepare(target_file, _read(target_file), *prep)
+        other = _grid(target_file, other_frame, target_column=None, **options)
         ground, reduced = _pair(table, other)
         values = ground.values
         observed = ~np.isnan(reduced.values)
@@ -161,7 +180,7 @@ def _read(path: Path) -> pd.DataFrame:
         if kind in _PARQUET:
             frame = pd.read_parquet(path)
         else:
-            frame = pd.read_csv(path, sep=_CSV[kind])
+            frame = pd.read_csv(path, sep=_CSV[kind], low_memory=False)
     except (ValueError, OSError, UnicodeDecodeError, pd.errors.ParserError) as exc:
         what = "Parquet" if kind in _PARQUET else "CSV"
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
@@ -232,6 +251,109 @@ def _numeric(path: Path, name: str, series: pd.Series) -> np.ndarray:
 
 def _show(t: object) -> str:
     return str(pd.Timestamp(t)) if isinstance(t, np.datetime64) else str(t)
+
+
+# --------------------------------------------------------------------------- columns
+
+
+def compose_time(path: Path, frame: pd.DataFrame, columns: Sequence[str]) -> pd.Series:
+    """Datetimes from split integer columns in the order year, month, day[, hour[, minute[, second]]]."""
+    columns = list(columns)
+    if not 3 <= len(columns) <= len(_TIME_PARTS):
+        raise DataError(
+            path,
+            f"time_columns {columns} must name year, month, day[, hour[, minute[, second]]] "
+            "columns, in that order (3 to 6 columns)",
+        )
+    absent = [c for c in columns if c not in frame.columns]
+    if absent:
+        raise DataError(path, f"no time column {absent[0]!r}; columns are {_columns(frame)}")
+    parts = {}
+    for part, column in zip(_TIME_PARTS, columns, strict=False):
+        number = pd.to_numeric(frame[column], errors="coerce")
+        bad = number.isna() | (number != number.round())
+        if bad.any():
+            row = int(np.flatnonzero(bad.to_numpy())[0])
+            raise DataError(
+                path,
+                f"time column {column!r} ({part}) holds {frame[column].iloc[row]!r}, not an "
+                f"integer (data row {row + 1})",
+            )
+        parts[part] = number.astype(np.int64)
+    try:
+        return pd.to_datetime(pd.DataFrame(parts))
+    except (ValueError, OverflowError) as exc:
+        first = str(exc).strip().splitlines()[0]
+        raise DataError(path, f"cannot compose times from {columns} ({first})") from None
+
+
+def _is_text(series: pd.Series) -> bool:
+    """True for a categorical column: most of its non-empty entries are not numbers (a stray word
+    among numbers is a fault that the numeric reader reports with its row)."""
+    if pd.api.types.is_numeric_dtype(series) or pd.api.types.is_bool_dtype(series):
+        return False
+    text = series.dropna().astype(str).str.strip()
+    text = text[text.ne("")]
+    return bool(pd.to_numeric(text, errors="coerce").isna().mean() > 0.5) if len(text) else False
+
+
+def encode_columns(
+    path: Path,
+    frame: pd.DataFrame,
+    *,
+    keep: Sequence[str],
+    drop_columns: Sequence[str] = (),
+    categorical: Categorical = "error",
+) -> pd.DataFrame:
+    """``frame`` without ``drop_columns`` and with its text columns (other than ``keep``) refused,
+    dropped or one-hot encoded (``<column>=<category>``, categories sorted, 0/1 floats, NaN where
+    the entry is missing)."""
+    if categorical not in ("error", "drop", "onehot"):
+        raise DataError("categorical", f"must be 'error', 'drop' or 'onehot', not {categorical!r}")
+    absent = [c for c in drop_columns if c not in frame.columns]
+    if absent:
+        raise DataError(path, f"cannot drop column {absent[0]!r}; columns are {_columns(frame)}")
+    frame = frame.drop(columns=list(drop_columns))
+    text = [c for c in frame.columns if c not in keep and _is_text(frame[c])]
+    if not text or categorical == "drop":
+        return frame.drop(columns=text)
+    if categorical == "error":
+        raise DataError(
+            path,
+            f"column {text[0]!r} holds text (e.g. {frame[text[0]].dropna().iloc[0]!r}); "
+            "drop it (--drop-columns, --categorical drop) or one-hot encode it "
+            "(--categorical onehot)",
+        )
+    out = {}
+    for column in frame.columns:
+        if column not in text:
+            out[column] = frame[column]
+            continue
+        entries = frame[column].astype("string").str.strip()
+        missing = entries.isna() | entries.eq("")
+        for category in sorted(entries[~missing].unique()):
+            onehot = entries.eq(category).astype(np.float32)
+            out[f"{column}={category}"] = onehot.where(~missing)
+    return pd.DataFrame(out, index=frame.index)
+
+
+def _prepare(path, frame, time_column, time_columns, drop_columns, categorical, layout):
+    """Compose split time columns, then drop / encode columns (the wide layout only)."""
+    if time_columns:
+        if time_column in frame.columns and time_column not in time_columns:
+            raise DataError(path, f"time_columns would replace the existing column {time_column!r}")
+        times = compose_time(path, frame, time_columns)
+        frame = frame.drop(columns=list(time_columns)).assign(**{time_column: times})
+    if time_column not in frame.columns:
+        raise DataError(path, f"no time column {time_column!r}; columns are {_columns(frame)}")
+    if layout == "wide":
+        keep = [time_column]
+        frame = encode_columns(
+            path, frame, keep=keep, drop_columns=drop_columns, categorical=categorical
+        )
+    elif drop_columns or categorical != "error":
+        raise DataError(path, "drop_columns and categorical apply to the wide layout only")
+    return frame
 
 
 # --------------------------------------------------------------------------- layouts

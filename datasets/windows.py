@@ -11,6 +11,8 @@ the ``<var>_mean``/``<var>_std`` statistics stored beside the data (training spl
 * :class:`ForecastWindows`: ``context`` steps up to an anchor time ``t``, then targets at ``leads``.
 * :class:`SampleWindows`: one sample along a dimension (a PhysioNet stay as CSDI's L x K sample
   with its masks, an image with its label, a medical slice).
+* :class:`SeriesWindows`: windows of ``L`` consecutive steps of one long ``(time, feature)``
+  series (CSDI's protocol for sensor networks, e.g. AQI-36), with :func:`window_starts`.
 * :func:`to_dataset`: model outputs (optionally with a leading ``member`` dim) back to a Dataset
   with the template's coordinates and units, de-normalised.
 """
@@ -306,6 +308,69 @@ class SampleWindows(Dataset):
         out = xr.DataArray(arr, dims=(member_dim or "member", *da.dims), attrs=da.attrs)
         ds = xr.Dataset({name: out}, coords=tmpl.coords, attrs=tmpl.attrs)
         return ds.isel({"member": 0}) if member_dim is None else ds
+
+
+def contiguous_runs(positions: np.ndarray) -> list[tuple[int, int]]:
+    """Maximal runs of consecutive integers in sorted ``positions`` as ``[start, stop)`` pairs."""
+    pos = np.asarray(positions, dtype=np.int64)
+    if pos.size == 0:
+        return []
+    cut = np.flatnonzero(np.diff(pos) != 1) + 1
+    return [(int(r[0]), int(r[-1]) + 1) for r in np.split(pos, cut)]
+
+
+def window_starts(positions: np.ndarray, length: int, stride: int = 1) -> np.ndarray:
+    """First positions of the windows of ``length`` steps lying wholly inside runs of consecutive
+    ``positions`` (a split's steps), ``stride`` apart within each run, so that no window straddles
+    a split boundary."""
+    if length < 1 or stride < 1:
+        raise ValueError(f"window length and stride must be >= 1, got {length} and {stride}")
+    starts = [np.arange(a, b - length + 1, stride) for a, b in contiguous_runs(positions)]
+    return np.concatenate(starts).astype(np.int64) if starts else np.zeros(0, np.int64)
+
+
+class SeriesWindows(Dataset):
+    """Windows of ``length`` consecutive steps of a ``(time, feature)`` series store.
+
+    Item ``i`` is a dict: ``values`` float32 ``(L, K)`` normalised with the stored statistics and
+    0 wherever ``observed_mask`` is 0 (so the ground truth of held-out ``target_mask`` entries
+    never reaches training), ``observed_mask`` uint8 ``(L, K)`` and ``index``, the window's first
+    time position ``starts[i]`` (CSDI's long-series samples, e.g. AQI-36's 36 hourly steps).
+    """
+
+    def __init__(
+        self,
+        store: str | Path,
+        starts: np.ndarray,
+        length: int,
+        *,
+        normalize: bool = True,
+        cache_bytes: int = 512 << 20,
+    ) -> None:
+        ds = open_store(store)
+        _check_variables(store, ds, ["values", "observed_mask"])
+        if ds["values"].dims != ("time", "feature"):
+            raise DataError(store, f"values must be (time, feature), got {ds['values'].dims}")
+        self.starts, self.length = np.asarray(starts, dtype=np.int64), int(length)
+        if len(self.starts) and (self.starts.min() < 0 or
+                                 self.starts.max() + length > ds.sizes["time"]):  # fmt: skip
+            raise DataError(store, f"a window of {length} steps runs past the series")
+        self.stats = {"values": _stats(ds, "values")} if normalize else {}
+        prepare = {"values": Prepare(self.stats.get("values"), fill=0.0)}
+        self.arrays = ChunkCache(store, prepare, cache_bytes)
+
+    def __len__(self) -> int:
+        return len(self.starts)
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor | int]:
+        t = int(self.starts[i])
+        observed = np.array(self.arrays.read("observed_mask", t, t + self.length))  # (L, K)
+        values = self.arrays.read("values", t, t + self.length) * (observed > 0)  # (L, K)
+        return {
+            "values": torch.from_numpy(values.astype(np.float32)),
+            "observed_mask": torch.from_numpy(observed),
+            "index": t,
+        }
 
 
 def to_dataset(

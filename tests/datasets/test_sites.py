@@ -1,0 +1,181 @@
+"""Per-station tables as one long series through `stdiff ingest`: split time columns, stations
+from a column or the file names, categorical columns dropped or one-hot encoded, the real missing
+mask, the month and period splits (statistics from the training steps only, brute force), the
+routing of `.txt` tables away from the PhysioNet reader, one-line errors, and the real Beijing
+folder when ../shared/data is there."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from stdiff.cli import app
+from stdiff.datasets.errors import DataError
+from stdiff.datasets.sites import load_sites
+from stdiff.datasets.store import open_store
+
+STATIONS = ("Beta", "Alpha", "Gamma")
+TIME_FLAGS = ("--time-columns", "year,month,day,hour")
+
+
+def _run(*args: str):
+    return CliRunner().invoke(app, ["ingest", *map(str, args), "--no-progress"])
+
+
+def station_frame(name: str, hours: int = 24 * 120, seed: int = 0, start="2013-01-01"):
+    """One station: split time columns, two variables with gaps, a wind direction, a row number."""
+    rng = np.random.default_rng(seed)
+    t = pd.date_range(start, periods=hours, freq="1h")
+    pm = rng.gamma(2.0, 40.0, hours).round(1)
+    temp = (10 + 8 * np.sin(np.arange(hours) * 2 * np.pi / 24) + rng.normal(0, 1, hours)).round(2)
+    frame = pd.DataFrame(
+        {"No": np.arange(1, hours + 1), "year": t.year, "month": t.month, "day": t.day,
+         "hour": t.hour, "PM2.5": pm, "TEMP": temp,
+         "wd": rng.choice(["N", "NE", "SW"], hours), "station": name}
+    )  # fmt: skip
+    frame.loc[rng.random(hours) < 0.1, "PM2.5"] = np.nan
+    frame.loc[rng.random(hours) < 0.05, "TEMP"] = np.nan
+    frame.loc[rng.random(hours) < 0.02, "wd"] = np.nan
+    return frame
+
+
+@pytest.fixture
+def station_folder(tmp_path: Path) -> Path:
+    folder = tmp_path / "stations"
+    folder.mkdir()
+    for k, name in enumerate(STATIONS):
+        station_frame(name, seed=k).to_csv(folder / f"PRSA_{name}.csv", index=False, na_rep="NA")
+    return folder
+
+
+def _expected(folder: Path) -> pd.DataFrame:
+    """Brute force: every station's rows keyed by (time, station)."""
+    frames = []
+    for f in sorted(folder.glob("*.csv")):
+        d = pd.read_csv(f)
+        d["time"] = pd.to_datetime(d[["year", "month", "day", "hour"]])
+        frames.append(d)
+    return pd.concat(frames).set_index(["time", "station"])
+
+
+def test_folder_of_stations_end_to_end(tmp_path: Path, station_folder: Path) -> None:
+    out = tmp_path / "s.zarr"
+    res = _run(station_folder, "--kind", "timeseries", "--out", out, *TIME_FLAGS,
+               "--drop-columns", "No", "--categorical", "drop", "--freq", "1h",
+               "--test-months", "3", "--valid-months", "2")  # fmt: skip
+    assert res.exit_code == 0, res.output
+    ds = open_store(out).load()
+    assert ds["values"].dims == ("time", "feature")
+    assert ds.sizes == {"time": 24 * 120, "feature": 6}
+    assert [str(f) for f in ds.feature.values][:2] == ["Alpha/PM2.5", "Alpha/TEMP"]
+    assert [str(s) for s in ds.station.values] == [s for s in sorted(STATIONS) for _ in range(2)]
+    truth = _expected(station_folder)
+    for k, feature in enumerate(ds.feature.values):
+        station, variable = str(feature).split("/")
+        col = truth.xs(station, level="station")[variable].reindex(ds.time.values).to_numpy()
+        np.testing.assert_allclose(ds["values"].values[:, k], col.astype(np.float32))
+        np.testing.assert_array_equal(ds["observed_mask"].values[:, k], ~np.isnan(col))
+    month = pd.DatetimeIndex(ds.time.values).month
+    np.testing.assert_array_equal(ds["split"].values, np.select([month == 3, month == 2], [2, 1], 0))
+    train = ds["values"].values[ds["split"].values == 0]
+    np.testing.assert_allclose(ds["values_mean"].values, np.nanmean(train, 0), rtol=1e-5)
+    np.testing.assert_allclose(ds["values_std"].values, np.nanstd(train, 0), rtol=1e-4)
+    again = _run(station_folder, "--kind", "timeseries", "--out", out, *TIME_FLAGS,
+                 "--drop-columns", "No", "--categorical", "drop", "--freq", "1h",
+                 "--test-months", "3", "--valid-months", "2")  # fmt: skip
+    assert "unchanged" in again.output
+
+
+def test_onehot_several_files_and_stations_from_file_names(tmp_path: Path) -> None:
+    files = []
+    for k, name in enumerate(("east", "west")):
+        frame = station_frame(name, hours=48, seed=k).drop(columns=["station"])
+        files.append(tmp_path / f"{name}.txt")  # a .txt CSV: a table, not PhysioNet
+        frame.to_csv(files[-1], index=False)
+    out = tmp_path / "s.zarr"
+    res = _run(*files, "--kind", "timeseries", "--out", out, *TIME_FLAGS,
+               "--drop-columns", "No", "--categorical", "onehot")  # fmt: skip
+    assert res.exit_code == 0, res.output
+    ds = open_store(out).load()
+    names = [str(f) for f in ds.feature.values]
+    assert names[:5] == ["east/PM2.5", "east/TEMP", "east/wd=N", "east/wd=NE", "east/wd=SW"]
+    wd = pd.read_csv(files[0])["wd"]
+    onehot = ds["values"].values[:, 2:5]
+    np.testing.assert_array_equal(np.isnan(onehot).all(1), wd.isna().to_numpy())
+    seen = ~wd.isna().to_numpy()
+    np.testing.assert_array_equal(onehot[seen].sum(1), 1.0)
+    assert [["N", "NE", "SW"][i] for i in onehot[seen].argmax(1)] == wd[seen].tolist()
+    assert ds.attrs["split"] == "by time: 33 train / 5 valid / 10 test"  # the default 70/10/20 %
+
+
+def test_periods_are_honoured_for_tables(tmp_path: Path, station_folder: Path) -> None:
+    out = tmp_path / "p.zarr"
+    res = _run(station_folder, "--kind", "timeseries", "--out", out, *TIME_FLAGS,
+               "--drop-columns", "No", "--categorical", "drop",
+               "--train-period", "2013-01-01:2013-02-28",
+               "--test-period", "2013-04-01:2013-04-30")  # fmt: skip
+    assert res.exit_code == 0, res.output
+    ds = open_store(out)
+    split, month = ds["split"].values, pd.DatetimeIndex(ds.time.values).month
+    np.testing.assert_array_equal(split, np.select([month <= 2, month == 3], [0, 1], 2))
+    both = _run(station_folder, "--kind", "timeseries", "--out", tmp_path / "b.zarr", *TIME_FLAGS,
+                "--drop-columns", "No", "--categorical", "drop", "--test-months", "3",
+                "--train-period", "2013-01-01:2013-02-28", "--test-period", "2013-04-01:2013-04-30")  # fmt: skip
+    assert both.exit_code == 2 and "not both" in both.output
+    assert not (tmp_path / "b.zarr").exists()
+
+
+def test_errors_are_one_line_and_leave_nothing(tmp_path: Path, station_folder: Path) -> None:
+    out = tmp_path / "e.zarr"
+    text = _run(station_folder, "--kind", "timeseries", "--out", out, *TIME_FLAGS,
+                "--drop-columns", "No")  # fmt: skip
+    assert text.exit_code == 2 and "column 'wd' holds text" in text.output
+    assert "--categorical onehot" in text.output
+    frame = station_frame("Alpha", hours=30)
+    pd.concat([frame, frame.iloc[[5]]]).to_csv(station_folder / "PRSA_Alpha.csv", index=False)
+    dup = _run(station_folder, "--kind", "timeseries", "--out", out, *TIME_FLAGS,
+               "--drop-columns", "No", "--categorical", "drop")  # fmt: skip
+    assert dup.exit_code == 2
+    assert "PRSA_Alpha.csv: station 'Alpha' has two rows at 2013-01-01 05:00:00" in dup.output
+    assert not out.exists()
+    with pytest.raises(DataError, match=r"time column 'hour' \(hour\) holds 'x'"):
+        bad = station_frame("Z", hours=5).astype({"hour": object})
+        bad.loc[2, "hour"] = "x"
+        bad.to_csv(tmp_path / "z.csv", index=False)
+        load_sites([tmp_path / "z.csv"], time_columns=["year", "month", "day", "hour"])
+    with pytest.raises(DataError, match="time 2013-01-01 01:00:00 is not on the 2h grid"):
+        station_frame("Y", hours=5).to_csv(tmp_path / "y.csv", index=False)
+        load_sites([tmp_path / "y.csv"], time_columns=["year", "month", "day", "hour"],
+                   drop_columns=["No"], categorical="drop", freq="2h")  # fmt: skip
+
+
+def test_physionet_refuses_time_splits(tmp_path: Path) -> None:
+    archive = tmp_path / "set-a.tar.gz"
+    archive.write_bytes(b"")
+    res = _run(archive, "--kind", "timeseries", "--out", tmp_path / "x.zarr",
+               "--test-months", "3")  # fmt: skip
+    assert res.exit_code == 2 and "PhysioNet splits by stay" in res.output
+
+
+def test_beijing_folder(tmp_path: Path, shared_data: Path) -> None:
+    """The 12 UCI station files: 35,064 hours each, 11 variables, the NA gaps as the raw CSVs."""
+    folder = shared_data / "beijing_multisite_air"
+    out = tmp_path / "beijing.zarr"
+    res = _run(folder, "--kind", "timeseries", "--out", out, *TIME_FLAGS, "--drop-columns", "No",
+               "--categorical", "drop", "--freq", "1h", "--test-months", "3,6,9,12")  # fmt: skip
+    assert res.exit_code == 0, res.output
+    ds = open_store(out)
+    assert ds.sizes == {"time": 35064, "feature": 12 * 11}
+    assert str(ds.time.values[0])[:13] == "2013-03-01T00" and str(ds.time.values[-1])[:13] == (
+        "2017-02-28T23"
+    )
+    raw = pd.read_csv(folder / "PRSA_Data_Dongsi_20130301-20170228.csv")
+    k = [str(f) for f in ds.feature.values].index("Dongsi/PM2.5")
+    np.testing.assert_array_equal(ds["observed_mask"].values[:, k], raw["PM2.5"].notna())
+    np.testing.assert_allclose(ds["values"].values[:, k], raw["PM2.5"].to_numpy(np.float32))
+    month = pd.DatetimeIndex(ds.time.values).month
+    assert (ds["split"].values == 2).sum() == np.isin(month, [3, 6, 9, 12]).sum()
