@@ -142,15 +142,35 @@ def _volume(p: Path, opt: IngestOptions) -> xr.Dataset | None:
         if ds.attrs.get("kind") != "medical":
             raise DataError(p, f"a {ds.attrs.get('kind', 'unknown')!r} store, not a medical volume")
         return ds
-    files = [p] if p.is_file() else sorted(q for q in p.iterdir() if q.is_file())
-    dicom = [q for q in files[:1] if q.suffix.lower() in (".dcm", ".dicom") or _is_dicom(q)]
-    return medical.load_dicom(p) if dicom else None
+    if p.is_file():
+        return medical.load_dicom(p) if _is_dicom(p) else None
+    if _holds_dicom(p):
+        return medical.load_dicom(p)
+    series = [d.name for d in sorted(p.iterdir()) if d.is_dir() and _holds_dicom(d)]
+    if series:
+        shown = ", ".join(series[:3]) + (", ..." if len(series) > 3 else "")
+        raise DataError(
+            p, f"holds {len(series)} DICOM series folders ({shown}); ingest one series folder"
+        )
+    return None
 
 
 def _is_dicom(path: Path) -> bool:
-    """The DICOM signature: "DICM" after a 128-byte preamble."""
+    """A ``.dcm`` name or the DICOM signature: "DICM" after a 128-byte preamble."""
+    if path.suffix.lower() in (".dcm", ".dicom"):
+        return True
     with open(path, "rb") as f:
         return f.read(132)[128:] == b"DICM"
+
+
+def _holds_dicom(folder: Path) -> bool:
+    """Whether the folder's first file (names starting with "." and DICOMDIR aside) is DICOM."""
+    files = sorted(
+        q
+        for q in folder.iterdir()
+        if q.is_file() and not q.name.startswith(".") and q.name.upper() != "DICOMDIR"
+    )
+    return bool(files) and _is_dicom(files[0])
 
 
 def _images(source: str, opt: IngestOptions) -> xr.Dataset:
@@ -158,16 +178,18 @@ def _images(source: str, opt: IngestOptions) -> xr.Dataset:
 
     p = Path(source)
     split = None if opt.split == "auto" else opt.split
-    if p.suffix.lower() == ".npz":
-        return images.load_npz(p, images_key=opt.images_key, labels_key=opt.labels_key,
-                               split=split)  # fmt: skip
-    volume = _volume(p, opt)
+    volume = None if p.suffix.lower() == ".npz" else _volume(p, opt)
     if volume is not None:  # a volume's slices as images
         from stdiff.datasets.slices import parse_window, slices_as_images
 
         return slices_as_images(
             volume, opt.image_size, window=parse_window(opt.window), split=opt.split
         )
+    if opt.window != "auto":
+        raise DataError(p, "--window applies to volumes (NIfTI, DICOM, a --kind medical store)")
+    if p.suffix.lower() == ".npz":
+        return images.load_npz(p, images_key=opt.images_key, labels_key=opt.labels_key,
+                               split=split)  # fmt: skip
     if p.is_dir() and any(q.name.endswith(("idx3-ubyte", "idx3-ubyte.gz")) for q in p.iterdir()):
         return images.load_mnist_folder(p, split=split)
     if p.is_dir():
