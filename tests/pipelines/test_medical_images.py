@@ -272,3 +272,22 @@ def test_other_kinds_are_refused_by_the_image_tasks(tmp_path, stay_store, image_
     res = _cli("reconstruct", "--checkpoint", run, "--data", stay_store, "--out",
                tmp_path / "o.zarr", "--task", "inpaint")  # fmt: skip
     assert res.exit_code == 2 and "a 'timeseries' store, not images" in res.output
+
+
+def test_study_folder_and_misplaced_window(tmp_path) -> None:
+    """A study folder of several series, and --window on a source that is not a volume, are
+    refused in one line that says what to do."""
+    study = tmp_path / "study"
+    write_ct_series(study / "series_a")
+    write_ct_series(study / "series_b", flipped=True)
+    res = _ingest(study, "--kind", "images", "--out", tmp_path / "s.zarr")
+    assert res.exit_code == 2 and len(res.output.strip().splitlines()) == 1, res.output
+    assert "holds 2 DICOM series folders (series_a, series_b); ingest one series" in res.output
+    (study / "series_a" / ".DS_Store").write_bytes(b"\0\0junk")  # hidden files are skipped
+    res = _ingest(study / "series_a", "--kind", "images", "--image-size", SIZE,
+                  "--out", tmp_path / "a.zarr")  # fmt: skip
+    assert res.exit_code == 0, res.output
+    np.savez(tmp_path / "x.npz", images=np.zeros((2, 8, 8), np.uint8), labels=np.zeros(2))
+    res = _ingest(tmp_path / "x.npz", "--kind", "images", "--window", "lung",
+                  "--out", tmp_path / "x.zarr")  # fmt: skip
+    assert res.exit_code == 2 and "--window applies to volumes" in res.output
