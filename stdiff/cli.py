@@ -156,21 +156,51 @@ def _csv(text: str | None, cast=str) -> tuple | None:
 
 @app.command()
 def ingest(
-    source: Annotated[str, typer.Argument(help="Input file, folder or zarr URL.")],
+    source: Annotated[
+        list[str],
+        typer.Argument(help="Input file, folder or zarr URL; or several per-station tables."),
+    ],
     kind: Annotated[str, typer.Option(help="weather | timeseries | images | medical")],
     out: Annotated[Path, typer.Option(help="Output zarr store (written atomically).")],
     variables: Annotated[str | None, typer.Option(help="Comma-separated variables.")] = None,
     levels: Annotated[str | None, typer.Option(help="Comma-separated levels (weather).")] = None,
     coarsen: Annotated[int, typer.Option(help="Block-mean factor on lat/lon (weather).")] = 1,
     train_period: Annotated[
-        str | None, typer.Option(help="Weather training period START:END.")
+        str | None, typer.Option(help="Weather or table training period START:END.")
     ] = None,
-    test_period: Annotated[str | None, typer.Option(help="Weather test period START:END.")] = None,
+    test_period: Annotated[
+        str | None, typer.Option(help="Weather or table test period START:END.")
+    ] = None,
     fold: Annotated[int, typer.Option(help="CSDI fold for PhysioNet statistics (0-4).")] = 0,
     layout: Annotated[str, typer.Option(help="Table layout: wide | long.")] = "wide",
     time_column: Annotated[str, typer.Option(help="Table time column.")] = "time",
     targets: Annotated[
         str | None, typer.Option(help="Table evaluation targets: a column or a second file.")
+    ] = None,
+    time_columns: Annotated[
+        str | None,
+        typer.Option(help="Table time split over columns year,month,day[,hour[,minute[,second]]]."),
+    ] = None,
+    station_column: Annotated[
+        str | None,
+        typer.Option(
+            help="Tables: the station column (default: 'station' if any, else file name)."
+        ),
+    ] = None,
+    drop_columns: Annotated[
+        str | None, typer.Option(help="Tables: comma-separated columns to leave out.")
+    ] = None,
+    categorical: Annotated[
+        str, typer.Option(help="Tables, text columns: error | drop | onehot.")
+    ] = "error",
+    freq: Annotated[
+        str | None, typer.Option(help="Per-station tables: regular time grid, e.g. 1h.")
+    ] = None,
+    test_months: Annotated[
+        str | None, typer.Option(help="Table series: test months, e.g. 3,6,9,12 (CSDI AQI-36).")
+    ] = None,
+    valid_months: Annotated[
+        str | None, typer.Option(help="Table series: validation months, e.g. 1.")
     ] = None,
     axis: Annotated[str, typer.Option(help="NIfTI slicing axis.")] = "axial",
     image_size: Annotated[
@@ -210,6 +240,13 @@ def ingest(
             layout=layout,  # type: ignore[arg-type]
             time_column=time_column,
             targets=targets,
+            time_columns=_csv(time_columns),
+            station_column=station_column,
+            drop_columns=_csv(drop_columns) or (),
+            categorical=categorical,  # type: ignore[arg-type]
+            freq=freq,
+            test_months=_csv(test_months, int),
+            valid_months=_csv(valid_months, int),
             axis=axis,  # type: ignore[arg-type]
             image_size=image_size,
             window=window,
@@ -217,7 +254,7 @@ def ingest(
             labels_key=labels_key,
             split=split,  # type: ignore[arg-type]
         )
-        result = run_ingest(source, out, opt, progress=progress)
+        result = run_ingest(source[0] if len(source) == 1 else source, out, opt, progress=progress)
     except ValueError as e:  # DataError is a ValueError: one line naming the file
         _fail(str(e))
     typer.echo(
