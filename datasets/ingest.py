@@ -13,6 +13,7 @@ a no-op that reads nothing but the input bytes. Statistics come from the trainin
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal
@@ -21,7 +22,14 @@ import numpy as np
 import xarray as xr
 
 from stdiff.datasets.errors import DataError
-from stdiff.datasets.splits import Split, csdi_stay_split, normalization_stats, time_split
+from stdiff.datasets.splits import (
+    Split,
+    csdi_stay_split,
+    normalization_stats,
+    series_split,
+    split_variable,
+    time_split,
+)
 from stdiff.datasets.store import attach_stats, content_hash, store_hash, write_store
 
 Kind = Literal["weather", "timeseries", "images", "medical"]
@@ -35,6 +43,9 @@ class IngestOptions:
     Fields: kind; variables / levels (weather selection); coarsen (weather block-mean factor);
     train_period / test_period (weather time split, ``("YYYY-MM-DD", "YYYY-MM-DD")``);
     fold (PhysioNet CSDI fold); layout / time_column / targets (CSV or Parquet tables);
+    time_columns / station_column / drop_columns / categorical / freq (tables, per-station files:
+    ``datasets.sites``); train_period / test_period or test_months / valid_months (the time split
+    of a table series, ``datasets.splits.series_split``);
     axis (NIfTI slicing axis); image_size / window (a volume ingested as ``images``: slice size
     and intensity window, ``"LO,HI"``, a preset of ``datasets.slices.WINDOWS`` or ``"auto"``);
     images_key / labels_key (NPZ arrays; ``labels_key="none"``: unlabelled images);
@@ -51,6 +62,13 @@ class IngestOptions:
     layout: Literal["wide", "long"] = "wide"
     time_column: str = "time"
     targets: str | None = None
+    time_columns: tuple[str, ...] | None = None
+    station_column: str | None = None
+    drop_columns: tuple[str, ...] = ()
+    categorical: Literal["error", "drop", "onehot"] = "error"
+    freq: str | None = None
+    test_months: tuple[int, ...] | None = None
+    valid_months: tuple[int, ...] | None = None
     axis: Literal["axial", "coronal", "sagittal"] = "axial"
     image_size: int = 64
     window: str = "auto"
@@ -109,23 +127,48 @@ def _weather(source: str, opt: IngestOptions) -> tuple[xr.Dataset, Split, list[s
     return ds, split, names
 
 
-def _timeseries(source: str, opt: IngestOptions) -> tuple[xr.Dataset, Split, list[str]]:
-    p = Path(source)
-    if p.suffix.lower() in (".csv", ".parquet", ".pq"):
-        from stdiff.datasets.tabular import load_table
+def _is_physionet(p: Path) -> bool:
+    """PhysioNet 2012: a tar archive, or a folder whose ``.txt`` files are long
+    ``Time,Parameter,Value`` records (a folder of per-station CSVs is a table series)."""
+    if p.name.endswith((".tar.gz", ".tgz", ".tar")):
+        return True
+    if not p.is_dir():
+        return False
+    first = next(iter(sorted(p.rglob("*.txt"))), None)
+    if first is None:
+        return False
+    with open(first, encoding="utf-8", errors="replace") as f:
+        return f.readline().strip().replace(" ", "") == "Time,Parameter,Value"
 
-        ds = load_table(
-            p,
-            time_column=opt.time_column,
-            layout=opt.layout,
-            variables=list(opt.variables) if opt.variables else None,
-            targets=opt.targets,
-        )
-        return ds, _fraction_split(ds.sizes["time"], "time"), ["values"]
-    from stdiff.datasets.physionet import load_physionet2012
 
-    ds = load_physionet2012(p, progress=True)
-    return ds, csdi_stay_split(ds["observed_mask"].values, fold=opt.fold), ["values"]
+def _timeseries(sources: list[str], opt: IngestOptions) -> tuple[xr.Dataset, Split, list[str]]:
+    if len(sources) == 1 and _is_physionet(Path(sources[0])):
+        if opt.train_period or opt.test_period or opt.test_months:
+            raise ValueError(
+                "PhysioNet splits by stay (CSDI's folds, --fold); train/test periods and months "
+                "apply to weather and table series"
+            )
+        from stdiff.datasets.physionet import load_physionet2012
+
+        ds = load_physionet2012(Path(sources[0]), progress=True)
+        return ds, csdi_stay_split(ds["observed_mask"].values, fold=opt.fold), ["values"]
+    from stdiff.datasets.sites import load_series
+
+    ds = load_series(
+        sources,
+        layout=opt.layout,
+        targets=opt.targets,
+        time_column=opt.time_column,
+        time_columns=opt.time_columns,
+        station_column=opt.station_column,
+        variables=list(opt.variables) if opt.variables else None,
+        drop_columns=opt.drop_columns,
+        categorical=opt.categorical,
+        freq=opt.freq,
+    )
+    split = series_split(ds, train_period=opt.train_period, test_period=opt.test_period,
+                         test_months=opt.test_months, valid_months=opt.valid_months)  # fmt: skip
+    return ds.assign(split=split_variable(split, ds.sizes["time"])), split, ["values"]
 
 
 def _volume(p: Path, opt: IngestOptions) -> xr.Dataset | None:
@@ -210,17 +253,29 @@ def _medical(source: str, opt: IngestOptions) -> xr.Dataset:
     return medical.load_dicom(p)
 
 
+def _sources(source: str | Path | Sequence[str | Path]) -> list[str]:
+    sources = [str(source)] if isinstance(source, str | Path) else [str(s) for s in source]
+    if not sources:
+        raise ValueError("no input given")
+    for s in sources:
+        if "://" not in s and not Path(s).exists():
+            raise DataError(s, "no such file or folder")
+    return sources
+
+
 def load_source(
-    source: str | Path, opt: IngestOptions
+    source: str | Path | Sequence[str | Path], opt: IngestOptions
 ) -> tuple[xr.Dataset, Split | None, list[str]]:
-    """The canonical Dataset of ``source``, its training split and the variables to normalise."""
-    source = str(source)
-    if "://" not in source and not Path(source).exists():
-        raise DataError(source, "no such file or folder")
+    """The canonical Dataset of ``source`` (several paths: per-station tables), its training split
+    and the variables to normalise."""
+    sources = _sources(source)
+    if opt.kind == "timeseries":
+        return _timeseries(sources, opt)
+    if len(sources) > 1:
+        raise ValueError(f"several inputs are read as per-station tables only, not {opt.kind}")
+    source = sources[0]
     if opt.kind == "weather":
         return _weather(source, opt)
-    if opt.kind == "timeseries":
-        return _timeseries(source, opt)
     if opt.kind == "images":
         return _images(source, opt), None, []
     ds = _medical(source, opt)
@@ -232,23 +287,34 @@ def load_source(
 
 
 def ingest(
-    source: str | Path, out: str | Path, opt: IngestOptions, *, progress: bool = False
+    source: str | Path | Sequence[str | Path],
+    out: str | Path,
+    opt: IngestOptions,
+    *,
+    progress: bool = False,
 ) -> IngestResult:
-    """Ingest ``source`` into the zarr store ``out`` (see module docstring)."""
+    """Ingest ``source`` (a path, or several per-station tables) into the zarr store ``out``
+    (see module docstring)."""
     start = time.perf_counter()
     out = Path(out)
     extra = [opt.targets] if opt.targets and Path(opt.targets).exists() else []
-    h = content_hash([str(source), *extra], asdict(opt))
+    h = content_hash([*_sources(source), *extra], asdict(opt))
     if store_hash(out) == h:
         return IngestResult(
             out, False, time.perf_counter() - start, f"{out}: up to date (same input, same options)"
         )
     ds, split, names = load_source(source, opt)
     if split is not None and names:
-        stats = normalization_stats(ds, names, split, time_differences=opt.kind == "weather")
+        # held-out targets keep their truth in ``values``: statistics see only what is observed
+        seen = (
+            ds.assign(values=ds["values"].where(ds["observed_mask"] > 0))
+            if "target_mask" in ds
+            else ds
+        )
+        stats = normalization_stats(seen, names, split, time_differences=opt.kind == "weather")
         ds = attach_stats(ds, stats)
         ds.attrs["split"] = split.describe()
-    ds.attrs.setdefault("source", str(source))
+    ds.attrs.setdefault("source", ", ".join(_sources(source)))
     ds.attrs["kind"] = opt.kind
     written = write_store(ds, out, content_hash=h, progress=progress)
     dims = ", ".join(f"{d}={n}" for d, n in ds.sizes.items())
