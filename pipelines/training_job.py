@@ -24,7 +24,7 @@ import torch
 from stdiff.datasets.masks import STRATEGIES, Strategy, cond_mask
 from stdiff.datasets.splits import csdi_stay_split
 from stdiff.datasets.store import open_store
-from stdiff.datasets.windows import ForecastWindows, SampleWindows
+from stdiff.datasets.windows import ForecastWindows, SampleWindows, SeriesWindows, window_starts
 from stdiff.diffusion.conditioning import Condition
 from stdiff.diffusion.nets.init import build_seeded
 from stdiff.diffusion.precond import Denoiser, NoiseConditioning, Preconditioning, Prediction
@@ -57,7 +57,10 @@ class DataConfig:
     ``forecast``, the longest gap as a fraction of the window for ``block``);
     variables, train_period, valid_period, context, leads, residual: the weather ``forecast`` task
     (``pipelines.weather_task``; periods are inclusive ``[start, end]`` dates, leads in steps);
-    latent: an autoencoder run: train in its latent space (``pipelines.latent``)."""
+    latent: an autoencoder run: train in its latent space (``pipelines.latent``);
+    window, stride: a store holding one long ``(time, feature)`` series (per-station tables) is
+    cut into windows of ``window`` steps, ``stride`` apart, inside the store's training split
+    (``split == 0``; validation ``split == 1``, windows ``window`` apart)."""
 
     store: str
     task: Literal["images", "imputation", "forecast"]
@@ -73,8 +76,16 @@ class DataConfig:
     context: int = 2
     leads: list[int] = field(default_factory=lambda: [1])
     residual: bool = True
+    window: int = 36
+    stride: int = 1
 
     def __post_init__(self) -> None:
+        if self.window < 2 or self.stride < 1:
+            raise ValueError(
+                f"window must be >= 2 and stride >= 1, got {self.window} and {self.stride}"
+            )
+        if self.mask == "forecast" and self.horizon >= self.window:
+            raise ValueError(f"horizon {self.horizon} must be shorter than window {self.window}")
         if self.task == "forecast" and not self.train_period:
             raise ValueError(
                 "train_period is required for the forecast task, e.g. [2013-01-01, 2013-11-30]"
@@ -167,6 +178,8 @@ def _datasets(cfg: TrainJobConfig):
     ds = open_store(cfg.data.store)
     if cfg.data.task == "forecast":
         return _weather_datasets(cfg, ds)
+    if cfg.data.task == "imputation" and "stay" not in ds.dims:
+        return _series_datasets(cfg, ds)
     extra: dict[str, Any] = {}
     if cfg.data.task == "images":
         train_idx, val_idx = _image_split(ds, cfg.data.store)
@@ -212,6 +225,47 @@ def image_metadata(ds) -> dict[str, Any]:
     keys = ("window", "window_mode", "window_units", "display_up", "display_left", "classes")
     out = {k: ds.attrs[k] for k in keys if k in ds.attrs}
     return {**out, "dtype": str(ds["image"].dtype)}
+
+
+def _series_datasets(cfg: TrainJobConfig, ds):
+    """Windows of one long ``(time, feature)`` series: training windows inside the store's
+    training split, validation windows (non-overlapping) inside its validation split."""
+    d, where = cfg.data, cfg.data.store
+    for v in ("values", "observed_mask", "split"):
+        if v not in ds:
+            raise ValueError(f"{where}: variable {v!r} is absent; ingest it with --kind timeseries")
+    if ds["values"].dims != ("time", "feature"):
+        raise ValueError(f"{where}: values must be (time, feature), got {ds['values'].dims}")
+    split = ds["split"].values
+    train = window_starts(np.flatnonzero(split == 0), d.window, d.stride)
+    valid = window_starts(np.flatnonzero(split == 1), d.window, d.window)
+    if len(train) == 0:
+        raise ValueError(
+            f"{where}: no window of {d.window} steps fits inside the training split; "
+            "choose a shorter data.window"
+        )
+    if d.max_samples:
+        train = train[: d.max_samples]
+    train_ds = SeriesWindows(where, train, d.window)
+    val_ds = SeriesWindows(where, valid, d.window) if len(valid) else None
+    meta = {**store_metadata(ds, ["values", "observed_mask"]), "series": {"window": d.window}}
+    return train_ds, val_ds, imputation_batch(d), meta
+
+
+def _imputation_params(cfg: TrainJobConfig) -> dict[str, Any]:
+    """CSDI's ``num_features`` follows from the store: filled in when the config omits it, and a
+    value that differs from the store's is refused before any work."""
+    params = dict(cfg.model.params)
+    if cfg.model.net != "csdi":
+        return params
+    k = int(open_store(cfg.data.store).sizes["feature"])
+    given = params.setdefault("num_features", k)
+    if given != k:
+        raise ValueError(
+            f"model.params.num_features is {given} but {cfg.data.store} has {k} features; "
+            "leave it out to take it from the store"
+        )
+    return params
 
 
 def _period(ds, period: list[str] | None, name: str) -> np.ndarray:
@@ -303,6 +357,8 @@ def run_training(cfg: TrainJobConfig, resume: str | Path | None = None) -> Train
     schedule = make_schedule(cfg.schedule.name, **cfg.schedule.params)
     if cfg.data.task == "forecast":  # the resolved channel counts go into the checkpoint's config
         cfg = replace(cfg, model=replace(cfg.model, params=_weather_params(cfg)))
+    if cfg.data.task == "imputation":  # so does CSDI's feature count
+        cfg = replace(cfg, model=replace(cfg.model, params=_imputation_params(cfg)))
     train_ds, val_ds, to_batch, meta = _datasets(cfg)
     loss_fn = None
     if cfg.data.latent:
