@@ -22,6 +22,7 @@ import numpy as np
 import xarray as xr
 
 from stdiff.datasets.errors import DataError
+from stdiff.datasets.outputs import claim_store
 from stdiff.datasets.splits import (
     Split,
     csdi_stay_split,
@@ -79,6 +80,8 @@ class IngestOptions:
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
             raise ValueError(f"kind={self.kind!r} is not valid; choose one of {list(KINDS)}")
+        if not 0 <= self.fold < 5:
+            raise ValueError(f"--fold {self.fold}: the CSDI folds are 0-4")
         if self.layout not in ("wide", "long"):
             raise ValueError(f"layout={self.layout!r} is not valid; choose one of ['wide', 'long']")
         if self.axis not in ("axial", "coronal", "sagittal"):
@@ -292,16 +295,25 @@ def ingest(
     opt: IngestOptions,
     *,
     progress: bool = False,
+    overwrite: bool = False,
 ) -> IngestResult:
     """Ingest ``source`` (a path, or several per-station tables) into the zarr store ``out``
-    (see module docstring)."""
+    (see module docstring). ``out`` may hold an earlier ingest of the same input and options (a
+    no-op); an earlier ingest of anything else is replaced only with ``overwrite``, and no other
+    path is ever replaced."""
     start = time.perf_counter()
     out = Path(out)
+    claim_store(out, "ingest", [s for s in _sources(source) if "://" not in s], overwrite)
     extra = [opt.targets] if opt.targets and Path(opt.targets).exists() else []
     h = content_hash([*_sources(source), *extra], asdict(opt))
     if store_hash(out) == h:
         return IngestResult(
             out, False, time.perf_counter() - start, f"{out}: up to date (same input, same options)"
+        )
+    if out.exists() and not overwrite:
+        raise ValueError(
+            f"--out {out}: holds an earlier ingest of other data or options; pass --overwrite "
+            "to replace it, or choose a new path"
         )
     ds, split, names = load_source(source, opt)
     if split is not None and names:

@@ -9,12 +9,16 @@ initial times, images). :class:`RegionStore` keeps the store being filled in ``O
   everything that changes the numbers) is the same; a different fingerprint starts over;
 * ``write(chunk, ds, region)`` writes one region, then a marker ``done/<chunk>``
   (written after the data, atomically): a chunk is done exactly when its marker exists;
-* ``finish()`` (when every chunk is done) removes the bookkeeping and renames the store to
-  ``OUT``, replacing an older one atomically.
+* ``finish()`` (when every chunk is done) stamps the store with the job and its fingerprint
+  (``datasets.outputs.stamp``), removes the bookkeeping and renames the store to ``OUT``,
+  replacing an older output of the same job only when the run was given ``overwrite``.
 
 A run killed midway and run again computes only the chunks without markers; runs writing
 different chunks at once never touch the same zarr chunk (the template's zarr chunks are the job's
-chunks), so they do not corrupt each other.
+chunks), so they do not corrupt each other. An ``OUT`` already published with the same
+fingerprint means there is nothing to do: a second identical run (even one started at the same
+time) stops without error, and a ``.partial`` left by a kill between publishing and clean-up is
+removed by the next run.
 """
 
 from __future__ import annotations
@@ -24,12 +28,13 @@ import fcntl
 import json
 import os
 import shutil
-import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import xarray as xr
 
+from stdiff.datasets.atomic import clean_stale, replace_into, temp_sibling
+from stdiff.datasets.outputs import fingerprint_of, refuse_earlier, stamp
 from stdiff.datasets.store import consolidate
 
 JOB, DONE, DATA = "job.json", "done", "store.zarr"
@@ -50,11 +55,25 @@ def file_lock(path: Path) -> Iterator[None]:
 class RegionStore:
     """The partial store of ``out`` for a job with ``fingerprint`` split into ``chunks`` chunks."""
 
-    def __init__(self, out: str | Path, fingerprint: str, chunks: int) -> None:
+    def __init__(
+        self, out: str | Path, fingerprint: str, chunks: int, job: str, overwrite: bool = False
+    ) -> None:
         self.out = Path(out)
         self.work = self.out.with_name(self.out.name + ".partial")
         self.lock = self.out.with_name(self.out.name + ".partial.lock")
-        self.fingerprint, self.chunks = fingerprint, chunks
+        self.fingerprint, self.chunks, self.job = fingerprint, chunks, job
+        self.overwrite, self.is_published = overwrite, False
+
+    def published(self) -> bool:
+        """Whether ``out`` holds this very job's published output."""
+        if not self.is_published:
+            self.is_published = fingerprint_of(self.out) == self.fingerprint
+        return self.is_published
+
+    def _drop_work(self) -> None:
+        job = self._job()
+        if job is not None and job.get("fingerprint") == self.fingerprint:
+            shutil.rmtree(self.work, ignore_errors=True)
 
     def _job(self) -> dict | None:
         try:
@@ -63,8 +82,14 @@ class RegionStore:
             return None
 
     def open(self, template: xr.Dataset) -> RegionStore:
-        """Create the partial store from ``template`` (lazy) or reuse a matching one."""
+        """Create the partial store from ``template`` (lazy) or reuse a matching one; nothing
+        when ``out`` already holds this job's output."""
         with file_lock(self.lock):
+            clean_stale(self.out.parent)
+            if self.published():
+                self._drop_work()  # left by a run killed between publishing and clean-up
+                return self
+            refuse_earlier(self.out, self.job, self.overwrite)
             job = self._job()
             if (
                 job
@@ -73,7 +98,7 @@ class RegionStore:
             ):
                 return self
             shutil.rmtree(self.work, ignore_errors=True)
-            tmp = self.work.with_name(f".{self.work.name}.tmp-{uuid.uuid4().hex[:8]}")
+            tmp = temp_sibling(self.work)
             try:
                 template.to_zarr(
                     tmp / DATA, mode="w", zarr_format=3, consolidated=False, compute=False
@@ -87,36 +112,44 @@ class RegionStore:
         return self
 
     def done(self, chunk: int) -> bool:
-        return (self.work / DONE / f"{chunk:08d}").exists()
+        return self.is_published or (self.work / DONE / f"{chunk:08d}").exists()
 
     def pending(self) -> list[int]:
         return [c for c in range(self.chunks) if not self.done(c)]
 
-    def write(self, chunk: int, ds: xr.Dataset, region: dict[str, slice]) -> None:
-        """Write ``ds`` into ``region``, then mark ``chunk`` done."""
-        ds.to_zarr(self.work / DATA, region=region, zarr_format=3, consolidated=False)
-        marker = self.work / DONE / f"{chunk:08d}"
-        tmp = marker.with_name(f".{marker.name}.tmp-{uuid.uuid4().hex[:8]}")
-        tmp.write_text("done\n")
-        os.replace(tmp, marker)
+    def write(self, chunk: int, ds: xr.Dataset, region: dict[str, slice]) -> bool:
+        """Write ``ds`` into ``region``, then mark ``chunk`` done. False (nothing written) when
+        another run published this job's output meanwhile: the caller stops."""
+        if self.is_published:
+            return False
+        try:
+            ds.to_zarr(self.work / DATA, region=region, zarr_format=3, consolidated=False)
+            marker = self.work / DONE / f"{chunk:08d}"
+            tmp = temp_sibling(marker)
+            tmp.write_text("done\n")
+            os.replace(tmp, marker)
+        except Exception:
+            if self.published():  # an identical run finished first and removed .partial
+                return False
+            raise
+        return True
 
     def finish(self, prepare: Callable[[Path], None] | None = None) -> bool:
         """Publish the store as ``out`` once every chunk is done, after ``prepare(store path)``
-        (metrics, attributes) under the lock; False when some chunks are pending or another run
-        published it first."""
+        (metrics, attributes) under the lock. True when ``out`` holds this job's output (also
+        when another identical run published it first); False while chunks are pending."""
         with file_lock(self.lock):
+            if self.published():
+                self._drop_work()
+                return True
             if not self.work.exists() or self.pending():
                 return False
             if prepare is not None:
                 prepare(self.work / DATA)
+            stamp(self.work / DATA, self.job, self.fingerprint)
             consolidate(self.work / DATA)
-            if self.out.exists():
-                old = self.out.with_name(f".{self.out.name}.old-{uuid.uuid4().hex[:8]}")
-                os.replace(self.out, old)
-                os.replace(self.work / DATA, self.out)
-                shutil.rmtree(old, ignore_errors=True)
-            else:
-                os.replace(self.work / DATA, self.out)
+            replace_into(self.work / DATA, self.out)
+            self.is_published = True
             shutil.rmtree(self.work)
         with contextlib.suppress(OSError):  # a run still waiting on it finds no work and stops
             self.lock.unlink()

@@ -175,6 +175,19 @@ def open_store(path: str | Path) -> xr.Dataset:
     return xr.open_zarr(p, consolidated=False)
 
 
+def require_kind(ds: xr.Dataset, where: str | Path, kind: str, needed: tuple[str, ...]) -> None:
+    """Refuse, in one line saying which ingest makes the right store, a store of another kind
+    (its ``kind`` attribute) or one that lacks the ``needed`` variables."""
+    have = ds.attrs.get("kind")
+    missing = [v for v in needed if v not in ds]
+    if (have is not None and have != kind) or missing:
+        what = f"a {have!r} store" if have is not None else f"a store without {missing}"
+        raise DataError(
+            where,
+            f"{what}; this job needs a {kind} store (make one with stdiff ingest --kind {kind})",
+        )
+
+
 def attach_stats(ds: xr.Dataset, stats: xr.Dataset) -> xr.Dataset:
     """Store normalisation statistics beside the data as ``<var>_mean`` style variables."""
     return ds.assign({k: v.astype(np.float32) for k, v in stats.data_vars.items()}).assign_attrs(

@@ -52,7 +52,39 @@ def load_checkpoint(
     for key, value in flat.items():
         group, _, name = key.partition(".")
         groups.setdefault(group, {})[name] = value
-    return groups, json.loads(header.get("config", "{}")), json.loads(header.get("metadata", "{}"))
+    try:
+        config, metadata = (json.loads(header.get(k) or "{}") for k in ("config", "metadata"))
+    except ValueError as e:
+        raise ValueError(
+            f"{path}: damaged checkpoint header (its JSON does not parse: {e})"
+        ) from None
+    if not isinstance(config, dict) or not isinstance(metadata, dict):
+        raise ValueError(f"{path}: damaged checkpoint header (config/metadata are not mappings)")
+    return groups, config, metadata
+
+
+def tensor_group(groups: dict[str, dict[str, torch.Tensor]], name: str, path: str | Path):
+    """The tensor group ``name`` (``model``, ``ema``) of a loaded checkpoint, or a ValueError
+    naming the file and the groups it has."""
+    if name not in groups:
+        raise ValueError(
+            f"{path}: checkpoint has no {name!r} weights (it has {sorted(groups) or 'none'}); "
+            "it is damaged or not a stdiff checkpoint"
+        )
+    return groups[name]
+
+
+def load_weights(module: torch.nn.Module, state: dict[str, torch.Tensor], path: str | Path) -> None:
+    """``module.load_state_dict(state)``; missing, unexpected or mis-shaped tensors become one
+    ValueError naming the checkpoint file."""
+    try:
+        module.load_state_dict(state)
+    except RuntimeError as e:
+        lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+        detail = "; ".join(lines[1:3]) if len(lines) > 1 else (lines[0] if lines else "")
+        raise ValueError(
+            f"{path}: weights do not fit the network its config builds ({detail[:300]})"
+        ) from None
 
 
 # --- training checkpoints: folders of safetensors + JSON ------------------------------------
@@ -130,18 +162,23 @@ def load_training_checkpoint(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not (path / "state.json").is_file():
         raise ValueError(f"{path}: not a training checkpoint (no state.json)")
-    groups, config, metadata = load_checkpoint(path / "weights.safetensors")
+    weights = path / "weights.safetensors"
+    groups, config, metadata = load_checkpoint(weights)
     try:
         state = json.loads((path / "state.json").read_text())
         opt = _optimizer_join(load_file(str(path / "optimizer.safetensors")), state["optimizer"])
-    except (OSError, ValueError, KeyError) as e:
-        raise ValueError(f"{path}: damaged training checkpoint ({e})") from None
+        scheduler, step = state["scheduler"], int(state["step"])
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, SafetensorError) as e:
+        raise ValueError(
+            f"{path}: damaged training checkpoint ({type(e).__name__}: {e}); resume from an "
+            "earlier step_* folder or start a new run"
+        ) from None
     return {
-        "model": groups["model"],
-        "ema": groups["ema"],
+        "model": tensor_group(groups, "model", weights),
+        "ema": tensor_group(groups, "ema", weights),
         "optimizer": opt,
-        "scheduler": state["scheduler"],
-        "step": int(state["step"]),
+        "scheduler": scheduler,
+        "step": step,
         "config": config,
         "metadata": metadata,
     }

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import math
 import types
 import typing
 from pathlib import Path
@@ -119,6 +120,28 @@ def at_least_one(cfg: Any, *names: str) -> None:
     for name in names:
         if getattr(cfg, name) < 1:
             raise ValueError(f"{name} must be at least 1, got {getattr(cfg, name)}")
+
+
+def check_range(
+    cfg: Any,
+    *names: str,
+    low: float | None = None,
+    high: float | None = None,
+    low_open: bool = False,
+    high_open: bool = False,
+) -> None:
+    """Raise ``ValueError`` naming the first of ``names`` whose value is not a finite number in
+    the interval (``low``/``high`` bounds, open where said)."""
+    for name in names:
+        v = getattr(cfg, name)
+        ok = isinstance(v, int | float) and math.isfinite(v)
+        ok = ok and (low is None or (v > low if low_open else v >= low))
+        ok = ok and (high is None or (v < high if high_open else v <= high))
+        if not ok:
+            lo = "" if low is None else f"{'(' if low_open else '['}{low:g}, "
+            hi = "inf)" if high is None else f"{high:g}{')' if high_open else ']'}"
+            want = f"in {lo or '(-inf, '}{hi}"
+            raise ValueError(f"{name} must be a finite number {want}, got {v!r}")
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:

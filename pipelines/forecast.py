@@ -35,8 +35,9 @@ import torch
 import xarray as xr
 
 from stdiff.datasets.errors import DataError
+from stdiff.datasets.outputs import check_budget, claim_store
 from stdiff.datasets.regions import RegionStore
-from stdiff.datasets.store import open_store, stdiff_version
+from stdiff.datasets.store import open_store, require_kind, stdiff_version
 from stdiff.diffusion.losses import regression_predict
 from stdiff.diffusion.rng import member_generators
 from stdiff.diffusion.samplers import check_options, sample
@@ -96,6 +97,7 @@ class ForecastConfig:
     device: DeviceName = "auto"
     weights: Literal["ema", "model"] = "ema"
     layout: Literal["wb2", "stdiff"] = "wb2"
+    overwrite: bool = False
 
     def __post_init__(self) -> None:
         check_options(self.sampler, self.options)  # also refuses an unknown sampler
@@ -264,22 +266,28 @@ def _channels_to_vars(job: _Job, block: np.ndarray, ds: xr.Dataset) -> dict[str,
 
 def run_forecast(cfg: ForecastConfig, progress: bool = True) -> dict[str, Any]:
     """Run the job; returns ``{"out", "inits", "members", "lead_steps", "seconds", ...}``."""
+    claim_store(cfg.out, "forecast", [cfg.data, cfg.checkpoint], cfg.overwrite)
     device = resolve_device(cfg.device)
     ds = open_store(cfg.data)
+    require_kind(ds, cfg.data, "weather", ())
     job = _prepare(cfg, ds, device)
     members = 1 if job.regression else cfg.members
     ctx = job.layout.context
     channels = [ds[v] for v in job.layout.variables]
+    state = sum(int(np.prod(a.shape[1:])) for a in channels) * 4  # bytes of one state
+    check_budget(cfg.out, len(job.inits) * members * job.n_steps * state,
+                 3 * members * (job.n_steps + ctx) * state, "--members / --lead")  # fmt: skip
     t0 = time.perf_counter()
     fingerprint = json.dumps(
-        {**{k: v for k, v in to_dict(cfg).items() if k not in ("out", "device", "init")},
+        {**{k: v for k, v in to_dict(cfg).items() if k not in ("out", "device", "init", "overwrite")},
          "inits": [str(t) for t in job.inits], "store": ds.attrs.get("content_hash", "")},
         sort_keys=True, default=str,
     )  # fmt: skip
     template = _template(job, ds, members, cfg.layout)
     init_dim = LAYOUTS[cfg.layout].get("init_time", "init_time")
     store_dims = {v: template[v].dims for v in template.data_vars}
-    store = RegionStore(cfg.out, fingerprint, len(job.inits)).open(template)
+    store = RegionStore(cfg.out, fingerprint, len(job.inits), "forecast", cfg.overwrite)
+    store.open(template)
     todo = store.pending()
     bar = progress_bar(len(todo), enabled=progress, unit="init")
     for i in todo:
@@ -302,7 +310,8 @@ def run_forecast(cfg: ForecastConfig, progress: bool = True) -> dict[str, Any]:
             )
         parts = _channels_to_vars(job, block, ds)
         region = xr.Dataset({v: (store_dims[v], a) for v, a in parts.items()})
-        store.write(i, region, {init_dim: slice(i, i + 1)})
+        if not store.write(i, region, {init_dim: slice(i, i + 1)}):
+            break  # an identical run published the output meanwhile
         bar.update(1)
     bar.close()
     seconds = time.perf_counter() - t0

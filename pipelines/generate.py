@@ -23,6 +23,7 @@ import torch
 import xarray as xr
 
 from stdiff.datasets.atomic import atomic_path, write_json
+from stdiff.datasets.outputs import claim_store, refuse_earlier, stamp
 from stdiff.datasets.store import consolidate, open_store, stdiff_version
 from stdiff.diffusion.conditioning import Condition
 from stdiff.diffusion.guidance import classifier_free_guidance
@@ -58,6 +59,7 @@ class GenerateConfig:
     reference_n: int = 2000
     device: DeviceName = "auto"
     weights: Literal["ema", "model"] = "ema"
+    overwrite: bool = False
 
     def __post_init__(self) -> None:
         if not self.guidance >= 0:
@@ -70,6 +72,9 @@ class GenerateConfig:
 
 def run_generation(cfg: GenerateConfig) -> dict[str, Any]:
     """Draw the samples, write them, score them; returns ``{"out", "seconds", "metrics"}``."""
+    inputs = [cfg.checkpoint, cfg.classifier, cfg.reference]
+    claim_store(cfg.out, "generate", inputs, cfg.overwrite, siblings=(".png", ".metrics.json"))
+    refuse_earlier(cfg.out, "generate", cfg.overwrite)
     device = resolve_device(cfg.device)
     denoiser, tcfg, meta = load_denoiser(cfg.checkpoint, cfg.weights, device=str(device))
     if tcfg.data.task != "images":
@@ -167,6 +172,7 @@ def _write(cfg: GenerateConfig, images, labels, metrics, meta) -> None:
     out = Path(cfg.out)
     with atomic_path(out) as tmp:
         ds.to_zarr(tmp, mode="w", zarr_format=3, consolidated=False)
+        stamp(tmp, "generate")
         consolidate(tmp)
     write_json(Path(f"{out}.metrics.json"), metrics)
     _grid(images, labels, Path(f"{out}.png"), f"guidance w = {cfg.guidance:g}")

@@ -38,6 +38,7 @@ import xarray as xr
 from stdiff.datasets.atomic import write_json
 from stdiff.datasets.errors import DataError
 from stdiff.datasets.masks import csdi_eval_mask
+from stdiff.datasets.outputs import check_budget, claim_store
 from stdiff.datasets.regions import RegionStore
 from stdiff.datasets.splits import csdi_stay_split
 from stdiff.datasets.store import open_store, stdiff_version
@@ -79,7 +80,14 @@ class ImputeConfig:
     eval_batch: at most this many samples (stays x members) go through the network together
     (None: ``CPU_EVAL_BATCH`` on the CPU, where 16 samples cost about half as much per sample as
     80 in a fresh process; no limit on a GPU); it never changes the numbers;
-    chunks: the batches this run computes (None: all); the store is published once all are done."""
+    chunks: the batches this run computes (None: all); the store is published once all are done.
+
+    A store of one long ``(time, feature)`` series (``pipelines.series_imputation``): split
+    selects the store's own ``split`` steps; period: ``[start, end]`` inclusive dates; max_steps:
+    the first N selected steps; window: L (None: the checkpoint's ``data.window``); stride:
+    between impute windows (None: L // 2; each step comes from its most central window);
+    batch_size: windows per batch; use_targets: the store's ``target_mask`` are the evaluation
+    points (eval_ratio must then be 0)."""
 
     checkpoint: str
     data: str
@@ -103,6 +111,12 @@ class ImputeConfig:
     weights: Literal["ema", "model"] = "ema"
     chunks: list[int] | None = None
     eval_batch: int | None = None
+    window: int | None = None
+    stride: int | None = None
+    period: list[str] | None = None
+    max_steps: int | None = None
+    use_targets: bool = True
+    overwrite: bool = False
 
     def __post_init__(self) -> None:
         check_options(self.sampler, self.options)  # also refuses an unknown sampler
@@ -113,6 +127,9 @@ class ImputeConfig:
         at_least_one(self, "steps", "members", "member_chunk", "batch_size")
         if self.eval_batch is not None:
             at_least_one(self, "eval_batch")
+        for name in ("window", "stride", "max_steps"):
+            if getattr(self, name) is not None:
+                at_least_one(self, name)
         if not 0.0 <= self.eval_ratio < 1.0:
             raise ValueError(f"eval_ratio must be in [0, 1), got {self.eval_ratio}")
         if self.mode == "forecast" and self.horizon < 1:
@@ -159,8 +176,19 @@ def _check_inputs(cfg: ImputeConfig, ds: xr.Dataset, meta: dict[str, Any]) -> No
     for v in ("values", "observed_mask"):
         if v not in ds:
             raise DataError(cfg.data, f"variable {v!r} is absent; is this a timeseries store?")
+    series = [k for k in ("window", "stride", "period", "max_steps") if getattr(cfg, k)]
+    if series:
+        raise ValueError(f"{series[0]} applies to a store of one long series, not to stays")
     if ds["values"].dims != ("stay", "time", "feature"):
         raise DataError(cfg.data, f"values must be (stay, time, feature), got {ds['values'].dims}")
+    _check_features(cfg, ds, meta)
+
+
+def _check_features(cfg: ImputeConfig, ds: xr.Dataset, meta: dict[str, Any]) -> None:
+    if "observed_mask" not in ds:
+        raise DataError(cfg.data, "variable 'observed_mask' is absent; is this a timeseries store?")
+    if ds["values"].dims[-2:] != ("time", "feature"):
+        raise DataError(cfg.data, f"values must end in (time, feature), got {ds['values'].dims}")
     trained = meta.get("coords", {}).get("feature")
     have = [str(f) for f in ds["feature"].values]
     if trained is not None and trained != have:
@@ -246,6 +274,7 @@ def _draw(denoiser, x_obs, cond_mask, positions, cfg, device) -> torch.Tensor:
 
 def run_imputation(cfg: ImputeConfig, progress: bool = True) -> dict[str, Any]:
     """Run the job; returns ``{"out", "stays", "seconds", "evals", "metrics"?}``."""
+    claim_store(cfg.out, "impute", [cfg.data, cfg.checkpoint], cfg.overwrite)
     device = resolve_device(cfg.device)
     denoiser, tcfg, meta = load_denoiser(cfg.checkpoint, cfg.weights, device=str(device))
     if tcfg.data.task != "imputation":
@@ -254,6 +283,11 @@ def run_imputation(cfg: ImputeConfig, progress: bool = True) -> dict[str, Any]:
         )
     denoiser.schedule.discretize(cfg.steps, cfg.spacing)  # a bad step count fails before any work
     ds = open_store(cfg.data)
+    if "values" in ds and "stay" not in ds.dims:  # one long series (per-station tables)
+        from stdiff.pipelines.series_imputation import run_series_imputation
+
+        _check_features(cfg, ds, meta)
+        return run_series_imputation(cfg, ds, denoiser, tcfg, meta, device, progress)
     _check_inputs(cfg, ds, meta)
     observed = ds["observed_mask"].values.astype(bool)
     idx = _select(cfg, observed)
@@ -261,6 +295,7 @@ def run_imputation(cfg: ImputeConfig, progress: bool = True) -> dict[str, Any]:
         raise ValueError(
             f"{cfg.data}: no stays selected (split {cfg.split!r}, max_stays {cfg.max_stays})"
         )
+    _check_budget(cfg, len(idx), ds.sizes["time"] * ds.sizes["feature"])
     cond_all, eval_all = _masks(cfg, observed, idx)
     empty = np.flatnonzero(~cond_all.reshape(len(idx), -1).any(1))
     if len(empty):
@@ -280,7 +315,8 @@ def run_imputation(cfg: ImputeConfig, progress: bool = True) -> dict[str, Any]:
     bad = [c for c in cfg.chunks or [] if not 0 <= c < n_chunks]
     if bad:
         raise ValueError(f"chunks {bad} are out of range: this job has {n_chunks} chunks")
-    store = RegionStore(out, _fingerprint(cfg, meta), n_chunks).open(_template(ds, idx, cfg))
+    store = RegionStore(out, _fingerprint(cfg, meta), n_chunks, "impute", cfg.overwrite)
+    store.open(_template(ds, idx, cfg))
     todo = [c for c in (cfg.chunks if cfg.chunks is not None else range(n_chunks))
             if not store.done(c)]  # fmt: skip
     bar = progress_bar(len(todo), enabled=progress, unit="batch")
@@ -315,7 +351,8 @@ def run_imputation(cfg: ImputeConfig, progress: bool = True) -> dict[str, Any]:
                 "eval_mask": (("stay", "time", "feature"), eval_all[a:b].astype(np.uint8)),
             }
         )
-        store.write(c, data, region)
+        if not store.write(c, data, region):
+            break  # an identical run published the output meanwhile
         bar.update(1)
     bar.close()
     result: dict[str, Any] = {
@@ -332,8 +369,15 @@ def run_imputation(cfg: ImputeConfig, progress: bool = True) -> dict[str, Any]:
         "pending": store.pending(),
     }
 
+    return publish(store, out, cfg, meta, result, bool(eval_all.any()), mean, std)
+
+
+def publish(store, out: Path, cfg, meta, result, scored: bool, mean, std) -> dict[str, Any]:
+    """Score (when there are evaluation points), stamp provenance and publish the output store
+    once every chunk is done; ``metrics.json`` beside it. Returns ``result`` completed."""
+
     def prepare(path: Path) -> None:
-        if eval_all.any():
+        if scored:
             result["metrics"] = score_imputation(xr.open_zarr(path, consolidated=False), mean, std)
         _finish(path, cfg, meta, result)
 
@@ -343,9 +387,17 @@ def run_imputation(cfg: ImputeConfig, progress: bool = True) -> dict[str, Any]:
     return result
 
 
+def _check_budget(cfg: ImputeConfig, rows: int, cells: int) -> None:
+    """Refuse before any work an output larger than the free disk or batches larger than the
+    memory: samples and quantiles on disk, about four copies of a batch's samples in memory."""
+    per_row = (cfg.members + len(QUANTILES) + 5) * cells * 4
+    batch = min(rows, cfg.batch_size) * cfg.members * cells * 4 * 4
+    check_budget(cfg.out, rows * per_row, batch, "--members / batch_size")
+
+
 def _fingerprint(cfg: ImputeConfig, meta: dict[str, Any]) -> str:
     """What changes the numbers of a run (not where it runs, its chunks or its output path)."""
-    skip = ("out", "device", "chunks", "eval_batch")
+    skip = ("out", "device", "chunks", "eval_batch", "overwrite")
     keep = {k: v for k, v in to_dict(cfg).items() if k not in skip}
     keep["checkpoint_path"] = meta.get("checkpoint", cfg.checkpoint)
     keep["store_hash"] = meta.get("store_hash", "")
@@ -375,8 +427,12 @@ def _finish(tmp: Path, cfg: ImputeConfig, meta: dict[str, Any], result: dict[str
 
 
 def score_imputation(out: xr.Dataset, mean: np.ndarray, std: np.ndarray) -> dict[str, Any]:
-    """Scores at the evaluation points in normalised units (CSDI's PhysioNet convention), plus the
-    MAE in physical units."""
+    """Scores at the evaluation points in normalised units (CSDI's PhysioNet convention), and
+    in physical units (CSDI's AQI-36 convention: ``crps_physical`` and ``crps_sum_physical``
+    de-normalise before the same formulas, ``mae_physical``, ``rmse_physical``); with a
+    ``variable`` coordinate along ``feature`` (per-station tables) also the MAE of each variable
+    in its own units (``mae_physical_by_variable``), since one MAE over PM2.5 and pressure mixes
+    units."""
     m = xr.DataArray(mean, dims="feature")
     s = xr.DataArray(std, dims="feature")
     mask = out["eval_mask"].astype(float)
@@ -385,14 +441,34 @@ def score_imputation(out: xr.Dataset, mean: np.ndarray, std: np.ndarray) -> dict
     samples = (out["samples"] - m) / s
     csdi_q = quant.sel(quantile=list(CSDI_QUANTILES))
     errs = point_errors((out["median"] - m) / s, truth, mask)
-    return {
+    phys_truth = out["values"].fillna(0.0)
+    phys = point_errors(out["median"], phys_truth, mask)
+    scores = {
         "crps": quantile_crps(csdi_q, truth, mask),
         "crps_sum": quantile_crps_sum(
             ensemble_quantiles(samples.sum("feature"), CSDI_QUANTILES), truth, mask
         ),
         **errs,
-        "mae_physical": point_errors(out["median"], out["values"].fillna(0.0), mask)["mae"],
+        "crps_physical": quantile_crps(
+            out["quantiles"].sel(quantile=list(CSDI_QUANTILES)), phys_truth, mask
+        ),
+        "crps_sum_physical": quantile_crps_sum(
+            ensemble_quantiles(out["samples"].sum("feature"), CSDI_QUANTILES), phys_truth, mask
+        ),
+        "mae_physical": phys["mae"],
+        "rmse_physical": phys["rmse"],
         **interval_coverage(quant, truth, mask),
         "rank_histogram": rank_histogram(samples, truth, mask).tolist(),
         "eval_points": int(mask.sum()),
     }
+    if "variable" in out.coords:
+        other = [d for d in mask.dims if d != "feature"]
+        err = (abs(out["median"] - phys_truth) * mask).sum(other).values  # (feature,)
+        n = mask.sum(other).values
+        names = np.array([str(v) for v in out["variable"].values], dtype=object)
+        scores["mae_physical_by_variable"] = {
+            v: float(err[names == v].sum() / n[names == v].sum())
+            for v in dict.fromkeys(names)
+            if n[names == v].sum() > 0
+        }
+    return scores

@@ -21,7 +21,12 @@ import torch
 from torch import nn
 
 from stdiff.diffusion.autoencoder import KLAutoencoder, autoencoder_loss, latent_scale
-from stdiff.pipelines.checkpoint import latest_checkpoint, load_checkpoint
+from stdiff.pipelines.checkpoint import (
+    latest_checkpoint,
+    load_checkpoint,
+    load_weights,
+    tensor_group,
+)
 
 
 class AutoencoderHolder(nn.Module):
@@ -56,7 +61,7 @@ def load_autoencoder(
     if model.get("net") != "autoencoder":
         raise ValueError(f"{ckpt}: not an autoencoder run (model.net is {model.get('net')!r})")
     ae = build_net("autoencoder", model.get("params", {}), 0)
-    ae.load_state_dict(groups["ema"])
+    load_weights(ae, tensor_group(groups, "ema", ckpt / "weights.safetensors"), ckpt)
     return ae.to(device).eval().requires_grad_(False), config, ckpt
 
 

@@ -39,6 +39,7 @@ import xarray as xr
 from stdiff.datasets.atomic import atomic_path, write_json
 from stdiff.datasets.degradations import INPAINT_KINDS, cartesian_mask, inpaint_mask, load_user_mask
 from stdiff.datasets.images import require_images_store
+from stdiff.datasets.outputs import claim_store, refuse_earlier, stamp
 from stdiff.datasets.store import consolidate, open_store, stdiff_version
 from stdiff.diffusion.conditioning import Condition
 from stdiff.diffusion.inverse import InverseConfig, solve, summarize
@@ -49,6 +50,7 @@ from stdiff.pipelines.device import DeviceName, resolve_device
 from stdiff.pipelines.image_metrics import psnr, ssim
 from stdiff.pipelines.training_job import load_denoiser
 
+SIDE = (".png", ".metrics.json")  # written beside the store
 Task = Literal["inpaint", "outpaint", "superres", "deblur", "mri", "ct"]
 TASKS: tuple[str, ...] = ("inpaint", "outpaint", "superres", "deblur", "mri", "ct")
 DEFAULTS: dict[str, tuple[str, str]] = {  # task -> (method, sampler)
@@ -94,6 +96,7 @@ class ReconstructConfig:
     use_labels: bool = False
     device: DeviceName = "auto"
     weights: Literal["ema", "model"] = "ema"
+    overwrite: bool = False
 
     def __post_init__(self) -> None:
         if self.task not in TASKS:
@@ -308,6 +311,8 @@ def fbp(op: Radon, y: torch.Tensor) -> torch.Tensor:
 
 def run_reconstruction(cfg: ReconstructConfig, progress: bool = False) -> dict[str, Any]:
     """Run the job; returns ``{"out", "images", "seconds", "evals", "metrics"}``."""
+    claim_store(cfg.out, "reconstruct", [cfg.data, cfg.checkpoint], cfg.overwrite, siblings=SIDE)
+    refuse_earlier(cfg.out, "reconstruct", cfg.overwrite)
     device = resolve_device(cfg.device)
     denoiser, tcfg, meta = load_denoiser(cfg.checkpoint, cfg.weights, device=str(device))
     if tcfg.data.task != "images":
@@ -410,6 +415,7 @@ def _write(cfg, idx, truth, seen, base, draws, mean, std, masks, metrics, meta) 
     out = Path(cfg.out)
     with atomic_path(out) as tmp:
         ds.to_zarr(tmp, mode="w", zarr_format=3, consolidated=False)
+        stamp(tmp, "reconstruct")
         consolidate(tmp)
     write_json(Path(f"{out}.metrics.json"), metrics)
     plot_grid(ds, Path(f"{out}.png"), title=f"{cfg.task}: {cfg.inverse().method}")

@@ -24,7 +24,12 @@ from stdiff.diffusion.precond import Denoiser, Preconditioning, Prediction
 from stdiff.diffusion.rng import member_seed
 from stdiff.diffusion.samplers import check_options, get_sampler, sample
 from stdiff.diffusion.schedules import make_schedule
-from stdiff.pipelines.checkpoint import load_checkpoint, save_checkpoint
+from stdiff.pipelines.checkpoint import (
+    load_checkpoint,
+    load_weights,
+    save_checkpoint,
+    tensor_group,
+)
 from stdiff.pipelines.config import from_dict, to_dict
 from stdiff.pipelines.device import DeviceName, resolve_device
 from stdiff.pipelines.metrics import energy_distance
@@ -171,7 +176,7 @@ def load_toy_denoiser(
     groups, config, _ = load_checkpoint(path)
     cfg = from_dict(ToyDemoConfig, config, f"{path}: config")
     denoiser = build_denoiser(cfg)
-    denoiser.net.load_state_dict(groups[weights])
+    load_weights(denoiser.net, tensor_group(groups, weights, path), path)
     return denoiser.eval(), cfg
 
 

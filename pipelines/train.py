@@ -29,6 +29,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from stdiff.datasets.atomic import atomic_path
 from stdiff.diffusion.conditioning import Condition
 from stdiff.diffusion.losses import Weighting, denoising_loss, regression_loss
 from stdiff.diffusion.precond import Denoiser
@@ -37,8 +38,10 @@ from stdiff.diffusion.schedules import NoiseSchedule
 from stdiff.pipelines.checkpoint import (
     latest_checkpoint,
     load_training_checkpoint,
+    load_weights,
     save_training_checkpoint,
 )
+from stdiff.pipelines.config import at_least_one, check_range
 from stdiff.pipelines.device import autocast
 from stdiff.pipelines.progress import progress_bar
 
@@ -83,6 +86,12 @@ class OptimConfig:
             raise ValueError(f"optim.milestones must be fractions in (0, 1], got {self.milestones}")
         if self.grad_clip < 0 or self.warmup_steps < 0:
             raise ValueError("optim.grad_clip and optim.warmup_steps must not be negative")
+        check_range(self, "lr", low=0.0, low_open=True)
+        check_range(self, "weight_decay", "gamma", low=0.0)
+        check_range(self, "min_lr_ratio", low=0.0, high=1.0)
+        at_least_one(self, "grad_accum")
+        if len(self.betas) != 2 or not all(0.0 <= b < 1.0 for b in self.betas):
+            raise ValueError(f"betas must be two numbers in [0, 1), got {list(self.betas)}")
 
     def factor(self, step: int, total: int) -> float:
         """Multiplier of ``lr`` at optimizer step ``step`` of ``total``."""
@@ -125,6 +134,17 @@ class LoopConfig:
     amp: bool = True
     compile: bool = False
     progress: bool = True
+
+    def __post_init__(self) -> None:
+        at_least_one(self, "steps", "batch_size", "log_every", "checkpoint_every", "val_batches")
+        for name in ("val_every", "sample_every", "num_workers"):
+            if getattr(self, name) < 0:
+                raise ValueError(
+                    f"{name} must not be negative (0 turns it off), got {getattr(self, name)}"
+                )
+        check_range(self, "ema_decay", low=0.0, high=1.0, high_open=True)
+        check_range(self, "cfg_dropout", low=0.0, high=1.0, high_open=True)
+        check_range(self, "kl_weight", "vlb_weight", low=0.0)
 
 
 def lr_factor(step: int, warmup: int, total: int, min_ratio: float) -> float:
@@ -219,10 +239,11 @@ def train(
     ``loss_fn`` replaces the objective of ``loop.objective`` (distillation: :mod:`pipelines.distill`)."""
     rank, world = _dist()
     run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
     denoiser.to(device)
     if loss_fn is None:
         loss_fn = partial(_loss, schedule=schedule, loop=loop)
+    dry_run(denoiser, dataset, to_batch, loss_fn, device)  # before the run folder exists
+    run_dir.mkdir(parents=True, exist_ok=True)
     ema = (
         copy.deepcopy(denoiser)  # same class: energy / consistency / learned-variance wrappers
         .to(device)
@@ -239,10 +260,13 @@ def train(
         raise ValueError(f"{resume}: no checkpoint to resume from")
     if ckpt is not None:
         saved = load_training_checkpoint(ckpt)
-        denoiser.net.load_state_dict(saved["model"])
-        ema.net.load_state_dict(saved["ema"])
-        opt.load_state_dict(saved["optimizer"])
-        sched.load_state_dict(saved["scheduler"])
+        load_weights(denoiser.net, saved["model"], ckpt)
+        load_weights(ema.net, saved["ema"], ckpt)
+        try:
+            opt.load_state_dict(saved["optimizer"])
+            sched.load_state_dict(saved["scheduler"])
+        except (ValueError, KeyError, TypeError, RuntimeError) as e:
+            raise ValueError(f"{ckpt}: optimizer state does not fit this model ({e})") from None
         state.step = saved["step"]
     model: nn.Module = denoiser
     if world > 1:
@@ -333,6 +357,33 @@ def train(
     return state
 
 
+def dry_run(denoiser: Denoiser, dataset: Dataset, to_batch, loss_fn, device: torch.device) -> None:
+    """One loss evaluation on two items, without gradients: a network that does not fit the
+    data (sizes, channels, features) is refused as a config error before any folder exists."""
+    if len(dataset) == 0:
+        raise ValueError("data: the training split is empty; check data.store and its periods")
+    items = [dataset[i] for i in range(min(2, len(dataset)))]
+    was_training = denoiser.training
+    gen = torch.Generator(device=device).manual_seed(0)
+    try:
+        with torch.random.fork_rng(devices=[]):  # gradients on: energy models need them
+            batch = _to(torch.utils.data.default_collate(items), device)
+            x0, cond, mask = to_batch(batch, gen)
+            loss = loss_fn(denoiser.eval(), denoiser, x0, cond, mask, gen)
+    except (RuntimeError, ValueError, IndexError, TypeError, KeyError, ZeroDivisionError) as e:
+        if isinstance(e, torch.OutOfMemoryError):
+            raise
+        first = next((ln for ln in str(e).splitlines() if ln.strip()), type(e).__name__)
+        raise ValueError(
+            f"model: the network does not run on this data ({type(e).__name__}: {first[:240]}); "
+            "check model.params against the store (channels, features, sizes)"
+        ) from None
+    finally:
+        denoiser.train(was_training)
+    if not torch.isfinite(loss).all():
+        raise ValueError("model: the first loss is not finite; check the data and model.params")
+
+
 def _loss(forward, denoiser, x0, cond, mask, gen, *, schedule, loop: LoopConfig) -> torch.Tensor:
     """The training objective: denoising, or (``regression``) the deterministic baseline's MSE."""
     if loop.objective == "regression":
@@ -418,8 +469,17 @@ class _TensorBoard:
 
 
 def _truncate_metrics(path: Path, step: int) -> None:
-    """On resume, drop records a killed run wrote after the checkpoint it resumes from."""
+    """On resume, drop records a killed run wrote after the checkpoint it resumes from (and a
+    last line it cut short)."""
     if not path.exists():
         return
-    keep = [ln for ln in path.read_text().splitlines() if ln and json.loads(ln)["step"] <= step]
-    path.write_text("".join(ln + "\n" for ln in keep))
+    keep = []
+    for ln in path.read_text(errors="replace").splitlines():
+        try:
+            rec = json.loads(ln)
+        except ValueError:  # the half-written last line of a killed run
+            continue
+        if isinstance(rec, dict) and isinstance(rec.get("step"), int) and rec["step"] <= step:
+            keep.append(ln)
+    with atomic_path(path) as tmp:
+        tmp.write_text("".join(ln + "\n" for ln in keep))

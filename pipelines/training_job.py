@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import shutil
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
@@ -22,15 +23,21 @@ import numpy as np
 import torch
 
 from stdiff.datasets.masks import STRATEGIES, Strategy, cond_mask
+from stdiff.datasets.outputs import FolderLock, claim_folder
 from stdiff.datasets.splits import csdi_stay_split
-from stdiff.datasets.store import open_store
+from stdiff.datasets.store import open_store, require_kind
 from stdiff.datasets.windows import ForecastWindows, SampleWindows, SeriesWindows, window_starts
 from stdiff.diffusion.conditioning import Condition
 from stdiff.diffusion.nets.init import build_seeded
 from stdiff.diffusion.precond import Denoiser, NoiseConditioning, Preconditioning, Prediction
 from stdiff.diffusion.rng import member_seed
 from stdiff.diffusion.schedules import make_schedule
-from stdiff.pipelines.checkpoint import latest_checkpoint, load_checkpoint
+from stdiff.pipelines.checkpoint import (
+    latest_checkpoint,
+    load_checkpoint,
+    load_weights,
+    tensor_group,
+)
 from stdiff.pipelines.config import from_dict, to_dict
 from stdiff.pipelines.device import DeviceName, resolve_device
 from stdiff.pipelines.sample_dumps import SampleFn, image_dump, imputation_dump
@@ -153,10 +160,14 @@ def build_net(name: str, params: dict[str, Any], seed: int) -> torch.nn.Module:
     """The registered network ``name`` built with ``params`` and initialised from ``seed``."""
     module, factory = NETS[name]
     fn = getattr(importlib.import_module(module), factory)
+    bad = [k for k, v in params.items() if isinstance(v, int) and not isinstance(v, bool) and v < 0]
+    if bad:
+        raise ValueError(f"model.params.{bad[0]}: must not be negative, got {params[bad[0]]}")
     try:
         return build_seeded(lambda: fn(**params), seed)
-    except TypeError as e:
-        raise ValueError(f"model.params for net {name!r}: {e}") from None
+    except (TypeError, ValueError, AssertionError, RuntimeError, ZeroDivisionError) as e:
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ValueError(f"model.params for net {name!r}: {msg}") from None
 
 
 def _images_batch(batch: dict, gen: torch.Generator):
@@ -351,8 +362,44 @@ def init_distributed(device: torch.device) -> torch.device:
     return device
 
 
-def run_training(cfg: TrainJobConfig, resume: str | Path | None = None) -> TrainState:
-    """Build the job's denoiser and data, then run :func:`pipelines.train.train`."""
+def run_training(
+    cfg: TrainJobConfig, resume: str | Path | None = None, wait: bool = False
+) -> TrainState:
+    """Build the job's denoiser and data, then run :func:`pipelines.train.train` holding the run
+    folder's lock (a second run on it refuses, or waits with ``wait``). A fresh run that fails
+    before its first checkpoint leaves no folder behind."""
+    first = int(os.environ.get("RANK", "0")) == 0  # torchrun: rank 0 owns the folder
+    if first:
+        claim_folder(cfg.out, ("checkpoints", "metrics.jsonl"), "training run", "out",
+                     allow_existing=resume is not None)  # fmt: skip
+        if resume is not None and not Path(resume).exists():
+            raise ValueError(f"--resume {resume}: no such run or checkpoint folder")
+    fresh = not Path(cfg.out).exists()
+    lock = FolderLock(cfg.out, "training run") if first else None
+    try:
+        if lock is not None:
+            lock.acquire(wait)
+        return _run_training(cfg, resume)
+    except BaseException:
+        if first and fresh and latest_checkpoint(cfg.out) is None:
+            shutil.rmtree(cfg.out, ignore_errors=True)  # made by this run, holds nothing yet
+        raise
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _check_store(cfg: TrainJobConfig) -> None:
+    """The store is of the kind the task reads (one line naming the ingest to run)."""
+    ds = open_store(cfg.data.store)
+    if cfg.data.task == "forecast":
+        require_kind(ds, cfg.data.store, "weather", ())
+    elif cfg.data.task == "imputation":
+        require_kind(ds, cfg.data.store, "timeseries", ("values", "observed_mask"))
+
+
+def _run_training(cfg: TrainJobConfig, resume: str | Path | None) -> TrainState:
+    _check_store(cfg)
     device = init_distributed(resolve_device(cfg.device))
     schedule = make_schedule(cfg.schedule.name, **cfg.schedule.params)
     if cfg.data.task == "forecast":  # the resolved channel counts go into the checkpoint's config
@@ -449,6 +496,6 @@ def load_denoiser(
     schedule = make_schedule(cfg.schedule.name, **cfg.schedule.params)
     m = cfg.model
     net = build_net(m.net, m.params, 0)
-    net.load_state_dict(groups[weights])
+    load_weights(net, tensor_group(groups, weights, ckpt / "weights.safetensors"), ckpt)
     metadata = {**metadata, "checkpoint": str(ckpt)}
     return make_denoiser(m, net, schedule).to(device).eval(), cfg, metadata

@@ -28,7 +28,8 @@ import xarray as xr
 
 from stdiff.datasets.atomic import atomic_path, write_json
 from stdiff.datasets.errors import DataError
-from stdiff.datasets.store import open_store
+from stdiff.datasets.outputs import claim_folder
+from stdiff.datasets.store import open_store, require_kind
 from stdiff.datasets.weather import latitude_weights, lon_onto
 from stdiff.pipelines.scores import (
     ensemble_mean_rmse,
@@ -173,11 +174,22 @@ def score_system(
     }
 
 
+def claim_scores_folder(out: str | Path, inputs: list[str]) -> None:
+    """``--out`` is absent, empty or an earlier scores folder, and apart from every input."""
+    for given in inputs:
+        a, b = Path(out).resolve(), Path(given).resolve()
+        if a == b or b in a.parents or a in b.parents:
+            raise ValueError(f"--out {out}: overlaps the input {given}; choose another folder")
+    claim_folder(out, ("scores.json",), "scores folder", "--out", allow_existing=True)
+
+
 def run_scoring(cfg: ScoreConfig) -> dict[str, Any]:
     """Score every forecast and the baselines; write scores, CSV and plots to ``cfg.out``."""
     if not cfg.forecasts:
         raise ValueError("forecasts: give at least one forecast store")
+    claim_scores_folder(cfg.out, [cfg.data, *cfg.forecasts.values()])
     data = open_store(cfg.data)
+    require_kind(data, cfg.data, "weather", ())
     fcs = {
         name: to_internal(_open_forecast(path), data, path) for name, path in cfg.forecasts.items()
     }

@@ -25,7 +25,11 @@ def _overrides(pairs: list[str] | None) -> dict:
         key, sep, value = pair.partition("=")
         if not sep or not key:
             raise ValueError(f"--set {pair!r}: expected KEY=VALUE, e.g. train.steps=100")
-        out[key] = yaml.safe_load(value)
+        try:
+            out[key] = yaml.safe_load(value)
+        except yaml.YAMLError as e:
+            where = getattr(e, "problem", None) or type(e).__name__
+            raise ValueError(f"--set {pair!r}: the value is not valid YAML ({where})") from None
     return out
 
 
@@ -40,7 +44,9 @@ def _job_config(cls, base: dict, set_: list[str] | None, config: Path | None, wh
 
 
 def _fail(message: str) -> None:
-    typer.echo(f"stdiff: error: {message}", err=True)
+    from stdiff.boundary import one_line
+
+    typer.echo(f"stdiff: error: {one_line(message)}", err=True)
     raise typer.Exit(2)
 
 
@@ -142,12 +148,26 @@ def serve(
 
 
 def _period(text: str | None, name: str) -> tuple[str, str] | None:
+    """``START:END`` of the option ``--name``: two dates (or date-times), START not after END;
+    every error names the flag."""
+    import numpy as np
+
     if text is None:
         return None
     start, sep, end = text.partition(":")
-    if not sep:
+    if not sep or not start or not end:
         raise ValueError(f"--{name} {text!r}: expected START:END, e.g. 2013-01-01:2013-12-31")
-    return start, end
+    bounds = []
+    for part in (start, end):
+        try:
+            bounds.append(np.datetime64(part.strip()))
+        except ValueError:
+            raise ValueError(
+                f"--{name} {text!r}: {part!r} is not a date like 2013-01-01 (or 2013-01-01T06)"
+            ) from None
+    if bounds[0] > bounds[1]:
+        raise ValueError(f"--{name} {text!r}: the start {start} is after the end {end}")
+    return start.strip(), end.strip()
 
 
 def _csv(text: str | None, cast=str) -> tuple | None:
@@ -223,6 +243,9 @@ def ingest(
         typer.Option(help="Images: auto (the source's), or train / test for every image."),
     ] = "auto",
     progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
+    overwrite: Annotated[
+        bool, typer.Option(help="Replace an earlier ingest of other data at --out.")
+    ] = False,
 ) -> None:
     """Ingest a source into a canonical zarr v3 store (a no-op when it is already there)."""
     from stdiff.datasets.ingest import IngestOptions
@@ -254,7 +277,13 @@ def ingest(
             labels_key=labels_key,
             split=split,  # type: ignore[arg-type]
         )
-        result = run_ingest(source[0] if len(source) == 1 else source, out, opt, progress=progress)
+        result = run_ingest(
+            source[0] if len(source) == 1 else source,
+            out,
+            opt,
+            progress=progress,
+            overwrite=overwrite,
+        )
     except ValueError as e:  # DataError is a ValueError: one line naming the file
         _fail(str(e))
     typer.echo(
@@ -271,6 +300,9 @@ def train(
     set_: Annotated[
         list[str] | None, typer.Option("--set", help="Override a config key: KEY=VALUE.")
     ] = None,
+    wait: Annotated[
+        bool, typer.Option(help="Wait for another run holding the run folder, do not refuse.")
+    ] = False,
 ) -> None:
     """Train a denoiser on a store from `stdiff ingest` (EMA, checkpoints, exact resume)."""
     from stdiff.pipelines.config import load_config
@@ -278,7 +310,7 @@ def train(
 
     try:
         cfg = load_config(config, TrainJobConfig, _overrides(set_))
-        state = run_training(cfg, resume)
+        state = run_training(cfg, resume, wait)
     except ValueError as e:
         _fail(str(e))
     k = max(1, len(state.losses) // 10)
@@ -333,6 +365,9 @@ def impute(
     set_: Annotated[
         list[str] | None, typer.Option("--set", help="Override a config key: KEY=VALUE.")
     ] = None,
+    overwrite: Annotated[
+        bool, typer.Option(help="Replace an earlier output of this job at --out.")
+    ] = False,
 ) -> None:
     """Fill the gaps of a timeseries store with N samples each (median, quantiles, intervals)."""
     from stdiff.pipelines.imputation import ImputeConfig, run_imputation
@@ -340,13 +375,20 @@ def impute(
     given = {"sampler": sampler, "steps": steps, "members": members}
     base = {"checkpoint": str(checkpoint), "data": str(data), "out": str(out)}
     base.update({k: v for k, v in given.items() if v is not None})
+    if overwrite:
+        base["overwrite"] = True
     try:
         cfg = _job_config(ImputeConfig, base, set_, config, "impute:")
         result = run_imputation(cfg)
     except (ValueError, FloatingPointError) as e:  # DataError is a ValueError
         _fail(str(e))
+    what = (
+        f"{result['stays']} stays"
+        if "stays" in result
+        else f"{result['time_steps']} time steps ({result['windows']} windows)"
+    )
     typer.echo(
-        f"{result['out']}: {result['stays']} stays x {result['members']} members, "
+        f"{result['out']}: {what} x {result['members']} members, "
         f"{cfg.sampler} {cfg.steps} steps ({result['evals']} evaluations) in {result['seconds']:.1f} s"
     )
     if "metrics" in result:
@@ -354,6 +396,10 @@ def impute(
         typer.echo(
             f"CRPS {m['crps']:.4f}  MAE {m['mae']:.4f}  RMSE {m['rmse']:.4f}  "
             f"90% coverage {m['cover_90']:.3f}  ({m['eval_points']} points)"
+        )
+        typer.echo(
+            f"physical units: CRPS {m['crps_physical']:.4f}  MAE {m['mae_physical']:.4g}  "
+            f"RMSE {m['rmse_physical']:.4g}"
         )
 
 
@@ -378,6 +424,9 @@ def reconstruct(
     set_: Annotated[
         list[str] | None, typer.Option("--set", help="Override a config key: KEY=VALUE.")
     ] = None,
+    overwrite: Annotated[
+        bool, typer.Option(help="Replace an earlier output of this job at --out.")
+    ] = False,
 ) -> None:
     """Inpaint, outpaint, super-resolve, deblur, or reconstruct MRI / CT with uncertainty."""
     from stdiff.pipelines.reconstruct import ReconstructConfig, run_reconstruction
@@ -385,6 +434,8 @@ def reconstruct(
     given = {"method": method, "sampler": sampler, "steps": steps, "members": members}
     base = {"checkpoint": str(checkpoint), "data": str(data), "out": str(out), "task": task}
     base.update({k: v for k, v in given.items() if v is not None})
+    if overwrite:
+        base["overwrite"] = True
     try:
         cfg = _job_config(ReconstructConfig, base, set_, config, "reconstruct:")
         r = run_reconstruction(cfg, progress=True)
@@ -417,6 +468,9 @@ def generate(
     set_: Annotated[
         list[str] | None, typer.Option("--set", help="Override a config key: KEY=VALUE.")
     ] = None,
+    overwrite: Annotated[
+        bool, typer.Option(help="Replace an earlier output of this job at --out.")
+    ] = False,
 ) -> None:
     """Class-conditional samples with classifier-free guidance."""
     from stdiff.pipelines.generate import GenerateConfig, run_generation
@@ -426,6 +480,8 @@ def generate(
         base["labels"] = list(label)
     if classifier is not None:
         base["classifier"] = str(classifier)
+    if overwrite:
+        base["overwrite"] = True
     try:
         cfg = _job_config(GenerateConfig, base, set_, config, "generate:")
         r = run_generation(cfg)
@@ -458,13 +514,16 @@ def forecast(
     set_: Annotated[
         list[str] | None, typer.Option("--set", help="Override a ForecastConfig key: KEY=VALUE.")
     ] = None,
+    overwrite: Annotated[
+        bool, typer.Option(help="Replace an earlier output of this job at --out.")
+    ] = False,
 ) -> None:
     """Roll an ensemble forward from initial times (GenCast's sampler by default)."""
     from stdiff.pipelines.config import from_dict
     from stdiff.pipelines.forecast import ForecastConfig, run_forecast
 
     base = {"checkpoint": str(checkpoint), "data": str(data), "out": str(out), "init": init,
-            "lead": lead, "members": members, "layout": layout}  # fmt: skip
+            "lead": lead, "members": members, "layout": layout, "overwrite": overwrite}  # fmt: skip
     try:
         cfg = from_dict(ForecastConfig, {**base, **_overrides(set_)}, "forecast:")
         r = run_forecast(cfg)
@@ -547,5 +606,26 @@ def info(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = 
     typer.echo("nets:        " + ", ".join(data["nets"]))
 
 
+def main(argv: list[str] | None = None) -> int:
+    """The command line inside the error boundary (``stdiff.boundary``); returns the exit code.
+    ``--debug`` (anywhere) or ``STDIFF_DEBUG=1`` shows the traceback of an internal error."""
+    import os
+    import sys
+
+    from stdiff import boundary
+
+    args = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in args or os.environ.get("STDIFF_DEBUG") == "1"
+    args = [a for a in args if a != "--debug"]
+    return boundary.run(lambda: app(args=args, prog_name="stdiff", standalone_mode=False), debug)
+
+
+def entry() -> None:
+    """The ``stdiff`` console script."""
+    import sys
+
+    sys.exit(main())
+
+
 if __name__ == "__main__":
-    app()
+    entry()

@@ -1,0 +1,364 @@
+"""The bad-input suite: what a careful user gets wrong, through the CLI as they run it.
+
+Every case runs ``stdiff ...`` in-process through the console script's entry point
+(``stdiff.cli.main``, the error boundary included) in a shared world of small stores and trained
+runs, and asserts: exit code 2, exactly one line on stderr, that line naming the culprit (file,
+key or flag), and no path added, removed or changed anywhere in the world. A few cases run the
+real console script in a subprocess to prove the same from outside.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import xarray as xr
+import yaml
+
+from stdiff.cli import main
+from stdiff.datasets.splits import normalization_stats, time_split
+from stdiff.datasets.store import attach_stats, write_store
+
+TIMES = pd.date_range("2013-01-01", periods=4 * 40, freq="6h")
+
+
+def _grid(path: Path) -> Path:
+    rng = np.random.default_rng(0)
+    air = 280 + rng.normal(0, 2, (len(TIMES), 6, 8)).astype(np.float32)
+    ds = xr.Dataset(
+        {"air": (("time", "lat", "lon"), air, {"units": "K"})},
+        coords={"time": TIMES, "lat": np.linspace(60, 35, 6), "lon": np.linspace(200, 235, 8)},
+        attrs={"kind": "weather", "source": "synthetic"},
+    )
+    split = time_split(ds, ("2013-01-01", "2013-01-31"), ("2013-02-01", "2013-02-09"))
+    ds = attach_stats(ds, normalization_stats(ds, ["air"], split, time_differences=True))
+    write_store(ds, path, content_hash="grid")
+    return path
+
+
+def _weather_job(out: Path, store: Path) -> dict:
+    return {
+        "out": str(out), "device": "cpu",
+        "data": {"store": str(store), "task": "forecast",
+                 "train_period": ["2013-01-01", "2013-01-31"]},
+        "model": {"net": "dit_custom", "prediction": "edm", "sigma_data": 1.0,
+                  "params": {"patch_size": 2, "depth": 1, "hidden": 16, "num_heads": 2}},
+        "schedule": {"name": "edm"},
+        "loop": {"steps": 2, "batch_size": 4, "log_every": 1, "checkpoint_every": 2,
+                 "progress": False},
+    }  # fmt: skip
+
+
+def run_cli(capsys, *args) -> tuple[int, list[str]]:
+    """``stdiff ARGS`` through the entry point; (exit code, non-empty stderr lines)."""
+    capsys.readouterr()
+    code = main([str(a) for a in args])
+    err = capsys.readouterr().err
+    return code, [ln for ln in err.splitlines() if ln.strip()]
+
+
+def snapshot(root: Path) -> dict[str, tuple]:
+    """Every path under ``root`` with its size and modification time."""
+    out = {}
+    for dirpath, dirs, files in os.walk(root):
+        for name in dirs + files:
+            p = Path(dirpath) / name
+            st = p.lstat()
+            out[str(p.relative_to(root))] = (st.st_size if p.is_file() else -1, st.st_mtime_ns)
+    return out
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory, trained_csdi, image_model) -> dict[str, Path]:
+    """Stores, trained runs and the user's own files that the cases point at."""
+    root = tmp_path_factory.mktemp("world")
+    stays, csdi = trained_csdi
+    irun, images = image_model
+    grid = _grid(root / "grid.zarr")
+    (root / "wjob.yaml").write_text(yaml.safe_dump(_weather_job(root / "wrun", grid)))
+    assert main(["train", "--config", str(root / "wjob.yaml")]) == 0
+    (root / "mine").mkdir()
+    (root / "mine" / "thesis.txt").write_text("years of work\n")
+    (root / "notes.txt").write_text("a user's file\n")
+    (root / "empty.csv").write_text("")
+    (root / "broken.tar.gz").write_text("not a tar archive")
+    (root / "garbage.nc").write_bytes(b"\x00garbage" * 20)
+    (root / "garbage.nii").write_bytes(b"\x01" * 64)
+    (root / "emptydir").mkdir()
+    (root / "words.csv").write_text("time,a\n2013-01-01,x\n2013-01-02,y\n")
+    (root / "notime.csv").write_text("a,b\n1,2\n3,4\n")
+    np.savez(root / "noimages.npz", something=np.zeros(3))
+    (root / "list.yaml").write_text("- a\n- b\n")
+    (root / "bad.yaml").write_text("out: [unclosed\n")
+    (root / "empty.yaml").write_text("")
+    job = yaml.safe_load((csdi / "job.yaml").read_text()) if (csdi / "job.yaml").exists() else None
+    base = job or _csdi_job_yaml(csdi.parent / "job.yaml")
+    base["out"] = str(root / "new_run")
+    (root / "job.yaml").write_text(yaml.safe_dump(base))
+    _damaged_checkpoints(root, csdi)
+    return {"root": root, "stays": stays, "csdi": csdi, "images": images, "irun": irun,
+            "grid": grid, "wrun": root / "wrun"}  # fmt: skip
+
+
+def _csdi_job_yaml(path: Path) -> dict:
+    return yaml.safe_load(path.read_text())
+
+
+def _damaged_checkpoints(root: Path, csdi: Path) -> None:
+    """Copies of the trained CSDI run, each damaged in one way a disk or a user can."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    step = sorted((csdi / "checkpoints").glob("step_*"))[-1]
+    weights = step / "weights.safetensors"
+
+    def copy(name: str) -> Path:
+        dst = root / name / "checkpoints" / step.name
+        shutil.copytree(step, dst)
+        return dst
+
+    (copy("ck_truncated") / "weights.safetensors").write_bytes(weights.read_bytes()[:500])
+    opt = copy("ck_badopt") / "optimizer.safetensors"
+    opt.write_bytes(opt.read_bytes()[: len(opt.read_bytes()) // 2])
+    from safetensors import safe_open
+
+    with safe_open(str(weights), framework="pt") as f:
+        header = f.metadata()
+    tensors = load_file(str(weights))
+    save_file({k: v for k, v in tensors.items() if not k.startswith("ema.")},
+              str(copy("ck_noema") / "weights.safetensors"), metadata=header)  # fmt: skip
+    bad = dict(header, config=header["config"][:-5])
+    save_file(tensors, str(copy("ck_badjson") / "weights.safetensors"), metadata=bad)
+    shapes = {k: (v[..., :1].contiguous() if v.ndim > 1 else v) for k, v in tensors.items()}
+    save_file(shapes, str(copy("ck_shapes") / "weights.safetensors"), metadata=header)
+    (copy("ck_state") / "state.json").write_text('{"step": ')
+
+
+# (id, argv with {placeholders}, what the one line must name)
+# fmt: off
+CASES: list[tuple[str, list[str], str]] = [
+    # --- the command line itself
+    ("unknown-command", ["frobnicate"], "frobnicate"),
+    ("unknown-option", ["info", "--colour"], "--colour"),
+    ("missing-option", ["impute", "--checkpoint", "{csdi}"], "--data"),
+    ("int-flag-not-int", ["impute", "--checkpoint", "{csdi}", "--data", "{stays}", "--out",
+                          "{root}/o.zarr", "--steps", "ten"], "--steps"),
+    # --- ingest
+    ("ingest-missing", ["ingest", "{root}/nothere.nc", "--kind", "weather", "--out", "{root}/o.zarr"], "nothere.nc"),
+    ("ingest-bad-kind", ["ingest", "{root}/garbage.nc", "--kind", "radar", "--out", "{root}/o.zarr"], "kind"),
+    ("ingest-empty-csv", ["ingest", "{root}/empty.csv", "--kind", "timeseries", "--out", "{root}/o.zarr"], "empty.csv"),
+    ("ingest-not-tar", ["ingest", "{root}/broken.tar.gz", "--kind", "timeseries", "--out", "{root}/o.zarr"], "broken.tar.gz"),
+    ("ingest-garbage-nc", ["ingest", "{root}/garbage.nc", "--kind", "weather", "--out", "{root}/o.zarr"], "garbage.nc"),
+    ("ingest-empty-dir-weather", ["ingest", "{root}/emptydir", "--kind", "weather", "--out", "{root}/o.zarr"], "emptydir"),
+    ("ingest-empty-dir-images", ["ingest", "{root}/emptydir", "--kind", "images", "--out", "{root}/o.zarr"], "emptydir"),
+    ("ingest-garbage-nifti", ["ingest", "{root}/garbage.nii", "--kind", "medical", "--out", "{root}/o.zarr"], "garbage.nii"),
+    ("ingest-csv-as-medical", ["ingest", "{root}/words.csv", "--kind", "medical", "--out", "{root}/o.zarr"], "words.csv"),
+    ("ingest-text-values", ["ingest", "{root}/words.csv", "--kind", "timeseries", "--out", "{root}/o.zarr"], "words.csv"),
+    ("ingest-no-time-column", ["ingest", "{root}/notime.csv", "--kind", "timeseries", "--out", "{root}/o.zarr"], "time"),
+    ("ingest-npz-no-images", ["ingest", "{root}/noimages.npz", "--kind", "images", "--out", "{root}/o.zarr"], "noimages.npz"),
+    ("ingest-coarsen-0", ["ingest", "{grid}", "--kind", "weather", "--coarsen", "0", "--out", "{root}/o.zarr"], "coarsen"),
+    ("ingest-period-format", ["ingest", "{grid}", "--kind", "weather", "--train-period", "2013", "--out", "{root}/o.zarr"], "--train-period"),
+    ("ingest-fold-7", ["ingest", "{root}/broken.tar.gz", "--kind", "timeseries", "--fold", "7", "--out", "{root}/o.zarr"], "fold"),
+    ("ingest-bad-layout", ["ingest", "{root}/notime.csv", "--kind", "timeseries", "--layout", "diagonal", "--out", "{root}/o.zarr"], "layout"),
+    ("ingest-bad-axis", ["ingest", "{root}/garbage.nii", "--kind", "medical", "--axis", "oblique", "--out", "{root}/o.zarr"], "axis"),
+    ("ingest-unknown-variable", ["ingest", "{grid}", "--kind", "weather", "--variables", "rain", "--out", "{root}/o.zarr"], "rain"),
+    ("ingest-out-user-file", ["ingest", "{grid}", "--kind", "weather", "--out", "{root}/notes.txt"], "notes.txt"),
+    ("ingest-out-user-folder", ["ingest", "{grid}", "--kind", "weather", "--out", "{root}/mine"], "mine"),
+    ("ingest-out-parent-is-file", ["ingest", "{grid}", "--kind", "weather", "--out", "{root}/notes.txt/o.zarr"], "notes.txt"),
+    # --- train: configs
+    ("train-config-missing", ["train", "--config", "{root}/nothere.yaml"], "nothere.yaml"),
+    ("train-config-is-dir", ["train", "--config", "{root}/emptydir"], "emptydir"),
+    ("train-config-bad-yaml", ["train", "--config", "{root}/bad.yaml"], "bad.yaml"),
+    ("train-config-list", ["train", "--config", "{root}/list.yaml"], "list.yaml"),
+    ("train-config-empty", ["train", "--config", "{root}/empty.yaml"], "empty.yaml"),
+    ("train-unknown-key", ["train", "--config", "{root}/job.yaml", "--set", "colour=red"], "colour"),
+    ("train-unknown-nested-key", ["train", "--config", "{root}/job.yaml", "--set", "loop.stepz=3"], "stepz"),
+    ("train-batch-0", ["train", "--config", "{root}/job.yaml", "--set", "loop.batch_size=0"], "batch_size"),
+    ("train-checkpoint-every-0", ["train", "--config", "{root}/job.yaml", "--set", "loop.checkpoint_every=0"], "checkpoint_every"),
+    ("train-steps-negative", ["train", "--config", "{root}/job.yaml", "--set", "loop.steps=-5"], "steps"),
+    ("train-log-every-negative", ["train", "--config", "{root}/job.yaml", "--set", "loop.log_every=-1"], "log_every"),
+    ("train-val-every-negative", ["train", "--config", "{root}/job.yaml", "--set", "loop.val_every=-2"], "val_every"),
+    ("train-lr-negative", ["train", "--config", "{root}/job.yaml", "--set", "optim.lr=-0.1"], "lr"),
+    ("train-lr-nan", ["train", "--config", "{root}/job.yaml", "--set", "optim.lr=.nan"], "lr"),
+    ("train-lr-string", ["train", "--config", "{root}/job.yaml", "--set", "optim.lr=fast"], "lr"),
+    ("train-ema-above-1", ["train", "--config", "{root}/job.yaml", "--set", "loop.ema_decay=1.5"], "ema_decay"),
+    ("train-dropout-1", ["train", "--config", "{root}/job.yaml", "--set", "loop.cfg_dropout=1"], "cfg_dropout"),
+    ("train-betas", ["train", "--config", "{root}/job.yaml", "--set", "optim.betas=[0.9]"], "betas"),
+    ("train-grad-accum-0", ["train", "--config", "{root}/job.yaml", "--set", "optim.grad_accum=0"], "grad_accum"),
+    ("train-unknown-net", ["train", "--config", "{root}/job.yaml", "--set", "model.net=resnet"], "resnet"),
+    ("train-net-channels-0", ["train", "--config", "{root}/job.yaml", "--set", "model.params.channels=0"], "model"),
+    ("train-net-layers-negative", ["train", "--config", "{root}/job.yaml", "--set", "model.params.layers=-1"], "model"),
+    ("train-net-heads-indivisible", ["train", "--config", "{root}/job.yaml", "--set", "model.params.heads=5"], "model"),
+    ("train-net-unknown-param", ["train", "--config", "{root}/job.yaml", "--set", "model.params.wings=2"], "wings"),
+    ("train-net-features-wrong", ["train", "--config", "{root}/job.yaml", "--set", "model.params.num_features=9"], "model"),
+    ("train-bad-prediction", ["train", "--config", "{root}/job.yaml", "--set", "model.prediction=score"], "prediction"),
+    ("train-bad-schedule", ["train", "--config", "{root}/job.yaml", "--set", "schedule.name=zigzag"], "zigzag"),
+    ("train-bad-device", ["train", "--config", "{root}/job.yaml", "--set", "device=tpu"], "device"),
+    ("train-seed-string", ["train", "--config", "{root}/job.yaml", "--set", "seed=lucky"], "seed"),
+    ("train-store-missing", ["train", "--config", "{root}/job.yaml", "--set", "data.store={root}/nothere.zarr"], "nothere.zarr"),
+    ("train-store-is-csv", ["train", "--config", "{root}/job.yaml", "--set", "data.store={root}/words.csv"], "words.csv"),
+    ("train-store-wrong-task", ["train", "--config", "{root}/job.yaml", "--set", "data.store={images}"], "blobs.zarr"),
+    ("train-bad-task", ["train", "--config", "{root}/job.yaml", "--set", "data.task=dance"], "task"),
+    ("train-out-is-file", ["train", "--config", "{root}/job.yaml", "--set", "out={root}/notes.txt"], "notes.txt"),
+    ("train-out-user-folder", ["train", "--config", "{root}/job.yaml", "--set", "out={root}/mine"], "mine"),
+    ("train-out-existing-run", ["train", "--config", "{root}/job.yaml", "--set", "out={csdi}"], "--resume"),
+    ("train-set-no-equals", ["train", "--config", "{root}/job.yaml", "--set", "loop.steps"], "--set"),
+    ("train-set-bad-yaml", ["train", "--config", "{root}/job.yaml", "--set", "loop.steps=[1,"], "--set"),
+    ("train-resume-missing", ["train", "--config", "{root}/job.yaml", "--resume", "{root}/nothere"], "nothere"),
+    ("train-resume-empty", ["train", "--config", "{root}/job.yaml", "--resume", "{root}/emptydir"], "emptydir"),
+    ("train-resume-truncated-optimizer", ["train", "--config", "{root}/job.yaml", "--resume", "{root}/ck_badopt"], "ck_badopt"),
+    ("train-resume-damaged-state", ["train", "--config", "{root}/job.yaml", "--resume", "{root}/ck_state"], "ck_state"),
+    ("train-resume-wrong-shapes", ["train", "--config", "{root}/job.yaml", "--resume", "{root}/ck_shapes"], "ck_shapes"),
+    ("train-resume-no-ema", ["train", "--config", "{root}/job.yaml", "--resume", "{root}/ck_noema"], "ck_noema"),
+    # --- impute
+    ("impute-checkpoint-missing", ["impute", "--checkpoint", "{root}/nothere", "--data", "{stays}", "--out", "{root}/o.zarr"], "nothere"),
+    ("impute-checkpoint-empty-dir", ["impute", "--checkpoint", "{root}/emptydir", "--data", "{stays}", "--out", "{root}/o.zarr"], "emptydir"),
+    ("impute-checkpoint-truncated", ["impute", "--checkpoint", "{root}/ck_truncated", "--data", "{stays}", "--out", "{root}/o.zarr"], "ck_truncated"),
+    ("impute-checkpoint-bad-json", ["impute", "--checkpoint", "{root}/ck_badjson", "--data", "{stays}", "--out", "{root}/o.zarr"], "ck_badjson"),
+    ("impute-checkpoint-shapes", ["impute", "--checkpoint", "{root}/ck_shapes", "--data", "{stays}", "--out", "{root}/o.zarr"], "ck_shapes"),
+    ("impute-checkpoint-no-ema", ["impute", "--checkpoint", "{root}/ck_noema", "--data", "{stays}", "--out", "{root}/o.zarr"], "ck_noema"),
+    ("impute-checkpoint-is-file", ["impute", "--checkpoint", "{root}/notes.txt", "--data", "{stays}", "--out", "{root}/o.zarr"], "notes.txt"),
+    ("impute-image-model", ["impute", "--checkpoint", "{irun}", "--data", "{stays}", "--out", "{root}/o.zarr"], "imputation"),
+    ("impute-data-missing", ["impute", "--checkpoint", "{csdi}", "--data", "{root}/nothere.zarr", "--out", "{root}/o.zarr"], "nothere.zarr"),
+    ("impute-data-weather", ["impute", "--checkpoint", "{csdi}", "--data", "{grid}", "--out", "{root}/o.zarr"], "grid.zarr"),
+    ("impute-data-images", ["impute", "--checkpoint", "{csdi}", "--data", "{images}", "--out", "{root}/o.zarr"], "blobs.zarr"),
+    ("impute-data-csv", ["impute", "--checkpoint", "{csdi}", "--data", "{root}/words.csv", "--out", "{root}/o.zarr"], "words.csv"),
+    ("impute-out-is-data", ["impute", "--checkpoint", "{csdi}", "--data", "{stays}", "--out", "{stays}"], "--out"),
+    ("impute-out-inside-data", ["impute", "--checkpoint", "{csdi}", "--data", "{stays}", "--out", "{stays}/o.zarr"], "--out"),
+    ("impute-out-contains-data", ["impute", "--checkpoint", "{csdi}", "--data", "{stays}", "--out", "{stays}/.."], "--out"),
+    ("impute-out-is-checkpoint", ["impute", "--checkpoint", "{csdi}", "--data", "{stays}", "--out", "{csdi}"], "--out"),
+    ("impute-out-user-folder", ["impute", "--checkpoint", "{csdi}", "--data", "{stays}", "--out", "{root}/mine"], "mine"),
+    ("impute-out-user-file", ["impute", "--checkpoint", "{csdi}", "--data", "{stays}", "--out", "{root}/notes.txt"], "notes.txt"),
+    ("impute-out-ingest-store", ["impute", "--checkpoint", "{csdi}", "--data", "{stays}", "--out", "{grid}"], "grid.zarr"),
+    ("impute-out-parent-file", ["impute", "--checkpoint", "{csdi}", "--data", "{stays}", "--out", "{root}/notes.txt/o.zarr"], "notes.txt"),
+    ("impute-steps-0", ["impute", "--checkpoint", "{csdi}", "--data", "{stays}", "--out", "{root}/o.zarr", "--steps", "0"], "steps"),
+    ("impute-members-0", ["impute", "--checkpoint", "{csdi}", "--data", "{stays}", "--out", "{root}/o.zarr", "--members", "0"], "members"),
+    ("impute-members-billion", ["impute", "--checkpoint", "{csdi}", "--data", "{stays}", "--out", "{root}/o.zarr", "--members", "1000000000"], "--members"),
+    ("impute-bad-sampler", ["impute", "--checkpoint", "{csdi}", "--data", "{stays}", "--out", "{root}/o.zarr", "--sampler", "magic"], "magic"),
+    ("impute-eval-ratio-2", ["impute", "--checkpoint", "{csdi}", "--data", "{stays}", "--out", "{root}/o.zarr", "--set", "eval_ratio=2"], "eval_ratio"),
+    ("impute-bad-split", ["impute", "--checkpoint", "{csdi}", "--data", "{stays}", "--out", "{root}/o.zarr", "--set", "split=later"], "split"),
+    ("impute-chunks-out-of-range", ["impute", "--checkpoint", "{csdi}", "--data", "{stays}", "--out", "{root}/o.zarr", "--set", "chunks=[99]"], "chunks"),
+    ("impute-config-missing", ["impute", "--checkpoint", "{csdi}", "--data", "{stays}", "--out", "{root}/o.zarr", "--config", "{root}/nothere.yaml"], "nothere.yaml"),
+    ("impute-sampler-option", ["impute", "--checkpoint", "{csdi}", "--data", "{stays}", "--out", "{root}/o.zarr", "--set", "options.colour=1"], "colour"),
+    # --- forecast
+    ("forecast-data-stays", ["forecast", "--checkpoint", "{wrun}", "--data", "{stays}", "--out", "{root}/f.zarr", "--init", "2013-02-05T00"], "stays.zarr"),
+    ("forecast-csdi-model", ["forecast", "--checkpoint", "{csdi}", "--data", "{grid}", "--out", "{root}/f.zarr", "--init", "2013-02-05T00"], "forecast"),
+    ("forecast-init-outside", ["forecast", "--checkpoint", "{wrun}", "--data", "{grid}", "--out", "{root}/f.zarr", "--init", "2020-01-01T00"], "2020-01-01"),
+    ("forecast-init-garbage", ["forecast", "--checkpoint", "{wrun}", "--data", "{grid}", "--out", "{root}/f.zarr", "--init", "yesterday"], "yesterday"),
+    ("forecast-lead-garbage", ["forecast", "--checkpoint", "{wrun}", "--data", "{grid}", "--out", "{root}/f.zarr", "--init", "2013-02-05T00", "--lead", "soon"], "lead"),
+    ("forecast-members-0", ["forecast", "--checkpoint", "{wrun}", "--data", "{grid}", "--out", "{root}/f.zarr", "--init", "2013-02-05T00", "--members", "0"], "members"),
+    ("forecast-members-billion", ["forecast", "--checkpoint", "{wrun}", "--data", "{grid}", "--out", "{root}/f.zarr", "--init", "2013-02-05T00", "--members", "1000000000"], "--members"),
+    ("forecast-bad-layout", ["forecast", "--checkpoint", "{wrun}", "--data", "{grid}", "--out", "{root}/f.zarr", "--init", "2013-02-05T00", "--layout", "grib"], "layout"),
+    ("forecast-bad-sampler", ["forecast", "--checkpoint", "{wrun}", "--data", "{grid}", "--out", "{root}/f.zarr", "--init", "2013-02-05T00", "--set", "sampler=magic"], "magic"),
+    ("forecast-sigmas", ["forecast", "--checkpoint", "{wrun}", "--data", "{grid}", "--out", "{root}/f.zarr", "--init", "2013-02-05T00", "--set", "sigma_min=5", "--set", "sigma_max=1"], "sigma"),
+    ("forecast-out-is-data", ["forecast", "--checkpoint", "{wrun}", "--data", "{grid}", "--out", "{grid}", "--init", "2013-02-05T00"], "--out"),
+    ("forecast-out-user-folder", ["forecast", "--checkpoint", "{wrun}", "--data", "{grid}", "--out", "{root}/mine", "--init", "2013-02-05T00"], "mine"),
+    ("forecast-out-imputation", ["forecast", "--checkpoint", "{wrun}", "--data", "{grid}", "--out", "{stays}", "--init", "2013-02-05T00"], "stays.zarr"),
+    # --- reconstruct
+    ("reconstruct-bad-task", ["reconstruct", "--checkpoint", "{irun}", "--data", "{images}", "--out", "{root}/r.zarr", "--task", "colourise"], "colourise"),
+    ("reconstruct-bad-method", ["reconstruct", "--checkpoint", "{irun}", "--data", "{images}", "--out", "{root}/r.zarr", "--task", "inpaint", "--method", "magic"], "magic"),
+    ("reconstruct-data-stays", ["reconstruct", "--checkpoint", "{irun}", "--data", "{stays}", "--out", "{root}/r.zarr", "--task", "inpaint"], "stays.zarr"),
+    ("reconstruct-csdi-model", ["reconstruct", "--checkpoint", "{csdi}", "--data", "{images}", "--out", "{root}/r.zarr", "--task", "inpaint"], "images"),
+    ("reconstruct-steps-0", ["reconstruct", "--checkpoint", "{irun}", "--data", "{images}", "--out", "{root}/r.zarr", "--task", "inpaint", "--steps", "0"], "steps"),
+    ("reconstruct-members-0", ["reconstruct", "--checkpoint", "{irun}", "--data", "{images}", "--out", "{root}/r.zarr", "--task", "inpaint", "--members", "0"], "members"),
+    ("reconstruct-out-user-file", ["reconstruct", "--checkpoint", "{irun}", "--data", "{images}", "--out", "{root}/notes.txt", "--task", "inpaint"], "notes.txt"),
+    ("reconstruct-out-is-data", ["reconstruct", "--checkpoint", "{irun}", "--data", "{images}", "--out", "{images}", "--task", "inpaint"], "--out"),
+    # --- generate
+    ("generate-csdi-model", ["generate", "--checkpoint", "{csdi}", "--out", "{root}/g.zarr"], "csdi"),
+    ("generate-n-0", ["generate", "--checkpoint", "{irun}", "--out", "{root}/g.zarr", "--n", "0"], "n"),
+    ("generate-guidance-negative", ["generate", "--checkpoint", "{irun}", "--out", "{root}/g.zarr", "--guidance", "-1"], "guidance"),
+    ("generate-label-unknown", ["generate", "--checkpoint", "{irun}", "--out", "{root}/g.zarr", "--label", "99"], "99"),
+    ("generate-out-user-folder", ["generate", "--checkpoint", "{irun}", "--out", "{root}/mine"], "mine"),
+    ("generate-classifier-missing", ["generate", "--checkpoint", "{irun}", "--out", "{root}/g.zarr", "--classifier", "{root}/nothere"], "nothere"),
+    # --- score
+    ("score-forecast-missing", ["score", "--forecast", "a={root}/nothere.zarr", "--data", "{grid}", "--out", "{root}/s"], "nothere.zarr"),
+    ("score-forecast-not-forecast", ["score", "--forecast", "a={stays}", "--data", "{grid}", "--out", "{root}/s"], "stays.zarr"),
+    ("score-data-missing", ["score", "--forecast", "a={stays}", "--data", "{root}/nothere.zarr", "--out", "{root}/s"], "nothere.zarr"),
+    ("score-pair-no-name", ["score", "--forecast", "{stays}", "--data", "{grid}", "--out", "{root}/s"], "--forecast"),
+    ("score-out-is-file", ["score", "--forecast", "a={stays}", "--data", "{grid}", "--out", "{root}/notes.txt"], "notes.txt"),
+    ("score-out-user-folder", ["score", "--forecast", "a={stays}", "--data", "{grid}", "--out", "{root}/mine"], "mine"),
+    ("score-out-is-data", ["score", "--forecast", "a={stays}", "--data", "{grid}", "--out", "{grid}"], "--out"),
+    ("score-climatology-period", ["score", "--forecast", "a={stays}", "--data", "{grid}", "--out", "{root}/s", "--climatology-period", "2013"], "--climatology-period"),
+    # --- the rest
+    ("distill-config-missing", ["distill", "--config", "{root}/nothere.yaml"], "nothere.yaml"),
+    ("serve-config-missing", ["serve", "--config", "{root}/nothere.yaml", "--check"], "nothere.yaml"),
+    ("serve-config-bad-yaml", ["serve", "--config", "{root}/bad.yaml", "--check"], "bad.yaml"),
+    ("demo-config-missing", ["demo", "--config", "{root}/nothere.yaml", "--out", "{root}/d"], "nothere.yaml"),
+    ("demo-bad-key", ["demo", "--out", "{root}/d", "--set", "train.stepz=3"], "stepz"),
+    ("quickstart-steps-0", ["quickstart", "--out", "{root}/q", "--steps", "0"], "--steps"),
+]
+# fmt: on
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case,argv,culprit", CASES, ids=[c[0] for c in CASES])
+def test_bad_input_is_refused_cleanly(world, capsys, case, argv, culprit) -> None:
+    args = [a.format(**{k: str(v) for k, v in world.items()}) for a in argv]
+    before = snapshot(world["root"])
+    code, lines = run_cli(capsys, *args)
+    assert code == 2, (code, lines)
+    assert len(lines) == 1, lines
+    assert lines[0].startswith("stdiff: error: ") and "Traceback" not in lines[0], lines
+    assert culprit.format(**{k: str(v) for k, v in world.items()}) in lines[0], lines[0]
+    assert snapshot(world["root"]) == before, f"{case} changed the world"
+
+
+def test_the_suite_is_large_enough() -> None:
+    assert len(CASES) >= 100 and len({c[0] for c in CASES}) == len(CASES)
+
+
+def test_console_script_in_a_subprocess(tmp_path: Path) -> None:
+    """The installed entry point: one line, exit 2, for a bad flag and a missing file; an
+    internal error is one line naming the traceback file, exit 1."""
+    exe = [sys.executable, "-m", "stdiff"]
+    env = {**os.environ, "STDIFF_LOG_DIR": str(tmp_path / "logs")}
+    res = subprocess.run([*exe, "impute", "--checkpoint", "x"], capture_output=True, text=True,
+                         env=env, timeout=120)  # fmt: skip
+    assert res.returncode == 2 and res.stderr.strip().count("\n") == 0, res.stderr
+    assert "--data" in res.stderr
+    res = subprocess.run([*exe, "score", "--forecast", "a=nothere.zarr", "--data", "nothere.zarr",
+                          "--out", str(tmp_path / "s")], capture_output=True, text=True, env=env,
+                         timeout=120)  # fmt: skip
+    assert res.returncode == 2 and res.stderr.strip().count("\n") == 0, res.stderr
+    assert not (tmp_path / "s").exists()
+
+
+def test_internal_error_writes_its_traceback(tmp_path: Path, capsys, monkeypatch) -> None:
+    from stdiff import boundary
+
+    monkeypatch.setenv("STDIFF_LOG_DIR", str(tmp_path))
+
+    def boom():
+        raise KeyError("surprise")
+
+    code = boundary.run(boom)
+    line = capsys.readouterr().err.strip()
+    assert code == 1 and line.count("\n") == 0 and "bug in stdiff" in line
+    (log,) = tmp_path.glob("crash-*.log")
+    assert "KeyError" in log.read_text() and str(log) in line
+    assert boundary.run(boom, debug=True) == 1
+    assert "Traceback" in capsys.readouterr().err
+
+
+def test_os_errors_name_the_file_and_what_to_do() -> None:
+    import errno
+
+    from stdiff.boundary import classify
+
+    for err, words in ((errno.ENOSPC, "disk is full"), (errno.EROFS, "read-only"),
+                       (errno.EACCES, "permission")):  # fmt: skip
+        code, line = classify(OSError(err, os.strerror(err), "/data/out.zarr"))
+        assert code == 2 and "/data/out.zarr" in line and words in line
+
+
+def test_json_is_valid_in_written_metrics(world) -> None:
+    """The trained weather run wrote one JSON record per line (resume reads them back)."""
+    for ln in (world["wrun"] / "metrics.jsonl").read_text().splitlines():
+        json.loads(ln)
