@@ -1,0 +1,298 @@
+"""``stdiff impute`` on one long ``(time, feature)`` series (a sensor network): windows, stitching.
+
+The selected time steps (the store's ``split``, a ``period``, or both) are covered by windows of
+``L`` steps (the checkpoint's ``data.window`` unless ``window`` is given), each imputed with
+``members`` samples as a stay is, then stitched back onto the time axis:
+
+* ``impute`` mode: inside each run of consecutive selected steps the windows start ``stride``
+  steps apart (by default ``L // 2``), the last one ending on the run's last step, and each time
+  step is taken from the window in which it is most central (ties: the earlier window), so no
+  step is imputed twice and none at a window's ragged edge when a more central window exists.
+  A run shorter than ``L`` is imputed in one window reaching into its neighbours, which are then
+  conditioned on as they are observed.
+* ``forecast`` mode: the selected steps are cut into blocks of ``horizon`` steps; each block is
+  the last ``horizon`` steps of its own window, conditioned on the ``L - horizon`` steps before it
+  (which may lie before the selection: the past is known when forecasting).
+
+Evaluation points: the store's own ``target_mask`` when it has one (``use_targets``; e.g. the
+ground/missing pair of AQI-36), else with ``eval_ratio`` that share of the observed entries of the
+selected steps, drawn once over the whole selection with ``RandomState(eval_seed)``, so the same
+points are hidden whatever the window length or stride; in forecast mode the observed entries of
+the horizons. Each window's members have their own generators seeded from (seed, window start,
+member), so the numbers depend on neither the batch nor the output chunking.
+
+Output zarr, in the data's units, with the store's ``time`` (the selected steps) and ``feature``
+coordinates (and ``station``/``variable`` when the store has them): ``samples (member, time,
+feature)`` (given entries keep their values), ``median``, ``quantiles (quantile, time, feature)``,
+``values`` (the truth, held-out targets included), ``observed_mask``, ``cond_mask``, ``eval_mask``
+and ``window_start (time)``, the first time of the window each step came from. Scores as for stays
+(:func:`pipelines.imputation.score_imputation`), normalised and in physical units.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import dask.array as da
+import numpy as np
+import torch
+import xarray as xr
+
+from stdiff.datasets.errors import DataError
+from stdiff.datasets.regions import RegionStore
+from stdiff.datasets.splits import SERIES_SPLIT_CODES
+from stdiff.datasets.windows import contiguous_runs
+from stdiff.pipelines.progress import progress_bar
+
+MASKS = ("observed_mask", "cond_mask", "eval_mask")
+
+
+@dataclass(frozen=True)
+class SeriesPlan:
+    """Which window every output step comes from.
+
+    ``times``: ``(N,)`` store time positions of the output steps (sorted); ``starts``: ``(W,)``
+    window starts (store positions, sorted, distinct); ``owner``: ``(N,)`` index into ``starts``;
+    ``length``: L; ``horizon``: the hidden tail of every window (forecast mode), else 0."""
+
+    times: np.ndarray
+    starts: np.ndarray
+    owner: np.ndarray
+    length: int
+    horizon: int = 0
+
+    @property
+    def offset(self) -> np.ndarray:
+        """``(N,)`` position of each output step inside its window."""
+        return self.times - self.starts[self.owner]
+
+
+def impute_plan(positions: np.ndarray, n_time: int, length: int, stride: int) -> SeriesPlan:
+    """Windows over every run of consecutive ``positions``; each step from its most central window."""
+    if length > n_time:
+        raise ValueError(f"window of {length} steps is longer than the series ({n_time} steps)")
+    starts: list[int] = []
+    for a, b in contiguous_runs(positions):
+        if b - a <= length:  # one window, reaching into the neighbours when the run is short
+            starts.append(min(max(0, a - (length - (b - a)) // 2), n_time - length))
+            continue
+        run = list(range(a, b - length + 1, stride))
+        starts.extend(run if run[-1] == b - length else [*run, b - length])
+    first = np.unique(np.asarray(starts, dtype=np.int64))
+    times = np.asarray(positions, dtype=np.int64)
+    target = times - (length - 1) / 2  # the start that puts each step at its window's centre
+    right = np.clip(np.searchsorted(first, target), 0, len(first) - 1)
+    left = np.clip(right - 1, 0, len(first) - 1)
+    closer_left = np.abs(first[left] - target) <= np.abs(first[right] - target)
+    owner = np.where(closer_left, left, right)
+    inside = (times >= first[owner]) & (times < first[owner] + length)
+    if not inside.all():  # pragma: no cover - guaranteed by the construction above
+        raise AssertionError("a step is outside its window")
+    return SeriesPlan(times, first, owner, length)
+
+
+def forecast_plan(positions: np.ndarray, length: int, horizon: int) -> SeriesPlan:
+    """Blocks of ``horizon`` selected steps, each the hidden tail of a window of ``length``."""
+    if not 0 < horizon < length:
+        raise ValueError(f"horizon must be in [1, {length - 1}] for windows of {length} steps")
+    times = np.asarray(positions, dtype=np.int64)
+    starts, owner = [], np.zeros(len(times), dtype=np.int64)
+    j = 0
+    for a, b in contiguous_runs(times):
+        for block in range(a, b, horizon):
+            end = min(block + horizon, b)
+            start = end - length if end - block == horizon else b - length
+            if start < 0:
+                raise ValueError(
+                    f"the horizon starting at step {block} has only {block} steps of history; "
+                    f"forecast windows need {length - horizon}"
+                )
+            owner[j : j + end - block] = len(starts)
+            starts.append(start)
+            j += end - block
+    return SeriesPlan(times, np.asarray(starts, dtype=np.int64), owner, length, horizon)
+
+
+def select_steps(cfg, ds: xr.Dataset) -> np.ndarray:
+    """Store time positions selected by ``cfg.split`` (the store's split codes), ``cfg.period``
+    (inclusive dates) and ``cfg.max_steps`` (the first N)."""
+    keep = np.ones(ds.sizes["time"], dtype=bool)
+    if cfg.split != "all":
+        if "split" not in ds:
+            raise DataError(cfg.data, "the store has no split; use split=all or ingest it again")
+        keep &= ds["split"].values == SERIES_SPLIT_CODES[cfg.split]
+    if cfg.period:
+        if len(cfg.period) != 2:
+            raise ValueError(f"period must be [start, end], got {cfg.period}")
+        t = ds.indexes["time"]
+        end = np.datetime64(cfg.period[1]) + np.timedelta64(1, "D")
+        keep &= np.asarray((t >= np.datetime64(cfg.period[0])) & (t < end))
+    pos = np.flatnonzero(keep)
+    pos = pos[: cfg.max_steps] if cfg.max_steps else pos
+    if len(pos) == 0:
+        raise ValueError(f"{cfg.data}: no time steps selected (split {cfg.split!r}, period "
+                         f"{cfg.period}, max_steps {cfg.max_steps})")  # fmt: skip
+    return pos
+
+
+def eval_points(cfg, ds: xr.Dataset, plan: SeriesPlan, observed: np.ndarray) -> np.ndarray:
+    """``(N, K)`` bool evaluation points of the output steps (see the module docstring)."""
+    target = None
+    if cfg.use_targets and "target_mask" in ds:
+        target = ds["target_mask"].values[plan.times].astype(bool)
+    if cfg.mode == "forecast":
+        shown = observed[plan.times]
+        return shown | target if target is not None else shown
+    if target is not None:
+        if cfg.eval_ratio:
+            raise ValueError(
+                f"{cfg.data} defines its own evaluation points (target_mask); eval_ratio would "
+                "hide more: leave it at 0, or set use_targets=false to hide a share instead"
+            )
+        return target
+    hidden = np.zeros((len(plan.times), observed.shape[1]), dtype=bool)
+    if cfg.eval_ratio:
+        flat = hidden.reshape(-1)
+        idx = np.flatnonzero(observed[plan.times].reshape(-1))
+        rs = np.random.RandomState(cfg.eval_seed)
+        flat[rs.choice(idx, int(len(idx) * cfg.eval_ratio), replace=False)] = True
+    return hidden
+
+
+def _template(ds: xr.Dataset, plan: SeriesPlan, cfg, quantiles, chunk: int) -> xr.Dataset:
+    n, k, m = len(plan.times), ds.sizes["feature"], cfg.members
+
+    def zeros(shape, dtype=np.float32):
+        return da.zeros(shape, dtype=dtype, chunks=tuple(chunk if s == n else s for s in shape))
+
+    tf = ("time", "feature")
+    coords = {
+        "member": np.arange(m),
+        "quantile": np.asarray(quantiles),
+        "time": ds["time"].values[plan.times],
+        "feature": ds["feature"].values.astype(object),
+    }
+    coords |= {c: ("feature", ds[c].values.astype(object)) for c in ("station", "variable")
+               if c in ds.coords}  # fmt: skip
+    data = {
+        "samples": (("member", *tf), zeros((m, n, k))),
+        "median": (tf, zeros((n, k))),
+        "quantiles": (("quantile", *tf), zeros((len(quantiles), n, k))),
+        "values": (tf, zeros((n, k))),
+        **{name: (tf, zeros((n, k), np.uint8)) for name in MASKS},
+        "window_start": ("time", zeros((n,), ds["time"].dtype)),
+    }
+    return xr.Dataset(data, coords=coords)
+
+
+def _chunk_data(raw, draws, plan, sel, starts_idx, cond_w, masks, quantiles, ds) -> xr.Dataset:
+    """The output region of the steps ``sel`` from the draws ``(W, M, L, K)`` of windows
+    ``starts_idx`` (physical units), given entries keeping their values."""
+    where = np.searchsorted(starts_idx, plan.owner[sel])
+    off = plan.offset[sel]
+    phys = draws[where, :, off].transpose(1, 0, 2)  # (M, n, K)
+    given = cond_w[where, off]  # (n, K)
+    truth = raw[plan.times[sel]]
+    phys = np.where(given[None], np.nan_to_num(truth)[None], phys).astype(np.float32)
+    tf = ("time", "feature")
+    q = np.quantile(phys, quantiles, axis=0).astype(np.float32)
+    data = {
+        "samples": (("member", *tf), phys),
+        "median": (tf, np.median(phys, 0).astype(np.float32)),
+        "quantiles": (("quantile", *tf), q),
+        "values": (tf, truth),
+        "observed_mask": (tf, masks["observed"][plan.times[sel]].astype(np.uint8)),
+        "cond_mask": (tf, given.astype(np.uint8)),
+        "eval_mask": (tf, masks["eval"][sel].astype(np.uint8)),
+        "window_start": ("time", ds["time"].values[plan.starts[plan.owner[sel]]]),
+    }
+    return xr.Dataset(data)
+
+
+def window_conditions(plan: SeriesPlan, cond: np.ndarray, idx: np.ndarray) -> np.ndarray:
+    """``(W, L, K)`` bool conditioning masks of windows ``idx``: ``cond`` (store time) cut out,
+    with the last ``horizon`` steps hidden in forecast mode."""
+    w = np.stack([cond[s : s + plan.length] for s in plan.starts[idx]])
+    if plan.horizon:
+        w[:, plan.length - plan.horizon :] = False
+    return w
+
+
+def run_series_imputation(cfg, ds, denoiser, tcfg, meta, device, progress=True) -> dict[str, Any]:
+    """The series job (see the module docstring); called by ``run_imputation`` for a store with
+    dims ``(time, feature)``. Returns the same summary as for stays, with ``windows`` and
+    ``time_steps`` in place of ``stays``."""
+    from stdiff.pipelines import imputation as imp
+
+    length = cfg.window or getattr(tcfg.data, "window", 0)
+    if length < 2:
+        raise ValueError(f"{cfg.checkpoint}: no window length; set window")
+    pos = select_steps(cfg, ds)
+    n_time = ds.sizes["time"]
+    if cfg.mode == "forecast":
+        plan = forecast_plan(pos, length, cfg.horizon)
+    else:
+        plan = impute_plan(pos, n_time, length, cfg.stride or max(1, length // 2))
+    observed = ds["observed_mask"].values.astype(bool)
+    hidden = eval_points(cfg, ds, plan, observed)
+    cond = observed.copy()
+    if cfg.mode == "impute":
+        cond[plan.times] &= ~hidden
+    raw = ds["values"].values.astype(np.float32)  # (T, K), NaN = missing
+    mean = np.asarray(meta["stats"]["values_mean"], dtype=np.float32)
+    std = np.asarray(meta["stats"]["values_std"], dtype=np.float32)
+
+    step = (cfg.stride or max(1, length // 2)) if cfg.mode == "impute" else cfg.horizon
+    chunk = max(1, cfg.batch_size * step)
+    n_chunks = -(-len(plan.times) // chunk)
+    bad = [c for c in cfg.chunks or [] if not 0 <= c < n_chunks]
+    if bad:
+        raise ValueError(f"chunks {bad} are out of range: this job has {n_chunks} chunks")
+    out, t0 = Path(cfg.out), time.perf_counter()
+    template = _template(ds, plan, cfg, imp.QUANTILES, chunk)
+    store = RegionStore(out, imp._fingerprint(cfg, meta), n_chunks, "impute", cfg.overwrite)
+    store.open(template)
+    todo = [c for c in (cfg.chunks if cfg.chunks is not None else range(n_chunks))
+            if not store.done(c)]  # fmt: skip
+    masks = {"observed": observed, "eval": hidden}
+    bar = progress_bar(len(todo), enabled=progress, unit="batch")
+    for c in todo:
+        sel = np.arange(c * chunk, min(len(plan.times), (c + 1) * chunk))
+        idx = np.unique(plan.owner[sel])  # the windows these steps come from
+        cond_w = window_conditions(plan, cond, idx)
+        block = np.stack([raw[s : s + length] for s in plan.starts[idx]])  # (W, L, K)
+        x_obs = torch.from_numpy(np.nan_to_num((block - mean) / std)).to(device)
+        cmask = torch.from_numpy(cond_w.astype(np.float32)).to(device)
+        draws = imp._draw(denoiser, x_obs, cmask, plan.starts[idx], cfg, device).cpu().numpy()
+        if not np.isfinite(draws).all():
+            first = ds["time"].values[plan.starts[idx][~np.isfinite(draws).reshape(len(idx), -1)
+                                                       .all(1)]]  # fmt: skip
+            raise FloatingPointError(
+                f"non-finite samples for windows starting {first[:5]}; the output was not published"
+            )
+        data = _chunk_data(raw, draws * std + mean, plan, sel, idx, cond_w, masks,
+                           imp.QUANTILES, ds)  # fmt: skip
+        region = {"time": slice(int(sel[0]), int(sel[-1]) + 1)}
+        if not store.write(c, data, region):
+            break  # an identical run published the output meanwhile
+        bar.update(1)
+    bar.close()
+    result: dict[str, Any] = {
+        "out": str(out),
+        "windows": len(plan.starts),
+        "time_steps": len(plan.times),
+        "window": length,
+        "members": cfg.members,
+        "sampler": cfg.sampler,
+        "steps": cfg.steps,
+        "evals": imp._evals(cfg),
+        "seconds": time.perf_counter() - t0,
+        "device": str(device),
+        "chunks": n_chunks,
+        "computed": todo,
+        "pending": store.pending(),
+    }
+    return imp.publish(store, out, cfg, meta, result, hidden.any(), mean, std)
