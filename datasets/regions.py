@@ -81,26 +81,40 @@ class RegionStore:
         except (OSError, ValueError):
             return None
 
+    def _matches(self) -> bool:
+        job = self._job()
+        return (
+            bool(job)
+            and job.get("fingerprint") == self.fingerprint
+            and job.get("chunks") == self.chunks
+        )
+
     def open(self, template: xr.Dataset) -> RegionStore:
-        """Create the partial store from ``template`` (lazy) or reuse a matching one; nothing
-        when ``out`` already holds this job's output."""
+        """Check ``out`` and remember ``template`` (lazy); the partial store is created at the
+        first write, so a run that fails before it leaves nothing behind. Nothing to do when
+        ``out`` already holds this job's output."""
+        clean_stale(self.out.parent)
+        self.template = template
+        if self.published():
+            if self.work.exists():
+                with file_lock(self.lock):
+                    self._drop_work()  # left by a run killed between publishing and clean-up
+            return self
+        refuse_earlier(self.out, self.job, self.overwrite)
+        return self
+
+    def _ensure(self) -> None:
+        """Create the partial store from the template, or reuse a matching one (under the lock:
+        concurrent runs of one job create it once)."""
+        if self._matches():
+            return
         with file_lock(self.lock):
-            clean_stale(self.out.parent)
-            if self.published():
-                self._drop_work()  # left by a run killed between publishing and clean-up
-                return self
-            refuse_earlier(self.out, self.job, self.overwrite)
-            job = self._job()
-            if (
-                job
-                and job.get("fingerprint") == self.fingerprint
-                and job.get("chunks") == self.chunks
-            ):
-                return self
+            if self._matches():
+                return
             shutil.rmtree(self.work, ignore_errors=True)
             tmp = temp_sibling(self.work)
             try:
-                template.to_zarr(
+                self.template.to_zarr(
                     tmp / DATA, mode="w", zarr_format=3, consolidated=False, compute=False
                 )
                 (tmp / DONE).mkdir()
@@ -109,7 +123,13 @@ class RegionStore:
                 os.replace(tmp, self.work)
             finally:
                 shutil.rmtree(tmp, ignore_errors=True)
-        return self
+
+    def _discard_if_empty(self) -> None:
+        """Remove a partial store that holds no finished chunk (nothing to resume)."""
+        if self.work.exists() and not any((self.work / DONE).glob("[0-9]*")):
+            shutil.rmtree(self.work, ignore_errors=True)
+            with contextlib.suppress(OSError):
+                self.lock.unlink()
 
     def done(self, chunk: int) -> bool:
         return self.is_published or (self.work / DONE / f"{chunk:08d}").exists()
@@ -120,9 +140,10 @@ class RegionStore:
     def write(self, chunk: int, ds: xr.Dataset, region: dict[str, slice]) -> bool:
         """Write ``ds`` into ``region``, then mark ``chunk`` done. False (nothing written) when
         another run published this job's output meanwhile: the caller stops."""
-        if self.is_published:
+        if self.published():  # by this run, or an identical one that finished first
             return False
         try:
+            self._ensure()
             ds.to_zarr(self.work / DATA, region=region, zarr_format=3, consolidated=False)
             marker = self.work / DONE / f"{chunk:08d}"
             tmp = temp_sibling(marker)
@@ -131,6 +152,7 @@ class RegionStore:
         except Exception:
             if self.published():  # an identical run finished first and removed .partial
                 return False
+            self._discard_if_empty()  # e.g. a full disk at the first chunk: nothing to resume
             raise
         return True
 
