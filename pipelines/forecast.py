@@ -9,12 +9,14 @@ initial time, member, step), so members do not depend on how many are batched to
 deterministic baseline: one member, ``D(0; sigma_max)`` per step, no sampler.
 
 Everything is checked before any work: initial times in the data with their previous states, a
-lead that is a multiple of the model's step, the data's variables, levels and grid equal to the
+lead that is a whole number of the model's steps (given in hours or days, in steps, or on a
+monthly, quarterly or yearly model in months or years: ``pipelines.weather_task.lead_steps``), the data's variables, levels and grid equal to the
 checkpoint's. The output zarr holds one variable per input variable in the data's units, in
 WeatherBench 2's layout ``(time, realization, prediction_timedelta, [level], latitude,
 longitude)`` (``time`` is the initial time) or, with ``layout: stdiff``, ``(init_time, member,
 lead_time, [level], lat, lon)``; coordinates carry CF attributes, and a 2-D ``valid_time``
-coordinate; it is written one initial time (one zarr chunk) at a time with a completion marker
+coordinate (on the calendar for a calendar step: a monthly model's leads are nominal, 730.5 h a
+month, its valid times are month starts); it is written one initial time (one zarr chunk) at a time with a completion marker
 (``datasets.regions``; a long rollout never holds more than one initial time) and renamed into
 place when all are done: a killed forecast run again computes only the missing initial times.
 """
@@ -22,7 +24,6 @@ place when all are done: a killed forecast run again computes only the missing i
 from __future__ import annotations
 
 import json
-import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,7 +47,14 @@ from stdiff.pipelines.config import at_least_one, to_dict
 from stdiff.pipelines.device import DeviceName, autocast, resolve_device
 from stdiff.pipelines.progress import progress_bar
 from stdiff.pipelines.training_job import load_denoiser
-from stdiff.pipelines.weather_task import WeatherLayout, condition, time_scalars
+from stdiff.pipelines.weather_task import (
+    TimeStep,
+    WeatherLayout,
+    condition,
+    lead_steps,
+    parse_duration,
+    time_scalars,
+)
 
 # Output layouts: the internal names -> the names a store is written with. ``wb2`` is
 # WeatherBench 2's (``time`` is the initial time, ``prediction_timedelta`` the lead) with CF's
@@ -76,9 +84,13 @@ GENCAST_OPTIONS = {"s_churn": 2.5, "s_tmin": 0.75, "s_tmax": 80.0, "s_noise": 1.
 class ForecastConfig:
     """init: ISO times (``2014-06-01T00``), ranges ``START/END/EVERY`` (``2014-01-01T00/2014-12-31T00/120h``)
     or ``latest`` (the last time in the data, for scheduled runs);
-    lead: ``72h``; members, member_batch: ensemble size and members per network call; the
+    lead: ``72h``, ``3d``, ``12steps``, or on a calendar-step (monthly) model ``3months``; members, member_batch: ensemble size and members per network call; the
     sampler and its noise levels (Karras spacing from ``sigma_max`` to ``sigma_min``);
-    layout: the output's dimension names (``LAYOUTS``: WeatherBench 2's by default)."""
+    layout: the output's dimension names (``LAYOUTS``: WeatherBench 2's by default);
+    churn, noise_inflation: the two knobs of the ensemble's dispersion, the sampler's ``s_churn``
+    (noise added back at each level in [s_tmin, s_tmax]) and ``s_noise`` (its inflation); None
+    keeps ``options``' values (GenCast's 2.5 and 1.05). Raise them for an under-dispersed
+    ensemble (spread-skill below 1), lower them for an over-dispersed one."""
 
     checkpoint: str
     data: str
@@ -93,6 +105,8 @@ class ForecastConfig:
     sigma_max: float = 80.0
     rho: float = 7.0
     options: dict[str, Any] = field(default_factory=lambda: dict(GENCAST_OPTIONS))
+    churn: float | None = None
+    noise_inflation: float | None = None
     seed: int = 0
     device: DeviceName = "auto"
     weights: Literal["ema", "model"] = "ema"
@@ -100,7 +114,10 @@ class ForecastConfig:
     overwrite: bool = False
 
     def __post_init__(self) -> None:
-        check_options(self.sampler, self.options)  # also refuses an unknown sampler
+        check_options(self.sampler, self.sampler_options())  # also refuses an unknown sampler
+        for name in ("churn", "noise_inflation"):
+            if (value := getattr(self, name)) is not None and value < 0:
+                raise ValueError(f"{name} must be >= 0, got {value}")
         at_least_one(self, "members", "member_batch", "steps")
         if not 0 < self.sigma_min < self.sigma_max:
             raise ValueError(
@@ -108,20 +125,33 @@ class ForecastConfig:
             )
         if not self.init:
             raise ValueError("init: give at least one initial time")
-        lead_hours(self.lead)
+        parse_duration(self.lead, "--lead")  # the syntax; the model's step is checked later
+
+    def sampler_options(self) -> dict[str, Any]:
+        """``options`` with ``churn`` / ``noise_inflation`` applied where given."""
+        knobs = {"s_churn": self.churn, "s_noise": self.noise_inflation}
+        return {**self.options, **{k: v for k, v in knobs.items() if v is not None}}
 
 
-def lead_hours(lead: str) -> float:
-    """``"72h"``, ``"3d"`` or ``"90m"`` in hours."""
-    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([hdm])\s*", str(lead))
-    if not m:
-        raise ValueError(f"lead {lead!r} is not a duration like 72h, 3d or 90m")
-    return float(m[1]) * {"h": 1.0, "d": 24.0, "m": 1 / 60}[m[2]]
+def _every(text: str, step: TimeStep | None) -> pd.Timedelta | pd.DateOffset:
+    """The ``EVERY`` of an init range: a duration, months/years, or model steps."""
+    value, kind = parse_duration(text, "--init EVERY")
+    if kind == "hours":
+        return pd.Timedelta(hours=value)
+    if kind == "months":
+        return pd.DateOffset(months=round(value))
+    if step is None:
+        raise ValueError("steps need the model's time step")
+    return pd.DateOffset(months=step.months * round(value)) if step.months else (
+        pd.Timedelta(hours=step.hours * round(value)))  # fmt: skip
 
 
-def parse_inits(specs: list[str], where: str, times: np.ndarray | None = None) -> np.ndarray:
-    """Initial times from ISO strings, ``START/END/EVERY`` ranges and ``latest`` (the last time
-    of ``times``, the data: what a scheduled forecast wants), sorted, unique."""
+def parse_inits(
+    specs: list[str], where: str, times: np.ndarray | None = None, step: TimeStep | None = None
+) -> np.ndarray:
+    """Initial times from ISO strings, ``START/END/EVERY`` ranges (``EVERY`` like ``120h``,
+    ``1months`` or, given the model's ``step``, ``4steps``) and ``latest`` (the last time of
+    ``times``, the data: what a scheduled forecast wants), sorted, unique."""
     out = []
     for spec in specs:
         try:
@@ -131,8 +161,8 @@ def parse_inits(specs: list[str], where: str, times: np.ndarray | None = None) -
                 out.append(pd.Timestamp(times[-1]))
             elif "/" in spec:
                 start, end, every = spec.split("/")
-                step = pd.Timedelta(hours=lead_hours(every))
-                out += list(pd.date_range(pd.Timestamp(start), pd.Timestamp(end), freq=step))
+                freq = _every(every, step)
+                out += list(pd.date_range(pd.Timestamp(start), pd.Timestamp(end), freq=freq))
             else:
                 out.append(pd.Timestamp(spec))
         except (ValueError, TypeError) as e:
@@ -146,7 +176,7 @@ def parse_inits(specs: list[str], where: str, times: np.ndarray | None = None) -
 class _Job:
     denoiser: Any
     layout: WeatherLayout
-    step_hours: float
+    step: TimeStep  # one forecast step: the model's data step times its shortest lead
     n_steps: int
     inits: np.ndarray
     positions: np.ndarray  # init positions in the data
@@ -160,20 +190,16 @@ def _prepare(cfg: ForecastConfig, ds: xr.Dataset, device: torch.device) -> _Job:
     layout = WeatherLayout(**meta["weather"])
     data_layout = WeatherLayout.from_store(ds, layout.variables, layout.context, layout.residual)
     layout.check(data_layout, cfg.data)
-    step_hours = layout.step_hours * min(tcfg.data.leads)
-    hours = lead_hours(cfg.lead)
-    if hours <= 0 or hours % step_hours:
-        raise ValueError(
-            f"lead {cfg.lead} is not a positive multiple of the model's {step_hours:g} h step"
-        )
-    inits = parse_inits(list(cfg.init), cfg.data, ds["time"].values)
+    step = layout.step.times(min(tcfg.data.leads))
+    n_steps = lead_steps(cfg.lead, step, "--lead")
+    inits = parse_inits(list(cfg.init), cfg.data, ds["time"].values, step)
     times = ds.indexes["time"]
     pos = times.get_indexer(pd.DatetimeIndex(inits))
     if (pos < 0).any():
         bad = [str(t)[:16] for t in inits[pos < 0][:5]]
         raise DataError(
             cfg.data,
-            f"initial time(s) {bad} are not times of the data ({times[0]} .. {times[-1]}, {layout.step_hours:g}-hourly)",
+            f"initial time(s) {bad} are not times of the data ({times[0]} .. {times[-1]}, one every {layout.step.describe()})",
         )
     short = pos < layout.context - 1
     if short.any():
@@ -182,12 +208,13 @@ def _prepare(cfg: ForecastConfig, ds: xr.Dataset, device: torch.device) -> _Job:
             f"initial time {str(inits[short][0])[:16]} lacks its {layout.context - 1} previous state(s)",
         )
     regression = tcfg.loop.objective == "regression"
-    return _Job(denoiser, layout, step_hours, round(hours / step_hours), inits, pos, regression)
+    return _Job(denoiser, layout, step, n_steps, inits, pos, regression)
 
 
 def _template(job: _Job, ds: xr.Dataset, members: int, layout: str) -> xr.Dataset:
     lay = job.layout
-    leads = np.arange(1, job.n_steps + 1) * np.timedelta64(int(job.step_hours * 3600), "s")
+    ks = np.arange(1, job.n_steps + 1)
+    leads = ks * np.timedelta64(round(job.step.hours * 3600), "s")  # nominal for calendar steps
     coords: dict[str, Any] = {
         "init_time": job.inits,
         "member": np.arange(members),
@@ -211,7 +238,8 @@ def _template(job: _Job, ds: xr.Dataset, members: int, layout: str) -> xr.Datase
         }
         out[v] = xr.DataArray(arr, dims=dims, attrs=attrs)
     result = xr.Dataset(out, coords=coords)
-    result = result.assign_coords(valid_time=result["init_time"] + result["lead_time"])
+    valid = np.stack([job.step.after(t, ks) for t in job.inits])  # (init, lead) on the calendar
+    result = result.assign_coords(valid_time=(("init_time", "lead_time"), valid))
     for name, attrs in CF_COORDS.items():
         if name in result.coords:
             source = ds[name].attrs if name in ds.coords else {}
@@ -236,8 +264,8 @@ def _rollout(cfg: ForecastConfig, job: _Job, history: np.ndarray, init: np.datet
         ids = list(range(a, min(members, a + cfg.member_batch)))
         states = hist0[None].expand(len(ids), *hist0.shape).clone()  # (M, ctx, C, H, W)
         for k in range(1, job.n_steps + 1):
-            valid = np.full(len(ids), init + np.timedelta64(int(k * job.step_hours * 3600), "s"))
-            cond = condition(states, static, time_scalars(valid, np.full(len(ids), job.step_hours)))
+            valid = np.repeat(job.step.after(init, k), len(ids))
+            cond = condition(states, static, time_scalars(valid, np.full(len(ids), job.step.hours)))
             shape = (len(ids), *hist0.shape[1:])
             with autocast(device, True):
                 if job.regression:
@@ -245,7 +273,7 @@ def _rollout(cfg: ForecastConfig, job: _Job, history: np.ndarray, init: np.datet
                 else:
                     gens = member_generators(cfg.seed, ids, key, k, device=device)
                     r = sample(job.denoiser, shape, sigmas, cond, sampler=cfg.sampler,
-                               generator=gens, device=device, **cfg.options)  # fmt: skip
+                               generator=gens, device=device, **cfg.sampler_options())  # fmt: skip
             r = r.float()
             new = states[:, -1] + r * scale if lay.residual else r
             states = torch.cat([states[:, 1:], new[:, None]], dim=1)
@@ -320,6 +348,7 @@ def run_forecast(cfg: ForecastConfig, progress: bool = True) -> dict[str, Any]:
         "inits": len(job.inits),
         "members": members,
         "lead_steps": job.n_steps,
+        "step": job.step.describe(),
         "seconds": seconds,
         "seconds_per_member_step": seconds / (max(1, len(todo)) * members * job.n_steps),
         "deterministic": job.regression,

@@ -502,7 +502,10 @@ def forecast(
     init: Annotated[
         list[str], typer.Option(help="Initial time (2014-06-01T00) or START/END/EVERY; repeatable.")
     ],
-    lead: Annotated[str, typer.Option(help="Forecast length, e.g. 72h.")] = "72h",
+    lead: Annotated[
+        str,
+        typer.Option(help="Forecast length: 72h, 3d, 12steps, or 3months on a monthly model."),
+    ] = "72h",
     members: Annotated[int, typer.Option(help="Ensemble members.")] = 8,
     layout: Annotated[
         str,
@@ -518,7 +521,8 @@ def forecast(
         bool, typer.Option(help="Replace an earlier output of this job at --out.")
     ] = False,
 ) -> None:
-    """Roll an ensemble forward from initial times (GenCast's sampler by default)."""
+    """Roll an ensemble forward from initial times (GenCast's sampler by default; its dispersion
+    with --set churn=X / --set noise_inflation=Y)."""
     from stdiff.pipelines.config import from_dict
     from stdiff.pipelines.forecast import ForecastConfig, run_forecast
 
@@ -531,7 +535,8 @@ def forecast(
         _fail(str(e))
     typer.echo(
         f"{r['out']}: {r['inits']} initial times x {r['members']} members x {r['lead_steps']} steps "
-        f"in {r['seconds']:.1f} s ({r['seconds_per_member_step']:.3f} s per member per step)"
+        f"of {r['step']} in {r['seconds']:.1f} s ({r['seconds_per_member_step']:.3f} s per member "
+        "per step)"
     )
 
 

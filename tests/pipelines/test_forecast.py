@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 from stdiff.cli import app
 from stdiff.datasets.splits import normalization_stats, time_split
 from stdiff.datasets.store import attach_stats, open_store, write_store
-from stdiff.pipelines.forecast import ForecastConfig, parse_inits, run_forecast
+from stdiff.pipelines.forecast import GENCAST_OPTIONS, ForecastConfig, parse_inits, run_forecast
 from stdiff.pipelines.weather_eval import climatology, persistence, truth_at
 
 TIMES = pd.date_range("2013-01-01", periods=4 * 80, freq="6h")
@@ -117,6 +117,29 @@ def test_members_do_not_depend_on_batching(tmp_path: Path, trained) -> None:
     np.testing.assert_allclose(xa, xb, rtol=1e-5, atol=1e-3)
 
 
+def test_dispersion_knobs_are_the_sampler_options(tmp_path: Path, trained) -> None:
+    """``churn`` / ``noise_inflation`` set the sampler's ``s_churn`` / ``s_noise``: the same
+    forecast as through ``options``, and a different one from the defaults."""
+    store, ens, _ = trained
+    kw = {"checkpoint": str(ens), "data": str(store), "init": ["2013-03-10T06"], "lead": "12h",
+          "members": 3, "steps": 4, "device": "cpu"}  # fmt: skip
+    runs = {
+        "knobs": {"churn": 0.5, "noise_inflation": 1.3},
+        "options": {"options": {**GENCAST_OPTIONS, "s_churn": 0.5, "s_noise": 1.3}},
+        "default": {},
+    }
+    got = {}
+    for name, extra in runs.items():
+        r = run_forecast(ForecastConfig(out=str(tmp_path / f"{name}.zarr"), **kw, **extra), False)
+        got[name] = xr.open_zarr(r["out"])["air"].values
+    np.testing.assert_array_equal(got["knobs"], got["options"])
+    assert np.abs(got["knobs"] - got["default"]).max() > 1e-3
+    with pytest.raises(ValueError, match="unknown option"):
+        ForecastConfig(out="x", sampler="euler", options={}, churn=1.0, **kw)
+    with pytest.raises(ValueError, match="noise_inflation must be >= 0"):
+        ForecastConfig(out="x", noise_inflation=-1.0, **kw)
+
+
 def test_bad_forecast_input_fails_before_work(tmp_path: Path, trained) -> None:
     store, ens, _ = trained
     out = tmp_path / "bad.zarr"
@@ -128,8 +151,9 @@ def test_bad_forecast_input_fails_before_work(tmp_path: Path, trained) -> None:
         (["--init", "2013-01-01T00"], "lacks its 1 previous state"),
         (
             ["--init", "2013-03-10T00", "--lead", "8h"],
-            "not a positive multiple of the model's 6 h step",
+            "--lead 8h is not a positive whole number of the model's steps (6 h)",
         ),
+        (["--init", "2013-03-10T00", "--lead", "2months"], "--lead 2months: months and years"),
         (["--init", "2013-03-10T00", "--lead", "soon"], "not a duration"),
         (["--init", "2013-03-10T00", "--members", "0"], "members must be at least 1"),
     ]:
