@@ -2,25 +2,79 @@
 
 * ``ingest_flow``: a source to a store (I/O task with retries; a no-op when the store already
   holds the same inputs, by content hash).
-* ``train_flow``: ``stdiff train`` from a YAML config (tagged ``gpu`` for a concurrency limit).
-* ``impute_flow``, ``forecast_flow``, ``score_flow``, ``reconstruct_flow``, ``generate_flow``:
-  the inference and scoring jobs.
+* ``train_flow``: ``stdiff train`` from a YAML config (tagged ``gpu`` for a concurrency limit);
+  its progress (step, loss, samples/s from ``metrics.jsonl``) goes to the flow run's log.
+* ``impute_flow``, ``forecast_flow``, ``score_flow``, ``reconstruct_flow``, ``generate_flow``,
+  ``distill_flow``: the inference, scoring and distillation jobs.
 
-Each flow validates its parameters with the job's typed config before any work (a bad value fails
-with a message naming the field) and publishes a markdown artifact with its metrics and outputs.
+Each job flow takes one typed parameter, ``params``: the job's config class (``ImputeConfig``,
+``ForecastConfig``, ...), so a deployment shows a form and a parameter schema with every field.
+Prefect's own (pydantic) validation is off for these flows: the flow validates ``params`` with
+``pipelines.config.from_dict``, the CLI's validator, so a bad value fails with the CLI's message
+naming the field, before any task runs. ``params`` may be a config object or a mapping of its
+fields; ``params["config"]`` may name a YAML file whose keys the other fields override.
+
+Retries: only the I/O task (ingest) retries, and only on errors that may pass by themselves
+(:func:`transient`); a bad input (``ValueError``, ``DataError``) or a missing file fails at once.
 """
 
 from __future__ import annotations
 
-import importlib
+import errno
 import json
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from prefect import flow, task
+from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 
+from stdiff.datasets.ingest import IngestOptions
 from stdiff.pipelines.config import from_dict, load_config
+from stdiff.pipelines.distill import DistillConfig, run_distillation
+from stdiff.pipelines.forecast import ForecastConfig, run_forecast
+from stdiff.pipelines.generate import GenerateConfig, run_generation
+from stdiff.pipelines.imputation import ImputeConfig, run_imputation
+from stdiff.pipelines.reconstruct import ReconstructConfig, run_reconstruction
+from stdiff.pipelines.training_job import TrainJobConfig
+from stdiff.pipelines.weather_eval import ScoreConfig, run_scoring
+
+# OS errors that the same call will raise again: retrying them only delays the message
+DETERMINISTIC_OS_ERRORS = (
+    FileNotFoundError,
+    PermissionError,
+    NotADirectoryError,
+    IsADirectoryError,
+)
+DETERMINISTIC_ERRNOS = frozenset({errno.ENOSPC, errno.EROFS, errno.EDQUOT, errno.ENAMETOOLONG})
+
+
+def transient(exc: BaseException) -> bool:
+    """Whether the same call may succeed later: timeouts, dropped connections and other OS
+    errors; never a bad input (``ValueError``, which ``DataError`` is), a missing or forbidden
+    path, a full or read-only disk."""
+    if isinstance(exc, ValueError):
+        return False
+    if isinstance(exc, TimeoutError | ConnectionError):
+        return True
+    if isinstance(exc, DETERMINISTIC_OS_ERRORS):
+        return False
+    return isinstance(exc, OSError) and exc.errno not in DETERMINISTIC_ERRNOS
+
+
+def retry_if_transient(task: Any, task_run: Any, state: Any) -> bool:
+    """Prefect's ``retry_condition_fn``: retry the failed task run only for :func:`transient`
+    errors (the failed state's data is the exception)."""
+    exc = state.data if isinstance(state.data, BaseException) else None
+    if exc is None:
+        try:
+            state.result()
+        except BaseException as e:  # the failed run's exception, re-raised by its state
+            exc = e
+    return exc is not None and transient(exc)
 
 
 def _publish(key: str, title: str, rows: dict[str, Any]) -> None:
@@ -30,21 +84,87 @@ def _publish(key: str, title: str, rows: dict[str, Any]) -> None:
     create_markdown_artifact("\n".join(lines), key=key, description=title)
 
 
-@task(name="ingest", retries=2, retry_delay_seconds=5)
-def ingest_task(source: str, out: str, options: dict[str, Any]) -> dict[str, Any]:
-    from stdiff.datasets.ingest import IngestOptions, ingest
+def ingest_options(options: IngestOptions | dict[str, Any]) -> IngestOptions:
+    """``IngestOptions`` from an object or a mapping of its fields (validated by ``from_dict``)."""
+    if isinstance(options, IngestOptions):
+        return options
+    if not isinstance(options, dict):
+        raise ValueError(f"ingest: options: expected a mapping, got {type(options).__name__}")
+    return from_dict(IngestOptions, options, "ingest:")
 
-    opt = from_dict(IngestOptions, options, "ingest:")
-    r = ingest(source, out, opt)
+
+@task(name="ingest", retries=2, retry_delay_seconds=5, retry_condition_fn=retry_if_transient)
+def ingest_task(source: str, out: str, options: IngestOptions | dict[str, Any]) -> dict[str, Any]:
+    """Ingest ``source`` into the store ``out`` (retried only on transient I/O errors)."""
+    from stdiff.datasets.ingest import ingest
+
+    r = ingest(source, out, ingest_options(options))
     return {"out": str(r.store), "written": r.written, "seconds": r.seconds, "summary": r.summary}
 
 
-@flow(name="stdiff-ingest")
-def ingest_flow(source: str, out: str, options: dict[str, Any]) -> dict[str, Any]:
+@flow(name="stdiff-ingest", validate_parameters=False)
+def ingest_flow(source: str, out: str, options: IngestOptions) -> dict[str, Any]:
     """Ingest ``source`` into the zarr store ``out`` (``options``: ``IngestOptions`` fields)."""
-    r = ingest_task(source, out, options)
+    r = ingest_task(source, out, ingest_options(options))  # a bad option fails before the task
     _publish("ingest", f"ingest {Path(source).name}", r)
     return r
+
+
+def _records(path: Path) -> list[dict[str, Any]]:
+    """The complete JSON records of ``metrics.jsonl`` (a line being written is left for later)."""
+    try:
+        lines = path.read_text().splitlines()
+    except FileNotFoundError:
+        return []
+    out = []
+    for line in lines:
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(rec, dict) and isinstance(rec.get("step"), int):
+            out.append(rec)
+    return out
+
+
+def progress_line(rec: dict[str, Any], total: int) -> str:
+    """``train: step 150/300 (50 %), loss 0.2134, 41.2 samples/s`` from a metrics record."""
+    parts = [f"train: step {rec['step']}/{total} ({100 * rec['step'] / max(total, 1):.0f} %)"]
+    for key, fmt in (("loss", "loss {:.4f}"), ("val_loss", "validation loss {:.4f}"),
+                     ("samples_per_s", "{:.1f} samples/s")):  # fmt: skip
+        if isinstance(rec.get(key), int | float):
+            parts.append(fmt.format(rec[key]))
+    return ", ".join(parts)
+
+
+@contextmanager
+def logged_progress(metrics: Path, total: int, every: float = 2.0) -> Iterator[None]:
+    """Log every record the training loop appends to ``metrics`` (each ``loop.log_every``
+    steps) to the task run's log while the block runs: a thread reads the file every ``every``
+    seconds, so a long training is not silent in the flow's log and console."""
+    logger = get_run_logger()
+    last = max((r["step"] for r in _records(metrics)), default=0)  # records already there
+    stop = threading.Event()
+
+    def report() -> None:
+        nonlocal last
+        for rec in _records(metrics):
+            if rec["step"] > last:
+                logger.info(progress_line(rec, total))
+                last = rec["step"]
+
+    def follow() -> None:
+        while not stop.wait(every):
+            report()
+
+    thread = threading.Thread(target=follow, name="stdiff-train-progress", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+        report()
 
 
 def torchrun_command(
@@ -69,20 +189,28 @@ def torchrun_command(
 def train_task(
     config: str, overrides: dict[str, Any], resume: str | None, nproc: int = 1
 ) -> dict[str, Any]:
-    from stdiff.pipelines.training_job import TrainJobConfig, run_training
+    """Train from ``config`` (in this process, or ``nproc`` DDP processes through torchrun),
+    logging the progress; returns the run folder, the step and the last metrics."""
+    from stdiff.pipelines.training_job import run_training
 
     cfg = load_config(config, TrainJobConfig, overrides)
-    if nproc > 1:
-        import subprocess
-
-        res = subprocess.run(torchrun_command(config, overrides, resume, nproc),
-                             capture_output=True, text=True)  # fmt: skip
-        if res.returncode != 0:
-            raise RuntimeError(f"torchrun train failed ({res.returncode}): {res.stderr[-2000:]}")
-        step = None
-    else:
-        step = run_training(cfg, resume).step
     metrics = Path(cfg.out) / "metrics.jsonl"
+    get_run_logger().info(
+        f"train: {cfg.loop.steps} steps into {cfg.out}, progress every {cfg.loop.log_every} steps"
+    )
+    with logged_progress(metrics, cfg.loop.steps):
+        if nproc > 1:
+            import subprocess
+
+            res = subprocess.run(torchrun_command(config, overrides, resume, nproc),
+                                 capture_output=True, text=True)  # fmt: skip
+            if res.returncode != 0:
+                raise RuntimeError(
+                    f"torchrun train failed ({res.returncode}): {res.stderr[-2000:]}"
+                )
+            step = None
+        else:
+            step = run_training(cfg, resume).step
     last = json.loads(metrics.read_text().splitlines()[-1]) if metrics.exists() else {}
     return {"run": cfg.out, "processes": nproc, **last,
             "step": step if step is not None else last.get("step")}  # fmt: skip
@@ -99,76 +227,98 @@ def train_flow(
     ``nproc > 1`` launches data-parallel training through ``torchrun`` on this machine."""
     if nproc < 1:
         raise ValueError(f"nproc must be at least 1, got {nproc}")
-    load_config(config, _train_cls(), overrides or {})  # fail fast on a bad config
+    load_config(config, TrainJobConfig, overrides or {})  # fail fast on a bad config
     r = train_task(config, overrides or {}, resume, nproc)
     _publish("train", f"train {Path(config).stem}", r)
     return r
 
 
-def _train_cls():
-    from stdiff.pipelines.training_job import TrainJobConfig
+@dataclass(frozen=True)
+class Job:
+    """A job kind: its typed config, its run function (config first), the name its task runs
+    show, whether it holds a GPU (``gpu`` tag, for a concurrency limit) and whether the run
+    function takes ``progress`` (switched off: the flow logs instead)."""
 
-    return TrainJobConfig
+    config: type
+    run: Callable[..., dict[str, Any]]
+    task_name: str
+    gpu: bool = True
+    progress_switch: bool = False
 
 
-# kind -> (module, config class, run function); each run function takes the config first
-JOBS: dict[str, tuple[str, str, str]] = {
-    "impute": ("stdiff.pipelines.imputation", "ImputeConfig", "run_imputation"),
-    "forecast": ("stdiff.pipelines.forecast", "ForecastConfig", "run_forecast"),
-    "score": ("stdiff.pipelines.weather_eval", "ScoreConfig", "run_scoring"),
-    "reconstruct": ("stdiff.pipelines.reconstruct", "ReconstructConfig", "run_reconstruction"),
-    "generate": ("stdiff.pipelines.generate", "GenerateConfig", "run_generation"),
-    "distill": ("stdiff.pipelines.distill", "DistillConfig", "run_distillation"),
+JOBS: dict[str, Job] = {
+    "impute": Job(ImputeConfig, run_imputation, "impute-missing-values", progress_switch=True),
+    "forecast": Job(ForecastConfig, run_forecast, "forecast-ensemble", progress_switch=True),
+    "score": Job(ScoreConfig, run_scoring, "score-forecasts", gpu=False),
+    "reconstruct": Job(
+        ReconstructConfig, run_reconstruction, "reconstruct-images", progress_switch=True
+    ),
+    "generate": Job(GenerateConfig, run_generation, "generate-samples"),
+    "distill": Job(DistillConfig, run_distillation, "distill-students"),
 }
-NO_PROGRESS = ("impute", "forecast", "reconstruct")  # run functions with a progress switch
 
 
-def _config(kind: str, params: dict[str, Any]) -> Any:
-    """The job's typed config from ``params``; ``params["config"]`` may name a YAML file
-    (``configs/*.yaml``) whose keys the other params override. A bad value raises naming the
-    field (and the file)."""
-    module, cls, _ = JOBS[kind]
-    cls = getattr(importlib.import_module(module), cls)
+def job_config(kind: str, params: Any) -> Any:
+    """The job's typed config from ``params``: a config object as it is, or a mapping of its
+    fields validated by ``from_dict`` (the CLI's validator); ``params["config"]`` may name a
+    YAML file (``configs/*.yaml``) whose keys the other fields override. A bad value raises
+    ``ValueError`` naming the field (and the file)."""
+    cls = JOBS[kind].config
+    if isinstance(params, cls):
+        return params
+    if not isinstance(params, dict):
+        raise ValueError(
+            f"{kind}: params: expected {cls.__name__} fields (a mapping), got {type(params).__name__}"
+        )
     if "config" in params:
         rest = {k: v for k, v in params.items() if k != "config"}
         return load_config(params["config"], cls, rest)
     return from_dict(cls, params, f"{kind}:")
 
 
-@task(name="job", tags=["gpu"])
-def job_task(kind: str, params: dict[str, Any]) -> dict[str, Any]:
-    """Run the ``kind`` job (inference tasks carry the ``gpu`` tag for a concurrency limit)."""
-    module, _, fn = JOBS[kind]
-    run = getattr(importlib.import_module(module), fn)
-    cfg = _config(kind, params)
-    return run(cfg, progress=False) if kind in NO_PROGRESS else run(cfg)
+@task(name="job")
+def job_task(kind: str, cfg: Any) -> dict[str, Any]:
+    """Run the ``kind`` job on its validated config (use :func:`run_job`, which names the task
+    run after the job)."""
+    job = JOBS[kind]
+    return job.run(cfg, progress=False) if job.progress_switch else job.run(cfg)
 
 
-@flow(name="stdiff-impute")
-def impute_flow(params: dict[str, Any]) -> dict[str, Any]:
-    """``stdiff impute`` with ``params`` (``ImputeConfig`` fields: checkpoint, data, out, ...)."""
-    _config("impute", params)  # fail fast, before the task runs
-    r = job_task("impute", params)
+JOB_TASKS = {
+    kind: job_task.with_options(name=job.task_name, tags=["gpu"] if job.gpu else None)
+    for kind, job in JOBS.items()
+}
+
+
+def run_job(kind: str, params: Any) -> dict[str, Any]:
+    """Validate ``params`` (before any task runs), then run the job as its named task."""
+    cfg = job_config(kind, params)
+    return JOB_TASKS[kind](kind, cfg)
+
+
+@flow(name="stdiff-impute", validate_parameters=False)
+def impute_flow(params: ImputeConfig) -> dict[str, Any]:
+    """``stdiff impute``: ``params`` are ``ImputeConfig`` fields (checkpoint, data, out, ...)."""
+    r = run_job("impute", params)
     rows = {k: v for k, v in r.items() if k != "metrics"}
     rows.update({k: v for k, v in r.get("metrics", {}).items() if k != "rank_histogram"})
     _publish("impute", "imputation", rows)
     return r
 
 
-@flow(name="stdiff-forecast")
-def forecast_flow(params: dict[str, Any]) -> dict[str, Any]:
-    """``stdiff forecast`` with ``params`` (``ForecastConfig`` fields)."""
-    _config("forecast", params)
-    r = job_task("forecast", params)
+@flow(name="stdiff-forecast", validate_parameters=False)
+def forecast_flow(params: ForecastConfig) -> dict[str, Any]:
+    """``stdiff forecast``: ``params`` are ``ForecastConfig`` fields."""
+    r = run_job("forecast", params)
     _publish("forecast", "ensemble forecast", r)
     return r
 
 
-@flow(name="stdiff-score")
-def score_flow(params: dict[str, Any]) -> dict[str, Any]:
-    """``stdiff score`` with ``params`` (``ScoreConfig`` fields); plots are linked in the artifact."""
-    cfg = _config("score", params)
-    r = job_task("score", params)
+@flow(name="stdiff-score", validate_parameters=False)
+def score_flow(params: ScoreConfig) -> dict[str, Any]:
+    """``stdiff score``: ``params`` are ``ScoreConfig`` fields; plots are linked in the artifact."""
+    cfg = job_config("score", params)
+    r = run_job("score", cfg)
     rows: dict[str, Any] = {"lead hours": r["lead_hours"]}
     for var, systems in r["scores"].items():
         for name, s in systems.items():
@@ -181,31 +331,28 @@ def score_flow(params: dict[str, Any]) -> dict[str, Any]:
     return r
 
 
-@flow(name="stdiff-reconstruct")
-def reconstruct_flow(params: dict[str, Any]) -> dict[str, Any]:
-    """``stdiff reconstruct`` with ``params`` (``ReconstructConfig`` fields); links the PNG grid."""
-    _config("reconstruct", params)
-    r = job_task("reconstruct", params)
+@flow(name="stdiff-reconstruct", validate_parameters=False)
+def reconstruct_flow(params: ReconstructConfig) -> dict[str, Any]:
+    """``stdiff reconstruct``: ``params`` are ``ReconstructConfig`` fields; links the PNG grid."""
+    r = run_job("reconstruct", params)
     rows = {k: v for k, v in r.items() if k != "metrics"}
     _publish("reconstruct", "reconstruction", {**rows, **r["metrics"], **_grid_link(r["out"])})
     return r
 
 
-@flow(name="stdiff-generate")
-def generate_flow(params: dict[str, Any]) -> dict[str, Any]:
-    """``stdiff generate`` with ``params`` (``GenerateConfig`` fields); links the PNG grid."""
-    _config("generate", params)
-    r = job_task("generate", params)
+@flow(name="stdiff-generate", validate_parameters=False)
+def generate_flow(params: GenerateConfig) -> dict[str, Any]:
+    """``stdiff generate``: ``params`` are ``GenerateConfig`` fields; links the PNG grid."""
+    r = run_job("generate", params)
     rows = {"out": r["out"], **r["metrics"], **_grid_link(r["out"])}
     _publish("generate", "class-conditional samples", rows)
     return r
 
 
-@flow(name="stdiff-distill")
-def distill_flow(params: dict[str, Any]) -> dict[str, Any]:
-    """``stdiff distill`` with ``params`` (``DistillConfig`` fields, or ``config``: a YAML file)."""
-    _config("distill", params)
-    r = job_task("distill", params)
+@flow(name="stdiff-distill", validate_parameters=False)
+def distill_flow(params: DistillConfig) -> dict[str, Any]:
+    """``stdiff distill``: ``params`` are ``DistillConfig`` fields (or ``config``: a YAML file)."""
+    r = run_job("distill", params)
     rows = {s["run"]: f"{s['sampler']} x {s['steps']} ({s['spacing']})" for s in r["students"]}
     _publish("distill", f"{r['method']} distillation", {**rows, "seconds": r["seconds"]})
     return r
@@ -217,29 +364,28 @@ def _grid_link(out: str) -> dict[str, str]:
     return {"grid": f"[{png.name}](file://{png})"}
 
 
-@task(name="impute-chunk", tags=["gpu"])
-def impute_chunk_task(params: dict[str, Any], chunks: list[int]) -> list[int]:
+@task(name="impute-chunks", tags=["gpu"])
+def impute_chunk_task(cfg: ImputeConfig, chunks: list[int]) -> list[int]:
     """Compute some chunks of an imputation store (on a Dask worker under ``DaskTaskRunner``)."""
-    from stdiff.pipelines.imputation import run_imputation
+    from dataclasses import replace
 
-    return run_imputation(_config("impute", {**params, "chunks": chunks}), progress=False)[
-        "computed"
-    ]
+    return run_imputation(replace(cfg, chunks=chunks), progress=False)["computed"]
 
 
-@flow(name="stdiff-impute-fan-out")
-def impute_fan_out_flow(params: dict[str, Any], chunks_per_task: int = 1) -> dict[str, Any]:
+@flow(name="stdiff-impute-fan-out", validate_parameters=False)
+def impute_fan_out_flow(params: ImputeConfig, chunks_per_task: int = 1) -> dict[str, Any]:
     """``impute_flow`` with the store's chunks computed by parallel tasks, then published once.
 
     Run it through :func:`distributed_impute` (a ``DaskTaskRunner``); killed and run again, it
     computes only the chunks without completion markers."""
     from stdiff.pipelines.imputation import plan_chunks
 
-    n = plan_chunks(_config("impute", params))
+    cfg = job_config("impute", params)
+    n = plan_chunks(cfg)
     groups = [list(range(a, min(n, a + chunks_per_task))) for a in range(0, n, chunks_per_task)]
-    futures = [impute_chunk_task.submit(params, g) for g in groups]
+    futures = [impute_chunk_task.submit(cfg, g) for g in groups]
     computed = sorted(c for f in futures for c in f.result())
-    r = job_task("impute", params)  # every chunk is done: this scores and publishes the store
+    r = run_job("impute", cfg)  # every chunk is done: this scores and publishes the store
     rows = {"chunks": n, "computed by tasks": len(computed), "out": r["out"]}
     rows.update({k: v for k, v in r.get("metrics", {}).items() if k != "rank_histogram"})
     _publish("impute-fan-out", "imputation (fan-out)", rows)
@@ -247,7 +393,7 @@ def impute_fan_out_flow(params: dict[str, Any], chunks_per_task: int = 1) -> dic
 
 
 def distributed_impute(
-    params: dict[str, Any],
+    params: ImputeConfig | dict[str, Any],
     address: str | None = None,
     n_workers: int = 2,
     chunks_per_task: int = 1,

@@ -14,9 +14,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from prefect import flow
+from prefect import flow, get_run_logger
 
-from stdiff.flows.jobs import _publish, ingest_task, job_task, train_task
+from stdiff.flows.jobs import _publish, ingest_task, run_job, train_task
 from stdiff.pipelines.resources import shipped_config, shipped_sample
 
 SAMPLE = shipped_sample("ncep_air_2013q1.nc")
@@ -35,22 +35,26 @@ def quickstart_flow(
     test_period: tuple[str, str] = ("2013-03-08", "2013-03-31"),
 ) -> dict[str, Any]:
     """Run the quickstart into ``out``; returns the paths and the scores."""
+    log = get_run_logger()
     root = Path(out).resolve()
     root.mkdir(parents=True, exist_ok=True)
+    log.info(f"quickstart into {root}: ingest, train {steps} steps, forecast, score, report")
     store = ingest_task(source, str(root / "air.zarr"), {"kind": "weather",
                         "train_period": list(train_period), "test_period": list(test_period)})["out"]  # fmt: skip
     trained = train_task(str(CONFIG), {"out": str(root / "train"), "data.store": store,
                                        "data.train_period": list(train_period),
                                        "loop.steps": steps, "loop.checkpoint_every": steps,
-                                       "loop.val_every": steps}, None)  # fmt: skip
-    forecast = job_task("forecast", {"checkpoint": trained["run"], "data": store,
+                                       "loop.val_every": steps,
+                                       "loop.log_every": max(1, steps // 10)}, None)  # fmt: skip
+    forecast = run_job("forecast", {"checkpoint": trained["run"], "data": store,
                                      "out": str(root / "forecast.zarr"), "init": [inits],
                                      "lead": lead, "members": members, "member_batch": members})  # fmt: skip
-    scores = job_task("score", {"forecasts": {"stdiff": forecast["out"]}, "data": store,
+    scores = run_job("score", {"forecasts": {"stdiff": forecast["out"]}, "data": store,
                                 "out": str(root / "scores"),
                                 "climatology_period": list(train_period),
                                 "window_days": 45})  # fmt: skip
     report = write_report(root, trained, forecast, scores)
+    log.info(f"quickstart done: {report}")
     rows: dict[str, Any] = {"report": f"[REPORT.md](file://{report})", "store": store,
                             "checkpoint": trained["run"], "forecast": forecast["out"]}  # fmt: skip
     for var, systems in scores["scores"].items():

@@ -9,27 +9,38 @@ A serve config (``configs/serve.yaml``) lists deployments::
         timezone: UTC
         parameters: {params: {checkpoint: ..., data: ..., out: ..., init: [latest], lead: 72h}}
 
-Every deployment's flow and parameters are checked before anything is registered (the job
-flows' ``params`` against their typed configs, so a bad value fails naming the field). Then
-``prefect.serve`` registers them with the API (``PREFECT_API_URL``: a ``prefect server start``
-server, or Prefect Cloud) and runs their scheduled and triggered runs in this process until it is
-stopped. Outputs of scheduled runs with the same ``out`` replace the previous ones atomically.
+Every deployment is checked before anything is registered: the flow, the cron strings, the
+parameters (the job flows' ``params`` against their typed configs, so a bad value fails naming
+the field) and the inputs the runs will read (:data:`INPUTS`: checkpoints, stores, config files
+must exist and be the right kind of thing; relative paths are read from this folder, where the
+served runs run too). Then the deployments are registered with the API (``PREFECT_API_URL``: a
+``prefect server start`` server, or Prefect Cloud) with their parameter schemas, and their
+scheduled and triggered runs run in this process until it is stopped (Ctrl-C or SIGTERM: the
+runner stops polling, pauses the schedules and exits cleanly). Outputs of scheduled runs with the
+same ``out`` replace the previous ones atomically.
+
+Parameter schemas are shown, not enforced by the server: the flows validate their parameters
+with the CLI's validator, so a run from the UI with a bad value fails with the CLI's message.
 """
 
 from __future__ import annotations
 
+import asyncio
 import inspect
+import signal
 from dataclasses import dataclass, field
-from typing import Any
+from pathlib import Path
+from typing import Any, Literal
 
 from stdiff.flows.demo import toy_demo_flow
 from stdiff.flows.jobs import (
     JOBS,
-    _config,
+    distill_flow,
     forecast_flow,
     generate_flow,
     impute_flow,
     ingest_flow,
+    job_config,
     reconstruct_flow,
     score_flow,
     train_flow,
@@ -44,8 +55,32 @@ FLOWS = {
     "score": score_flow,
     "reconstruct": reconstruct_flow,
     "generate": generate_flow,
+    "distill": distill_flow,
     "quickstart": quickstart_flow,
     "toy": toy_demo_flow,
+}
+
+InputKind = Literal["checkpoint", "store", "folder", "file", "path"]
+
+# What each flow's runs read: (parameter, kind). ``params.x`` is a field of a job's config
+# (read from the validated config, so a value from its YAML counts); a mapping's values are each
+# an input. checkpoint: a run folder or a step_* folder with weights; store: a zarr store
+# folder; path: a file or a folder (URLs are not checked).
+INPUTS: dict[str, tuple[tuple[str, InputKind], ...]] = {
+    "ingest": (("source", "path"),),
+    "train": (("config", "file"), ("config:data.store", "store"), ("resume", "checkpoint")),
+    "impute": (("params.checkpoint", "checkpoint"), ("params.data", "store")),
+    "forecast": (("params.checkpoint", "checkpoint"), ("params.data", "store")),
+    "score": (("params.forecasts", "store"), ("params.data", "store")),
+    "reconstruct": (("params.checkpoint", "checkpoint"), ("params.data", "store")),
+    "generate": (
+        ("params.checkpoint", "checkpoint"),
+        ("params.classifier", "folder"),
+        ("params.reference", "store"),
+    ),
+    "distill": (("params.teacher", "checkpoint"), ("params.store", "store")),
+    "quickstart": (("source", "path"),),
+    "toy": (("config_path", "file"),),
 }
 
 
@@ -79,13 +114,19 @@ class ServeConfig:
             check_deployment(d, f"serve: deployments[{i}] ({d.name})")
 
 
+def _crons(d: DeploymentSpec) -> list[str]:
+    return [d.cron] if isinstance(d.cron, str) else list(d.cron or [])
+
+
 def check_deployment(d: DeploymentSpec, where: str) -> None:
-    """Refuse an unknown flow, a bad cron or parameters the flow or its job config rejects."""
+    """Refuse an unknown flow, a bad cron, parameters the flow or its job config rejects, or an
+    input that is missing or of the wrong kind (``ValueError`` naming the deployment, the
+    parameter and the path)."""
     from prefect.client.schemas.schedules import CronSchedule
 
     if d.flow not in FLOWS:
         raise ValueError(f"{where}: flow {d.flow!r} is not known; choose one of {sorted(FLOWS)}")
-    for cron in [d.cron] if isinstance(d.cron, str) else d.cron or []:
+    for cron in _crons(d):
         try:
             CronSchedule(cron=cron, timezone=d.timezone)
         except ValueError:
@@ -96,25 +137,89 @@ def check_deployment(d: DeploymentSpec, where: str) -> None:
     unknown = sorted(set(d.parameters) - set(sig.parameters))
     if unknown:
         raise ValueError(f"{where}: unknown parameter(s) {unknown} of flow {d.flow!r}")
+    missing = [
+        n for n, p in sig.parameters.items() if p.default is p.empty and n not in d.parameters
+    ]
+    if missing:
+        raise ValueError(f"{where}: parameter(s) {missing} of flow {d.flow!r} are missing")
+    try:
+        configs = _configs(d)
+    except ValueError as e:
+        raise ValueError(f"{where}: {e}") from None
+    for key, path, kind in _inputs(d, configs):
+        problem = input_problem(path, kind)
+        if problem:
+            raise ValueError(f"{where}: {key} {path!r}: {problem}")
+
+
+def _configs(d: DeploymentSpec) -> dict[str, Any]:
+    """The typed configs a deployment's parameters name: ``params`` of a job flow, the
+    training config of a train flow (both validated here, as the runs will)."""
     if d.flow in JOBS:
-        if "params" not in d.parameters:
-            raise ValueError(f"{where}: parameters.params (the job's config) is missing")
+        return {"params": job_config(d.flow, d.parameters["params"])}
+    if d.flow == "train" and Path(str(d.parameters["config"])).is_file():
+        from stdiff.pipelines.config import load_config
+        from stdiff.pipelines.training_job import TrainJobConfig
+
+        overrides = d.parameters.get("overrides") or {}
+        return {"config:": load_config(d.parameters["config"], TrainJobConfig, overrides)}
+    return {}
+
+
+def _inputs(d: DeploymentSpec, configs: dict[str, Any]) -> list[tuple[str, str, InputKind]]:
+    """``(parameter, path, kind)`` of every input a deployment's runs read."""
+    out: list[tuple[str, str, InputKind]] = []
+    for key, kind in INPUTS[d.flow]:
+        if key.startswith("params."):
+            value = getattr(configs["params"], key.removeprefix("params."))
+        elif key.startswith("config:"):
+            if "config:" not in configs:
+                continue  # the config file itself is reported missing
+            value = configs["config:"]
+            for part in key.removeprefix("config:").split("."):
+                value = getattr(value, part)
+        else:
+            value = d.parameters.get(
+                key, inspect.signature(FLOWS[d.flow].fn).parameters[key].default
+            )
+        if isinstance(value, dict):
+            out += [(f"{key}.{name}", str(v), kind) for name, v in value.items()]
+        elif value is not None:
+            out.append((key, str(value), kind))
+    return out
+
+
+def input_problem(path: str, kind: InputKind) -> str | None:
+    """What is wrong with ``path`` as an input of ``kind``, or None when it can be read."""
+    if "://" in path:
+        return None  # a URL (gs://, s3://, https://): read by the run, not checked here
+    p = Path(path)
+    if not p.exists():
+        return "not found"
+    if kind == "file":
+        return None if p.is_file() else "is not a file"
+    if kind in ("folder", "store", "checkpoint") and not p.is_dir():
+        return f"is not a folder (expected a {kind})"
+    if kind == "store" and not any((p / m).is_file() for m in ("zarr.json", ".zgroup", ".zattrs")):
+        return "is not a zarr store (no zarr.json)"
+    if kind == "checkpoint":
+        from stdiff.pipelines.training_job import checkpoint_folder
+
         try:
-            _config(d.flow, d.parameters["params"])
+            checkpoint_folder(p)
         except ValueError as e:
-            raise ValueError(f"{where}: {e}") from None
+            return str(e).removeprefix(f"{p}: ")
+    return None
 
 
 def deployments(cfg: ServeConfig) -> list[Any]:
-    """The ``RunnerDeployment`` objects (nothing is registered yet)."""
+    """The ``RunnerDeployment`` objects (nothing is registered yet). Parameter schemas come
+    from the flows' typed signatures; the server does not enforce them (the flows validate)."""
+    from prefect.client.schemas.schedules import CronSchedule
+
     out = []
     for d in cfg.deployments:
-        crons = [d.cron] if isinstance(d.cron, str) else list(d.cron or [])
-        schedules = None
-        if crons:
-            from prefect.client.schemas.schedules import CronSchedule
-
-            schedules = [CronSchedule(cron=c, timezone=d.timezone) for c in crons]
+        schedules = [CronSchedule(cron=c, timezone=d.timezone) for c in _crons(d)] or None
         out.append(
             FLOWS[d.flow].to_deployment(
                 name=d.name,
@@ -122,13 +227,45 @@ def deployments(cfg: ServeConfig) -> list[Any]:
                 parameters=d.parameters,
                 tags=["stdiff", d.flow, *d.tags],
                 description=d.description or FLOWS[d.flow].description,
+                enforce_parameter_schema=False,
             )
         )
     return out
 
 
-def serve(cfg: ServeConfig) -> None:
-    """Register the deployments and serve their runs until interrupted."""
-    from prefect import serve as prefect_serve
+async def aserve(deps: list[Any], limit: int | None = None) -> None:
+    """Register ``deps`` (from :func:`deployments`) and serve their runs until SIGTERM, SIGINT
+    or cancellation.
 
-    prefect_serve(*deployments(cfg), limit=cfg.limit)
+    Prefect's runner answers SIGTERM with its sync ``stop()``, which inside the event loop only
+    creates the ``Runner.astop`` coroutine and never awaits it (a RuntimeWarning, and no clean
+    shutdown). Here SIGTERM cancels the serving task instead, as Ctrl-C does."""
+    from prefect.runner import Runner
+
+    runner = Runner(pause_on_shutdown=True, limit=limit)
+    for dep in deps:
+        await runner.aadd_deployment(dep)
+    serving = asyncio.ensure_future(runner.start())
+    loop = asyncio.get_running_loop()
+    # start() installs runner.handle_sigterm as the SIGTERM handler; the self-pipe wakes the loop
+    runner.handle_sigterm = lambda *_: loop.call_soon_threadsafe(serving.cancel)
+    names = ", ".join(f"{d.flow_name}/{d.name}" for d in deps)
+    print(f"serving {len(deps)} deployment(s): {names}", flush=True)
+    try:
+        await serving
+    except asyncio.CancelledError:
+        if not serving.cancelled():
+            raise  # this coroutine itself was cancelled
+    print("stopped serving", flush=True)
+
+
+def serve(cfg: ServeConfig) -> None:
+    """Register the deployments and serve their runs until interrupted (Ctrl-C or SIGTERM)."""
+    deps = deployments(cfg)  # outside the event loop: to_deployment is sync here
+    previous = signal.getsignal(signal.SIGTERM)
+    try:
+        asyncio.run(aserve(deps, cfg.limit))
+    except KeyboardInterrupt:
+        print("stopped serving", flush=True)
+    finally:
+        signal.signal(signal.SIGTERM, previous)

@@ -1,5 +1,6 @@
-"""The job flows as real Prefect flow runs (ephemeral server): outputs, artifacts, and bad
-parameters refused before any task runs."""
+"""The job flows as real Prefect flow runs (ephemeral server): outputs, artifacts, task run
+names, bad parameters refused with the CLI's messages before any task runs, and retries only of
+transient errors."""
 
 from __future__ import annotations
 
@@ -11,6 +12,19 @@ from prefect.artifacts import Artifact
 from prefect.testing.utilities import prefect_test_harness
 
 from stdiff.flows.jobs import impute_flow, ingest_flow, train_flow
+
+
+def _task_run_names(state) -> list[str]:
+    """The names of the task runs of the flow run that ended in ``state`` (read from the API)."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    flow_run_id = state.state_details.flow_run_id
+    with get_client(sync_client=True) as client:
+        runs = client.read_task_runs(
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id]))
+        )
+    return sorted(r.name for r in runs)
 
 
 @pytest.fixture(scope="module")
@@ -26,8 +40,11 @@ def test_impute_flow_writes_the_store_and_an_artifact(
     params = {"checkpoint": str(run), "data": str(store), "out": str(tmp_path / "imp.zarr"),
               "sampler": "dpmpp_2m", "steps": 4, "members": 4, "eval_ratio": 0.2, "split": "all",
               "device": "cpu"}  # fmt: skip
-    r = impute_flow(params)
+    state = impute_flow(params, return_state=True)
+    r = state.result()
     assert r["metrics"]["crps"] > 0
+    names = _task_run_names(state)
+    assert len(names) == 1 and names[0].startswith("impute-missing-values-"), names
     assert xr.open_zarr(tmp_path / "imp.zarr", consolidated=False).sizes["member"] == 4
     art = Artifact.get("impute")
     assert art is not None and "crps" in art.data
@@ -61,6 +78,76 @@ def test_bad_parameters_fail_before_work(harness, tmp_path: Path) -> None:
     assert state.is_failed()
     with pytest.raises(ValueError, match="members must be at least 1"):
         state.result()
+    assert _task_run_names(state) == []  # refused before any task ran
+    # a wrong type fails with the CLI's message (from_dict), not pydantic's
+    bad = {"checkpoint": "c", "data": "d", "out": "o", "members": "many"}
+    with pytest.raises(ValueError, match=r"^impute: members: expected int, got 'many'$"):
+        impute_flow(bad)
+    with pytest.raises(ValueError, match=r"unknown key\(s\) \['member'\]"):
+        impute_flow({"checkpoint": "c", "data": "d", "out": "o", "member": 3})
+
+
+def test_job_flows_have_typed_parameter_schemas() -> None:
+    from prefect.utilities.callables import parameter_schema
+
+    from stdiff.flows.jobs import forecast_flow, score_flow
+
+    schema = parameter_schema(impute_flow.fn).model_dump()
+    assert schema["properties"]["params"]["$ref"] == "#/definitions/ImputeConfig"
+    fields = schema["definitions"]["ImputeConfig"]["properties"]
+    assert fields["members"] == {"default": 100, "title": "Members", "type": "integer"}
+    assert fields["split"]["enum"] == ["test", "valid", "train", "all"]
+    assert set(schema["definitions"]["ImputeConfig"]["required"]) == {"checkpoint", "data", "out"}
+    fc = parameter_schema(forecast_flow.fn).model_dump()["definitions"]["ForecastConfig"]
+    assert fc["properties"]["init"] == {"items": {"type": "string"}, "title": "Init",
+                                        "type": "array"}  # fmt: skip
+    sc = parameter_schema(score_flow.fn).model_dump()["definitions"]["ScoreConfig"]
+    assert sc["properties"]["forecasts"]["additionalProperties"] == {"type": "string"}
+
+
+def test_only_transient_errors_are_retried() -> None:
+    import errno
+
+    from stdiff.datasets.errors import DataError
+    from stdiff.flows.jobs import transient
+
+    for exc in (TimeoutError(), ConnectionResetError(), OSError(errno.EIO, "I/O error"),
+                OSError(errno.ESTALE, "stale file handle")):  # fmt: skip
+        assert transient(exc), exc
+    for exc in (ValueError("bad"), DataError("x.nc", "no variable air"), FileNotFoundError(2, "x"),
+                PermissionError(13, "x"), IsADirectoryError(21, "x"), NotADirectoryError(20, "x"),
+                OSError(errno.ENOSPC, "No space left"), OSError(errno.EROFS, "Read-only"),
+                RuntimeError("bug"), KeyError("k")):  # fmt: skip
+        assert not transient(exc), exc
+
+
+def test_ingest_retries_transient_errors_only(harness, tmp_path: Path, monkeypatch) -> None:
+    """A real flow run: a missing file or a bad input fails after one attempt; a dropped
+    connection is retried and the run completes."""
+    import stdiff.datasets.ingest as ingest_module
+
+    calls: list[str] = []
+    errors: list[BaseException] = []
+
+    def flaky(source, out, opt, **kw):
+        calls.append(source)
+        if errors:
+            raise errors.pop(0)
+        return ingest_module.IngestResult(Path(out), False, 0.0, "ok")
+
+    monkeypatch.setattr(ingest_module, "ingest", flaky)
+    for exc in (FileNotFoundError(2, "No such file or directory", "x.nc"), ValueError("x.nc: bad")):
+        calls.clear()
+        errors[:] = [exc]
+        state = ingest_flow("x.nc", str(tmp_path / "s.zarr"), {"kind": "weather"},
+                            return_state=True)  # fmt: skip
+        assert state.is_failed() and len(calls) == 1, (exc, calls)
+        with pytest.raises(type(exc)):
+            state.result()
+    calls.clear()
+    errors[:] = [ConnectionResetError(104, "Connection reset by peer")]
+    r = ingest_flow("x.nc", str(tmp_path / "s.zarr"), {"kind": "weather"})
+    assert len(calls) == 2 and r["summary"] == "ok"
 
 
 def test_reconstruct_and_generate_flows(harness, tmp_path: Path, image_model) -> None:

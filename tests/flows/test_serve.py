@@ -1,9 +1,13 @@
-"""`stdiff serve` against a real local Prefect server: deployments with cron schedules are
-registered, a run is triggered through the API and completes; bad serve configs fail fast."""
+"""`stdiff serve` against a real local Prefect server: deployments with cron schedules and typed
+parameter schemas are registered, a triggered run completes, a cron deployment gets scheduled
+runs that complete on their own, and SIGTERM stops serving cleanly; bad serve configs, and
+deployments whose inputs are missing, fail fast."""
 
 from __future__ import annotations
 
+import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -20,6 +24,8 @@ from stdiff.cli import app
 
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
+TOY = {"config_path": str(REPO / "configs/demo_toy2d.yaml"),
+       "overrides": {"train.steps": 20, "data.n_train": 1000, "sample.n_samples": 200}}  # fmt: skip
 
 
 def _free_port() -> int:
@@ -43,62 +49,68 @@ def _wait_healthy(url: str, proc: subprocess.Popen, timeout: float = 180) -> Non
     raise TimeoutError("prefect server did not become healthy")
 
 
-@pytest.mark.slow
-def test_serve_registers_schedules_and_runs_a_deployment(tmp_path: Path) -> None:
+def _inputs(root: Path) -> dict[str, str]:
+    """A checkpoint folder and a zarr store as `serve --check` accepts them (not loadable)."""
+    (root / "run/checkpoints/step_000000001").mkdir(parents=True)
+    (root / "store.zarr").mkdir()
+    (root / "store.zarr/zarr.json").write_text("{}")
+    return {"checkpoint": str(root / "run"), "data": str(root / "store.zarr")}
+
+
+def _ask(env: dict[str, str], script: str, timeout: float) -> dict:
+    """Run ``script`` (async ``main(client)`` returning JSON) against the server; its answer."""
+    code = textwrap.dedent("""
+        import asyncio, json
+        from prefect.client.orchestration import get_client
+        from prefect.client.schemas.filters import *
+        from prefect.client.schemas.sorting import *
+        """) + textwrap.dedent(script) + textwrap.dedent("""
+        async def _run():
+            async with get_client() as client:
+                return await main(client)
+        print("ANSWER", json.dumps(asyncio.run(_run()), default=str))
+        """)  # fmt: skip
+    res = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                         timeout=timeout)  # fmt: skip
+    for line in res.stdout.splitlines():
+        if line.startswith("ANSWER "):
+            return json.loads(line.removeprefix("ANSWER "))
+    raise AssertionError(res.stdout + res.stderr[-3000:])
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    """A `prefect server start` on a free port and `stdiff serve` with three deployments: the toy
+    demo (triggered), the toy demo every minute (cron), a forecast twice a day (never due)."""
+    tmp = tmp_path_factory.mktemp("serve")
     port = _free_port()
     api = f"http://127.0.0.1:{port}/api"
-    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect"), "PREFECT_API_URL": api,
+    env = {**os.environ, "PREFECT_HOME": str(tmp / "prefect"), "PREFECT_API_URL": api,
            "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_UI_ENABLED": "false",
-           "OMP_NUM_THREADS": "1"}  # fmt: skip
-    serve_cfg = {
-        "deployments": [
-            {"name": "toy-now", "flow": "toy",
-             "parameters": {"config_path": str(REPO / "configs/demo_toy2d.yaml"),
-                            "out_dir": str(tmp_path / "toy"),
-                            "overrides": {"train.steps": 20, "data.n_train": 1000,
-                                          "sample.n_samples": 200}}},
-            {"name": "forecast-00-12-utc", "flow": "forecast", "cron": "0 0,12 * * *",
-             "parameters": {"params": {"checkpoint": "c", "data": "d", "out": "o",
-                                       "init": ["latest"]}}},
-        ]
-    }  # fmt: skip
-    (tmp_path / "serve.yaml").write_text(yaml.safe_dump(serve_cfg))
-    logs = (tmp_path / "server.log").open("w"), (tmp_path / "serve.log").open("w")
+           "PREFECT_RUNNER_POLL_FREQUENCY": "5", "OMP_NUM_THREADS": "1"}  # fmt: skip
+    forecast = {**_inputs(tmp), "out": str(tmp / "fc.zarr"), "init": ["latest"], "members": 2}
+    serve_cfg = {"deployments": [
+        {"name": "toy-now", "flow": "toy",
+         "parameters": {**TOY, "out_dir": str(tmp / "toy-now")}},
+        {"name": "toy-every-minute", "flow": "toy", "cron": "* * * * *",
+         "parameters": {**TOY, "out_dir": str(tmp / "toy-cron")}},
+        {"name": "forecast-00-12-utc", "flow": "forecast", "cron": "0 0,12 * * *",
+         "parameters": {"params": forecast}},
+    ]}  # fmt: skip
+    (tmp / "serve.yaml").write_text(yaml.safe_dump(serve_cfg))
+    logs = (tmp / "server.log").open("w"), (tmp / "serve.log").open("w")
     server = subprocess.Popen([str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1",
                                "--port", str(port)], env=env, stdout=logs[0], stderr=subprocess.STDOUT)  # fmt: skip
     serving = None
     try:
         _wait_healthy(api, server)
-        serving = subprocess.Popen([str(BIN / "stdiff"), "serve", "--config", str(tmp_path / "serve.yaml")],
-                                   env=env, cwd=REPO, stdout=logs[1], stderr=subprocess.STDOUT)  # fmt: skip
-        script = textwrap.dedent("""
-            import asyncio, time
-            from prefect.client.orchestration import get_client
-            from prefect.deployments import run_deployment
-
-            async def schedules():
-                async with get_client() as c:
-                    d = await c.read_deployment_by_name("stdiff-forecast/forecast-00-12-utc")
-                    return [s.schedule.cron for s in d.schedules]
-
-            for _ in range(120):  # until `stdiff serve` has registered the deployments
-                try:
-                    crons = asyncio.run(schedules())
-                    break
-                except Exception:
-                    time.sleep(1)
-            print("CRONS", crons)
-            run = run_deployment("stdiff-toy-demo/toy-now", timeout=300)
-            print("STATE", run.state.type.value)
-        """)
-        res = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True,
-                             text=True, timeout=480)  # fmt: skip
-        assert "CRONS ['0 0,12 * * *']" in res.stdout, res.stdout + res.stderr
-        assert "STATE COMPLETED" in res.stdout, res.stdout + res.stderr[-3000:]
-        assert (tmp_path / "toy/metrics.json").is_file()  # the served run wrote its outputs
+        serving = subprocess.Popen([sys.executable, "-m", "stdiff", "serve", "--config",
+                                    str(tmp / "serve.yaml")], env=env, cwd=REPO, stdout=logs[1],
+                                   stderr=subprocess.STDOUT)  # fmt: skip
+        yield {"env": env, "tmp": tmp, "serving": serving, "log": tmp / "serve.log"}
     finally:
         for p in (serving, server):
-            if p is not None:
+            if p is not None and p.poll() is None:
                 p.terminate()
                 try:
                     p.wait(timeout=30)
@@ -108,20 +120,137 @@ def test_serve_registers_schedules_and_runs_a_deployment(tmp_path: Path) -> None
             f.close()
 
 
+@pytest.mark.slow
+def test_serve_registers_schedules_and_typed_parameter_schemas(served) -> None:
+    got = _ask(served["env"], """
+        async def main(client):
+            for _ in range(120):  # until `stdiff serve` has registered the deployments
+                try:
+                    d = await client.read_deployment_by_name("stdiff-forecast/forecast-00-12-utc")
+                    break
+                except Exception:
+                    await asyncio.sleep(1)
+            return {"crons": [s.schedule.cron for s in d.schedules],
+                    "schema": d.parameter_openapi_schema,
+                    "enforced": d.enforce_parameter_schema}
+        """, timeout=180)  # fmt: skip
+    assert got["crons"] == ["0 0,12 * * *"]
+    schema = got["schema"]
+    assert schema["properties"]["params"]["$ref"] == "#/definitions/ForecastConfig"
+    fields = schema["definitions"]["ForecastConfig"]["properties"]
+    assert fields["members"]["type"] == "integer" and fields["lead"]["default"] == "72h"
+    assert fields["init"]["type"] == "array" and fields["layout"]["enum"] == ["wb2", "stdiff"]
+    assert got["enforced"] is False  # the flow validates, with the CLI's messages
+
+
+@pytest.mark.slow
+def test_served_deployment_runs_when_triggered(served) -> None:
+    script = textwrap.dedent("""
+        from prefect.deployments import run_deployment
+        run = run_deployment("stdiff-toy-demo/toy-now", timeout=300)
+        print("STATE", run.state.type.value)
+        """)
+    res = subprocess.run([sys.executable, "-c", script], env=served["env"], capture_output=True,
+                         text=True, timeout=420)  # fmt: skip
+    assert "STATE COMPLETED" in res.stdout, res.stdout + res.stderr[-3000:]
+    assert (served["tmp"] / "toy-now/metrics.json").is_file()  # the served run wrote its outputs
+
+
+@pytest.mark.slow
+def test_cron_deployment_runs_on_its_own(served) -> None:
+    """Nobody triggers it: the server's scheduler creates runs of the every-minute deployment
+    (it failed on SQLAlchemy 2.1) and `serve` runs them. Waits at most 5 minutes."""
+    got = _ask(served["env"], """
+        import time
+        async def main(client):
+            d = await client.read_deployment_by_name("stdiff-toy-demo/toy-every-minute")
+            only = DeploymentFilter(id=DeploymentFilterId(any_=[d.id]))
+            end, seen = time.monotonic() + 300, []
+            while time.monotonic() < end:
+                runs = await client.read_flow_runs(deployment_filter=only)
+                seen = [(r.state_type.value, r.auto_scheduled) for r in runs]
+                if any(r.state_type.value == "COMPLETED" for r in runs):
+                    break
+                await asyncio.sleep(3)
+            return seen
+        """, timeout=360)  # fmt: skip
+    assert ["COMPLETED", True] in got, got
+    assert (served["tmp"] / "toy-cron/metrics.json").is_file()
+
+
+@pytest.mark.slow
+def test_sigterm_stops_serving_cleanly(served) -> None:
+    proc = served["serving"]
+    time.sleep(2)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=60) == 0
+    log = served["log"].read_text()
+    assert "stopped serving" in log and "All deployments have been paused" in log
+    assert "never awaited" not in log and "Traceback" not in log, log[-3000:]
+
+
+def _check(tmp_path: Path, deployments: list[dict]):
+    path = tmp_path / "serve.yaml"
+    path.write_text(yaml.safe_dump({"deployments": deployments}))
+    return CliRunner().invoke(app, ["serve", "--config", str(path), "--check"])
+
+
 def test_serve_check_fails_fast_on_bad_configs(tmp_path: Path) -> None:
-    ok = CliRunner().invoke(app, ["serve", "--config", str(REPO / "configs/serve.yaml"), "--check"])
-    assert ok.exit_code == 0 and "forecast-00-12-utc: flow forecast, cron 0 0,12 * * *" in ok.output
+    inputs = _inputs(tmp_path)
+    params = {**inputs, "out": "o", "init": ["latest"]}
+    ok = _check(tmp_path, [{"name": "f", "flow": "forecast", "cron": "0 0,12 * * *",
+                            "parameters": {"params": params}}])  # fmt: skip
+    assert ok.exit_code == 0 and "f: flow forecast, cron 0 0,12 * * *" in ok.output, ok.output
     cases = [
         ({"name": "a", "flow": "nowcast"}, "flow 'nowcast' is not known"),
-        ({"name": "a", "flow": "forecast", "cron": "61 * * * *", "parameters": {"params": {}}},
+        ({"name": "a", "flow": "forecast", "cron": "61 * * * *", "parameters": {"params": params}},
          "cron '61 * * * *' is not a valid cron string"),
         ({"name": "a", "flow": "train", "parameters": {"config": "x", "epochs": 3}},
          "unknown parameter(s) ['epochs']"),
-        ({"name": "a", "flow": "impute", "parameters": {"params": {"checkpoint": "c", "data": "d",
-          "out": "o", "members": 0}}}, "deployments[0] (a): impute: members must be at least 1"),
+        ({"name": "a", "flow": "forecast"}, "parameter(s) ['params'] of flow 'forecast' are missing"),
+        ({"name": "a", "flow": "impute", "parameters": {"params": {**inputs, "out": "o",
+          "members": 0}}}, "deployments[0] (a): impute: members must be at least 1"),
     ]  # fmt: skip
     for dep, message in cases:
-        path = tmp_path / "bad.yaml"
-        path.write_text(yaml.safe_dump({"deployments": [dep]}))
-        res = CliRunner().invoke(app, ["serve", "--config", str(path), "--check"])
+        res = _check(tmp_path, [dep])
         assert res.exit_code == 2 and message in res.output, res.output
+
+
+def test_serve_check_refuses_missing_inputs(tmp_path: Path) -> None:
+    """Every input a deployment reads must exist and be the right kind of thing: one line naming
+    the deployment, the parameter and the path, exit 2."""
+    inputs = _inputs(tmp_path)
+    (tmp_path / "file.txt").write_text("x")
+    (tmp_path / "empty").mkdir()
+    fc = {**inputs, "out": "o", "init": ["latest"]}
+    missing = str(tmp_path / "missing")
+    cases = [
+        ("forecast", {"params": {**fc, "checkpoint": missing}},
+         f"params.checkpoint '{missing}': not found"),
+        ("forecast", {"params": {**fc, "checkpoint": str(tmp_path / "empty")}},
+         f"params.checkpoint '{tmp_path / 'empty'}': no checkpoint in this folder"),
+        ("forecast", {"params": {**fc, "data": str(tmp_path / "file.txt")}},
+         f"params.data '{tmp_path / 'file.txt'}': is not a folder (expected a store)"),
+        ("impute", {"params": {**inputs, "out": "o", "data": str(tmp_path / "empty")}},
+         f"params.data '{tmp_path / 'empty'}': is not a zarr store"),
+        ("score", {"params": {"forecasts": {"ours": inputs["data"], "theirs": missing},
+                              "data": inputs["data"], "out": "s"}},
+         f"params.forecasts.theirs '{missing}': not found"),
+        ("train", {"config": missing}, f"config '{missing}': not found"),
+        ("toy", {"config_path": str(tmp_path), "out_dir": "o"},
+         f"config_path '{tmp_path}': is not a file"),
+        ("ingest", {"source": missing, "out": "o", "options": {"kind": "weather"}},
+         f"source '{missing}': not found"),
+    ]  # fmt: skip
+    for flow, parameters, message in cases:
+        res = _check(tmp_path, [{"name": "d", "flow": flow, "parameters": parameters}])
+        assert res.exit_code == 2, (flow, res.output)
+        assert f"serve: deployments[0] (d): {message}" in res.output, res.output
+        assert len(res.output.strip().splitlines()) == 1, res.output
+    # the shipped config points at outputs the other jobs write: refused until they exist
+    shipped = CliRunner().invoke(
+        app, ["serve", "--config", str(REPO / "configs/serve.yaml"), "--check"]
+    )
+    if not (REPO / "outputs/train_ncep_dit").exists():
+        assert shipped.exit_code == 2
+        assert "(forecast-00-12-utc): params.checkpoint 'outputs/train_ncep_dit'" in shipped.output
