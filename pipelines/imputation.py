@@ -139,8 +139,15 @@ class ImputeConfig:
 
 
 def plan_chunks(cfg: ImputeConfig) -> int:
-    """How many output chunks (batches of stays) the job has: what a fan-out distributes."""
-    observed = open_store(cfg.data)["observed_mask"].values.astype(bool)
+    """How many output chunks (batches of stays, or of windows of one long series) the job has:
+    what a fan-out distributes."""
+    ds = open_store(cfg.data)
+    if "stay" not in ds.dims:
+        from stdiff.pipelines.series_imputation import series_layout
+
+        plan, chunk = series_layout(cfg, ds, load_denoiser(cfg.checkpoint, cfg.weights)[1])
+        return -(-len(plan.times) // chunk)
+    observed = ds["observed_mask"].values.astype(bool)
     return -(-len(_select(cfg, observed)) // cfg.batch_size)
 
 

@@ -221,21 +221,30 @@ def window_conditions(plan: SeriesPlan, cond: np.ndarray, idx: np.ndarray) -> np
     return w
 
 
+def series_layout(cfg, ds: xr.Dataset, tcfg) -> tuple[SeriesPlan, int]:
+    """The job's plan and its output chunk (``batch_size`` strides or horizons of steps; the
+    windows of one chunk are drawn together), from the config and the checkpoint's window."""
+    length = cfg.window or getattr(tcfg.data, "window", 0)
+    if length < 2:
+        raise ValueError(f"{cfg.checkpoint}: no window length; set window")
+    pos = select_steps(cfg, ds)
+    stride = cfg.stride or max(1, length // 2)
+    if cfg.mode == "forecast":
+        plan = forecast_plan(pos, length, cfg.horizon)
+    else:
+        plan = impute_plan(pos, ds.sizes["time"], length, stride)
+    step = stride if cfg.mode == "impute" else cfg.horizon
+    return plan, max(1, cfg.batch_size * step)
+
+
 def run_series_imputation(cfg, ds, denoiser, tcfg, meta, device, progress=True) -> dict[str, Any]:
     """The series job (see the module docstring); called by ``run_imputation`` for a store with
     dims ``(time, feature)``. Returns the same summary as for stays, with ``windows`` and
     ``time_steps`` in place of ``stays``."""
     from stdiff.pipelines import imputation as imp
 
-    length = cfg.window or getattr(tcfg.data, "window", 0)
-    if length < 2:
-        raise ValueError(f"{cfg.checkpoint}: no window length; set window")
-    pos = select_steps(cfg, ds)
-    n_time = ds.sizes["time"]
-    if cfg.mode == "forecast":
-        plan = forecast_plan(pos, length, cfg.horizon)
-    else:
-        plan = impute_plan(pos, n_time, length, cfg.stride or max(1, length // 2))
+    plan, chunk = series_layout(cfg, ds, tcfg)
+    length = plan.length
     observed = ds["observed_mask"].values.astype(bool)
     hidden = eval_points(cfg, ds, plan, observed)
     cond = observed.copy()
@@ -245,8 +254,6 @@ def run_series_imputation(cfg, ds, denoiser, tcfg, meta, device, progress=True) 
     mean = np.asarray(meta["stats"]["values_mean"], dtype=np.float32)
     std = np.asarray(meta["stats"]["values_std"], dtype=np.float32)
 
-    step = (cfg.stride or max(1, length // 2)) if cfg.mode == "impute" else cfg.horizon
-    chunk = max(1, cfg.batch_size * step)
     n_chunks = -(-len(plan.times) // chunk)
     bad = [c for c in cfg.chunks or [] if not 0 <= c < n_chunks]
     if bad:

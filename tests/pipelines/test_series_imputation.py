@@ -242,3 +242,20 @@ def test_beijing_end_to_end(shared_data: Path, tmp_path: Path) -> None:
     o = xr.open_zarr(out)
     assert o.sizes["time"] == 24 and o.sizes["feature"] == 12
     assert int(o["eval_mask"].sum()) == int(int(o["observed_mask"].sum()) * 0.1)
+
+
+def test_chunks_are_planned_resumed_and_published_once(series_run, tmp_path: Path) -> None:
+    from dataclasses import replace
+
+    from stdiff.pipelines.imputation import ImputeConfig, plan_chunks, run_imputation
+
+    store, run = series_run
+    cfg = ImputeConfig(checkpoint=str(run), data=str(store), out=str(tmp_path / "c.zarr"),
+                       sampler="ddim", steps=2, members=2, max_steps=100, batch_size=3,
+                       device="cpu")  # fmt: skip
+    assert plan_chunks(cfg) == 6  # 100 steps in chunks of 3 windows x 6-step strides
+    part = run_imputation(replace(cfg, chunks=[0, 5]), progress=False)
+    assert part["chunks"] == 6 and part["pending"] == [1, 2, 3, 4] and not Path(cfg.out).exists()
+    rest = run_imputation(cfg, progress=False)
+    assert rest["computed"] == [1, 2, 3, 4] and rest["complete"]
+    assert xr.open_zarr(cfg.out)["samples"].notnull().all()
