@@ -92,6 +92,16 @@ class IngestOptions:
             raise ValueError(f"coarsen must be a positive integer, got {self.coarsen}")
         if self.split not in ("auto", "train", "test"):
             raise ValueError(f"split={self.split!r} is not valid; choose one of auto, train, test")
+        if self.categorical not in ("error", "drop", "onehot"):
+            raise ValueError(
+                f"--categorical {self.categorical!r} is not valid; choose one of error, drop, onehot"
+            )
+        table = ("time_columns", "station_column", "drop_columns", "freq", "test_months",
+                 "valid_months")  # fmt: skip
+        given = [k for k in table if getattr(self, k)]
+        if given and self.kind != "timeseries":
+            flag = "--" + given[0].replace("_", "-")
+            raise ValueError(f"{flag} applies to --kind timeseries tables, not {self.kind}")
         from stdiff.datasets.slices import parse_window
 
         parse_window(self.window)  # a bad window fails before any input is read

@@ -224,6 +224,8 @@ def window_conditions(plan: SeriesPlan, cond: np.ndarray, idx: np.ndarray) -> np
 def series_layout(cfg, ds: xr.Dataset, tcfg) -> tuple[SeriesPlan, int]:
     """The job's plan and its output chunk (``batch_size`` strides or horizons of steps; the
     windows of one chunk are drawn together), from the config and the checkpoint's window."""
+    if cfg.max_stays:
+        raise ValueError("max_stays applies to stays; a series selects steps with max_steps")
     length = cfg.window or getattr(tcfg.data, "window", 0)
     if length < 2:
         raise ValueError(f"{cfg.checkpoint}: no window length; set window")

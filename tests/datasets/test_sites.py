@@ -80,7 +80,9 @@ def test_folder_of_stations_end_to_end(tmp_path: Path, station_folder: Path) -> 
         np.testing.assert_allclose(ds["values"].values[:, k], col.astype(np.float32))
         np.testing.assert_array_equal(ds["observed_mask"].values[:, k], ~np.isnan(col))
     month = pd.DatetimeIndex(ds.time.values).month
-    np.testing.assert_array_equal(ds["split"].values, np.select([month == 3, month == 2], [2, 1], 0))
+    np.testing.assert_array_equal(
+        ds["split"].values, np.select([month == 3, month == 2], [2, 1], 0)
+    )
     train = ds["values"].values[ds["split"].values == 0]
     np.testing.assert_allclose(ds["values_mean"].values, np.nanmean(train, 0), rtol=1e-5)
     np.testing.assert_allclose(ds["values_std"].values, np.nanstd(train, 0), rtol=1e-4)
@@ -159,6 +161,11 @@ def test_physionet_refuses_time_splits(tmp_path: Path) -> None:
     res = _run(archive, "--kind", "timeseries", "--out", tmp_path / "x.zarr",
                "--test-months", "3")  # fmt: skip
     assert res.exit_code == 2 and "PhysioNet splits by stay" in res.output
+    weather = _run(archive, "--kind", "weather", "--out", tmp_path / "w.zarr", *TIME_FLAGS)
+    assert weather.exit_code == 2
+    assert "--time-columns applies to --kind timeseries tables, not weather" in weather.output
+    bad = _run(archive, "--kind", "timeseries", "--out", tmp_path / "c.zarr", "--categorical", "x")
+    assert bad.exit_code == 2 and "--categorical 'x' is not valid" in bad.output
 
 
 def test_beijing_folder(tmp_path: Path, shared_data: Path) -> None:
