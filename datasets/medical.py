@@ -84,6 +84,8 @@ def load_nifti(path: str | Path, *, axis: str = "axial") -> xr.Dataset:
         img = img.slicer[(..., *([0] * (len(shape) - 3)))]
     elif len(shape) != 3:
         raise DataError(path, f"expected a 3-D volume, got shape {shape}")
+    if 0 in img.shape:
+        raise DataError(path, f"the volume is empty (shape {tuple(img.shape)}); nothing to ingest")
     original = "".join(nib.aff2axcodes(img.affine))
     try:
         canon = nib.as_closest_canonical(img)

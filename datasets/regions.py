@@ -126,10 +126,11 @@ class RegionStore:
 
     def _discard_if_empty(self) -> None:
         """Remove a partial store that holds no finished chunk (nothing to resume)."""
-        if self.work.exists() and not any((self.work / DONE).glob("[0-9]*")):
-            shutil.rmtree(self.work, ignore_errors=True)
-            with contextlib.suppress(OSError):
-                self.lock.unlink()
+        if self.work.exists() and any((self.work / DONE).glob("[0-9]*")):
+            return
+        shutil.rmtree(self.work, ignore_errors=True)
+        with contextlib.suppress(OSError):
+            self.lock.unlink()
 
     def done(self, chunk: int) -> bool:
         return self.is_published or (self.work / DONE / f"{chunk:08d}").exists()

@@ -172,7 +172,11 @@ def open_store(path: str | Path) -> xr.Dataset:
     p = Path(path)
     if not (p / "zarr.json").is_file():
         raise DataError(p, "not a zarr v3 store (no zarr.json); create one with `stdiff ingest`")
-    return xr.open_zarr(p, consolidated=False)
+    try:
+        return xr.open_zarr(p, consolidated=False)
+    except (ValueError, KeyError, TypeError, OSError) as e:  # damaged metadata
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise DataError(p, f"unreadable zarr store ({type(e).__name__}: {first[:200]})") from None
 
 
 def require_kind(ds: xr.Dataset, where: str | Path, kind: str, needed: tuple[str, ...]) -> None:

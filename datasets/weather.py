@@ -420,10 +420,14 @@ def coarsen(
     f_lat, f_lon = (factor, factor) if isinstance(factor, int) else factor
     for dim, f in (("lat", f_lat), ("lon", f_lon)):
         if f < 1:
-            raise DataError("factor", f"coarsening factor must be >= 1, got {f}")
-        if boundary == "exact" and ds.sizes[dim] % f:
+            raise DataError("--coarsen", f"the factor must be at least 1, got {f}")
+        n = ds.sizes[dim]
+        if boundary == "exact" and n % f:
+            fits = [d for d in range(2, n + 1) if n % d == 0][:6]
             raise DataError(
-                "factor", f"{f} does not divide {dim} size {ds.sizes[dim]}; pass boundary='trim'"
+                "--coarsen",
+                f"{f} does not divide {dim} size {n}; choose one that does "
+                f"({', '.join(map(str, fits)) or 'none'}) or 1 for no coarsening",
             )
     out = ds.coarsen(lat=f_lat, lon=f_lon, boundary=boundary).mean(keep_attrs=True)
     return _float32(out)

@@ -101,7 +101,9 @@ def load_config(path: str | Path, cls: type[T], overrides: dict[str, Any] | None
     if not path.is_file():
         raise ValueError(f"{path}: config file not found")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except UnicodeDecodeError:
+        raise ValueError(f"{path}: not a UTF-8 text file; save the config as UTF-8") from None
     except yaml.YAMLError as e:
         raise ValueError(f"{path}: not valid YAML ({e})") from None
     if not isinstance(data, dict):

@@ -1,9 +1,18 @@
-"""One progress bar for every job: tqdm on a terminal, nothing under CI (``CI=true``) or when off."""
+"""One progress bar for every job: tqdm on a terminal; nothing when stderr is not a terminal
+(logs, pipes: ``STDIFF_PROGRESS=1`` forces it), under CI (``CI=true``) or when off."""
 
 from __future__ import annotations
 
 import os
+import sys
 from typing import Any
+
+
+def _is_terminal() -> bool:
+    try:
+        return sys.stderr.isatty()
+    except (AttributeError, ValueError):
+        return False
 
 
 class _NoBar:
@@ -14,7 +23,8 @@ class _NoBar:
 
 def progress_bar(total: int, *, enabled: bool = True, initial: int = 0, unit: str = "it") -> Any:
     """A tqdm bar (``update``, ``set_postfix``, ``close``), or a silent stand-in."""
-    if not enabled or os.environ.get("CI") == "true":
+    forced = os.environ.get("STDIFF_PROGRESS") == "1"
+    if not enabled or os.environ.get("CI") == "true" or not (forced or _is_terminal()):
         return _NoBar()
     from tqdm import tqdm
 

@@ -110,6 +110,17 @@ def classify(e: BaseException) -> tuple[int, str]:
     return INTERNAL_ERROR, f"internal error ({type(e).__name__}: {one_line(str(e))[:300]})"
 
 
+def _clear_progress_bars() -> None:
+    """Take open progress bars off the terminal, so the error line stands alone."""
+    tqdm = getattr(sys.modules.get("tqdm"), "tqdm", None)
+    for bar in list(getattr(tqdm, "_instances", None) or []):
+        try:
+            bar.leave = False
+            bar.close()
+        except Exception:  # a broken bar must not hide the error
+            continue
+
+
 def run(fn: Callable[[], int | None], debug: bool = False) -> int:
     """Call ``fn`` inside the boundary; returns the exit code (never raises but SystemExit)."""
     try:
@@ -118,6 +129,7 @@ def run(fn: Callable[[], int | None], debug: bool = False) -> int:
     except SystemExit:
         raise
     except BaseException as e:  # the boundary: everything becomes an exit code and one line
+        _clear_progress_bars()
         code, line = classify(e)
         if code == INTERNAL_ERROR:
             if debug:

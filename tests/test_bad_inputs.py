@@ -9,6 +9,7 @@ real console script in a subprocess to prove the same from outside.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import subprocess
@@ -97,6 +98,11 @@ def world(tmp_path_factory, trained_csdi, image_model) -> dict[str, Path]:
     (root / "list.yaml").write_text("- a\n- b\n")
     (root / "bad.yaml").write_text("out: [unclosed\n")
     (root / "empty.yaml").write_text("")
+    (root / "latin1.yaml").write_bytes("out: caf\xe9\n".encode("latin-1"))
+    (root / "latin1.csv").write_bytes("time,caf\xe9\n2013-01-01,1\n".encode("latin-1"))
+    (root / "corrupt.zarr").mkdir()
+    (root / "corrupt.zarr" / "zarr.json").write_text('{"zarr_format": 3, "node_type": ')
+    _zero_size_nifti(root / "zero.nii.gz")
     job = yaml.safe_load((csdi / "job.yaml").read_text()) if (csdi / "job.yaml").exists() else None
     base = job or _csdi_job_yaml(csdi.parent / "job.yaml")
     base["out"] = str(root / "new_run")
@@ -104,6 +110,12 @@ def world(tmp_path_factory, trained_csdi, image_model) -> dict[str, Path]:
     _damaged_checkpoints(root, csdi)
     return {"root": root, "stays": stays, "csdi": csdi, "images": images, "irun": irun,
             "grid": grid, "wrun": root / "wrun"}  # fmt: skip
+
+
+def _zero_size_nifti(path: Path) -> None:
+    import nibabel as nib
+
+    nib.save(nib.Nifti1Image(np.zeros((0, 4, 4), np.float32), np.eye(4)), str(path))
 
 
 def _csdi_job_yaml(path: Path) -> dict:
@@ -171,6 +183,13 @@ CASES: list[tuple[str, list[str], str]] = [
     ("ingest-unknown-variable", ["ingest", "{grid}", "--kind", "weather", "--variables", "rain", "--out", "{root}/o.zarr"], "rain"),
     ("ingest-out-user-file", ["ingest", "{grid}", "--kind", "weather", "--out", "{root}/notes.txt"], "notes.txt"),
     ("ingest-out-user-folder", ["ingest", "{grid}", "--kind", "weather", "--out", "{root}/mine"], "mine"),
+    ("ingest-zero-size-nifti", ["ingest", "{root}/zero.nii.gz", "--kind", "medical", "--out", "{root}/o.zarr"], "zero.nii.gz"),
+    ("ingest-coarsen-not-divisor", ["ingest", "{grid}", "--kind", "weather", "--coarsen", "5", "--out", "{root}/o.zarr"], "--coarsen"),
+    ("ingest-latin1-csv", ["ingest", "{root}/latin1.csv", "--kind", "timeseries", "--out", "{root}/o.zarr"], "latin1.csv"),
+    ("ingest-corrupt-zarr", ["ingest", "{root}/corrupt.zarr", "--kind", "weather", "--out", "{root}/o.zarr"], "corrupt.zarr"),
+    ("ingest-out-is-source", ["ingest", "{grid}", "--kind", "weather", "--out", "{grid}"], "--out"),
+    ("ingest-out-other-ingest", ["ingest", "{grid}", "--kind", "weather", "--out", "{stays}"], "--overwrite"),
+    ("ingest-out-job-output", ["ingest", "{grid}", "--kind", "weather", "--out", "{root}/wrun"], "wrun"),
     ("ingest-out-parent-is-file", ["ingest", "{grid}", "--kind", "weather", "--out", "{root}/notes.txt/o.zarr"], "notes.txt"),
     # --- train: configs
     ("train-config-missing", ["train", "--config", "{root}/nothere.yaml"], "nothere.yaml"),
@@ -178,6 +197,9 @@ CASES: list[tuple[str, list[str], str]] = [
     ("train-config-bad-yaml", ["train", "--config", "{root}/bad.yaml"], "bad.yaml"),
     ("train-config-list", ["train", "--config", "{root}/list.yaml"], "list.yaml"),
     ("train-config-empty", ["train", "--config", "{root}/empty.yaml"], "empty.yaml"),
+    ("train-config-latin1", ["train", "--config", "{root}/latin1.yaml"], "latin1.yaml"),
+    ("train-cuda-absent", ["train", "--config", "{root}/job.yaml", "--set", "device=cuda"], "cuda"),
+    ("train-store-corrupt", ["train", "--config", "{root}/job.yaml", "--set", "data.store={root}/corrupt.zarr"], "corrupt.zarr"),
     ("train-unknown-key", ["train", "--config", "{root}/job.yaml", "--set", "colour=red"], "colour"),
     ("train-unknown-nested-key", ["train", "--config", "{root}/job.yaml", "--set", "loop.stepz=3"], "stepz"),
     ("train-batch-0", ["train", "--config", "{root}/job.yaml", "--set", "loop.batch_size=0"], "batch_size"),
@@ -255,6 +277,9 @@ CASES: list[tuple[str, list[str], str]] = [
     ("forecast-lead-garbage", ["forecast", "--checkpoint", "{wrun}", "--data", "{grid}", "--out", "{root}/f.zarr", "--init", "2013-02-05T00", "--lead", "soon"], "lead"),
     ("forecast-members-0", ["forecast", "--checkpoint", "{wrun}", "--data", "{grid}", "--out", "{root}/f.zarr", "--init", "2013-02-05T00", "--members", "0"], "members"),
     ("forecast-members-billion", ["forecast", "--checkpoint", "{wrun}", "--data", "{grid}", "--out", "{root}/f.zarr", "--init", "2013-02-05T00", "--members", "1000000000"], "--members"),
+    ("forecast-lead-zero", ["forecast", "--checkpoint", "{wrun}", "--data", "{grid}", "--out", "{root}/f.zarr", "--init", "2013-02-05T00", "--lead", "0h"], "lead"),
+    ("forecast-no-history", ["forecast", "--checkpoint", "{wrun}", "--data", "{grid}", "--out", "{root}/f.zarr", "--init", "2013-01-01T00"], "2013-01-01"),
+    ("forecast-data-corrupt", ["forecast", "--checkpoint", "{wrun}", "--data", "{root}/corrupt.zarr", "--out", "{root}/f.zarr", "--init", "2013-02-05T00"], "corrupt.zarr"),
     ("forecast-bad-layout", ["forecast", "--checkpoint", "{wrun}", "--data", "{grid}", "--out", "{root}/f.zarr", "--init", "2013-02-05T00", "--layout", "grib"], "layout"),
     ("forecast-bad-sampler", ["forecast", "--checkpoint", "{wrun}", "--data", "{grid}", "--out", "{root}/f.zarr", "--init", "2013-02-05T00", "--set", "sampler=magic"], "magic"),
     ("forecast-sigmas", ["forecast", "--checkpoint", "{wrun}", "--data", "{grid}", "--out", "{root}/f.zarr", "--init", "2013-02-05T00", "--set", "sigma_min=5", "--set", "sigma_max=1"], "sigma"),
@@ -285,6 +310,7 @@ CASES: list[tuple[str, list[str], str]] = [
     ("score-out-is-file", ["score", "--forecast", "a={stays}", "--data", "{grid}", "--out", "{root}/notes.txt"], "notes.txt"),
     ("score-out-user-folder", ["score", "--forecast", "a={stays}", "--data", "{grid}", "--out", "{root}/mine"], "mine"),
     ("score-out-is-data", ["score", "--forecast", "a={stays}", "--data", "{grid}", "--out", "{grid}"], "--out"),
+    ("score-duplicate-name", ["score", "--forecast", "a={stays}", "--forecast", "a={grid}", "--data", "{grid}", "--out", "{root}/s"], "a"),
     ("score-climatology-period", ["score", "--forecast", "a={stays}", "--data", "{grid}", "--out", "{root}/s", "--climatology-period", "2013"], "--climatology-period"),
     # --- the rest
     ("distill-config-missing", ["distill", "--config", "{root}/nothere.yaml"], "nothere.yaml"),
@@ -362,3 +388,33 @@ def test_json_is_valid_in_written_metrics(world) -> None:
     """The trained weather run wrote one JSON record per line (resume reads them back)."""
     for ln in (world["wrun"] / "metrics.jsonl").read_text().splitlines():
         json.loads(ln)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("err", [errno.ENOSPC, errno.EROFS, errno.EACCES])
+def test_write_errors_are_one_line_and_leave_nothing(world, tmp_path, capsys, monkeypatch, err):
+    """A full, read-only or forbidden disk (patched: the suite runs as root) during ingest,
+    imputation and training: exit 2, one line naming the file and what to do, no output, no
+    temporary folder."""
+    import safetensors.torch
+
+    def refuse(*args, **kwargs):
+        raise OSError(err, os.strerror(err), str(tmp_path / "out"))
+
+    monkeypatch.setattr(xr.Dataset, "to_zarr", refuse)
+    monkeypatch.setattr(safetensors.torch, "save_file", refuse)
+    monkeypatch.setattr("stdiff.pipelines.checkpoint.save_file", refuse)
+    job = yaml.safe_load((world["root"] / "job.yaml").read_text())
+    job.update(out=str(tmp_path / "run"), loop={**job["loop"], "steps": 2, "checkpoint_every": 1})
+    (tmp_path / "job.yaml").write_text(yaml.safe_dump(job))
+    commands = [
+        ["ingest", world["grid"], "--kind", "weather", "--out", tmp_path / "g.zarr"],
+        ["impute", "--checkpoint", world["csdi"], "--data", world["stays"], "--out",
+         tmp_path / "i.zarr", "--members", "2", "--steps", "2", "--set", "max_stays=2"],
+        ["train", "--config", tmp_path / "job.yaml"],
+    ]  # fmt: skip
+    for argv in commands:
+        code, lines = run_cli(capsys, *argv)
+        assert code == 2 and len(lines) == 1, (argv[0], lines)
+        assert str(tmp_path / "out") in lines[0] and os.strerror(err) in lines[0], lines
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["job.yaml"], argv[0]
