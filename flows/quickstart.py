@@ -7,6 +7,11 @@ ensemble from initial times in March (held out), score it against persistence an
 and write ``REPORT.md`` with the scores and links to the plots. A few minutes on 2 CPU cores.
 The climatology comes from the training months only, with a +-45-day window (the sample is short).
 Point it at full datasets with ``source`` and the periods (or use the other flows with configs).
+
+Run again into the same ``out``, it reuses the store (same inputs: the ingest is a no-op),
+continues the training from its last checkpoint (a run already at ``steps`` is used as it is) and
+replaces the forecast and the scores, which are its own outputs. The training logs its progress
+(step, loss, samples/s) to the flow run's log ten times.
 """
 
 from __future__ import annotations
@@ -45,10 +50,12 @@ def quickstart_flow(
                                        "data.train_period": list(train_period),
                                        "loop.steps": steps, "loop.checkpoint_every": steps,
                                        "loop.val_every": steps,
-                                       "loop.log_every": max(1, steps // 10)}, None)  # fmt: skip
+                                       "loop.log_every": max(1, steps // 10)},
+                         _earlier_run(root / "train"))  # fmt: skip
     forecast = run_job("forecast", {"checkpoint": trained["run"], "data": store,
                                      "out": str(root / "forecast.zarr"), "init": [inits],
-                                     "lead": lead, "members": members, "member_batch": members})  # fmt: skip
+                                     "lead": lead, "members": members, "member_batch": members,
+                                     "overwrite": True})  # fmt: skip
     scores = run_job("score", {"forecasts": {"stdiff": forecast["out"]}, "data": store,
                                 "out": str(root / "scores"),
                                 "climatology_period": list(train_period),
@@ -63,6 +70,11 @@ def quickstart_flow(
     _publish("quickstart", "stdiff quickstart", rows)
     return {"out": str(root), "report": str(report), "store": store, "run": trained["run"],
             "forecast": forecast["out"], "scores": scores}  # fmt: skip
+
+
+def _earlier_run(run: Path) -> str | None:
+    """The quickstart's earlier training run to continue (resume), if it left a checkpoint."""
+    return str(run) if (run / "checkpoints").is_dir() else None
 
 
 REPORTED = (("crps", "CRPS (K)"), ("rmse", "RMSE (K)"), ("spread_skill", "spread-skill ratio"))
