@@ -143,8 +143,10 @@ def serve(
         _fail(str(e))
     for d in cfg.deployments:
         typer.echo(f"{d.name}: flow {d.flow}, cron {d.cron or '-'} ({d.timezone})")
-    if not check:
-        run_serve(cfg)
+    if check:
+        typer.echo("parameters and inputs checked; not serving (--check)")
+        return
+    run_serve(cfg)
 
 
 def _period(text: str | None, name: str) -> tuple[str, str] | None:

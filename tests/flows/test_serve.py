@@ -201,6 +201,7 @@ def test_serve_check_fails_fast_on_bad_configs(tmp_path: Path) -> None:
     ok = _check(tmp_path, [{"name": "f", "flow": "forecast", "cron": "0 0,12 * * *",
                             "parameters": {"params": params}}])  # fmt: skip
     assert ok.exit_code == 0 and "f: flow forecast, cron 0 0,12 * * *" in ok.output, ok.output
+    assert "parameters and inputs checked; not serving" in ok.output
     cases = [
         ({"name": "a", "flow": "nowcast"}, "flow 'nowcast' is not known"),
         ({"name": "a", "flow": "forecast", "cron": "61 * * * *", "parameters": {"params": params}},
