@@ -10,6 +10,8 @@ from typing import Annotated
 import typer
 import yaml
 
+from stdiff.help import epilog
+
 app = typer.Typer(
     name="stdiff",
     help="Conditional spatiotemporal diffusion: training, sampling and evaluation jobs.",
@@ -293,7 +295,7 @@ def ingest(
     )
 
 
-@app.command()
+@app.command(epilog=epilog("train"))
 def train(
     config: Annotated[Path, typer.Option(help="YAML config (TrainJobConfig).")],
     resume: Annotated[
@@ -322,7 +324,7 @@ def train(
     typer.echo(f"checkpoints and metrics.jsonl in {cfg.out}")
 
 
-@app.command()
+@app.command(epilog=epilog("distill"))
 def distill(
     config: Annotated[Path, typer.Option(help="YAML config (DistillConfig).")],
     teacher: Annotated[
@@ -351,7 +353,7 @@ def distill(
     typer.echo(f"{r['method']} distillation done in {r['seconds']:.0f} s")
 
 
-@app.command()
+@app.command(epilog=epilog("impute"))
 def impute(
     checkpoint: Annotated[Path, typer.Option(help="Training run folder or step_* checkpoint.")],
     data: Annotated[Path, typer.Option(help="Timeseries store from `stdiff ingest`.")],
@@ -405,7 +407,7 @@ def impute(
         )
 
 
-@app.command()
+@app.command(epilog=epilog("reconstruct"))
 def reconstruct(
     checkpoint: Annotated[Path, typer.Option(help="Image model run folder or step_* checkpoint.")],
     data: Annotated[Path, typer.Option(help="Images store from `stdiff ingest --kind images`.")],
@@ -452,7 +454,7 @@ def reconstruct(
     )
 
 
-@app.command()
+@app.command(epilog=epilog("generate"))
 def generate(
     checkpoint: Annotated[Path, typer.Option(help="Class-conditional image model run folder.")],
     out: Annotated[Path, typer.Option(help="Output zarr store (a PNG grid is written beside it).")],
@@ -496,7 +498,7 @@ def generate(
     typer.echo(line)
 
 
-@app.command()
+@app.command(epilog=epilog("forecast"))
 def forecast(
     checkpoint: Annotated[Path, typer.Option(help="Training run folder or step_* checkpoint.")],
     data: Annotated[Path, typer.Option(help="Weather store from `stdiff ingest --kind weather`.")],
