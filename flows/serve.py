@@ -46,6 +46,7 @@ from stdiff.flows.jobs import (
     train_flow,
 )
 from stdiff.flows.quickstart import quickstart_flow
+from stdiff.pipelines.resources import resolve_config
 
 FLOWS = {
     "ingest": ingest_flow,
@@ -60,15 +61,16 @@ FLOWS = {
     "toy": toy_demo_flow,
 }
 
-InputKind = Literal["checkpoint", "store", "folder", "file", "path"]
+InputKind = Literal["checkpoint", "store", "folder", "config", "path"]
 
 # What each flow's runs read: (parameter, kind). ``params.x`` is a field of a job's config
 # (read from the validated config, so a value from its YAML counts); a mapping's values are each
 # an input. checkpoint: a run folder or a step_* folder with weights; store: a zarr store
-# folder; path: a file or a folder (URLs are not checked).
+# folder; config: a YAML file (``configs/NAME.yaml`` falls back to the shipped config, as
+# ``load_config`` does); path: a file or a folder (URLs are not checked).
 INPUTS: dict[str, tuple[tuple[str, InputKind], ...]] = {
     "ingest": (("source", "path"),),
-    "train": (("config", "file"), ("config:data.store", "store"), ("resume", "checkpoint")),
+    "train": (("config", "config"), ("config:data.store", "store"), ("resume", "checkpoint")),
     "impute": (("params.checkpoint", "checkpoint"), ("params.data", "store")),
     "forecast": (("params.checkpoint", "checkpoint"), ("params.data", "store")),
     "score": (("params.forecasts", "store"), ("params.data", "store")),
@@ -80,7 +82,7 @@ INPUTS: dict[str, tuple[tuple[str, InputKind], ...]] = {
     ),
     "distill": (("params.teacher", "checkpoint"), ("params.store", "store")),
     "quickstart": (("source", "path"),),
-    "toy": (("config_path", "file"),),
+    "toy": (("config_path", "config"),),
 }
 
 
@@ -157,7 +159,7 @@ def _configs(d: DeploymentSpec) -> dict[str, Any]:
     training config of a train flow (both validated here, as the runs will)."""
     if d.flow in JOBS:
         return {"params": job_config(d.flow, d.parameters["params"])}
-    if d.flow == "train" and Path(str(d.parameters["config"])).is_file():
+    if d.flow == "train" and resolve_config(str(d.parameters["config"])).is_file():
         from stdiff.pipelines.config import load_config
         from stdiff.pipelines.training_job import TrainJobConfig
 
@@ -178,6 +180,7 @@ def _inputs(d: DeploymentSpec, configs: dict[str, Any]) -> list[tuple[str, str, 
             value = configs["config:"]
             for part in key.removeprefix("config:").split("."):
                 value = getattr(value, part)
+            key = f"{d.parameters['config']}: {key.removeprefix('config:')}"
         else:
             value = d.parameters.get(
                 key, inspect.signature(FLOWS[d.flow].fn).parameters[key].default
@@ -193,10 +196,10 @@ def input_problem(path: str, kind: InputKind) -> str | None:
     """What is wrong with ``path`` as an input of ``kind``, or None when it can be read."""
     if "://" in path:
         return None  # a URL (gs://, s3://, https://): read by the run, not checked here
-    p = Path(path)
+    p = resolve_config(path) if kind == "config" else Path(path)
     if not p.exists():
         return "not found"
-    if kind == "file":
+    if kind == "config":
         return None if p.is_file() else "is not a file"
     if kind in ("folder", "store", "checkpoint") and not p.is_dir():
         return f"is not a folder (expected a {kind})"

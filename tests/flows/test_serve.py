@@ -217,7 +217,7 @@ def test_serve_check_fails_fast_on_bad_configs(tmp_path: Path) -> None:
         assert res.exit_code == 2 and message in res.output, res.output
 
 
-def test_serve_check_refuses_missing_inputs(tmp_path: Path) -> None:
+def test_serve_check_refuses_missing_inputs(tmp_path: Path, monkeypatch) -> None:
     """Every input a deployment reads must exist and be the right kind of thing: one line naming
     the deployment, the parameter and the path, exit 2."""
     inputs = _inputs(tmp_path)
@@ -248,6 +248,17 @@ def test_serve_check_refuses_missing_inputs(tmp_path: Path) -> None:
         assert res.exit_code == 2, (flow, res.output)
         assert f"serve: deployments[0] (d): {message}" in res.output, res.output
         assert len(res.output.strip().splitlines()) == 1, res.output
+    # a training config named as in the docs is the shipped one; its store must exist
+    monkeypatch.chdir(tmp_path)
+    res = _check(tmp_path, [{"name": "d", "flow": "train",
+                             "parameters": {"config": "configs/train_ncep_dit.yaml"}}])  # fmt: skip
+    assert res.exit_code == 2
+    assert ("(d): configs/train_ncep_dit.yaml: data.store 'outputs/ncep.zarr': not found"
+            in res.output), res.output  # fmt: skip
+    res = _check(tmp_path, [{"name": "d", "flow": "train", "parameters": {
+        "config": "configs/train_ncep_dit.yaml", "overrides": {"data.store": inputs["data"]}}}])  # fmt: skip
+    assert res.exit_code == 0, res.output
+    monkeypatch.chdir(REPO)
     # the shipped config points at outputs the other jobs write: refused until they exist
     shipped = CliRunner().invoke(
         app, ["serve", "--config", str(REPO / "configs/serve.yaml"), "--check"]
