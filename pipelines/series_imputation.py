@@ -239,6 +239,25 @@ def series_layout(cfg, ds: xr.Dataset, tcfg) -> tuple[SeriesPlan, int]:
     return plan, max(1, cfg.batch_size * step)
 
 
+def _draw_windows(denoiser, raw, cond, plan, idx, mean, std, cfg, device, times) -> tuple:
+    """``(W, M, L, K)`` samples in physical units of windows ``idx`` and their ``(W, L, K)``
+    conditioning masks; non-finite samples abort the job before anything is published."""
+    from stdiff.pipelines.imputation import _draw
+
+    cond_w = window_conditions(plan, cond, idx)
+    block = np.stack([raw[s : s + plan.length] for s in plan.starts[idx]])  # (W, L, K)
+    x_obs = torch.from_numpy(np.nan_to_num((block - mean) / std)).to(device)
+    cmask = torch.from_numpy(cond_w.astype(np.float32)).to(device)
+    draws = _draw(denoiser, x_obs, cmask, plan.starts[idx], cfg, device).cpu().numpy()
+    bad = ~np.isfinite(draws).reshape(len(idx), -1).all(1)
+    if bad.any():
+        first = times[plan.starts[idx][bad]]
+        raise FloatingPointError(
+            f"non-finite samples for windows starting {first[:5]}; the output was not published"
+        )
+    return draws * std + mean, cond_w
+
+
 def run_series_imputation(cfg, ds, denoiser, tcfg, meta, device, progress=True) -> dict[str, Any]:
     """The series job (see the module docstring); called by ``run_imputation`` for a store with
     dims ``(time, feature)``. Returns the same summary as for stays, with ``windows`` and
@@ -246,7 +265,6 @@ def run_series_imputation(cfg, ds, denoiser, tcfg, meta, device, progress=True) 
     from stdiff.pipelines import imputation as imp
 
     plan, chunk = series_layout(cfg, ds, tcfg)
-    length = plan.length
     observed = ds["observed_mask"].values.astype(bool)
     hidden = eval_points(cfg, ds, plan, observed)
     cond = observed.copy()
@@ -255,53 +273,30 @@ def run_series_imputation(cfg, ds, denoiser, tcfg, meta, device, progress=True) 
     raw = ds["values"].values.astype(np.float32)  # (T, K), NaN = missing
     mean = np.asarray(meta["stats"]["values_mean"], dtype=np.float32)
     std = np.asarray(meta["stats"]["values_std"], dtype=np.float32)
-
     n_chunks = -(-len(plan.times) // chunk)
     bad = [c for c in cfg.chunks or [] if not 0 <= c < n_chunks]
     if bad:
         raise ValueError(f"chunks {bad} are out of range: this job has {n_chunks} chunks")
     out, t0 = Path(cfg.out), time.perf_counter()
-    template = _template(ds, plan, cfg, imp.QUANTILES, chunk)
     store = RegionStore(out, imp._fingerprint(cfg, meta), n_chunks, "impute", cfg.overwrite)
-    store.open(template)
+    store.open(_template(ds, plan, cfg, imp.QUANTILES, chunk))
     todo = [c for c in (cfg.chunks if cfg.chunks is not None else range(n_chunks))
             if not store.done(c)]  # fmt: skip
-    masks = {"observed": observed, "eval": hidden}
+    masks, times = {"observed": observed, "eval": hidden}, ds["time"].values
     bar = progress_bar(len(todo), enabled=progress, unit="batch")
     for c in todo:
         sel = np.arange(c * chunk, min(len(plan.times), (c + 1) * chunk))
         idx = np.unique(plan.owner[sel])  # the windows these steps come from
-        cond_w = window_conditions(plan, cond, idx)
-        block = np.stack([raw[s : s + length] for s in plan.starts[idx]])  # (W, L, K)
-        x_obs = torch.from_numpy(np.nan_to_num((block - mean) / std)).to(device)
-        cmask = torch.from_numpy(cond_w.astype(np.float32)).to(device)
-        draws = imp._draw(denoiser, x_obs, cmask, plan.starts[idx], cfg, device).cpu().numpy()
-        if not np.isfinite(draws).all():
-            first = ds["time"].values[plan.starts[idx][~np.isfinite(draws).reshape(len(idx), -1)
-                                                       .all(1)]]  # fmt: skip
-            raise FloatingPointError(
-                f"non-finite samples for windows starting {first[:5]}; the output was not published"
-            )
-        data = _chunk_data(raw, draws * std + mean, plan, sel, idx, cond_w, masks,
-                           imp.QUANTILES, ds)  # fmt: skip
-        region = {"time": slice(int(sel[0]), int(sel[-1]) + 1)}
-        if not store.write(c, data, region):
+        phys, cond_w = _draw_windows(denoiser, raw, cond, plan, idx, mean, std, cfg, device, times)
+        data = _chunk_data(raw, phys, plan, sel, idx, cond_w, masks, imp.QUANTILES, ds)
+        if not store.write(c, data, {"time": slice(int(sel[0]), int(sel[-1]) + 1)}):
             break  # an identical run published the output meanwhile
         bar.update(1)
     bar.close()
     result: dict[str, Any] = {
-        "out": str(out),
-        "windows": len(plan.starts),
-        "time_steps": len(plan.times),
-        "window": length,
-        "members": cfg.members,
-        "sampler": cfg.sampler,
-        "steps": cfg.steps,
-        "evals": imp._evals(cfg),
-        "seconds": time.perf_counter() - t0,
-        "device": str(device),
-        "chunks": n_chunks,
-        "computed": todo,
-        "pending": store.pending(),
-    }
-    return imp.publish(store, out, cfg, meta, result, hidden.any(), mean, std)
+        "out": str(out), "windows": len(plan.starts), "time_steps": len(plan.times),
+        "window": plan.length, "members": cfg.members, "sampler": cfg.sampler,
+        "steps": cfg.steps, "evals": imp._evals(cfg), "seconds": time.perf_counter() - t0,
+        "device": str(device), "chunks": n_chunks, "computed": todo, "pending": store.pending(),
+    }  # fmt: skip
+    return imp.publish(store, out, cfg, meta, result, bool(hidden.any()), mean, std)
