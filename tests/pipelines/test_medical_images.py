@@ -291,3 +291,19 @@ def test_study_folder_and_misplaced_window(tmp_path) -> None:
     res = _ingest(tmp_path / "x.npz", "--kind", "images", "--window", "lung",
                   "--out", tmp_path / "x.zarr")  # fmt: skip
     assert res.exit_code == 2 and "--window applies to volumes" in res.output
+
+
+def test_colin27_through_a_medical_store(shared_data, tmp_path) -> None:
+    """The real brain volume: `--kind medical`, then that store as images, equals the direct
+    ingest of the file (168 axial slices with signal, 32 held back in blocks of 8)."""
+    nii = shared_data / "brain_mri/ch2.nii.gz"
+    assert _ingest(nii, "--kind", "medical", "--out", tmp_path / "vol.zarr").exit_code == 0
+    via = tmp_path / "via.zarr"
+    res = _ingest(tmp_path / "vol.zarr", "--kind", "images", "--image-size", 32, "--out", via)
+    assert res.exit_code == 0, res.output
+    direct = tmp_path / "direct.zarr"
+    assert _ingest(nii, "--kind", "images", "--image-size", 32, "--out", direct).exit_code == 0
+    a, b = open_store(via), open_store(direct)
+    np.testing.assert_array_equal(a["image"].values, b["image"].values)
+    assert a["image"].shape == (168, 1, 32, 32) and int(a["split"].sum()) == 32
+    assert a.attrs["window_mode"] == "auto" and a.attrs["display_up"] == "anterior"
