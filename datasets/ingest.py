@@ -234,6 +234,8 @@ def _images(source: str, opt: IngestOptions) -> xr.Dataset:
 
     p = Path(source)
     split = None if opt.split == "auto" else opt.split
+    if p.suffix.lower() != ".npz" and (opt.images_key or opt.labels_key):
+        raise DataError(p, "--images-key / --labels-key name the arrays of an .npz archive")
     volume = None if p.suffix.lower() == ".npz" else _volume(p, opt)
     if volume is not None:  # a volume's slices as images
         from stdiff.datasets.slices import parse_window, slices_as_images

@@ -291,6 +291,9 @@ def test_study_folder_and_misplaced_window(tmp_path) -> None:
     res = _ingest(tmp_path / "x.npz", "--kind", "images", "--window", "lung",
                   "--out", tmp_path / "x.zarr")  # fmt: skip
     assert res.exit_code == 2 and "--window applies to volumes" in res.output
+    res = _ingest(study / "series_a", "--kind", "images", "--images-key", "x",
+                  "--out", tmp_path / "y.zarr")  # fmt: skip
+    assert res.exit_code == 2 and "--images-key / --labels-key name the arrays" in res.output
 
 
 def test_colin27_through_a_medical_store(shared_data, tmp_path) -> None:
