@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.stdiff-installed
 OUT ?= outputs/quickstart
 
-.PHONY: test demo toy lint format bench bench-imputation bench-weather clean-venv
+.PHONY: test demo toy lint format bench bench-imputation bench-weather gpu-check clean-venv
 
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -51,6 +51,11 @@ bench-weather: $(STAMP)
 	$(VENV)/bin/stdiff train --config configs/train_ncep_dit.yaml
 	$(VENV)/bin/stdiff train --config configs/train_ncep_det.yaml
 	$(PY) -m benchmarks.weather --ensemble outputs/train_ncep_dit --deterministic outputs/train_ncep_det --write BENCHMARKS.md
+
+# On a GPU machine (torch, timm, einops suffice; no venv needed): CUDA checks, DiT/CSDI/forecast
+# throughput, written into BENCHMARKS.md. About 6-8 minutes on one H100/H200.
+gpu-check:
+	$(PYTHON) -m benchmarks.gpu_check --write BENCHMARKS.md
 
 clean-venv:
 	rm -rf $(VENV)
