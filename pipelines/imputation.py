@@ -87,7 +87,9 @@ class ImputeConfig:
     the first N selected steps; window: L (None: the checkpoint's ``data.window``); stride:
     between impute windows (None: L // 2; each step comes from its most central window);
     batch_size: windows per batch; use_targets: the store's ``target_mask`` are the evaluation
-    points (eval_ratio must then be 0)."""
+    points (eval_ratio must then be 0); eval_pattern: ``random`` hides single values, ``block``
+    gaps of ``eval_block`` consecutive steps of one feature (a sensor outage) until about
+    ``eval_ratio`` of the observed values are hidden."""
 
     checkpoint: str
     data: str
@@ -116,6 +118,8 @@ class ImputeConfig:
     period: list[str] | None = None
     max_steps: int | None = None
     use_targets: bool = True
+    eval_pattern: Literal["random", "block"] = "random"
+    eval_block: int = 24
     overwrite: bool = False
 
     def __post_init__(self) -> None:
@@ -127,6 +131,7 @@ class ImputeConfig:
         at_least_one(self, "steps", "members", "member_chunk", "batch_size")
         if self.eval_batch is not None:
             at_least_one(self, "eval_batch")
+        at_least_one(self, "eval_block")
         for name in ("window", "stride", "max_steps"):
             if getattr(self, name) is not None:
                 at_least_one(self, name)
@@ -184,6 +189,7 @@ def _check_inputs(cfg: ImputeConfig, ds: xr.Dataset, meta: dict[str, Any]) -> No
         if v not in ds:
             raise DataError(cfg.data, f"variable {v!r} is absent; is this a timeseries store?")
     series = [k for k in ("window", "stride", "period", "max_steps") if getattr(cfg, k)]
+    series += ["eval_pattern"] if cfg.eval_pattern != "random" else []
     if series:
         raise ValueError(f"{series[0]} applies to a store of one long series, not to stays")
     if ds["values"].dims != ("stay", "time", "feature"):

@@ -154,11 +154,33 @@ def eval_points(cfg, ds: xr.Dataset, plan: SeriesPlan, observed: np.ndarray) -> 
             )
         return target
     hidden = np.zeros((len(plan.times), observed.shape[1]), dtype=bool)
+    rs = np.random.RandomState(cfg.eval_seed)
+    shown = observed[plan.times]
+    if cfg.eval_ratio and cfg.eval_pattern == "block":
+        return block_eval_mask(shown, cfg.eval_ratio, cfg.eval_block, rs)
     if cfg.eval_ratio:
         flat = hidden.reshape(-1)
-        idx = np.flatnonzero(observed[plan.times].reshape(-1))
-        rs = np.random.RandomState(cfg.eval_seed)
+        idx = np.flatnonzero(shown.reshape(-1))
         flat[rs.choice(idx, int(len(idx) * cfg.eval_ratio), replace=False)] = True
+    return hidden
+
+
+def block_eval_mask(
+    observed: np.ndarray, ratio: float, block: int, rs: np.random.RandomState
+) -> np.ndarray:
+    """``(N, K)`` gaps of ``block`` consecutive steps of one feature (a sensor outage), drawn at
+    uniform (feature, start) pairs until at least ``ratio`` of the ``observed`` entries are
+    hidden (the last gap may overshoot by up to one block); only observed entries are hidden."""
+    n, k = observed.shape
+    if block > n:
+        raise ValueError(f"eval_block {block} is longer than the {n} selected steps")
+    hidden = np.zeros_like(observed, dtype=bool)
+    goal, have = int(observed.sum() * ratio), 0
+    while have < goal:
+        f, t = rs.randint(k), rs.randint(n - block + 1)
+        new = observed[t : t + block, f] & ~hidden[t : t + block, f]
+        hidden[t : t + block, f] |= new
+        have += int(new.sum())
     return hidden
 
 

@@ -19,7 +19,7 @@ from typer.testing import CliRunner
 from stdiff.cli import app
 from stdiff.datasets.store import open_store, write_store
 from stdiff.datasets.windows import SeriesWindows, window_starts
-from stdiff.pipelines.series_imputation import forecast_plan, impute_plan
+from stdiff.pipelines.series_imputation import block_eval_mask, forecast_plan, impute_plan
 
 WINDOW = 12
 TIME_FLAGS = ("--time-columns", "year,month,day,hour")
@@ -259,3 +259,21 @@ def test_chunks_are_planned_resumed_and_published_once(series_run, tmp_path: Pat
     rest = run_imputation(cfg, progress=False)
     assert rest["computed"] == [1, 2, 3, 4] and rest["complete"]
     assert xr.open_zarr(cfg.out)["samples"].notnull().all()
+
+
+def test_block_evaluation_hides_outages(series_run, tmp_path: Path) -> None:
+    observed = np.random.default_rng(1).random((300, 5)) < 0.9
+    hidden = block_eval_mask(observed, 0.2, 24, np.random.RandomState(0))
+    assert not (hidden & ~observed).any()
+    assert 0.2 * observed.sum() <= hidden.sum() < 0.2 * observed.sum() + 24
+    full = block_eval_mask(np.ones((300, 5), bool), 0.2, 24, np.random.RandomState(0))
+    for k in range(5):  # with nothing missing, every gap is a union of whole 24-step blocks
+        edges = np.flatnonzero(np.diff(np.r_[0, full[:, k], 0]))
+        assert (np.diff(edges)[::2] >= 24).all()
+    store, run = series_run
+    res = _impute(store, run, tmp_path / "b.zarr", "eval_ratio=0.1", "eval_pattern=block",
+                  "eval_block=6", "max_steps=96", members=2)  # fmt: skip
+    assert res.exit_code == 0, res.output
+    o = xr.open_zarr(tmp_path / "b.zarr")
+    ev, obs = o["eval_mask"].values.astype(bool), o["observed_mask"].values.astype(bool)
+    assert not (ev & ~obs).any() and ev.sum() >= int(obs.sum() * 0.1)
