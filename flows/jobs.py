@@ -385,7 +385,10 @@ def impute_fan_out_flow(params: ImputeConfig, chunks_per_task: int = 1) -> dict[
     groups = [list(range(a, min(n, a + chunks_per_task))) for a in range(0, n, chunks_per_task)]
     futures = [impute_chunk_task.submit(cfg, g) for g in groups]
     computed = sorted(c for f in futures for c in f.result())
-    r = run_job("impute", cfg)  # every chunk is done: this scores and publishes the store
+    r = run_job("impute", cfg)  # every chunk is done: publishes the store if no task did
+    scored = Path(f"{r['out']}.metrics.json")  # written by the run that scored and published
+    if "metrics" not in r and scored.is_file():
+        r = {**r, "metrics": json.loads(scored.read_text())["metrics"]}
     rows = {"chunks": n, "computed by tasks": len(computed), "out": r["out"]}
     rows.update({k: v for k, v in r.get("metrics", {}).items() if k != "rank_histogram"})
     _publish("impute-fan-out", "imputation (fan-out)", rows)
