@@ -107,6 +107,12 @@ def served(tmp_path_factory):
         serving = subprocess.Popen([sys.executable, "-m", "stdiff", "serve", "--config",
                                     str(tmp / "serve.yaml")], env=env, cwd=REPO, stdout=logs[1],
                                    stderr=subprocess.STDOUT)  # fmt: skip
+        end = time.monotonic() + 180  # until `stdiff serve` has registered the deployments
+        while "serving 3 deployment(s)" not in (tmp / "serve.log").read_text():
+            assert serving.poll() is None and time.monotonic() < end, (
+                tmp / "serve.log"
+            ).read_text()
+            time.sleep(1)
         yield {"env": env, "tmp": tmp, "serving": serving, "log": tmp / "serve.log"}
     finally:
         for p in (serving, server):
@@ -124,12 +130,7 @@ def served(tmp_path_factory):
 def test_serve_registers_schedules_and_typed_parameter_schemas(served) -> None:
     got = _ask(served["env"], """
         async def main(client):
-            for _ in range(120):  # until `stdiff serve` has registered the deployments
-                try:
-                    d = await client.read_deployment_by_name("stdiff-forecast/forecast-00-12-utc")
-                    break
-                except Exception:
-                    await asyncio.sleep(1)
+            d = await client.read_deployment_by_name("stdiff-forecast/forecast-00-12-utc")
             return {"crons": [s.schedule.cron for s in d.schedules],
                     "schema": d.parameter_openapi_schema,
                     "enforced": d.enforce_parameter_schema}
@@ -154,6 +155,23 @@ def test_served_deployment_runs_when_triggered(served) -> None:
                          text=True, timeout=420)  # fmt: skip
     assert "STATE COMPLETED" in res.stdout, res.stdout + res.stderr[-3000:]
     assert (served["tmp"] / "toy-now/metrics.json").is_file()  # the served run wrote its outputs
+
+
+@pytest.mark.slow
+def test_served_run_with_a_bad_parameter_fails_with_the_cli_message(served) -> None:
+    """The server does not enforce the schema: the flow's from_dict message reaches the run."""
+    params = yaml.safe_load((served["tmp"] / "serve.yaml").read_text())["deployments"][2]
+    bad = {"params": {**params["parameters"]["params"], "members": "many"}}
+    script = textwrap.dedent(f"""
+        from prefect.deployments import run_deployment
+        run = run_deployment("stdiff-forecast/forecast-00-12-utc", parameters={bad!r},
+                             timeout=300)
+        print("STATE", run.state.type.value, run.state.message)
+        """)
+    res = subprocess.run([sys.executable, "-c", script], env=served["env"], capture_output=True,
+                         text=True, timeout=420)  # fmt: skip
+    assert "STATE FAILED" in res.stdout, res.stdout + res.stderr[-3000:]
+    assert "forecast: members: expected int, got 'many'" in res.stdout, res.stdout
 
 
 @pytest.mark.slow
@@ -182,9 +200,10 @@ def test_cron_deployment_runs_on_its_own(served) -> None:
 def test_sigterm_stops_serving_cleanly(served) -> None:
     proc = served["serving"]
     time.sleep(2)
+    before = len(served["log"].read_text())
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=60) == 0
-    log = served["log"].read_text()
+    log = served["log"].read_text()[before:]  # what stopping printed
     assert "stopped serving" in log and "All deployments have been paused" in log
     assert "never awaited" not in log and "Traceback" not in log, log[-3000:]
 
