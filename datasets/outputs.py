@@ -163,7 +163,7 @@ def claim_folder(
     if not allow_existing:
         raise ValueError(
             f"{flag} {out}: holds an earlier stdiff {what}; pass --resume {out} to continue "
-            "it, or choose a new folder"
+            "it, --overwrite to start afresh, or choose a new folder"
         )
     return True
 

@@ -22,6 +22,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
+from stdiff.datasets.atomic import temp_sibling
 from stdiff.datasets.masks import STRATEGIES, Strategy, cond_mask
 from stdiff.datasets.outputs import FolderLock, claim_folder
 from stdiff.datasets.splits import csdi_stay_split
@@ -363,30 +364,44 @@ def init_distributed(device: torch.device) -> torch.device:
 
 
 def run_training(
-    cfg: TrainJobConfig, resume: str | Path | None = None, wait: bool = False
+    cfg: TrainJobConfig,
+    resume: str | Path | None = None,
+    wait: bool = False,
+    overwrite: bool = False,
 ) -> TrainState:
     """Build the job's denoiser and data, then run :func:`pipelines.train.train` holding the run
     folder's lock (a second run on it refuses, or waits with ``wait``). A fresh run that fails
-    before its first checkpoint leaves no folder behind."""
+    before its first checkpoint leaves no folder behind. ``overwrite``: an earlier run in
+    ``cfg.out`` is moved aside and replaced by a fresh one, and put back if the new one fails."""
     first = int(os.environ.get("RANK", "0")) == 0  # torchrun: rank 0 owns the folder
+    aside = None
     if first:
-        claim_folder(cfg.out, ("checkpoints", "metrics.jsonl"), "training run", "out",
-                     allow_existing=resume is not None)  # fmt: skip
+        earlier = claim_folder(cfg.out, ("checkpoints", "metrics.jsonl"), "training run", "out",
+                               allow_existing=resume is not None or overwrite)  # fmt: skip
         if resume is not None and not Path(resume).exists():
             raise ValueError(f"--resume {resume}: no such run or checkpoint folder")
+        if earlier and overwrite and resume is None:
+            FolderLock(cfg.out, "training run").acquire(wait).release()  # nobody is using it
+            aside = temp_sibling(cfg.out, "old")
+            os.replace(cfg.out, aside)
     fresh = not Path(cfg.out).exists()
     lock = FolderLock(cfg.out, "training run") if first else None
     try:
         if lock is not None:
             lock.acquire(wait)
-        return _run_training(cfg, resume)
+        state = _run_training(cfg, resume)
     except BaseException:
         if first and fresh and latest_checkpoint(cfg.out) is None:
             shutil.rmtree(cfg.out, ignore_errors=True)  # made by this run, holds nothing yet
+        if aside is not None and not Path(cfg.out).exists():
+            os.replace(aside, cfg.out)  # the new run failed: the earlier one comes back
         raise
     finally:
         if lock is not None:
             lock.release()
+    if aside is not None:
+        shutil.rmtree(aside, ignore_errors=True)
+    return state
 
 
 def _check_store(cfg: TrainJobConfig) -> None:

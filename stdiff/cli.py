@@ -307,6 +307,10 @@ def train(
     wait: Annotated[
         bool, typer.Option(help="Wait for another run holding the run folder, do not refuse.")
     ] = False,
+    overwrite: Annotated[
+        bool,
+        typer.Option(help="Start afresh in a folder holding an earlier run (restored on failure)."),
+    ] = False,
 ) -> None:
     """Train a denoiser on a store from `stdiff ingest` (EMA, checkpoints, exact resume)."""
     from stdiff.pipelines.config import load_config
@@ -314,7 +318,7 @@ def train(
 
     try:
         cfg = load_config(config, TrainJobConfig, _overrides(set_))
-        state = run_training(cfg, resume, wait)
+        state = run_training(cfg, resume, wait, overwrite)
     except ValueError as e:
         _fail(str(e))
     k = max(1, len(state.losses) // 10)

@@ -64,3 +64,22 @@ def test_fresh_run_failing_before_a_checkpoint_leaves_nothing(
     job.write_text(yaml.safe_dump(cfg))
     assert main(["train", "--config", str(job)]) == 2
     assert "model" in capsys.readouterr().err and not (tmp_path / "fresh").exists()
+
+
+def test_overwrite_replaces_a_run_and_restores_it_on_failure(
+    trained_csdi, tmp_path: Path, capsys
+) -> None:
+    run, job = _copy_run(trained_csdi, tmp_path)
+    before = sorted(p.name for p in (run / "checkpoints").iterdir())
+    cfg = yaml.safe_load(job.read_text())
+    cfg["model"]["params"]["num_features"] = 7  # the new run fails before any checkpoint
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump(cfg))
+    assert main(["train", "--config", str(bad), "--overwrite"]) == 2
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == before  # restored
+    cfg["model"]["params"]["num_features"] = 4
+    cfg["loop"].update(steps=3, checkpoint_every=3, log_every=1)
+    bad.write_text(yaml.safe_dump(cfg))
+    assert main(["train", "--config", str(bad), "--overwrite"]) == 0
+    assert [p.name for p in (run / "checkpoints").iterdir()] == ["step_000000003"]
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
