@@ -237,21 +237,22 @@ def train_flow(
 class Job:
     """A job kind: its typed config, its run function (config first), the name its task runs
     show, whether it holds a GPU (``gpu`` tag, for a concurrency limit) and whether the run
-    function takes ``progress`` (switched off: the flow logs instead)."""
+    function takes ``progress``: a bar that ``pipelines.progress`` draws only when stderr is a
+    terminal (``stdiff quickstart``, a flow run from a shell), never in served runs or logs."""
 
     config: type
     run: Callable[..., dict[str, Any]]
     task_name: str
     gpu: bool = True
-    progress_switch: bool = False
+    takes_progress: bool = False
 
 
 JOBS: dict[str, Job] = {
-    "impute": Job(ImputeConfig, run_imputation, "impute-missing-values", progress_switch=True),
-    "forecast": Job(ForecastConfig, run_forecast, "forecast-ensemble", progress_switch=True),
+    "impute": Job(ImputeConfig, run_imputation, "impute-missing-values", takes_progress=True),
+    "forecast": Job(ForecastConfig, run_forecast, "forecast-ensemble", takes_progress=True),
     "score": Job(ScoreConfig, run_scoring, "score-forecasts", gpu=False),
     "reconstruct": Job(
-        ReconstructConfig, run_reconstruction, "reconstruct-images", progress_switch=True
+        ReconstructConfig, run_reconstruction, "reconstruct-images", takes_progress=True
     ),
     "generate": Job(GenerateConfig, run_generation, "generate-samples"),
     "distill": Job(DistillConfig, run_distillation, "distill-students"),
@@ -279,9 +280,10 @@ def job_config(kind: str, params: Any) -> Any:
 @task(name="job")
 def job_task(kind: str, cfg: Any) -> dict[str, Any]:
     """Run the ``kind`` job on its validated config (use :func:`run_job`, which names the task
-    run after the job)."""
+    run after the job); logs what it runs, as the job may take long."""
     job = JOBS[kind]
-    return job.run(cfg, progress=False) if job.progress_switch else job.run(cfg)
+    get_run_logger().info(f"{job.task_name}: {kind} job into {getattr(cfg, 'out', '-')}")
+    return job.run(cfg, progress=True) if job.takes_progress else job.run(cfg)
 
 
 JOB_TASKS = {
