@@ -94,7 +94,9 @@ def ingest_options(options: IngestOptions | dict[str, Any]) -> IngestOptions:
 
 
 @task(name="ingest", retries=2, retry_delay_seconds=5, retry_condition_fn=retry_if_transient)
-def ingest_task(source: str, out: str, options: IngestOptions | dict[str, Any]) -> dict[str, Any]:
+def ingest_task(
+    source: str | list[str], out: str, options: IngestOptions | dict[str, Any]
+) -> dict[str, Any]:
     """Ingest ``source`` into the store ``out`` (retried only on transient I/O errors)."""
     from stdiff.datasets.ingest import ingest
 
@@ -103,10 +105,12 @@ def ingest_task(source: str, out: str, options: IngestOptions | dict[str, Any]) 
 
 
 @flow(name="stdiff-ingest", validate_parameters=False)
-def ingest_flow(source: str, out: str, options: IngestOptions) -> dict[str, Any]:
-    """Ingest ``source`` into the zarr store ``out`` (``options``: ``IngestOptions`` fields)."""
+def ingest_flow(source: str | list[str], out: str, options: IngestOptions) -> dict[str, Any]:
+    """Ingest ``source`` (a file, folder or URL; or several per-station tables) into the zarr
+    store ``out`` (``options``: ``IngestOptions`` fields)."""
     r = ingest_task(source, out, ingest_options(options))  # a bad option fails before the task
-    _publish("ingest", f"ingest {Path(source).name}", r)
+    name = Path(source).name if isinstance(source, str) else f"{len(source)} tables"
+    _publish("ingest", f"ingest {name}", r)
     return r
 
 

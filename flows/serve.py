@@ -185,6 +185,8 @@ def _inputs(d: DeploymentSpec, configs: dict[str, Any]) -> list[tuple[str, str, 
             value = d.parameters.get(
                 key, inspect.signature(FLOWS[d.flow].fn).parameters[key].default
             )
+        if isinstance(value, list | tuple):  # several inputs (per-station tables)
+            value = {str(i): v for i, v in enumerate(value)}
         if isinstance(value, dict):
             out += [(f"{key}.{name}", str(v), kind) for name, v in value.items()]
         elif value is not None:

@@ -261,6 +261,8 @@ def test_serve_check_refuses_missing_inputs(tmp_path: Path, monkeypatch) -> None
          f"config_path '{tmp_path}': is not a file"),
         ("ingest", {"source": missing, "out": "o", "options": {"kind": "weather"}},
          f"source '{missing}': not found"),
+        ("ingest", {"source": [str(tmp_path / "file.txt"), missing], "out": "o",
+                    "options": {"kind": "timeseries"}}, f"source.1 '{missing}': not found"),
     ]  # fmt: skip
     for flow, parameters, message in cases:
         res = _check(tmp_path, [{"name": "d", "flow": flow, "parameters": parameters}])
