@@ -62,7 +62,7 @@ class RegionStore:
         self.work = self.out.with_name(self.out.name + ".partial")
         self.lock = self.out.with_name(self.out.name + ".partial.lock")
         self.fingerprint, self.chunks, self.job = fingerprint, chunks, job
-        self.overwrite, self.is_published = overwrite, False
+        self.overwrite, self.is_published, self.own = overwrite, False, False
 
     def published(self) -> bool:
         """Whether ``out`` holds this very job's published output."""
@@ -95,6 +95,7 @@ class RegionStore:
         ``out`` already holds this job's output."""
         clean_stale(self.out.parent)
         self.template = template
+        self.own = self._matches()  # markers of a partial store of other settings do not count
         if self.published():
             if self.work.exists():
                 with file_lock(self.lock):
@@ -107,8 +108,10 @@ class RegionStore:
         """Create the partial store from the template, or reuse a matching one (under the lock:
         concurrent runs of one job create it once)."""
         if self._matches():
+            self.own = True
             return
         with file_lock(self.lock):
+            self.own = True
             if self._matches():
                 return
             shutil.rmtree(self.work, ignore_errors=True)
@@ -133,7 +136,11 @@ class RegionStore:
             self.lock.unlink()
 
     def done(self, chunk: int) -> bool:
-        return self.is_published or (self.work / DONE / f"{chunk:08d}").exists()
+        if self.is_published:
+            return True
+        if not self.own and self._matches():  # another run of this job created it meanwhile
+            self.own = True
+        return self.own and (self.work / DONE / f"{chunk:08d}").exists()
 
     def pending(self) -> list[int]:
         return [c for c in range(self.chunks) if not self.done(c)]
