@@ -135,6 +135,9 @@ def write_store(
     )
     chunks = {**default_chunks(ds), **(chunks or {})}
     ds = ds.chunk({d: c for d, c in chunks.items() if d in ds.dims})
+    # auxiliary coordinates (e.g. station / variable along feature) stay in memory: chunked
+    # object-dtype coordinates make xarray warn at every write
+    ds = ds.assign_coords({k: ds[k].variable.compute() for k in ds.coords if k not in ds.dims})
     for v in ds.variables.values():
         v.encoding.pop("chunks", None)
         v.encoding.pop("preferred_chunks", None)
