@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.stdiff-installed
 OUT ?= outputs/quickstart
 
-.PHONY: test demo toy lint format bench bench-imputation bench-weather gpu-check clean-venv
+.PHONY: test demo toy lint format grib bench bench-imputation bench-weather gpu-check clean-venv
 
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -29,6 +29,10 @@ lint: $(STAMP)
 format: $(STAMP)
 	$(VENV)/bin/ruff check --fix .
 	$(VENV)/bin/ruff format .
+
+# GRIB ingest: cfgrib and ecCodes' wheels into the same venv, under the same pins (torch untouched).
+grib: $(STAMP)
+	$(PY) -m pip install -q -c constraints.txt -e ".[grib]"
 
 # Side-by-side sampler benchmark against diffusers (its own venv, outside the repo).
 bench: $(STAMP)

@@ -3,7 +3,9 @@
 Canonical forms (every source returns one of these; units in each variable's ``attrs["units"]``,
 provenance in the dataset attrs ``source`` and ``kind``):
 
-* weather:    dims ``time, lat, lon`` (+ ``level``); lat ascending, lon in [0, 360); float32.
+* weather:    dims ``time, lat, lon`` (+ ``level``); lat ascending, lon ascending and contiguous
+              ([0, 360) for global grids; a regional grid crossing 0 keeps negative western
+              longitudes); float32.
 * timeseries: dims ``stay, time, feature`` (PhysioNet) or ``time, feature`` (tables); variable
               ``values`` float32 with NaN where missing, ``observed_mask`` uint8 (1 = observed),
               optional ``target_mask`` uint8 (1 = held-out evaluation target).

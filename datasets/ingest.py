@@ -133,7 +133,7 @@ def _weather(source: str, opt: IngestOptions) -> tuple[xr.Dataset, Split, list[s
     if opt.train_period and opt.test_period:
         split = time_split(ds, opt.train_period, opt.test_period)
     elif opt.train_period or opt.test_period:
-        raise ValueError("give both train_period and test_period, or neither")
+        raise ValueError("give both --train-period and --test-period, or neither")
     else:
         split = _fraction_split(ds.sizes["time"], "time")
     names = [v for v in ds.data_vars if "time" in ds[v].dims]

@@ -84,7 +84,7 @@ def time_split(
         out.valid.size and out.valid.min() <= last_train
     ):
         raise ValueError(
-            "time_split: validation and test periods must come after the training period"
+            "--test-period must come after --train-period (the steps between them are validation)"
         )
     return out
 
@@ -165,7 +165,7 @@ def series_split(
     if test_months:
         return month_split(ds, tuple(test_months), tuple(valid_months or ()))
     if bool(train_period) != bool(test_period):
-        raise ValueError("give both train_period and test_period, or neither")
+        raise ValueError("give both --train-period and --test-period, or neither")
     n = ds.sizes["time"]
     if train_period and test_period:
         if ds["time"].dtype.kind != "M":

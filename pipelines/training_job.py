@@ -44,7 +44,7 @@ from stdiff.pipelines.device import DeviceName, resolve_device
 from stdiff.pipelines.sample_dumps import SampleFn, image_dump, imputation_dump
 from stdiff.pipelines.toy import ScheduleConfig
 from stdiff.pipelines.train import LoopConfig, OptimConfig, TrainState, train
-from stdiff.pipelines.weather_task import NUM_SCALARS, WeatherLayout, forecast_batch
+from stdiff.pipelines.weather_task import WeatherLayout, forecast_batch
 
 # name -> (module, factory); factories take the keyword parameters of ``model.params``
 NETS: dict[str, tuple[str, str]] = {
@@ -315,15 +315,8 @@ def _weather_params(cfg: TrainJobConfig) -> dict[str, Any]:
     layout = WeatherLayout.from_store(
         open_store(cfg.data.store), cfg.data.variables, cfg.data.context
     )
-    if cfg.model.net == "autoencoder":
-        return {"in_channels": layout.num_channels, "periodic_lon": True, **cfg.model.params}
-    return {
-        "in_channels": layout.num_channels,
-        "context_channels": layout.context_channels,
-        "num_scalars": NUM_SCALARS,
-        "scalar_scale": 100.0,
-        **cfg.model.params,
-    }
+    # circular longitude padding only for grids that go all the way round (the layout decides)
+    return {**layout.net_params(cfg.model.net == "autoencoder"), **cfg.model.params}
 
 
 def store_metadata(ds, variables: list[str]) -> dict[str, Any]:
