@@ -142,12 +142,15 @@ def progress_line(rec: dict[str, Any], total: int) -> str:
 
 
 @contextmanager
-def logged_progress(metrics: Path, total: int, every: float = 2.0) -> Iterator[None]:
+def logged_progress(
+    metrics: Path, total: int, every: float = 2.0, fresh: bool = False
+) -> Iterator[None]:
     """Log every record the training loop appends to ``metrics`` (each ``loop.log_every``
     steps) to the task run's log while the block runs: a thread reads the file every ``every``
-    seconds, so a long training is not silent in the flow's log and console."""
+    seconds, so a long training is not silent in the flow's log and console. Records already
+    there (a resumed run's) are not logged again, unless ``fresh`` (the run replaces them)."""
     logger = get_run_logger()
-    last = max((r["step"] for r in _records(metrics)), default=0)  # records already there
+    last = 0 if fresh else max((r["step"] for r in _records(metrics)), default=0)
     stop = threading.Event()
 
     def report() -> None:
@@ -172,7 +175,7 @@ def logged_progress(metrics: Path, total: int, every: float = 2.0) -> Iterator[N
 
 
 def torchrun_command(
-    config: str, overrides: dict[str, Any], resume: str | None, nproc: int
+    config: str, overrides: dict[str, Any], resume: str | None, nproc: int, overwrite: bool = False
 ) -> list[str]:
     """``torchrun --standalone --nproc_per_node N -m stdiff train ...`` (DDP: NCCL with one
     GPU per process, gloo on the CPU; the trainer joins the process group itself)."""
@@ -186,15 +189,20 @@ def torchrun_command(
         cmd += ["--set", f"{k}={yaml.safe_dump(v, default_flow_style=True).strip()}"]
     if resume:
         cmd += ["--resume", resume]
-    return cmd
+    return [*cmd, "--overwrite"] if overwrite else cmd
 
 
 @task(name="train", tags=["gpu"])
 def train_task(
-    config: str, overrides: dict[str, Any], resume: str | None, nproc: int = 1
+    config: str,
+    overrides: dict[str, Any],
+    resume: str | None,
+    nproc: int = 1,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
     """Train from ``config`` (in this process, or ``nproc`` DDP processes through torchrun),
-    logging the progress; returns the run folder, the step and the last metrics."""
+    logging the progress; ``overwrite`` starts afresh in a folder holding an earlier run (put
+    back if the new one fails). Returns the run folder, the step and the last metrics."""
     from stdiff.pipelines.training_job import run_training
 
     cfg = load_config(config, TrainJobConfig, overrides)
@@ -202,11 +210,11 @@ def train_task(
     get_run_logger().info(
         f"train: {cfg.loop.steps} steps into {cfg.out}, progress every {cfg.loop.log_every} steps"
     )
-    with logged_progress(metrics, cfg.loop.steps):
+    with logged_progress(metrics, cfg.loop.steps, fresh=overwrite and resume is None):
         if nproc > 1:
             import subprocess
 
-            res = subprocess.run(torchrun_command(config, overrides, resume, nproc),
+            res = subprocess.run(torchrun_command(config, overrides, resume, nproc, overwrite),
                                  capture_output=True, text=True)  # fmt: skip
             if res.returncode != 0:
                 raise RuntimeError(
@@ -214,7 +222,7 @@ def train_task(
                 )
             step = None
         else:
-            step = run_training(cfg, resume).step
+            step = run_training(cfg, resume, overwrite=overwrite).step
     last = json.loads(metrics.read_text().splitlines()[-1]) if metrics.exists() else {}
     return {"run": cfg.out, "processes": nproc, **last,
             "step": step if step is not None else last.get("step")}  # fmt: skip
@@ -226,13 +234,15 @@ def train_flow(
     overrides: dict[str, Any] | None = None,
     resume: str | None = None,
     nproc: int = 1,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
     """Train from a YAML config (``overrides``: dotted keys) and publish the last metrics;
-    ``nproc > 1`` launches data-parallel training through ``torchrun`` on this machine."""
+    ``nproc > 1`` launches data-parallel training through ``torchrun`` on this machine;
+    ``overwrite``: retrain afresh into a folder holding an earlier run (scheduled retraining)."""
     if nproc < 1:
         raise ValueError(f"nproc must be at least 1, got {nproc}")
     load_config(config, TrainJobConfig, overrides or {})  # fail fast on a bad config
-    r = train_task(config, overrides or {}, resume, nproc)
+    r = train_task(config, overrides or {}, resume, nproc, overwrite)
     _publish("train", f"train {Path(config).stem}", r)
     return r
 

@@ -14,6 +14,19 @@ from prefect.testing.utilities import prefect_test_harness
 from stdiff.flows.jobs import impute_flow, ingest_flow, train_flow
 
 
+def _progress_logs(state) -> list[str]:
+    """The training progress lines (up to the first comma) of a flow run's log."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+    from prefect.logging.handlers import APILogHandler
+
+    APILogHandler().flush()  # logs are sent in batches
+    only = LogFilter(flow_run_id=LogFilterFlowRunId(any_=[state.state_details.flow_run_id]))
+    with get_client(sync_client=True) as client:
+        logs = client.read_logs(only)
+    return [m.message.split(",")[0] for m in logs if m.message.startswith("train: step ")]
+
+
 def _task_run_names(state) -> list[str]:
     """The names of the task runs of the flow run that ended in ``state`` (read from the API)."""
     from prefect.client.orchestration import get_client
@@ -59,6 +72,13 @@ def test_train_and_ingest_flows(harness, tmp_path: Path, trained_csdi, csdi_job)
     (tmp_path / "job.yaml").write_text(yaml.safe_dump(cfg))
     r = train_flow(str(tmp_path / "job.yaml"), {"loop.steps": 2})
     assert r["step"] == 2 and (tmp_path / "run/checkpoints/step_000000002").is_dir()
+    # a scheduled retraining into the same folder: refused without overwrite, afresh with it
+    with pytest.raises(ValueError, match="holds an earlier stdiff training run"):
+        train_flow(str(tmp_path / "job.yaml"), {"loop.steps": 2})
+    state = train_flow(str(tmp_path / "job.yaml"), {"loop.steps": 2}, overwrite=True,
+                       return_state=True)  # fmt: skip
+    assert state.result()["step"] == 2
+    assert _progress_logs(state) == ["train: step 2/2 (100 %)"]  # logged again: a fresh run
     # data-parallel through torchrun: 2 CPU processes (gloo), rank 0 writes the run
     d = train_flow(str(tmp_path / "job.yaml"), {"out": str(tmp_path / "ddp"), "loop.steps": 4},
                    nproc=2)  # fmt: skip
