@@ -95,20 +95,28 @@ def ingest_options(options: IngestOptions | dict[str, Any]) -> IngestOptions:
 
 @task(name="ingest", retries=2, retry_delay_seconds=5, retry_condition_fn=retry_if_transient)
 def ingest_task(
-    source: str | list[str], out: str, options: IngestOptions | dict[str, Any]
+    source: str | list[str],
+    out: str,
+    options: IngestOptions | dict[str, Any],
+    overwrite: bool = False,
 ) -> dict[str, Any]:
-    """Ingest ``source`` into the store ``out`` (retried only on transient I/O errors)."""
+    """Ingest ``source`` into the store ``out`` (retried only on transient I/O errors);
+    ``overwrite`` replaces an earlier ingest of other data (a scheduled refresh)."""
     from stdiff.datasets.ingest import ingest
 
-    r = ingest(source, out, ingest_options(options))
+    r = ingest(source, out, ingest_options(options), overwrite=overwrite)
     return {"out": str(r.store), "written": r.written, "seconds": r.seconds, "summary": r.summary}
 
 
 @flow(name="stdiff-ingest", validate_parameters=False)
-def ingest_flow(source: str | list[str], out: str, options: IngestOptions) -> dict[str, Any]:
+def ingest_flow(
+    source: str | list[str], out: str, options: IngestOptions, overwrite: bool = False
+) -> dict[str, Any]:
     """Ingest ``source`` (a file, folder or URL; or several per-station tables) into the zarr
-    store ``out`` (``options``: ``IngestOptions`` fields)."""
-    r = ingest_task(source, out, ingest_options(options))  # a bad option fails before the task
+    store ``out`` (``options``: ``IngestOptions`` fields; ``overwrite``: replace an earlier
+    ingest of other data, as a scheduled refresh must)."""
+    opt = ingest_options(options)  # a bad option fails before the task
+    r = ingest_task(source, out, opt, overwrite)
     name = Path(source).name if isinstance(source, str) else f"{len(source)} tables"
     _publish("ingest", f"ingest {name}", r)
     return r

@@ -96,3 +96,14 @@ def test_changed_settings_start_over(tmp_path: Path, trained_csdi) -> None:
     other = run_imputation(_cfg(run, store, out, members=2), progress=False)  # new fingerprint
     assert other["computed"] == [0, 1, 2, 3] and other["complete"]
     assert _samples(out).shape[1] == 2
+
+
+def test_identical_rerun_is_a_no_op_with_the_same_metrics(tmp_path: Path, trained_csdi) -> None:
+    store, run = trained_csdi
+    cfg = _cfg(run, store, tmp_path / "o.zarr", steps=5, members=2)
+    first = run_imputation(cfg, progress=False)
+    stamp = (tmp_path / "o.zarr" / "zarr.json").stat().st_mtime_ns
+    again = run_imputation(cfg, progress=False)
+    assert again["computed"] == [] and again["complete"] and again["unchanged"]
+    assert again["metrics"]["crps"] == first["metrics"]["crps"]
+    assert (tmp_path / "o.zarr" / "zarr.json").stat().st_mtime_ns == stamp
