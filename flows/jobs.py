@@ -388,51 +388,15 @@ def _grid_link(out: str) -> dict[str, str]:
     return {"grid": f"[{png.name}](file://{png})"}
 
 
-@task(name="impute-chunks", tags=["gpu"])
-def impute_chunk_task(cfg: ImputeConfig, chunks: list[int]) -> list[int]:
-    """Compute some chunks of an imputation store (on a Dask worker under ``DaskTaskRunner``)."""
-    from dataclasses import replace
-
-    return run_imputation(replace(cfg, chunks=chunks), progress=False)["computed"]
-
-
-@flow(name="stdiff-impute-fan-out", validate_parameters=False)
-def impute_fan_out_flow(params: ImputeConfig, chunks_per_task: int = 1) -> dict[str, Any]:
-    """``impute_flow`` with the store's chunks computed by parallel tasks, then published once.
-
-    Run it through :func:`distributed_impute` (a ``DaskTaskRunner``); killed and run again, it
-    computes only the chunks without completion markers."""
-    from stdiff.pipelines.imputation import plan_chunks
-
-    cfg = job_config("impute", params)
-    n = plan_chunks(cfg)
-    groups = [list(range(a, min(n, a + chunks_per_task))) for a in range(0, n, chunks_per_task)]
-    futures = [impute_chunk_task.submit(cfg, g) for g in groups]
-    computed = sorted(c for f in futures for c in f.result())
-    r = run_job("impute", cfg)  # every chunk is done: publishes the store if no task did
-    scored = Path(f"{r['out']}.metrics.json")  # written by the run that scored and published
-    if "metrics" not in r and scored.is_file():
-        r = {**r, "metrics": json.loads(scored.read_text())["metrics"]}
-    rows = {"chunks": n, "computed by tasks": len(computed), "out": r["out"]}
-    rows.update({k: v for k, v in r.get("metrics", {}).items() if k != "rank_histogram"})
-    _publish("impute-fan-out", "imputation (fan-out)", rows)
-    return {**r, "computed": computed}
-
-
 def distributed_impute(
     params: ImputeConfig | dict[str, Any],
     address: str | None = None,
     n_workers: int = 2,
     chunks_per_task: int = 1,
 ) -> dict[str, Any]:
-    """Run :func:`impute_fan_out_flow` on a ``dask.distributed`` cluster: the scheduler at
+    """The imputation's chunks fanned out over a ``dask.distributed`` cluster: the scheduler at
     ``address`` (``tcp://host:8786``), or a ``LocalCluster`` of ``n_workers`` one-thread
-    processes."""
-    from prefect_dask import DaskTaskRunner
+    processes (``flows.fanout``; forecasts too: ``flows.fanout.distributed_forecast``)."""
+    from stdiff.flows.fanout import distributed
 
-    if address:
-        runner = DaskTaskRunner(address=address)
-    else:
-        kw = {"n_workers": n_workers, "threads_per_worker": 1, "processes": True}
-        runner = DaskTaskRunner(cluster_kwargs=kw)
-    return impute_fan_out_flow.with_options(task_runner=runner)(params, chunks_per_task)
+    return distributed("impute", params, address, n_workers, chunks_per_task)

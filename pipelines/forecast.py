@@ -87,6 +87,8 @@ class ForecastConfig:
     lead: ``72h``, ``3d``, ``12steps``, or on a calendar-step (monthly) model ``3months``; members, member_batch: ensemble size and members per network call; the
     sampler and its noise levels (Karras spacing from ``sigma_max`` to ``sigma_min``);
     layout: the output's dimension names (``LAYOUTS``: WeatherBench 2's by default);
+    chunks: the initial times (indices) this run computes (None: all; a fan-out gives each task
+    some); the store is published once all are done;
     churn, noise_inflation: the two knobs of the ensemble's dispersion, the sampler's ``s_churn``
     (noise added back at each level in [s_tmin, s_tmax]) and ``s_noise`` (its inflation); None
     keeps ``options``' values (GenCast's 2.5 and 1.05). Raise them for an under-dispersed
@@ -112,6 +114,7 @@ class ForecastConfig:
     weights: Literal["ema", "model"] = "ema"
     layout: Literal["wb2", "stdiff"] = "wb2"
     overwrite: bool = False
+    chunks: list[int] | None = None
 
     def __post_init__(self) -> None:
         check_options(self.sampler, self.sampler_options())  # also refuses an unknown sampler
@@ -292,6 +295,11 @@ def _channels_to_vars(job: _Job, block: np.ndarray, ds: xr.Dataset) -> dict[str,
     return out
 
 
+def plan_chunks(cfg: ForecastConfig) -> int:
+    """How many output chunks (initial times) the job has: what a fan-out distributes."""
+    return len(_prepare(cfg, open_store(cfg.data), torch.device("cpu")).inits)
+
+
 def run_forecast(cfg: ForecastConfig, progress: bool = True) -> dict[str, Any]:
     """Run the job; returns ``{"out", "inits", "members", "lead_steps", "seconds", ...}``."""
     claim_store(cfg.out, "forecast", [cfg.data, cfg.checkpoint], cfg.overwrite)
@@ -307,7 +315,7 @@ def run_forecast(cfg: ForecastConfig, progress: bool = True) -> dict[str, Any]:
                  3 * members * (job.n_steps + ctx) * state, "--members / --lead")  # fmt: skip
     t0 = time.perf_counter()
     fingerprint = json.dumps(
-        {**{k: v for k, v in to_dict(cfg).items() if k not in ("out", "device", "init", "overwrite")},
+        {**{k: v for k, v in to_dict(cfg).items() if k not in ("out", "device", "init", "overwrite", "chunks")},
          "inits": [str(t) for t in job.inits], "store": ds.attrs.get("content_hash", "")},
         sort_keys=True, default=str,
     )  # fmt: skip
@@ -317,6 +325,11 @@ def run_forecast(cfg: ForecastConfig, progress: bool = True) -> dict[str, Any]:
     store = RegionStore(cfg.out, fingerprint, len(job.inits), "forecast", cfg.overwrite)
     store.open(template)
     todo = store.pending()
+    if cfg.chunks is not None:
+        bad = [c for c in cfg.chunks if not 0 <= c < len(job.inits)]
+        if bad:
+            raise ValueError(f"chunks {bad} are out of range: this job has {len(job.inits)} chunks")
+        todo = [c for c in todo if c in set(cfg.chunks)]
     bar = progress_bar(len(todo), enabled=progress, unit="init")
     for i in todo:
         init, p = job.inits[i], job.positions[i]
@@ -370,5 +383,6 @@ def run_forecast(cfg: ForecastConfig, progress: bool = True) -> dict[str, Any]:
             }
         )
 
-    store.finish(prepare)
+    result["complete"] = store.finish(prepare)
+    result["pending"] = store.pending()
     return result

@@ -6,11 +6,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 import xarray as xr
 
-from stdiff.datasets.splits import csdi_fold_split, normalization_stats
+from stdiff.datasets.splits import csdi_fold_split, normalization_stats, time_split
 from stdiff.datasets.store import attach_stats, write_store
 from stdiff.diffusion.analytic import GaussianMixture
 
@@ -216,3 +217,41 @@ def image_model(tmp_path_factory) -> tuple[Path, Path]:
 def make_images():
     """``make_image_store(path, images, labels)``: an images store for a test."""
     return make_image_store
+
+
+GRID_TIMES = pd.date_range("2013-01-01", periods=4 * 40, freq="6h")
+
+
+def make_grid_store(path: Path) -> Path:
+    """A small regional 6-hourly air-temperature grid (Jan-Feb 2013 training, Feb validation)."""
+    rng = np.random.default_rng(0)
+    air = 280 + rng.normal(0, 2, (len(GRID_TIMES), 6, 8)).astype(np.float32)
+    ds = xr.Dataset(
+        {"air": (("time", "lat", "lon"), air, {"units": "K"})},
+        coords={"time": GRID_TIMES, "lat": np.linspace(60, 35, 6), "lon": np.linspace(200, 235, 8)},
+        attrs={"kind": "weather", "source": "synthetic"},
+    )
+    split = time_split(ds, ("2013-01-01", "2013-01-31"), ("2013-02-01", "2013-02-09"))
+    ds = attach_stats(ds, normalization_stats(ds, ["air"], split, time_differences=True))
+    write_store(ds, path, content_hash="grid")
+    return path
+
+
+def weather_job(out: Path, store: Path) -> dict:
+    """A 2-step tiny-DiT forecast training job on ``store``."""
+    return {
+        "out": str(out), "device": "cpu",
+        "data": {"store": str(store), "task": "forecast",
+                 "train_period": ["2013-01-01", "2013-01-31"]},
+        "model": {"net": "dit_custom", "prediction": "edm", "sigma_data": 1.0,
+                  "params": {"patch_size": 2, "depth": 1, "hidden": 16, "num_heads": 2}},
+        "schedule": {"name": "edm"},
+        "loop": {"steps": 2, "batch_size": 4, "log_every": 1, "checkpoint_every": 2,
+                 "progress": False},
+    }  # fmt: skip
+
+
+@pytest.fixture(scope="session")
+def weather_builders():
+    """``(make_grid_store(path), weather_job(out, store))`` for tests that need a weather model."""
+    return make_grid_store, weather_job

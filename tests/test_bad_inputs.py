@@ -17,43 +17,11 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import pytest
 import xarray as xr
 import yaml
 
 from stdiff.cli import main
-from stdiff.datasets.splits import normalization_stats, time_split
-from stdiff.datasets.store import attach_stats, write_store
-
-TIMES = pd.date_range("2013-01-01", periods=4 * 40, freq="6h")
-
-
-def _grid(path: Path) -> Path:
-    rng = np.random.default_rng(0)
-    air = 280 + rng.normal(0, 2, (len(TIMES), 6, 8)).astype(np.float32)
-    ds = xr.Dataset(
-        {"air": (("time", "lat", "lon"), air, {"units": "K"})},
-        coords={"time": TIMES, "lat": np.linspace(60, 35, 6), "lon": np.linspace(200, 235, 8)},
-        attrs={"kind": "weather", "source": "synthetic"},
-    )
-    split = time_split(ds, ("2013-01-01", "2013-01-31"), ("2013-02-01", "2013-02-09"))
-    ds = attach_stats(ds, normalization_stats(ds, ["air"], split, time_differences=True))
-    write_store(ds, path, content_hash="grid")
-    return path
-
-
-def _weather_job(out: Path, store: Path) -> dict:
-    return {
-        "out": str(out), "device": "cpu",
-        "data": {"store": str(store), "task": "forecast",
-                 "train_period": ["2013-01-01", "2013-01-31"]},
-        "model": {"net": "dit_custom", "prediction": "edm", "sigma_data": 1.0,
-                  "params": {"patch_size": 2, "depth": 1, "hidden": 16, "num_heads": 2}},
-        "schedule": {"name": "edm"},
-        "loop": {"steps": 2, "batch_size": 4, "log_every": 1, "checkpoint_every": 2,
-                 "progress": False},
-    }  # fmt: skip
 
 
 def run_cli(capsys, *args) -> tuple[int, list[str]]:
@@ -76,13 +44,14 @@ def snapshot(root: Path) -> dict[str, tuple]:
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory, trained_csdi, image_model) -> dict[str, Path]:
+def world(tmp_path_factory, trained_csdi, image_model, weather_builders) -> dict[str, Path]:
     """Stores, trained runs and the user's own files that the cases point at."""
     root = tmp_path_factory.mktemp("world")
     stays, csdi = trained_csdi
     irun, images = image_model
-    grid = _grid(root / "grid.zarr")
-    (root / "wjob.yaml").write_text(yaml.safe_dump(_weather_job(root / "wrun", grid)))
+    make_grid, weather_job = weather_builders
+    grid = make_grid(root / "grid.zarr")
+    (root / "wjob.yaml").write_text(yaml.safe_dump(weather_job(root / "wrun", grid)))
     assert main(["train", "--config", str(root / "wjob.yaml")]) == 0
     (root / "mine").mkdir()
     (root / "mine" / "thesis.txt").write_text("years of work\n")

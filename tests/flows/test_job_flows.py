@@ -240,3 +240,28 @@ def test_distill_flow_publishes_its_students(harness, tmp_path: Path, image_mode
     assert art is not None and "steps_1" in art.data
     with pytest.raises(ValueError, match="power of two"):
         distill_flow({**params, "teacher_steps": 3})
+
+
+def test_forecast_fans_out_over_a_dask_cluster(harness, tmp_path: Path, weather_builders) -> None:
+    """Initial times as chunk tasks on a LocalCluster: the same store as the serial run."""
+    import numpy as np
+    import yaml
+
+    from stdiff.cli import main
+    from stdiff.flows.fanout import distributed_forecast
+    from stdiff.pipelines.forecast import ForecastConfig, run_forecast
+
+    grid_store, weather_job = weather_builders
+    store = grid_store(tmp_path / "grid.zarr")
+    (tmp_path / "w.yaml").write_text(yaml.safe_dump(weather_job(tmp_path / "run", store)))
+    assert main(["train", "--config", str(tmp_path / "w.yaml")]) == 0
+    params = {"checkpoint": str(tmp_path / "run"), "data": str(store), "lead": "12h",
+              "out": str(tmp_path / "fan.zarr"), "init": ["2013-02-02T00/2013-02-03T00/12h"],
+              "members": 2, "steps": 3, "device": "cpu"}  # fmt: skip
+    r = distributed_forecast(params, n_workers=2)
+    assert r["computed"] == [0, 1, 2] and r["complete"]
+    run_forecast(ForecastConfig(**{**params, "out": str(tmp_path / "ref.zarr")}), progress=False)
+    got, want = (xr.open_zarr(tmp_path / n, consolidated=False) for n in ("fan.zarr", "ref.zarr"))
+    for v in want.data_vars:
+        np.testing.assert_array_equal(got[v].values, want[v].values)
+    assert Artifact.get("forecast-fan-out") is not None
