@@ -84,7 +84,7 @@ def time_split(
         out.valid.size and out.valid.min() <= last_train
     ):
         raise ValueError(
-            "--test-period must come after --train-period (the steps between them are validation)"
+            "--test-period must come after the training period (--train-period); the steps between them are validation"
         )
     return out
 

@@ -120,10 +120,12 @@ def _crons(d: DeploymentSpec) -> list[str]:
     return [d.cron] if isinstance(d.cron, str) else list(d.cron or [])
 
 
-def check_deployment(d: DeploymentSpec, where: str) -> None:
-    """Refuse an unknown flow, a bad cron, parameters the flow or its job config rejects, or an
-    input that is missing or of the wrong kind (``ValueError`` naming the deployment, the
-    parameter and the path)."""
+def check_deployment(d: DeploymentSpec, where: str, inputs: bool = False) -> None:
+    """Refuse an unknown flow, a bad cron, parameters the flow or its job config rejects, and
+    (``inputs``) an input that is missing or of the wrong kind (``ValueError`` naming the
+    deployment, the parameter and the path). Loading a serve config checks all but the inputs,
+    which may not exist yet where the config is written; ``check_inputs`` checks them before
+    serving."""
     from prefect.client.schemas.schedules import CronSchedule
 
     if d.flow not in FLOWS:
@@ -148,10 +150,17 @@ def check_deployment(d: DeploymentSpec, where: str) -> None:
         configs = _configs(d)
     except ValueError as e:
         raise ValueError(f"{where}: {e}") from None
-    for key, path, kind in _inputs(d, configs):
+    for key, path, kind in _inputs(d, configs) if inputs else []:
         problem = input_problem(path, kind)
         if problem:
             raise ValueError(f"{where}: {key} {path!r}: {problem}")
+
+
+def check_inputs(cfg: ServeConfig, where: str = "serve") -> None:
+    """Every deployment's inputs exist and are of the right kind (``stdiff serve`` and
+    ``--check`` call this before listing or serving)."""
+    for i, d in enumerate(cfg.deployments):
+        check_deployment(d, f"{where}: deployments[{i}] ({d.name})", inputs=True)
 
 
 def _configs(d: DeploymentSpec) -> dict[str, Any]:
@@ -266,6 +275,7 @@ async def aserve(deps: list[Any], limit: int | None = None) -> None:
 
 def serve(cfg: ServeConfig) -> None:
     """Register the deployments and serve their runs until interrupted (Ctrl-C or SIGTERM)."""
+    check_inputs(cfg)
     deps = deployments(cfg)  # outside the event loop: to_deployment is sync here
     previous = signal.getsignal(signal.SIGTERM)
     try:

@@ -135,12 +135,13 @@ def serve(
     import os
 
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-    from stdiff.flows.serve import ServeConfig
+    from stdiff.flows.serve import ServeConfig, check_inputs
     from stdiff.flows.serve import serve as run_serve
     from stdiff.pipelines.config import load_config
 
     try:
         cfg = load_config(config, ServeConfig)
+        check_inputs(cfg, f"{config}: serve")
     except ValueError as e:
         _fail(str(e))
     for d in cfg.deployments:
