@@ -436,6 +436,12 @@ def _to_sample_channel_y_x(arr: np.ndarray, where: str | Path, key: str) -> np.n
     if arr.ndim == 4:
         if arr.shape[-1] in (1, 3, 4) and arr.shape[1] not in (1, 3, 4):
             return arr.transpose(0, 3, 1, 2)
+        if arr.shape[1] > 4:  # (N, D, H, W): volumes (e.g. MedMNIST 3D), not images
+            raise DataError(
+                where,
+                f"{key!r} has shape {arr.shape}: volumes, not images (channels must be 1-4); "
+                "ingest each volume's slices as images from NIfTI/DICOM instead",
+            )
         return arr
     raise DataError(
         where, f"{key!r} must be (N, H, W), (N, H, W, C) or (N, C, H, W), got shape {arr.shape}"

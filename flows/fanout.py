@@ -1,7 +1,7 @@
 """Batch jobs fanned out over a ``dask.distributed`` cluster (prefect-dask's ``DaskTaskRunner``).
 
 A job whose output is a chunked ``RegionStore`` (imputation: batches of stays or series windows;
-forecast: initial times) is split into groups of chunks, one task per group, each task a
+forecast: initial times; reconstruction: batches of images) is split into groups of chunks, one task per group, each task a
 normal run of the job restricted to its ``chunks``; the last run publishes the store once. The
 numbers equal the serial run's (every member has its own generator), and a fan-out killed and
 run again computes only the chunks without completion markers.
@@ -25,8 +25,10 @@ def plan_chunks(job: str, cfg: Any) -> int:
         from stdiff.pipelines.imputation import plan_chunks as plan
     elif job == "forecast":
         from stdiff.pipelines.forecast import plan_chunks as plan
+    elif job == "reconstruct":
+        from stdiff.pipelines.reconstruct import plan_chunks as plan
     else:
-        raise ValueError(f"{job}: no fan-out; choose impute or forecast")
+        raise ValueError(f"{job}: no fan-out; choose impute, forecast or reconstruct")
     return plan(cfg)
 
 
@@ -80,3 +82,8 @@ def distributed(
 def distributed_forecast(params: Any, **kw: Any) -> dict[str, Any]:
     """The ensemble forecast's initial times fanned out (see :func:`distributed`)."""
     return distributed("forecast", params, **kw)
+
+
+def distributed_reconstruct(params: Any, **kw: Any) -> dict[str, Any]:
+    """The reconstruction's batches of images fanned out (see :func:`distributed`)."""
+    return distributed("reconstruct", params, **kw)

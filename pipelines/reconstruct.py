@@ -27,6 +27,7 @@ attribute and ``OUT.zarr.metrics.json``; a PNG grid (input, baseline, mean, std,
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,8 +40,9 @@ import xarray as xr
 from stdiff.datasets.atomic import atomic_path, write_json
 from stdiff.datasets.degradations import INPAINT_KINDS, cartesian_mask, inpaint_mask, load_user_mask
 from stdiff.datasets.images import require_images_store
-from stdiff.datasets.outputs import claim_store, refuse_earlier, stamp
-from stdiff.datasets.store import consolidate, open_store, stdiff_version
+from stdiff.datasets.outputs import claim_store, store_attrs
+from stdiff.datasets.regions import RegionStore
+from stdiff.datasets.store import open_store, stdiff_version
 from stdiff.diffusion.conditioning import Condition
 from stdiff.diffusion.inverse import InverseConfig, solve, summarize
 from stdiff.diffusion.operators import Blur, Downsample, FourierMask, Mask, Radon
@@ -97,6 +99,7 @@ class ReconstructConfig:
     device: DeviceName = "auto"
     weights: Literal["ema", "model"] = "ema"
     overwrite: bool = False
+    chunks: list[int] | None = None
 
     def __post_init__(self) -> None:
         if self.task not in TASKS:
@@ -310,61 +313,135 @@ def fbp(op: Radon, y: torch.Tensor) -> torch.Tensor:
 
 
 def run_reconstruction(cfg: ReconstructConfig, progress: bool = False) -> dict[str, Any]:
-    """Run the job; returns ``{"out", "images", "seconds", "evals", "metrics"}``."""
+    """Run the job; returns ``{"out", "images", "seconds", "evals", "metrics"?, "complete"}``.
+
+    The output store is filled batch by batch (``datasets.regions``): a killed run computes only
+    the missing batches, ``chunks`` restricts a run to some (a fan-out), and the store is scored
+    and published once every batch is done."""
     claim_store(cfg.out, "reconstruct", [cfg.data, cfg.checkpoint], cfg.overwrite, siblings=SIDE)
-    refuse_earlier(cfg.out, "reconstruct", cfg.overwrite)
     device = resolve_device(cfg.device)
     denoiser, tcfg, meta = load_denoiser(cfg.checkpoint, cfg.weights, device=str(device))
     if tcfg.data.task != "images":
         raise ValueError(f"{cfg.checkpoint}: trained for {tcfg.data.task!r}, not images")
     idx, truth_np, labels = _images(cfg, meta)
     op = build_operator(cfg, idx, truth_np.shape)
-    inv, start = cfg.inverse(), time.perf_counter()
-    sigmas = denoiser.schedule.discretize(cfg.steps)
-    truth = torch.from_numpy(truth_np)
     masks = op.mask[:, 0].numpy() if isinstance(op, Mask) else None
-    samples, ys, evals = [], [], 0
-    for b0 in range(0, len(idx), cfg.batch_size):
-        sl = slice(b0, b0 + cfg.batch_size)
-        bop, x = _rows(op, sl), truth[sl]
-        noise = torch.Generator().manual_seed(member_seed(cfg.seed, 9, b0))
-        y = bop(x)
-        if cfg.noise_std > 0:
-            y = y + cfg.noise_std * torch.randn(y.shape, generator=noise, dtype=y.dtype)
-        ys.append(y)
-        m, nb = cfg.members, x.shape[0]
-        gens = [g for i in idx[sl] for g in member_generators(cfg.seed, m, int(i), device=device)]
-        rep = _repeat_op(bop, m)
-        cond = None
-        if getattr(denoiser.net, "num_classes", 0):
-            lab = torch.as_tensor(labels[sl]).repeat_interleave(m).to(device)
-            cond = Condition(labels=lab)
-            cond = cond if cfg.use_labels else cond.dropped()
-        x_hat, e = solve(
-            denoiser,
-            rep.to(device),
-            y.repeat_interleave(m, 0).to(device),
-            (nb * m, *x.shape[1:]),
-            sigmas,
-            inv,
-            cond,
-            generator=gens,
-            device=device,
-        )
-        evals = e
-        samples.append(x_hat.float().cpu().reshape(nb, m, *x.shape[1:]).clamp(-1, 1))
+    n_chunks = -(-len(idx) // cfg.batch_size)
+    bad = [c for c in cfg.chunks or [] if not 0 <= c < n_chunks]
+    if bad:
+        raise ValueError(f"chunks {bad} are out of range: this job has {n_chunks} chunks")
+    store = RegionStore(cfg.out, _fingerprint(cfg, meta), n_chunks, "reconstruct", cfg.overwrite)
+    store.open(_template(idx, truth_np.shape, cfg, masks is not None))
+    todo = [c for c in (cfg.chunks if cfg.chunks is not None else range(n_chunks))
+            if not store.done(c)]  # fmt: skip
+    start, sigmas = time.perf_counter(), denoiser.schedule.discretize(cfg.steps)
+    job = (denoiser, op, torch.from_numpy(truth_np), labels, idx, masks, sigmas, device)
+    for c in todo:
+        sl = slice(c * cfg.batch_size, min(len(idx), (c + 1) * cfg.batch_size))
+        if not store.write(c, _batch(cfg, job, sl), {"image": sl}):
+            break  # an identical run published the output meanwhile
         if progress:
-            print(f"  {min(b0 + cfg.batch_size, len(idx))}/{len(idx)} images", flush=True)
-    draws = torch.cat(samples)
-    y_all = torch.cat(ys)
+            print(f"  {sl.stop}/{len(idx)} images", flush=True)
+    result: dict[str, Any] = {"out": cfg.out, "images": len(idx), "computed": todo,
+                              "seconds": time.perf_counter() - start}  # fmt: skip
+
+    def prepare(path: Path) -> None:
+        result["metrics"] = _store_metrics(path, result["seconds"])
+        result["evals"] = result["metrics"]["evals"]
+        _attrs(path, cfg, result["metrics"], meta)
+
+    result["complete"] = store.finish(prepare)
+    result["pending"] = store.pending()
+    if "metrics" in result:  # this run published: the metrics file and the picture beside it
+        write_json(Path(f"{cfg.out}.metrics.json"), result["metrics"])
+        published = xr.open_zarr(cfg.out, consolidated=False)
+        plot_grid(published, Path(f"{cfg.out}.png"), title=f"{cfg.task}: {cfg.inverse().method}")
+    elif store.is_published:  # an identical earlier run
+        result["metrics"] = (store_attrs(cfg.out) or {}).get("metrics", {})
+        result.update(evals=result["metrics"].get("evals"), unchanged=True)
+    return result
+
+
+def plan_chunks(cfg: ReconstructConfig) -> int:
+    """How many output chunks (batches of images) the job has: what a fan-out distributes."""
+    _, _, meta = load_denoiser(cfg.checkpoint, cfg.weights, device="cpu")
+    return -(-len(_images(cfg, meta)[0]) // cfg.batch_size)
+
+
+def _fingerprint(cfg: ReconstructConfig, meta: dict[str, Any]) -> str:
+    """What changes the numbers of a run (not where it runs, its chunks or its output path)."""
+    keep = {k: v for k, v in to_dict(cfg).items()
+            if k not in ("out", "device", "chunks", "overwrite")}  # fmt: skip
+    keep["checkpoint_path"] = meta.get("checkpoint", cfg.checkpoint)
+    keep["data_hash"] = (store_attrs(cfg.data) or {}).get("content_hash", str(cfg.data))
+    return json.dumps(keep, sort_keys=True, default=str)
+
+
+def _template(idx: np.ndarray, shape: tuple[int, ...], cfg, with_mask: bool) -> xr.Dataset:
+    """The lazy output store: one zarr chunk per batch of images."""
+    import dask.array as da
+
+    n, bs, img = len(idx), cfg.batch_size, tuple(shape[1:])
+    dims = ("image", "channel", "y", "x")
+
+    def zeros(sh, dtype=np.float32):
+        return da.zeros(sh, dtype=dtype, chunks=(bs, *sh[1:]))
+
+    data = {k: (dims, zeros((n, *img))) for k in ("truth", "degraded", "baseline", "mean", "std")}
+    data["samples"] = (("image", "member", *dims[1:]), zeros((n, cfg.members, *img)))
+    data["evals"] = (("image",), zeros((n,), np.int64))
+    if with_mask:
+        data["mask"] = (("image", "y", "x"), zeros((n, *img[1:]), np.uint8))
+    return xr.Dataset(data, coords={"image": idx})
+
+
+def _batch(cfg: ReconstructConfig, job: tuple, sl: slice) -> xr.Dataset:
+    """Reconstruct the images ``sl``: measurement, members, their mean and std, the baseline."""
+    denoiser, op, truth, labels, idx, masks, sigmas, device = job
+    bop, x = _rows(op, sl), truth[sl]
+    noise = torch.Generator().manual_seed(member_seed(cfg.seed, 9, sl.start))
+    y = bop(x)
+    if cfg.noise_std > 0:
+        y = y + cfg.noise_std * torch.randn(y.shape, generator=noise, dtype=y.dtype)
+    m, nb = cfg.members, x.shape[0]
+    gens = [g for i in idx[sl] for g in member_generators(cfg.seed, m, int(i), device=device)]
+    cond = None
+    if getattr(denoiser.net, "num_classes", 0):
+        cond = Condition(labels=torch.as_tensor(labels[sl]).repeat_interleave(m).to(device))
+        cond = cond if cfg.use_labels else cond.dropped()
+    x_hat, evals = solve(denoiser, _repeat_op(bop, m).to(device),
+                         y.repeat_interleave(m, 0).to(device), (nb * m, *x.shape[1:]), sigmas,
+                         cfg.inverse(), cond, generator=gens, device=device)  # fmt: skip
+    draws = x_hat.float().cpu().reshape(nb, m, *x.shape[1:]).clamp(-1, 1)
     mean, std = summarize(draws)
-    base = baseline(op, y_all, masks)
-    seen = degraded_view(op, y_all, base)
-    seconds = time.perf_counter() - start
-    metrics = _metrics(truth, mean, std, base, draws, evals, seconds, len(idx))
-    _write(cfg, idx, truth, seen, base, draws, mean, std, masks, metrics, meta)
-    return {"out": cfg.out, "images": len(idx), "seconds": seconds, "evals": evals,
-            "metrics": metrics}  # fmt: skip
+    base = baseline(bop, y, None if masks is None else masks[sl])
+    dims = ("image", "channel", "y", "x")
+    data = {"truth": (dims, x.numpy()), "degraded": (dims, degraded_view(bop, y, base).float().numpy()),
+            "baseline": (dims, base.float().numpy()), "mean": (dims, mean.numpy()),
+            "std": (dims, std.numpy()), "samples": (("image", "member", *dims[1:]), draws.numpy()),
+            "evals": (("image",), np.full(nb, int(evals), np.int64))}  # fmt: skip
+    if masks is not None:
+        data["mask"] = (("image", "y", "x"), np.ascontiguousarray(masks[sl]).astype(np.uint8))
+    return xr.Dataset(data)
+
+
+def _store_metrics(path: Path, seconds: float) -> dict[str, Any]:
+    """The job's scores from the complete (not yet published) store."""
+    ds = xr.open_zarr(path, consolidated=False)
+    t = {k: torch.from_numpy(np.asarray(ds[k].values)) for k in
+         ("truth", "mean", "std", "baseline", "samples")}  # fmt: skip
+    evals = int(np.asarray(ds["evals"].values).max())
+    return _metrics(t["truth"], t["mean"], t["std"], t["baseline"], t["samples"], evals,
+                    seconds, ds.sizes["image"])  # fmt: skip
+
+
+def _attrs(path: Path, cfg: ReconstructConfig, metrics: dict, meta: dict[str, Any]) -> None:
+    """Provenance and metrics into the store's attributes."""
+    import zarr
+
+    attrs = {"config": to_dict(cfg), "metrics": metrics, "stdiff_version": stdiff_version(),
+             "checkpoint": meta.get("checkpoint", cfg.checkpoint)}  # fmt: skip
+    zarr.open_group(str(path), mode="r+").attrs.update(attrs)
 
 
 def _repeat_op(op, m: int):
@@ -389,36 +466,6 @@ def _metrics(truth, mean, std, base, draws, evals, seconds, n) -> dict[str, Any]
         "images": n,
         "members": int(draws.shape[1]),
     }
-
-
-def _write(cfg, idx, truth, seen, base, draws, mean, std, masks, metrics, meta) -> None:
-    dims = ("image", "channel", "y", "x")
-    data = {
-        "truth": (dims, truth.numpy()),
-        "degraded": (dims, seen.float().numpy()),
-        "baseline": (dims, base.float().numpy()),
-        "samples": (("image", "member", *dims[1:]), draws.numpy()),
-        "mean": (dims, mean.numpy()),
-        "std": (dims, std.numpy()),
-    }
-    if masks is not None:
-        data["mask"] = (("image", "y", "x"), np.ascontiguousarray(masks).astype(np.uint8))
-    ds = xr.Dataset(data, coords={"image": idx})
-    ds.attrs.update(
-        {
-            "config": to_dict(cfg),
-            "metrics": metrics,
-            "checkpoint": meta.get("checkpoint", cfg.checkpoint),
-            "stdiff_version": stdiff_version(),
-        }
-    )
-    out = Path(cfg.out)
-    with atomic_path(out) as tmp:
-        ds.to_zarr(tmp, mode="w", zarr_format=3, consolidated=False)
-        stamp(tmp, "reconstruct")
-        consolidate(tmp)
-    write_json(Path(f"{out}.metrics.json"), metrics)
-    plot_grid(ds, Path(f"{out}.png"), title=f"{cfg.task}: {cfg.inverse().method}")
 
 
 def plot_grid(ds: xr.Dataset, path: Path, title: str = "", rows: int = 6) -> None:

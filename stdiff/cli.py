@@ -450,6 +450,9 @@ def reconstruct(
         r = run_reconstruction(cfg, progress=True)
     except ValueError as e:  # DataError is a ValueError
         _fail(str(e))
+    if not r.get("metrics"):
+        typer.echo(f"{r['out']}: computed chunks {r['computed']}; pending {r['pending']}")
+        return
     m = r["metrics"]
     typer.echo(
         f"{r['out']}: {r['images']} images x {m['members']} members, {cfg.inverse().method} with "

@@ -64,6 +64,7 @@ def world(tmp_path_factory, trained_csdi, image_model, weather_builders) -> dict
     (root / "words.csv").write_text("time,a\n2013-01-01,x\n2013-01-02,y\n")
     (root / "notime.csv").write_text("a,b\n1,2\n3,4\n")
     np.savez(root / "noimages.npz", something=np.zeros(3))
+    np.savez(root / "vol3d.npz", images=np.zeros((4, 8, 8, 8), np.uint8))
     (root / "list.yaml").write_text("- a\n- b\n")
     (root / "bad.yaml").write_text("out: [unclosed\n")
     (root / "empty.yaml").write_text("")
@@ -152,6 +153,7 @@ CASES: list[tuple[str, list[str], str]] = [
     ("ingest-unknown-variable", ["ingest", "{grid}", "--kind", "weather", "--variables", "rain", "--out", "{root}/o.zarr"], "rain"),
     ("ingest-out-user-file", ["ingest", "{grid}", "--kind", "weather", "--out", "{root}/notes.txt"], "notes.txt"),
     ("ingest-out-user-folder", ["ingest", "{grid}", "--kind", "weather", "--out", "{root}/mine"], "mine"),
+    ("ingest-npz-volumes", ["ingest", "{root}/vol3d.npz", "--kind", "images", "--labels-key", "none", "--out", "{root}/o.zarr"], "vol3d.npz"),
     ("ingest-zero-size-nifti", ["ingest", "{root}/zero.nii.gz", "--kind", "medical", "--out", "{root}/o.zarr"], "zero.nii.gz"),
     ("ingest-coarsen-not-divisor", ["ingest", "{grid}", "--kind", "weather", "--coarsen", "5", "--out", "{root}/o.zarr"], "--coarsen"),
     ("ingest-latin1-csv", ["ingest", "{root}/latin1.csv", "--kind", "timeseries", "--out", "{root}/o.zarr"], "latin1.csv"),
