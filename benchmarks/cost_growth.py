@@ -52,6 +52,32 @@ def measure(h: int, w: int, members: int, patch: int, reps: int) -> dict[str, fl
             "member_step_s": EVALS_PER_MEMBER_STEP * sec / members, "peak_rss_gib": rss}  # fmt: skip
 
 
+def imputation_cost(reps: int) -> list[dict[str, float]]:
+    """Seconds per CSDI evaluation (paper size: 64 channels, 4 layers, 48 x 35) against the
+    number of samples evaluated together (stays x members)."""
+    import torch
+
+    from stdiff.diffusion.conditioning import Condition
+    from stdiff.diffusion.nets.csdi import CSDINet
+
+    with torch.random.fork_rng():
+        net = CSDINet(35).eval()
+    g, rows = torch.Generator().manual_seed(0), []
+    for n in (4, 16, 64, 256):
+        x = torch.randn(n, 48, 35, generator=g)
+        mask = (torch.rand(n, 48, 35, generator=g) < 0.5).float()
+        cond, c = Condition(observed=x * mask, mask=mask), torch.full((n,), 10.0)
+        with torch.no_grad():
+            net(x, c, cond)
+            t = []
+            for _ in range(reps):
+                t0 = time.perf_counter()
+                net(x, c, cond)
+                t.append(time.perf_counter() - t0)
+        rows.append({"samples": n, "seconds": float(np.median(t))})
+    return rows
+
+
 def _child(args: list[str]) -> dict[str, float]:
     res = subprocess.run([sys.executable, "-m", "benchmarks.cost_growth", "--one", *args],
                          capture_output=True, text=True, check=True)  # fmt: skip
@@ -82,7 +108,16 @@ def main(argv: list[str] | None = None) -> int:
         pts = np.log([r["h"] * r["w"] for r in sel])
         slope = np.polyfit(pts, np.log([r["seconds_per_eval"] for r in sel]), 1)[0]
         fits.append(f"patch {p}: time grows as (grid points)^{slope:.2f}")
-    body = "\n".join(lines) + "\n\nFitted on all four grids: " + "; ".join(fits) + "."
+    imp = imputation_cost(args.reps)
+    slope = np.polyfit(np.log([r["samples"] for r in imp]), np.log([r["seconds"] for r in imp]), 1)[
+        0
+    ]
+    lines += ["", "| CSDI samples per evaluation (stays x members) | s per evaluation | ms per sample |",
+              "|---|---|---|"]  # fmt: skip
+    lines += [f"| {r['samples']} | {r['seconds']:.3f} | {1000 * r['seconds'] / r['samples']:.1f} |"
+              for r in imp]  # fmt: skip
+    fits.append(f"CSDI imputation: time grows as (samples)^{slope:.2f}")
+    body = "\n".join(lines) + "\n\nFitted: " + "; ".join(fits) + "."
     from benchmarks.report import emit_section
 
     cmd = "`python -m benchmarks.cost_growth --write BENCHMARKS.md`"
