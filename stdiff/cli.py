@@ -8,8 +8,8 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-import yaml
 
+from stdiff.cliargs import csv_flag, fail, job_config, pair_flag, period_flag, set_overrides
 from stdiff.help import epilog
 
 app = typer.Typer(
@@ -19,37 +19,6 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
-
-
-def _overrides(pairs: list[str] | None) -> dict:
-    out = {}
-    for pair in pairs or []:
-        key, sep, value = pair.partition("=")
-        if not sep or not key:
-            raise ValueError(f"--set {pair!r}: expected KEY=VALUE, e.g. train.steps=100")
-        try:
-            out[key] = yaml.safe_load(value)
-        except yaml.YAMLError as e:
-            where = getattr(e, "problem", None) or type(e).__name__
-            raise ValueError(f"--set {pair!r}: the value is not valid YAML ({where})") from None
-    return out
-
-
-def _job_config(cls, base: dict, set_: list[str] | None, config: Path | None, where: str):
-    """A job config: ``--set`` over the command's options over the YAML file (when given)."""
-    from stdiff.pipelines.config import from_dict, load_config
-
-    overrides = {**base, **_overrides(set_)}
-    if config is not None:
-        return load_config(config, cls, overrides)
-    return from_dict(cls, overrides, where)
-
-
-def _fail(message: str) -> None:
-    from stdiff.boundary import one_line
-
-    typer.echo(f"stdiff: error: {one_line(message)}", err=True)
-    raise typer.Exit(2)
 
 
 @app.command()
@@ -70,13 +39,13 @@ def demo(
     from stdiff.pipelines.toy import ToyDemoConfig, run_demo
 
     try:
-        cfg = load_config(config, ToyDemoConfig, _overrides(set_))
+        cfg = load_config(config, ToyDemoConfig, set_overrides(set_))
     except ValueError as e:
-        _fail(str(e))
+        fail(str(e))
     if flow:
         from stdiff.flows.demo import toy_demo_flow
 
-        metrics = toy_demo_flow(str(config), str(out), _overrides(set_))
+        metrics = toy_demo_flow(str(config), str(out), set_overrides(set_))
     else:
         metrics = run_demo(cfg, out)
     t = metrics["train"]
@@ -104,7 +73,7 @@ def quickstart(
     """Ingest -> train -> forecast -> score -> report on the NCEP sample, as a Prefect flow run
     (Prefect's local ephemeral server unless PREFECT_API_URL points at a server)."""
     if steps < 1 or members < 1:
-        _fail("quickstart: --steps and --members must be at least 1")
+        fail("quickstart: --steps and --members must be at least 1")
     import os
 
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")  # offline: no telemetry
@@ -143,40 +112,13 @@ def serve(
         cfg = load_config(config, ServeConfig)
         check_inputs(cfg, f"{config}: serve")
     except ValueError as e:
-        _fail(str(e))
+        fail(str(e))
     for d in cfg.deployments:
         typer.echo(f"{d.name}: flow {d.flow}, cron {d.cron or '-'} ({d.timezone})")
     if check:
         typer.echo("parameters and inputs checked; not serving (--check)")
         return
     run_serve(cfg)
-
-
-def _period(text: str | None, name: str) -> tuple[str, str] | None:
-    """``START:END`` of the option ``--name``: two dates (or date-times), START not after END;
-    every error names the flag."""
-    import numpy as np
-
-    if text is None:
-        return None
-    start, sep, end = text.partition(":")
-    if not sep or not start or not end:
-        raise ValueError(f"--{name} {text!r}: expected START:END, e.g. 2013-01-01:2013-12-31")
-    bounds = []
-    for part in (start, end):
-        try:
-            bounds.append(np.datetime64(part.strip()))
-        except ValueError:
-            raise ValueError(
-                f"--{name} {text!r}: {part!r} is not a date like 2013-01-01 (or 2013-01-01T06)"
-            ) from None
-    if bounds[0] > bounds[1]:
-        raise ValueError(f"--{name} {text!r}: the start {start} is after the end {end}")
-    return start.strip(), end.strip()
-
-
-def _csv(text: str | None, cast=str) -> tuple | None:
-    return None if text is None else tuple(cast(t) for t in text.split(",") if t)
 
 
 @app.command()
@@ -259,22 +201,22 @@ def ingest(
     try:
         opt = IngestOptions(
             kind=kind,  # type: ignore[arg-type]
-            variables=_csv(variables),
-            levels=_csv(levels, float),
+            variables=csv_flag(variables),
+            levels=csv_flag(levels, float),
             coarsen=coarsen,
-            train_period=_period(train_period, "train-period"),
-            test_period=_period(test_period, "test-period"),
+            train_period=period_flag(train_period, "train-period"),
+            test_period=period_flag(test_period, "test-period"),
             fold=fold,
             layout=layout,  # type: ignore[arg-type]
             time_column=time_column,
             targets=targets,
-            time_columns=_csv(time_columns),
+            time_columns=csv_flag(time_columns),
             station_column=station_column,
-            drop_columns=_csv(drop_columns) or (),
+            drop_columns=csv_flag(drop_columns) or (),
             categorical=categorical,  # type: ignore[arg-type]
             freq=freq,
-            test_months=_csv(test_months, int),
-            valid_months=_csv(valid_months, int),
+            test_months=csv_flag(test_months, int),
+            valid_months=csv_flag(valid_months, int),
             axis=axis,  # type: ignore[arg-type]
             image_size=image_size,
             window=window,
@@ -290,7 +232,7 @@ def ingest(
             overwrite=overwrite,
         )
     except ValueError as e:  # DataError is a ValueError: one line naming the file
-        _fail(str(e))
+        fail(str(e))
     typer.echo(
         f"{result.summary} [{'written' if result.written else 'unchanged'} in {result.seconds:.1f} s]"
     )
@@ -318,10 +260,10 @@ def train(
     from stdiff.pipelines.training_job import TrainJobConfig, run_training
 
     try:
-        cfg = load_config(config, TrainJobConfig, _overrides(set_))
+        cfg = load_config(config, TrainJobConfig, set_overrides(set_))
         state = run_training(cfg, resume, wait, overwrite)
     except ValueError as e:
-        _fail(str(e))
+        fail(str(e))
     k = max(1, len(state.losses) // 10)
     if state.losses:
         first, last = sum(state.losses[:k]) / k, sum(state.losses[-k:]) / k
@@ -345,11 +287,11 @@ def distill(
     from stdiff.pipelines.distill import DistillConfig, run_distillation
 
     given = {"teacher": teacher, "out": out}
-    overrides = {**{k: str(v) for k, v in given.items() if v is not None}, **_overrides(set_)}
+    overrides = {**{k: str(v) for k, v in given.items() if v is not None}, **set_overrides(set_)}
     try:
         r = run_distillation(load_config(config, DistillConfig, overrides))
     except ValueError as e:
-        _fail(str(e))
+        fail(str(e))
     for s in r["students"]:
         typer.echo(
             f"{s['run']}: sample with --sampler {s['sampler']} --steps {s['steps']}"
@@ -387,10 +329,10 @@ def impute(
     if overwrite:
         base["overwrite"] = True
     try:
-        cfg = _job_config(ImputeConfig, base, set_, config, "impute:")
+        cfg = job_config(ImputeConfig, base, set_, config, "impute:")
         result = run_imputation(cfg)
     except (ValueError, FloatingPointError) as e:  # DataError is a ValueError
-        _fail(str(e))
+        fail(str(e))
     what = (
         f"{result['stays']} stays"
         if "stays" in result
@@ -446,10 +388,10 @@ def reconstruct(
     if overwrite:
         base["overwrite"] = True
     try:
-        cfg = _job_config(ReconstructConfig, base, set_, config, "reconstruct:")
+        cfg = job_config(ReconstructConfig, base, set_, config, "reconstruct:")
         r = run_reconstruction(cfg, progress=True)
     except ValueError as e:  # DataError is a ValueError
-        _fail(str(e))
+        fail(str(e))
     if not r.get("metrics"):
         typer.echo(f"{r['out']}: computed chunks {r['computed']}; pending {r['pending']}")
         return
@@ -495,10 +437,10 @@ def generate(
     if overwrite:
         base["overwrite"] = True
     try:
-        cfg = _job_config(GenerateConfig, base, set_, config, "generate:")
+        cfg = job_config(GenerateConfig, base, set_, config, "generate:")
         r = run_generation(cfg)
     except ValueError as e:
-        _fail(str(e))
+        fail(str(e))
     m = r["metrics"]
     line = f"{r['out']}: {cfg.n} samples, w = {cfg.guidance:g}, {r['seconds']:.1f} s"
     if "accuracy" in m:
@@ -541,10 +483,10 @@ def forecast(
     base = {"checkpoint": str(checkpoint), "data": str(data), "out": str(out), "init": init,
             "lead": lead, "members": members, "layout": layout, "overwrite": overwrite}  # fmt: skip
     try:
-        cfg = from_dict(ForecastConfig, {**base, **_overrides(set_)}, "forecast:")
+        cfg = from_dict(ForecastConfig, {**base, **set_overrides(set_)}, "forecast:")
         r = run_forecast(cfg)
     except (ValueError, FloatingPointError) as e:  # DataError is a ValueError
-        _fail(str(e))
+        fail(str(e))
     typer.echo(
         f"{r['out']}: {r['inits']} initial times x {r['members']} members x {r['lead_steps']} steps "
         f"of {r['step']} in {r['seconds']:.1f} s ({r['seconds_per_member_step']:.3f} s per member "
@@ -570,11 +512,11 @@ def score(
     from stdiff.pipelines.weather_eval import ScoreConfig, run_scoring
 
     try:
-        pairs = dict(_pair(f) for f in forecast)
-        period = _period(climatology_period, "climatology-period")
+        pairs = dict(pair_flag(f) for f in forecast)
+        period = period_flag(climatology_period, "climatology-period")
         r = run_scoring(ScoreConfig(pairs, str(data), str(out), list(period) if period else None))
     except ValueError as e:
-        _fail(str(e))
+        fail(str(e))
     for v, systems in r["scores"].items():
         typer.echo(f"{v}: lead (h) {r['lead_hours']}")
         for name, s in systems.items():
@@ -583,13 +525,6 @@ def score(
             if "spread_skill" in s:
                 typer.echo(f"  {'':>12} SSR  {' '.join(f'{x:.3f}' for x in s['spread_skill'])}")
     typer.echo(f"scores and plots in {out}")
-
-
-def _pair(text: str) -> tuple[str, str]:
-    name, sep, path = text.partition("=")
-    if not sep or not name or not path:
-        raise ValueError(f"--forecast {text!r}: expected NAME=STORE")
-    return name, path
 
 
 @app.command()

@@ -13,7 +13,8 @@ import xarray as xr
 import yaml
 from typer.testing import CliRunner
 
-from stdiff.cli import _period, app
+from stdiff.cli import app
+from stdiff.cliargs import period_flag as _period
 from stdiff.datasets.ingest import IngestOptions, ingest
 from stdiff.datasets.store import open_store
 from stdiff.pipelines.forecast import parse_inits
