@@ -93,6 +93,11 @@ class RegionStore:
         """Check ``out`` and remember ``template`` (lazy); the partial store is created at the
         first write, so a run that fails before it leaves nothing behind. Nothing to do when
         ``out`` already holds this job's output."""
+        if (self.work.exists() or self.work.is_symlink()) and self._job() is None:
+            raise ValueError(
+                f"--out {self.out}: {self.work} exists and is not a stdiff partial output; "
+                "refusing to replace it (move it away or choose another --out)"
+            )
         clean_stale(self.out.parent)
         self.template = template
         self.own = self._matches()  # markers of a partial store of other settings do not count
@@ -129,8 +134,8 @@ class RegionStore:
 
     def _discard_if_empty(self) -> None:
         """Remove a partial store that holds no finished chunk (nothing to resume)."""
-        if self.work.exists() and any((self.work / DONE).glob("[0-9]*")):
-            return
+        if self.work.exists() and (self._job() is None or any((self.work / DONE).glob("[0-9]*"))):
+            return  # something else, or finished chunks to resume: left as it is
         shutil.rmtree(self.work, ignore_errors=True)
         with contextlib.suppress(OSError):
             self.lock.unlink()

@@ -195,3 +195,12 @@ def test_stamp_marks_a_store(tmp_path: Path) -> None:
     assert not made_by(path, "generate")
     stamp(path, "generate")
     assert made_by(path, "generate")
+
+
+def test_a_foreign_partial_folder_is_never_replaced(tmp_path: Path) -> None:
+    work = tmp_path / "o.zarr.partial"
+    work.mkdir()
+    (work / "notes.txt").write_text("keep")
+    with pytest.raises(ValueError, match="not a stdiff partial output"):
+        RegionStore(tmp_path / "o.zarr", "fp", 4, "impute").open(_template())
+    assert (work / "notes.txt").read_text() == "keep"
