@@ -26,10 +26,10 @@ import xarray as xr
 from benchmarks.report import emit_section
 from stdiff.datasets.ingest import IngestOptions, ingest
 from stdiff.datasets.store import open_store
-from stdiff.pipelines.config import load_config
-from stdiff.pipelines.imputation import ImputeConfig, run_imputation
-from stdiff.pipelines.scores import CSDI_QUANTILES, point_errors, quantile_crps
-from stdiff.pipelines.training_job import TrainJobConfig, run_training
+from stdiff.pipelines.engine.config import load_config
+from stdiff.pipelines.engine.runner import TrainJobConfig, run_training
+from stdiff.pipelines.jobs.impute import ImputeConfig, run_imputation
+from stdiff.pipelines.metrics.scores import CSDI_QUANTILES, point_errors, quantile_crps
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "beijing_multisite_air"
 

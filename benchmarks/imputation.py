@@ -15,7 +15,7 @@ Phases (each writes its own section of BENCHMARKS.md):
 * ``peer``: both trained from scratch for the same number of epochs on the same fold-0 training
   stays (one thread each, the two trainings run at once so they share the machine alike), then
   both impute the same first ``--stays`` test stays with 10 % of the observed values hidden
-  (CSDI's mask, seed 1) and are scored by the same code (``pipelines.scores``).
+  (CSDI's mask, seed 1) and are scored by the same code (``pipelines.metrics.scores``).
 * ``paper``: a trained checkpoint at 10 / 50 / 90 % hidden on the first ``--stays`` test stays,
   CSDI's sampler (DDPM, 50 steps) and a fast one, beside the paper's table (100 samples, all 800
   test stays, 200 epochs on a GPU).
@@ -56,8 +56,8 @@ from stdiff.diffusion.nets.csdi import CSDINet
 from stdiff.diffusion.nets.init import build_seeded
 from stdiff.diffusion.precond import Denoiser, Preconditioning
 from stdiff.diffusion.schedules import make_schedule
-from stdiff.pipelines.imputation import ImputeConfig, run_imputation, score_imputation
-from stdiff.pipelines.scores import CSDI_QUANTILES, interval_quantiles
+from stdiff.pipelines.jobs.impute import ImputeConfig, run_imputation, score_imputation
+from stdiff.pipelines.metrics.scores import CSDI_QUANTILES, interval_quantiles
 
 REPO = Path(__file__).resolve().parent.parent
 PEER = Path(os.environ.get("STDIFF_PEER_VENVS", Path.home() / ".cache/stdiff-peers")) / "pypots"

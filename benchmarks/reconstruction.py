@@ -29,8 +29,8 @@ import numpy as np
 import xarray as xr
 
 from benchmarks.report import emit_section
-from stdiff.pipelines.generate import GenerateConfig, run_generation
-from stdiff.pipelines.reconstruct import ReconstructConfig, run_reconstruction
+from stdiff.pipelines.jobs.generate import GenerateConfig, run_generation
+from stdiff.pipelines.jobs.reconstruct import ReconstructConfig, run_reconstruction
 
 REPO = Path(__file__).resolve().parent.parent
 FIG = REPO / "benchmarks/figures"
@@ -122,7 +122,7 @@ def _spread(feats: np.ndarray, labels: np.ndarray) -> float:
 
 
 def guidance(args, tmp: Path) -> str:
-    from stdiff.pipelines.classifier import classify, load_classifier
+    from stdiff.pipelines.jobs.classifier import classify, load_classifier
 
     model, info = load_classifier(args.classifier)
     rows = [

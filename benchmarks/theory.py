@@ -41,10 +41,10 @@ from stdiff.datasets.store import open_store
 from stdiff.diffusion.conditioning import Condition
 from stdiff.diffusion.likelihood import log_likelihood
 from stdiff.diffusion.samplers import sample
-from stdiff.pipelines.classifier import classify, load_classifier
-from stdiff.pipelines.image_metrics import frechet_distance
-from stdiff.pipelines.latent import codec_from_metadata
-from stdiff.pipelines.training_job import load_denoiser
+from stdiff.pipelines.engine.latent import codec_from_metadata
+from stdiff.pipelines.engine.runner import load_denoiser
+from stdiff.pipelines.jobs.classifier import classify, load_classifier
+from stdiff.pipelines.metrics.images import frechet_distance
 
 REPO = Path(__file__).resolve().parent.parent
 OUT = REPO / "outputs"
@@ -180,7 +180,7 @@ def latent_speed(args, scorer: Scorer | None) -> str:
     import statistics
 
     from stdiff.diffusion.losses import denoising_loss
-    from stdiff.pipelines.latent import load_autoencoder
+    from stdiff.pipelines.engine.latent import load_autoencoder
 
     ae, _, _ = load_autoencoder(args.fmnist_ae)
     rows = ["| model | tokens | train step (s) | one evaluation, 500 samples (s) |",
@@ -226,14 +226,15 @@ def weather_autoencoder(run: Path) -> str:
     import torch.nn.functional as F
     from torch.utils.data import DataLoader
 
-    from stdiff.pipelines.config import from_dict
-    from stdiff.pipelines.latent import load_autoencoder
-    from stdiff.pipelines.training_job import TrainJobConfig, _datasets
+    from stdiff.pipelines.engine.config import from_dict
+    from stdiff.pipelines.engine.latent import load_autoencoder
+    from stdiff.pipelines.engine.runner import TrainJobConfig, task_data
 
     ae, config, ckpt = load_autoencoder(run)
     cfg = from_dict(TrainJobConfig, config)
     test = replace(cfg.data, train_period=["2014-01-01", "2014-12-30"], valid_period=None)
-    ds, _, to_batch, meta = _datasets(replace(cfg, data=test))
+    data = task_data(replace(cfg, data=test))
+    ds, to_batch, meta = data.train, data.to_batch, data.metadata
     std = float(np.asarray(meta["weather"]["std"]).mean())  # one variable: its std (K)
     se_ae = se_pool = n = 0.0
     gen = torch.Generator().manual_seed(0)
@@ -333,7 +334,7 @@ def distill_impute(args, scorer: Scorer | None) -> str:
     """The CSDI teacher (raw weights) and its progressive students on PhysioNet fold 0."""
     import tempfile
 
-    from stdiff.pipelines.imputation import ImputeConfig, run_imputation
+    from stdiff.pipelines.jobs.impute import ImputeConfig, run_imputation
 
     info = json.loads((args.physio_students / "distill.json").read_text())
     rows_in = [(f"teacher, DDPM {n} (CSDI's sampler)", args.csdi, "ddpm", n, "default", "model")

@@ -30,8 +30,8 @@ import xarray as xr
 from benchmarks.report import machine, write_section
 from stdiff.datasets.store import open_store
 from stdiff.datasets.weather import latitude_weights
-from stdiff.pipelines.forecast import ForecastConfig, parse_inits, run_forecast
-from stdiff.pipelines.weather_eval import (
+from stdiff.pipelines.jobs.forecast import ForecastConfig, parse_inits, run_forecast
+from stdiff.pipelines.jobs.score import (
     ScoreConfig,
     climatology,
     persistence,

@@ -1,4 +1,4 @@
-"""Prefect flow for the 2-D demo: thin orchestration over ``pipelines.toy``; passes paths only."""
+"""Prefect flow for the 2-D demo: thin orchestration over ``pipelines.jobs.toy``; passes paths only."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ from pathlib import Path
 
 from prefect import flow, task
 
-from stdiff.pipelines.config import load_config
-from stdiff.pipelines.toy import ToyDemoConfig, evaluate_toy, train_toy
+from stdiff.pipelines.engine.config import load_config
+from stdiff.pipelines.jobs.toy import ToyDemoConfig, evaluate_toy, train_toy
 
 
 @task(name="train-toy-denoiser")

@@ -22,11 +22,11 @@ from stdiff.flows.jobs import JOBS, _publish, job_config, run_job
 def plan_chunks(job: str, cfg: Any) -> int:
     """How many output chunks ``job`` has (what the fan-out distributes)."""
     if job == "impute":
-        from stdiff.pipelines.imputation import plan_chunks as plan
+        from stdiff.pipelines.jobs.impute import plan_chunks as plan
     elif job == "forecast":
-        from stdiff.pipelines.forecast import plan_chunks as plan
+        from stdiff.pipelines.jobs.forecast import plan_chunks as plan
     elif job == "reconstruct":
-        from stdiff.pipelines.reconstruct import plan_chunks as plan
+        from stdiff.pipelines.jobs.reconstruct import plan_chunks as plan
     else:
         raise ValueError(f"{job}: no fan-out; choose impute, forecast or reconstruct")
     return plan(cfg)
@@ -77,6 +77,11 @@ def distributed(
         kw = {"n_workers": n_workers, "threads_per_worker": 1, "processes": True}
         runner = DaskTaskRunner(cluster_kwargs=kw)
     return fan_out_flow.with_options(task_runner=runner)(job, params, chunks_per_task)
+
+
+def distributed_impute(params: Any, **kw: Any) -> dict[str, Any]:
+    """The imputation's chunks of stays (or series windows) fanned out (see :func:`distributed`)."""
+    return distributed("impute", params, **kw)
 
 
 def distributed_forecast(params: Any, **kw: Any) -> dict[str, Any]:

@@ -10,7 +10,7 @@
 Each job flow takes one typed parameter, ``params``: the job's config class (``ImputeConfig``,
 ``ForecastConfig``, ...), so a deployment shows a form and a parameter schema with every field.
 Prefect's own (pydantic) validation is off for these flows: the flow validates ``params`` with
-``pipelines.config.from_dict``, the CLI's validator, so a bad value fails with the CLI's message
+``pipelines.engine.config.from_dict``, the CLI's validator, so a bad value fails with the CLI's message
 naming the field, before any task runs. ``params`` may be a config object or a mapping of its
 fields; ``params["config"]`` may name a YAML file whose keys the other fields override.
 
@@ -33,14 +33,14 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 
 from stdiff.datasets.ingest import IngestOptions
-from stdiff.pipelines.config import from_dict, load_config
-from stdiff.pipelines.distill import DistillConfig, run_distillation
-from stdiff.pipelines.forecast import ForecastConfig, run_forecast
-from stdiff.pipelines.generate import GenerateConfig, run_generation
-from stdiff.pipelines.imputation import ImputeConfig, run_imputation
-from stdiff.pipelines.reconstruct import ReconstructConfig, run_reconstruction
-from stdiff.pipelines.training_job import TrainJobConfig
-from stdiff.pipelines.weather_eval import ScoreConfig, run_scoring
+from stdiff.pipelines.engine.config import from_dict, load_config
+from stdiff.pipelines.engine.runner import TrainJobConfig
+from stdiff.pipelines.jobs.distill import DistillConfig, run_distillation
+from stdiff.pipelines.jobs.forecast import ForecastConfig, run_forecast
+from stdiff.pipelines.jobs.generate import GenerateConfig, run_generation
+from stdiff.pipelines.jobs.impute import ImputeConfig, run_imputation
+from stdiff.pipelines.jobs.reconstruct import ReconstructConfig, run_reconstruction
+from stdiff.pipelines.jobs.score import ScoreConfig, run_scoring
 
 # OS errors that the same call will raise again: retrying them only delays the message
 DETERMINISTIC_OS_ERRORS = (
@@ -211,7 +211,7 @@ def train_task(
     """Train from ``config`` (in this process, or ``nproc`` DDP processes through torchrun),
     logging the progress; ``overwrite`` starts afresh in a folder holding an earlier run (put
     back if the new one fails). Returns the run folder, the step and the last metrics."""
-    from stdiff.pipelines.training_job import run_training
+    from stdiff.pipelines.engine.runner import run_training
 
     cfg = load_config(config, TrainJobConfig, overrides)
     metrics = Path(cfg.out) / "metrics.jsonl"
@@ -259,7 +259,7 @@ def train_flow(
 class Job:
     """A job kind: its typed config, its run function (config first), the name its task runs
     show, whether it holds a GPU (``gpu`` tag, for a concurrency limit) and whether the run
-    function takes ``progress``: a bar that ``pipelines.progress`` draws only when stderr is a
+    function takes ``progress``: a bar that ``pipelines.engine.progress`` draws only when stderr is a
     terminal (``stdiff quickstart``, a flow run from a shell), never in served runs or logs."""
 
     config: type
@@ -386,17 +386,3 @@ def _grid_link(out: str) -> dict[str, str]:
     """The artifact row linking the PNG grid written beside the output store."""
     png = Path(f"{out}.png").resolve()
     return {"grid": f"[{png.name}](file://{png})"}
-
-
-def distributed_impute(
-    params: ImputeConfig | dict[str, Any],
-    address: str | None = None,
-    n_workers: int = 2,
-    chunks_per_task: int = 1,
-) -> dict[str, Any]:
-    """The imputation's chunks fanned out over a ``dask.distributed`` cluster: the scheduler at
-    ``address`` (``tcp://host:8786``), or a ``LocalCluster`` of ``n_workers`` one-thread
-    processes (``flows.fanout``; forecasts too: ``flows.fanout.distributed_forecast``)."""
-    from stdiff.flows.fanout import distributed
-
-    return distributed("impute", params, address, n_workers, chunks_per_task)

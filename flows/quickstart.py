@@ -22,7 +22,7 @@ from typing import Any
 from prefect import flow, get_run_logger
 
 from stdiff.flows.jobs import _publish, ingest_task, run_job, train_task
-from stdiff.pipelines.resources import shipped_config, shipped_sample
+from stdiff.pipelines.engine.resources import shipped_config, shipped_sample
 
 SAMPLE = shipped_sample("ncep_air_2013q1.nc")
 CONFIG = shipped_config("quickstart_forecast.yaml")

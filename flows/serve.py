@@ -46,7 +46,7 @@ from stdiff.flows.jobs import (
     train_flow,
 )
 from stdiff.flows.quickstart import quickstart_flow
-from stdiff.pipelines.resources import resolve_config
+from stdiff.pipelines.engine.resources import resolve_config
 
 FLOWS = {
     "ingest": ingest_flow,
@@ -169,8 +169,8 @@ def _configs(d: DeploymentSpec) -> dict[str, Any]:
     if d.flow in JOBS:
         return {"params": job_config(d.flow, d.parameters["params"])}
     if d.flow == "train" and resolve_config(str(d.parameters["config"])).is_file():
-        from stdiff.pipelines.config import load_config
-        from stdiff.pipelines.training_job import TrainJobConfig
+        from stdiff.pipelines.engine.config import load_config
+        from stdiff.pipelines.engine.runner import TrainJobConfig
 
         overrides = d.parameters.get("overrides") or {}
         return {"config:": load_config(d.parameters["config"], TrainJobConfig, overrides)}
@@ -217,7 +217,7 @@ def input_problem(path: str, kind: InputKind) -> str | None:
     if kind == "store" and not any((p / m).is_file() for m in ("zarr.json", ".zgroup", ".zattrs")):
         return "is not a zarr store (no zarr.json)"
     if kind == "checkpoint":
-        from stdiff.pipelines.training_job import checkpoint_folder
+        from stdiff.pipelines.engine.runner import checkpoint_folder
 
         try:
             checkpoint_folder(p)

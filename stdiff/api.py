@@ -29,9 +29,10 @@ from typing import Any
 
 import xarray as xr
 
-from stdiff.pipelines.checkpoint import load_checkpoint
-from stdiff.pipelines.config import from_dict, load_config
-from stdiff.pipelines.training_job import TrainJobConfig, checkpoint_folder, run_training
+from stdiff.pipelines.engine.checkpoint import load_checkpoint
+from stdiff.pipelines.engine.config import from_dict, load_config
+from stdiff.pipelines.engine.runner import TrainJobConfig, checkpoint_folder, run_training
+from stdiff.pipelines.tasks import TASKS, get_task
 
 Data = str | Path | xr.Dataset
 
@@ -53,18 +54,18 @@ class Model:
         """Samples of the missing entries: ``samples (stay, member, time, feature)``, median,
         quantiles and masks. Options: ImputeConfig keys (``members``, ``sampler``, ``steps``,
         ``split`` (default ``test``: CSDI's split; ``all`` for every stay), ``eval_ratio``, ...)."""
-        from stdiff.pipelines.imputation import ImputeConfig, run_imputation
+        from stdiff.pipelines.jobs.impute import ImputeConfig, run_imputation
 
-        self._expect("imputation", "impute")
+        self._expect("impute")
         return _run(ImputeConfig, run_imputation, self, data, out, options, progress)
 
     def forecast(self, data: Data, *, init: str | list[str], out: str | Path | None = None,
                  progress: bool = True, **options: Any) -> xr.Dataset:  # fmt: skip
         """An ensemble rolled out from ``init`` (ISO times, ``START/END/EVERY`` or ``latest``).
         Options: ForecastConfig keys (``lead``, ``members``, ``sampler``, ``steps``, ...)."""
-        from stdiff.pipelines.forecast import ForecastConfig, run_forecast
+        from stdiff.pipelines.jobs.forecast import ForecastConfig, run_forecast
 
-        self._expect("forecast", "forecast")
+        self._expect("forecast")
         options["init"] = [init] if isinstance(init, str) else list(init)
         return _run(ForecastConfig, run_forecast, self, data, out, options, progress)
 
@@ -72,26 +73,27 @@ class Model:
                     progress: bool = True, **options: Any) -> xr.Dataset:  # fmt: skip
         """Inverse problems on an images store: ``task`` is inpaint, outpaint, superres, deblur,
         mri or ct. Options: ReconstructConfig keys (``method``, ``sampler``, ``members``, ...)."""
-        from stdiff.pipelines.reconstruct import ReconstructConfig, run_reconstruction
+        from stdiff.pipelines.jobs.reconstruct import ReconstructConfig, run_reconstruction
 
-        self._expect("images", "reconstruct")
+        self._expect("reconstruct")
         options["task"] = task
         return _run(ReconstructConfig, run_reconstruction, self, data, out, options, progress)
 
     def generate(self, *, out: str | Path | None = None, **options: Any) -> xr.Dataset:
         """Class-conditional samples with classifier-free guidance. Options: GenerateConfig keys
         (``n``, ``labels``, ``guidance``, ``sampler``, ``steps``, ...)."""
-        from stdiff.pipelines.generate import GenerateConfig, run_generation
+        from stdiff.pipelines.jobs.generate import GenerateConfig, run_generation
 
-        self._expect("images", "generate")
+        self._expect("generate")
         return _run(GenerateConfig, lambda cfg, progress: run_generation(cfg), self, None, out,
                     options, False)  # fmt: skip
 
-    def _expect(self, task: str, job: str) -> None:
-        if self.task != task:
+    def _expect(self, job: str) -> None:
+        if job not in get_task(self.task).jobs:
+            tasks = [name for name in TASKS if job in get_task(name).jobs]
             raise ValueError(
                 f"{self.path}: a model of the {self.task!r} task cannot {job}; "
-                f"that needs a model trained with data.task: {task}"
+                f"that needs a model trained with data.task: {' or '.join(tasks)}"
             )
 
 

@@ -35,8 +35,8 @@ def demo(
     ] = False,
 ) -> None:
     """Train a small denoiser on 2-D data, sample it with several samplers, report distances."""
-    from stdiff.pipelines.config import load_config
-    from stdiff.pipelines.toy import ToyDemoConfig, run_demo
+    from stdiff.pipelines.engine.config import load_config
+    from stdiff.pipelines.jobs.toy import ToyDemoConfig, run_demo
 
     try:
         cfg = load_config(config, ToyDemoConfig, set_overrides(set_))
@@ -106,7 +106,7 @@ def serve(
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     from stdiff.flows.serve import ServeConfig, check_inputs
     from stdiff.flows.serve import serve as run_serve
-    from stdiff.pipelines.config import load_config
+    from stdiff.pipelines.engine.config import load_config
 
     try:
         cfg = load_config(config, ServeConfig)
@@ -256,8 +256,8 @@ def train(
     ] = False,
 ) -> None:
     """Train a denoiser on a store from `stdiff ingest` (EMA, checkpoints, exact resume)."""
-    from stdiff.pipelines.config import load_config
-    from stdiff.pipelines.training_job import TrainJobConfig, run_training
+    from stdiff.pipelines.engine.config import load_config
+    from stdiff.pipelines.engine.runner import TrainJobConfig, run_training
 
     try:
         cfg = load_config(config, TrainJobConfig, set_overrides(set_))
@@ -283,8 +283,8 @@ def distill(
     ] = None,
 ) -> None:
     """Distil a trained model into a few-step student (progressive or consistency)."""
-    from stdiff.pipelines.config import load_config
-    from stdiff.pipelines.distill import DistillConfig, run_distillation
+    from stdiff.pipelines.engine.config import load_config
+    from stdiff.pipelines.jobs.distill import DistillConfig, run_distillation
 
     given = {"teacher": teacher, "out": out}
     overrides = {**{k: str(v) for k, v in given.items() if v is not None}, **set_overrides(set_)}
@@ -321,7 +321,7 @@ def impute(
     ] = False,
 ) -> None:
     """Fill the gaps of a timeseries store with N samples each (median, quantiles, intervals)."""
-    from stdiff.pipelines.imputation import ImputeConfig, run_imputation
+    from stdiff.pipelines.jobs.impute import ImputeConfig, run_imputation
 
     given = {"sampler": sampler, "steps": steps, "members": members}
     base = {"checkpoint": str(checkpoint), "data": str(data), "out": str(out)}
@@ -380,7 +380,7 @@ def reconstruct(
     ] = False,
 ) -> None:
     """Inpaint, outpaint, super-resolve, deblur, or reconstruct MRI / CT with uncertainty."""
-    from stdiff.pipelines.reconstruct import ReconstructConfig, run_reconstruction
+    from stdiff.pipelines.jobs.reconstruct import ReconstructConfig, run_reconstruction
 
     given = {"method": method, "sampler": sampler, "steps": steps, "members": members}
     base = {"checkpoint": str(checkpoint), "data": str(data), "out": str(out), "task": task}
@@ -427,7 +427,7 @@ def generate(
     ] = False,
 ) -> None:
     """Class-conditional samples with classifier-free guidance."""
-    from stdiff.pipelines.generate import GenerateConfig, run_generation
+    from stdiff.pipelines.jobs.generate import GenerateConfig, run_generation
 
     base = {"checkpoint": str(checkpoint), "out": str(out), "guidance": guidance, "n": n}
     if label:
@@ -477,8 +477,8 @@ def forecast(
 ) -> None:
     """Roll an ensemble forward from initial times (GenCast's sampler by default; its dispersion
     with --set churn=X / --set noise_inflation=Y)."""
-    from stdiff.pipelines.config import from_dict
-    from stdiff.pipelines.forecast import ForecastConfig, run_forecast
+    from stdiff.pipelines.engine.config import from_dict
+    from stdiff.pipelines.jobs.forecast import ForecastConfig, run_forecast
 
     base = {"checkpoint": str(checkpoint), "data": str(data), "out": str(out), "init": init,
             "lead": lead, "members": members, "layout": layout, "overwrite": overwrite}  # fmt: skip
@@ -509,7 +509,7 @@ def score(
 ) -> None:
     """Score forecasts (RMSE, fair CRPS, spread-skill, rank histogram) beside persistence and
     climatology, WeatherBench 2 style."""
-    from stdiff.pipelines.weather_eval import ScoreConfig, run_scoring
+    from stdiff.pipelines.jobs.score import ScoreConfig, run_scoring
 
     try:
         pairs = dict(pair_flag(f) for f in forecast)
@@ -534,7 +534,7 @@ def info(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = 
     from stdiff.diffusion.precond import PREDICTIONS
     from stdiff.diffusion.samplers import SAMPLERS
     from stdiff.diffusion.schedules import SCHEDULES
-    from stdiff.pipelines.training_job import KINDS, NETS
+    from stdiff.pipelines.engine.models import KINDS, NETS
 
     data = {
         "schedules": sorted(SCHEDULES),

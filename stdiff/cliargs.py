@@ -25,7 +25,7 @@ def set_overrides(pairs: list[str] | None) -> dict:
 
 def job_config(cls, base: dict, set_: list[str] | None, config: Path | None, where: str):
     """A job config: ``--set`` over the command's options over the YAML file (when given)."""
-    from stdiff.pipelines.config import from_dict, load_config
+    from stdiff.pipelines.engine.config import from_dict, load_config
 
     overrides = {**base, **set_overrides(set_)}
     if config is not None:

@@ -16,34 +16,34 @@ JOBS: dict[str, tuple[str, list[tuple[str, str, str]]]] = {
     "train": (
         "stdiff train --config configs/train_physionet_csdi.yaml --set loop.steps=2000 "
         "--set data.store=outputs/physio.zarr",
-        [("training_job", "TrainJobConfig", ""), ("training_job", "DataConfig", "data."),
-         ("training_job", "ModelConfig", "model."), ("train", "LoopConfig", "loop."),
-         ("train", "OptimConfig", "optim.")],
+        [("engine.runner", "TrainJobConfig", ""), ("tasks.base", "DataConfig", "data."),
+         ("engine.models", "ModelConfig", "model."), ("engine.train", "LoopConfig", "loop."),
+         ("engine.train", "OptimConfig", "optim.")],
     ),
     "impute": (
         "stdiff impute --checkpoint outputs/csdi --data outputs/physio.zarr --out imputed.zarr "
         "--sampler dpmpp_2m_sde --steps 10 --members 50 --set max_stays=8",
-        [("imputation", "ImputeConfig", "")],
+        [("jobs.impute_core", "ImputeConfig", "")],
     ),
     "forecast": (
         "stdiff forecast --checkpoint outputs/train_ncep_dit --data outputs/ncep.zarr "
         "--out fc.zarr --init 2014-01-01T00/2014-01-31T00/24h --lead 72h --members 8",
-        [("forecast", "ForecastConfig", "")],
+        [("jobs.forecast", "ForecastConfig", "")],
     ),
     "reconstruct": (
         "stdiff reconstruct --checkpoint outputs/fmnist_unet --data outputs/fmnist.zarr "
         "--out inpainted.zarr --task inpaint --method repaint --set mask=box",
-        [("reconstruct", "ReconstructConfig", "")],
+        [("jobs.reconstruct", "ReconstructConfig", "")],
     ),
     "generate": (
         "stdiff generate --checkpoint outputs/fmnist_dit --out samples.zarr --label 3 "
         "--guidance 2 --n 64",
-        [("generate", "GenerateConfig", "")],
+        [("jobs.generate", "GenerateConfig", "")],
     ),
     "distill": (
         "stdiff distill --config configs/distill_fmnist_progressive.yaml "
         "--teacher outputs/fmnist_ddpm --out outputs/students",
-        [("distill", "DistillConfig", "")],
+        [("jobs.distill", "DistillConfig", "")],
     ),
 }  # fmt: skip
 

@@ -374,7 +374,7 @@ def test_write_errors_are_one_line_and_leave_nothing(world, tmp_path, capsys, mo
 
     monkeypatch.setattr(xr.Dataset, "to_zarr", refuse)
     monkeypatch.setattr(safetensors.torch, "save_file", refuse)
-    monkeypatch.setattr("stdiff.pipelines.checkpoint.save_file", refuse)
+    monkeypatch.setattr("stdiff.pipelines.engine.checkpoint.save_file", refuse)
     job = yaml.safe_load((world["root"] / "job.yaml").read_text())
     job.update(out=str(tmp_path / "run"), loop={**job["loop"], "steps": 2, "checkpoint_every": 1})
     (tmp_path / "job.yaml").write_text(yaml.safe_dump(job))

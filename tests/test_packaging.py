@@ -5,6 +5,7 @@ from another folder with its shipped configs and the NCEP sample."""
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -40,9 +41,16 @@ def test_imports_beside_another_top_level_datasets(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_wheel_installed_elsewhere_runs_the_quickstart(tmp_path: Path) -> None:
+    # built from a copy: an in-tree build leaves build/ behind, whose stale modules a later
+    # build of another layout would pack
+    src = tmp_path / "src"
+    skip = shutil.ignore_patterns(
+        ".*", "build", "outputs", "*.egg-info", "__pycache__", "benchmarks"
+    )
+    shutil.copytree(REPO, src, ignore=skip)
     wheel = subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
-         "-w", str(tmp_path / "dist"), str(REPO)],
+         "-w", str(tmp_path / "dist"), str(src)],
         capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert wheel.returncode == 0, wheel.stderr

@@ -17,8 +17,8 @@ from stdiff.datasets.ingest import IngestOptions, ingest
 from stdiff.datasets.store import open_store
 from stdiff.datasets.weather import canonicalize, is_global_lon, lon_onto, open_weather, regrid
 from stdiff.diffusion.nets.dit import DiT
-from stdiff.pipelines.weather_eval import to_internal
-from stdiff.pipelines.weather_task import NUM_SCALARS, WeatherLayout, condition
+from stdiff.pipelines.jobs.score import to_internal
+from stdiff.pipelines.tasks.forecast import NUM_SCALARS, WeatherLayout, condition
 
 TIMES = pd.date_range("2013-01-01", periods=40, freq="6h")
 LAT = np.array([40.0, 45.0, 50.0])

@@ -16,7 +16,7 @@ from stdiff.diffusion.autoencoder import (
 )
 from stdiff.diffusion.samplers import sample
 from stdiff.diffusion.schedules import make_schedule
-from stdiff.pipelines.latent import LatentCodec
+from stdiff.pipelines.engine.latent import LatentCodec
 
 
 def test_kl_matches_monte_carlo_and_closed_form():

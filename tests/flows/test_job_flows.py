@@ -192,8 +192,8 @@ def test_reconstruct_and_generate_flows(harness, tmp_path: Path, image_model) ->
 def test_impute_fans_out_over_a_dask_cluster(harness, tmp_path: Path, trained_csdi) -> None:
     import numpy as np
 
-    from stdiff.flows.jobs import distributed_impute
-    from stdiff.pipelines.imputation import ImputeConfig, run_imputation
+    from stdiff.flows.fanout import distributed_impute
+    from stdiff.pipelines.jobs.impute import ImputeConfig, run_imputation
 
     store, run = trained_csdi
     params = {"checkpoint": str(run), "data": str(store), "out": str(tmp_path / "fan.zarr"),
@@ -249,7 +249,7 @@ def test_forecast_fans_out_over_a_dask_cluster(harness, tmp_path: Path, weather_
 
     from stdiff.cli import main
     from stdiff.flows.fanout import distributed_forecast
-    from stdiff.pipelines.forecast import ForecastConfig, run_forecast
+    from stdiff.pipelines.jobs.forecast import ForecastConfig, run_forecast
 
     grid_store, weather_job = weather_builders
     store = grid_store(tmp_path / "grid.zarr")
@@ -273,7 +273,7 @@ def test_reconstruct_fans_out_and_resumes(harness, tmp_path: Path, image_model) 
     import numpy as np
 
     from stdiff.flows.fanout import distributed_reconstruct
-    from stdiff.pipelines.reconstruct import ReconstructConfig, run_reconstruction
+    from stdiff.pipelines.jobs.reconstruct import ReconstructConfig, run_reconstruction
 
     run, store = image_model
     params = {"checkpoint": str(run), "data": str(store), "out": str(tmp_path / "fan.zarr"),

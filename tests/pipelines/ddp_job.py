@@ -1,7 +1,7 @@
 """Run under torchrun with 2 CPU processes (gloo) by test_train.py.
 
 1. DDP gradients of a half-batch per rank are saved by rank 0 (to compare with one process).
-2. A short ``pipelines.train.train`` run under DDP writes rank-0 checkpoints.
+2. A short ``pipelines.engine.train.train`` run under DDP writes rank-0 checkpoints.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from stdiff.diffusion.nets.init import build_seeded
 from stdiff.diffusion.nets.mlp import MLPNet
 from stdiff.diffusion.precond import Denoiser, Preconditioning
 from stdiff.diffusion.schedules import edm
-from stdiff.pipelines.train import LoopConfig, OptimConfig, train
+from stdiff.pipelines.engine.train import LoopConfig, OptimConfig, train
 
 
 def global_batch() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -12,7 +12,7 @@ from torch.utils.data import Dataset
 from stdiff.diffusion.nets.init import build_seeded
 from stdiff.diffusion.precond import Denoiser, Preconditioning
 from stdiff.diffusion.schedules import edm
-from stdiff.pipelines.train import LoopConfig, OptimConfig, train
+from stdiff.pipelines.engine.train import LoopConfig, OptimConfig, train
 
 
 class Points(Dataset):

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 import xarray as xr
 
-from stdiff.pipelines.classifier import (
+from stdiff.pipelines.jobs.classifier import (
     _augment,
     classify,
     load_classifier,

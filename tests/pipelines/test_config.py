@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from stdiff.pipelines.config import from_dict, load_config, to_dict
-from stdiff.pipelines.toy import ToyDemoConfig
+from stdiff.pipelines.engine.config import from_dict, load_config, to_dict
+from stdiff.pipelines.jobs.toy import ToyDemoConfig
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -48,13 +48,13 @@ def test_errors_name_file_and_key(tmp_path: Path, text: str, match: str) -> None
 
 def test_every_shipped_config_loads() -> None:
     """Each YAML in configs/ is a valid config of its job (paths filled in where the CLI gives them)."""
-    from stdiff.pipelines.imputation import ImputeConfig
-    from stdiff.pipelines.training_job import TrainJobConfig
+    from stdiff.pipelines.engine.runner import TrainJobConfig
+    from stdiff.pipelines.jobs.impute import ImputeConfig
 
     kinds = {"demo_": (ToyDemoConfig, {}), "train_": (TrainJobConfig, {})}
     kinds["impute_"] = (ImputeConfig, {"checkpoint": "c", "data": "d", "out": "o"})
     kinds["quickstart_"] = (TrainJobConfig, {})  # the quickstart's forecaster
-    from stdiff.pipelines.distill import DistillConfig
+    from stdiff.pipelines.jobs.distill import DistillConfig
 
     kinds["distill_"] = (DistillConfig, {})
 
@@ -69,7 +69,7 @@ def test_every_shipped_config_loads() -> None:
 
 
 def test_yaml_dates_become_strings_and_optional_fields_check_types(tmp_path) -> None:
-    from stdiff.pipelines.training_job import DataConfig
+    from stdiff.pipelines.engine.runner import DataConfig
 
     path = tmp_path / "d.yaml"
     path.write_text("store: s\ntask: forecast\ntrain_period: [2013-01-01, 2013-11-30]\n")

@@ -17,8 +17,13 @@ from typer.testing import CliRunner
 from stdiff.cli import app
 from stdiff.datasets.splits import normalization_stats, time_split
 from stdiff.datasets.store import attach_stats, open_store, write_store
-from stdiff.pipelines.forecast import GENCAST_OPTIONS, ForecastConfig, parse_inits, run_forecast
-from stdiff.pipelines.weather_eval import climatology, persistence, truth_at
+from stdiff.pipelines.jobs.forecast import (
+    GENCAST_OPTIONS,
+    ForecastConfig,
+    parse_inits,
+    run_forecast,
+)
+from stdiff.pipelines.jobs.score import climatology, persistence, truth_at
 
 TIMES = pd.date_range("2013-01-01", periods=4 * 80, freq="6h")
 
@@ -241,7 +246,7 @@ def test_latest_init_is_the_last_data_time() -> None:
 def test_forecast_resumes_missing_initial_times(tmp_path, trained, monkeypatch) -> None:
     """A forecast that fails at its second initial time keeps the first; run again it computes
     only the missing ones and equals an uninterrupted run."""
-    from stdiff.pipelines import forecast as fc
+    from stdiff.pipelines.jobs import forecast as fc
 
     store, run, _ = trained
     cfg = ForecastConfig(checkpoint=str(run), data=str(store), out=str(tmp_path / "f.zarr"),

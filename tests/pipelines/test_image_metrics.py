@@ -9,7 +9,7 @@ import torch
 from scipy import linalg
 from skimage.metrics import structural_similarity
 
-from stdiff.pipelines.image_metrics import (
+from stdiff.pipelines.metrics.images import (
     frechet_distance,
     gaussian_fit,
     gaussian_frechet,

@@ -14,8 +14,8 @@ from typer.testing import CliRunner
 
 from stdiff.cli import app
 from stdiff.datasets.store import open_store
-from stdiff.pipelines import imputation
-from stdiff.pipelines.imputation import ImputeConfig, run_imputation, score_imputation
+from stdiff.pipelines.jobs import impute as imputation
+from stdiff.pipelines.jobs.impute import ImputeConfig, run_imputation, score_imputation
 
 
 def _impute(store: Path, run: Path, out: Path, *extra: str):
@@ -159,7 +159,7 @@ def test_imputation_draws_the_exact_conditional(sampler: str, steps: int) -> Non
     """With the exact conditional denoiser of a Gaussian, the members at the hidden entries have
     the closed-form conditional mean and covariance (the whole conditioning path: masks,
     per-member generators, member chunks)."""
-    from stdiff.pipelines.imputation import _draw
+    from stdiff.pipelines.jobs.impute_core import draw_members as _draw
 
     g = torch.Generator().manual_seed(0)
     a = torch.randn(6, 6, generator=g, dtype=torch.float64)

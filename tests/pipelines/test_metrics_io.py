@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from stdiff.datasets.atomic import atomic_path, write_json
-from stdiff.pipelines.checkpoint import load_checkpoint, save_checkpoint
-from stdiff.pipelines.metrics import energy_distance
+from stdiff.pipelines.engine.checkpoint import load_checkpoint, save_checkpoint
+from stdiff.pipelines.metrics.distances import energy_distance
 
 
 def _brute_energy(x: torch.Tensor, y: torch.Tensor) -> float:
@@ -35,7 +35,7 @@ def test_energy_distance_brute_force(d: int) -> None:
 
 
 def test_energy_distance_chunks_agree() -> None:
-    from stdiff.pipelines.metrics import _mean_pairwise_distance
+    from stdiff.pipelines.metrics.distances import _mean_pairwise_distance
 
     g = torch.Generator().manual_seed(0)
     a, b = torch.randn(50, 3, generator=g), torch.randn(40, 3, generator=g)

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import xarray as xr
 
-from stdiff.pipelines.imputation import ImputeConfig, run_imputation
+from stdiff.pipelines.jobs.impute import ImputeConfig, run_imputation
 
 STDIFF = str(Path(sys.executable).parent / "stdiff")
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import xarray as xr
 
-from stdiff.pipelines.scores import (
+from stdiff.pipelines.metrics.scores import (
     CSDI_QUANTILES,
     ensemble_mean_rmse,
     ensemble_quantiles,

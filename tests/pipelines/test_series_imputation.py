@@ -19,7 +19,7 @@ from typer.testing import CliRunner
 from stdiff.cli import app
 from stdiff.datasets.store import open_store, write_store
 from stdiff.datasets.windows import SeriesWindows, window_starts
-from stdiff.pipelines.series_imputation import block_eval_mask, forecast_plan, impute_plan
+from stdiff.pipelines.jobs.impute_series import block_eval_mask, forecast_plan, impute_plan
 
 WINDOW = 12
 TIME_FLAGS = ("--time-columns", "year,month,day,hour")
@@ -125,7 +125,7 @@ def test_series_windows_hide_unobserved_truth(series_run) -> None:
 
 
 def test_train_takes_num_features_from_the_store(series_run, tmp_path: Path) -> None:
-    from stdiff.pipelines.training_job import load_denoiser
+    from stdiff.pipelines.engine.runner import load_denoiser
 
     store, run = series_run
     _, tcfg, meta = load_denoiser(run)
@@ -247,7 +247,7 @@ def test_beijing_end_to_end(shared_data: Path, tmp_path: Path) -> None:
 def test_chunks_are_planned_resumed_and_published_once(series_run, tmp_path: Path) -> None:
     from dataclasses import replace
 
-    from stdiff.pipelines.imputation import ImputeConfig, plan_chunks, run_imputation
+    from stdiff.pipelines.jobs.impute import ImputeConfig, plan_chunks, run_imputation
 
     store, run = series_run
     cfg = ImputeConfig(checkpoint=str(run), data=str(store), out=str(tmp_path / "c.zarr"),

@@ -15,8 +15,8 @@ import yaml
 from typer.testing import CliRunner
 
 from stdiff.cli import app
-from stdiff.pipelines.checkpoint import load_checkpoint
-from stdiff.pipelines.training_job import load_denoiser
+from stdiff.pipelines.engine.checkpoint import load_checkpoint
+from stdiff.pipelines.engine.runner import load_denoiser
 
 RUNNER = CliRunner()
 LOOP = {"batch_size": 8, "log_every": 1, "checkpoint_every": 2, "progress": False}

@@ -17,9 +17,9 @@ from stdiff.cli import app
 from stdiff.datasets.toy2d import toy2d
 from stdiff.diffusion.rng import member_seed
 from stdiff.diffusion.samplers import sample
-from stdiff.pipelines.config import load_config
-from stdiff.pipelines.metrics import energy_distance
-from stdiff.pipelines.toy import ToyDemoConfig, build_denoiser, load_toy_denoiser, run_demo
+from stdiff.pipelines.engine.config import load_config
+from stdiff.pipelines.jobs.toy import ToyDemoConfig, build_denoiser, load_toy_denoiser, run_demo
+from stdiff.pipelines.metrics.distances import energy_distance
 
 REPO = Path(__file__).resolve().parents[2]
 SMALL = {"train.steps": 800, "train.batch_size": 256, "sample.n_samples": 2000, "device": "cpu"}

@@ -14,8 +14,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from stdiff.pipelines.checkpoint import latest_checkpoint, load_torch_weights
-from stdiff.pipelines.train import OptimConfig, StepBatches, lr_factor
+from stdiff.pipelines.engine.checkpoint import latest_checkpoint, load_torch_weights
+from stdiff.pipelines.engine.train import OptimConfig, StepBatches, lr_factor
 
 JOB = Path(__file__).with_name("resume_job.py")
 

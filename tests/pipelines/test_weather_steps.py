@@ -17,8 +17,8 @@ from stdiff.cli import app
 from stdiff.cliargs import period_flag as _period
 from stdiff.datasets.ingest import IngestOptions, ingest
 from stdiff.datasets.store import open_store
-from stdiff.pipelines.forecast import parse_inits
-from stdiff.pipelines.weather_task import (
+from stdiff.pipelines.jobs.forecast import parse_inits
+from stdiff.pipelines.tasks.forecast import (
     TimeStep,
     WeatherLayout,
     infer_time_step,

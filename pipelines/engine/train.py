@@ -35,15 +35,15 @@ from stdiff.diffusion.losses import Weighting, denoising_loss, regression_loss
 from stdiff.diffusion.precond import Denoiser
 from stdiff.diffusion.rng import member_seed
 from stdiff.diffusion.schedules import NoiseSchedule
-from stdiff.pipelines.checkpoint import (
+from stdiff.pipelines.engine.checkpoint import (
     latest_checkpoint,
     load_training_checkpoint,
     load_weights,
     save_training_checkpoint,
 )
-from stdiff.pipelines.config import at_least_one, check_range
-from stdiff.pipelines.device import autocast
-from stdiff.pipelines.progress import progress_bar
+from stdiff.pipelines.engine.config import at_least_one, check_range
+from stdiff.pipelines.engine.device import autocast
+from stdiff.pipelines.engine.progress import progress_bar
 
 Batch = tuple[torch.Tensor, Condition | None, torch.Tensor | None]  # x0, condition, loss mask
 # loss_fn(forward, denoiser, x0, cond, mask, generator) -> scalar: ``forward`` is the (possibly
@@ -113,7 +113,7 @@ class LoopConfig:
     it 0.999 keeps ``0.999**s`` of the initial weights (22 % after 1,500 steps).
 
     ``objective``: ``denoise``; ``regression`` (the deterministic baseline); ``autoencoder`` (a
-    ``KLAutoencoder`` with ``kl_weight``, ``pipelines.latent``); ``hybrid`` (IDDPM's
+    ``KLAutoencoder`` with ``kl_weight``, ``pipelines.engine.latent``); ``hybrid`` (IDDPM's
     ``L_simple + vlb_weight * L_vlb`` for ``model.kind: learned_variance``)."""
 
     steps: int = 1000
@@ -236,7 +236,7 @@ def train(
     ``(x0, cond, loss_mask)`` (drawing any task randomness from ``generator``). Every
     ``loop.sample_every`` steps ``sample_fn(ema_denoiser, step, run_dir / "samples")`` dumps
     samples (its own generators; the training stream is untouched) and returns scores to log.
-    ``loss_fn`` replaces the objective of ``loop.objective`` (distillation: :mod:`pipelines.distill`)."""
+    ``loss_fn`` replaces the objective of ``loop.objective`` (distillation: :mod:`pipelines.jobs.distill`)."""
     rank, world = _dist()
     run_dir = Path(run_dir)
     denoiser.to(device)

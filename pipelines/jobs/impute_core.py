@@ -1,55 +1,29 @@
-"""``stdiff impute``: fill the gaps of multivariate series with a trained conditional denoiser.
-
-For every selected stay the observed entries are the condition and the model draws ``members``
-samples of the whole window with any registered sampler; members are drawn ``member_chunk`` at a
-time (memory stays bounded) and each member of each stay has its own generator seeded from
-``(seed, stay position, member)``, so the result does not depend on the chunking or the batch.
-
-Modes:
-
-* ``impute``: condition on what is observed; with ``eval_ratio > 0`` a further share of the observed
-  values is hidden first with CSDI's protocol (``datasets.masks.csdi_eval_mask``) and scored.
-* ``forecast``: condition on the window before the last ``horizon`` steps and sample the horizon;
-  the observed values there are scored.
-
-The output zarr has, along the input's ``stay``/``time``/``feature`` coordinates: ``samples``
-``(stay, member, time, feature)`` (given entries keep their observed values), ``median``,
-``quantiles`` (CSDI's 19 levels and the 50/90/95 % interval bounds), the input ``values`` and
-the ``observed_mask``/``cond_mask``/``eval_mask``, in the data's physical units. It is written
-batch by batch into a temporary store that is renamed into place at the end. With evaluation
-points, ``metrics.json`` beside it (and the store's ``metrics`` attribute) holds CSDI's CRPS,
-CRPS-sum, MAE and RMSE of the median (in normalised units, as CSDI reports PhysioNet), interval
-coverage and the rank histogram.
-"""
+"""What the two layouts of ``stdiff impute`` share: the job's config, drawing the members of a
+batch of windows, the output's provenance, publishing and the scores (``pipelines.jobs.impute``
+for stays, ``pipelines.jobs.impute_series`` for one long series)."""
 
 from __future__ import annotations
 
 import json
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-import dask.array as da
 import numpy as np
 import torch
 import xarray as xr
 
 from stdiff.datasets.atomic import write_json
 from stdiff.datasets.errors import DataError
-from stdiff.datasets.masks import csdi_eval_mask
-from stdiff.datasets.outputs import check_budget, claim_store, store_attrs
-from stdiff.datasets.regions import RegionStore
-from stdiff.datasets.splits import csdi_stay_split
-from stdiff.datasets.store import open_store, stdiff_version
+from stdiff.datasets.outputs import check_budget, store_attrs
+from stdiff.datasets.store import stdiff_version
 from stdiff.diffusion.conditioning import Condition
 from stdiff.diffusion.rng import member_generators
 from stdiff.diffusion.samplers import check_options, get_sampler, sample
 from stdiff.diffusion.schedules import SPACINGS, Spacing
-from stdiff.pipelines.config import at_least_one, to_dict
-from stdiff.pipelines.device import DeviceName, autocast, resolve_device
-from stdiff.pipelines.progress import progress_bar
-from stdiff.pipelines.scores import (
+from stdiff.pipelines.engine.config import at_least_one, to_dict
+from stdiff.pipelines.engine.device import DeviceName, autocast
+from stdiff.pipelines.metrics.scores import (
     CSDI_QUANTILES,
     ensemble_quantiles,
     interval_coverage,
@@ -59,7 +33,6 @@ from stdiff.pipelines.scores import (
     quantile_crps_sum,
     rank_histogram,
 )
-from stdiff.pipelines.training_job import load_denoiser
 
 QUANTILES: tuple[float, ...] = tuple(sorted(set(CSDI_QUANTILES) | set(interval_quantiles())))
 
@@ -82,7 +55,7 @@ class ImputeConfig:
     80 in a fresh process; no limit on a GPU); it never changes the numbers;
     chunks: the batches this run computes (None: all); the store is published once all are done.
 
-    A store of one long ``(time, feature)`` series (``pipelines.series_imputation``): split
+    A store of one long ``(time, feature)`` series (``pipelines.jobs.impute_series``): split
     selects the store's own ``split`` steps; period: ``[start, end]`` inclusive dates; max_steps:
     the first N selected steps; window: L (None: the checkpoint's ``data.window``); stride:
     between impute windows (None: L // 2; each step comes from its most central window);
@@ -143,61 +116,7 @@ class ImputeConfig:
             raise ValueError("eval_ratio applies to impute mode; forecast mode scores the horizon")
 
 
-def plan_chunks(cfg: ImputeConfig) -> int:
-    """How many output chunks (batches of stays, or of windows of one long series) the job has:
-    what a fan-out distributes."""
-    ds = open_store(cfg.data)
-    if "stay" not in ds.dims:
-        from stdiff.pipelines.series_imputation import series_layout
-
-        plan, chunk = series_layout(cfg, ds, load_denoiser(cfg.checkpoint, cfg.weights)[1])
-        return -(-len(plan.times) // chunk)
-    observed = ds["observed_mask"].values.astype(bool)
-    return -(-len(_select(cfg, observed)) // cfg.batch_size)
-
-
-def _select(cfg: ImputeConfig, observed: np.ndarray) -> np.ndarray:
-    if cfg.split == "all":
-        idx = np.arange(observed.shape[0])
-    else:
-        idx = np.sort(getattr(csdi_stay_split(observed, cfg.fold), cfg.split))
-    return idx[: cfg.max_stays] if cfg.max_stays else idx
-
-
-def _masks(
-    cfg: ImputeConfig, observed: np.ndarray, idx: np.ndarray
-) -> tuple[np.ndarray, np.ndarray]:
-    """(cond_mask, eval_mask) of the selected stays, as booleans."""
-    obs = observed[idx].astype(bool)
-    if cfg.mode == "forecast":
-        length = obs.shape[1]
-        if cfg.horizon >= length:
-            raise ValueError(
-                f"horizon {cfg.horizon} must be shorter than the window ({length} steps)"
-            )
-        cond = obs.copy()
-        cond[:, length - cfg.horizon :] = False
-    elif cfg.eval_ratio > 0:
-        cond = csdi_eval_mask(observed, cfg.eval_ratio, cfg.eval_seed)[idx]  # all stays, in order
-    else:
-        cond = obs
-    return cond, obs & ~cond
-
-
-def _check_inputs(cfg: ImputeConfig, ds: xr.Dataset, meta: dict[str, Any]) -> None:
-    for v in ("values", "observed_mask"):
-        if v not in ds:
-            raise DataError(cfg.data, f"variable {v!r} is absent; is this a timeseries store?")
-    series = [k for k in ("window", "stride", "period", "max_steps") if getattr(cfg, k)]
-    series += ["eval_pattern"] if cfg.eval_pattern != "random" else []
-    if series:
-        raise ValueError(f"{series[0]} applies to a store of one long series, not to stays")
-    if ds["values"].dims != ("stay", "time", "feature"):
-        raise DataError(cfg.data, f"values must be (stay, time, feature), got {ds['values'].dims}")
-    _check_features(cfg, ds, meta)
-
-
-def _check_features(cfg: ImputeConfig, ds: xr.Dataset, meta: dict[str, Any]) -> None:
+def check_features(cfg: ImputeConfig, ds: xr.Dataset, meta: dict[str, Any]) -> None:
     if "observed_mask" not in ds:
         raise DataError(cfg.data, "variable 'observed_mask' is absent; is this a timeseries store?")
     if ds["values"].dims[-2:] != ("time", "feature"):
@@ -218,39 +137,8 @@ def _check_features(cfg: ImputeConfig, ds: xr.Dataset, meta: dict[str, Any]) -> 
             raise ValueError(f"{cfg.checkpoint}: checkpoint has no {s} normalisation statistics")
 
 
-def _template(ds: xr.Dataset, idx: np.ndarray, cfg: ImputeConfig) -> xr.Dataset:
-    n, (length, k) = len(idx), (ds.sizes["time"], ds.sizes["feature"])
-    bs = cfg.batch_size
-
-    def zeros(shape, dtype=np.float32):
-        return da.zeros(shape, dtype=dtype, chunks=(bs, *shape[1:]))
-
-    coords = {
-        "stay": ds["stay"].values[idx],
-        "member": np.arange(cfg.members),
-        "quantile": np.asarray(QUANTILES),
-        "time": ds["time"].values,
-        "feature": ds["feature"].values.astype(object),
-    }
-    return xr.Dataset(
-        {
-            "samples": (("stay", "member", "time", "feature"), zeros((n, cfg.members, length, k))),
-            "median": (("stay", "time", "feature"), zeros((n, length, k))),
-            "quantiles": (
-                ("stay", "quantile", "time", "feature"),
-                zeros((n, len(QUANTILES), length, k)),
-            ),
-            "values": (("stay", "time", "feature"), zeros((n, length, k))),
-            "observed_mask": (("stay", "time", "feature"), zeros((n, length, k), np.uint8)),
-            "cond_mask": (("stay", "time", "feature"), zeros((n, length, k), np.uint8)),
-            "eval_mask": (("stay", "time", "feature"), zeros((n, length, k), np.uint8)),
-        },
-        coords=coords,
-    )
-
-
 @torch.no_grad()
-def _draw(denoiser, x_obs, cond_mask, positions, cfg, device) -> torch.Tensor:
+def draw_members(denoiser, x_obs, cond_mask, positions, cfg, device) -> torch.Tensor:
     """``(B, members, L, K)`` normalised samples for one batch of stays."""
     b = x_obs.shape[0]
     sigmas = denoiser.schedule.discretize(cfg.steps, cfg.spacing)
@@ -285,106 +173,6 @@ def _draw(denoiser, x_obs, cond_mask, positions, cfg, device) -> torch.Tensor:
     return torch.cat(out, 1)
 
 
-def run_imputation(cfg: ImputeConfig, progress: bool = True) -> dict[str, Any]:
-    """Run the job; returns ``{"out", "stays", "seconds", "evals", "metrics"?}``."""
-    claim_store(cfg.out, "impute", [cfg.data, cfg.checkpoint], cfg.overwrite)
-    device = resolve_device(cfg.device)
-    denoiser, tcfg, meta = load_denoiser(cfg.checkpoint, cfg.weights, device=str(device))
-    if tcfg.data.task != "imputation":
-        raise ValueError(
-            f"{cfg.checkpoint}: trained for the {tcfg.data.task!r} task, not imputation"
-        )
-    denoiser.schedule.discretize(cfg.steps, cfg.spacing)  # a bad step count fails before any work
-    ds = open_store(cfg.data)
-    if "values" in ds and "stay" not in ds.dims:  # one long series (per-station tables)
-        from stdiff.pipelines.series_imputation import run_series_imputation
-
-        _check_features(cfg, ds, meta)
-        return run_series_imputation(cfg, ds, denoiser, tcfg, meta, device, progress)
-    _check_inputs(cfg, ds, meta)
-    observed = ds["observed_mask"].values.astype(bool)
-    idx = _select(cfg, observed)
-    if len(idx) == 0:
-        raise ValueError(
-            f"{cfg.data}: no stays selected (split {cfg.split!r}, max_stays {cfg.max_stays})"
-        )
-    _check_budget(cfg, len(idx), ds.sizes["time"] * ds.sizes["feature"])
-    cond_all, eval_all = _masks(cfg, observed, idx)
-    empty = np.flatnonzero(~cond_all.reshape(len(idx), -1).any(1))
-    if len(empty):
-        ids = ds["stay"].values[idx[empty]].tolist()
-        what = (
-            "no observed history"
-            if cfg.mode == "forecast"
-            else "no observed values to condition on"
-        )
-        raise DataError(cfg.data, f"{len(ids)} stay(s) have {what}: {ids[:10]}; leave them out")
-    mean = np.asarray(meta["stats"]["values_mean"], dtype=np.float32)
-    std = np.asarray(meta["stats"]["values_std"], dtype=np.float32)
-
-    out = Path(cfg.out)
-    t0 = time.perf_counter()
-    n_chunks = -(-len(idx) // cfg.batch_size)
-    bad = [c for c in cfg.chunks or [] if not 0 <= c < n_chunks]
-    if bad:
-        raise ValueError(f"chunks {bad} are out of range: this job has {n_chunks} chunks")
-    store = RegionStore(out, _fingerprint(cfg, meta), n_chunks, "impute", cfg.overwrite)
-    store.open(_template(ds, idx, cfg))
-    todo = [c for c in (cfg.chunks if cfg.chunks is not None else range(n_chunks))
-            if not store.done(c)]  # fmt: skip
-    bar = progress_bar(len(todo), enabled=progress, unit="batch")
-    for c in todo:
-        a = c * cfg.batch_size
-        b = min(len(idx), a + cfg.batch_size)
-        sel = idx[a:b]
-        raw = ds["values"].isel(stay=sel).values.astype(np.float32)  # (B, L, K), NaN = missing
-        x_obs = torch.from_numpy(np.nan_to_num((raw - mean) / std)).to(device)
-        cmask = torch.from_numpy(cond_all[a:b].astype(np.float32)).to(device)
-        draws = _draw(denoiser, x_obs, cmask, sel, cfg, device).cpu().numpy()
-        if not np.isfinite(draws).all():
-            bad = ds["stay"].values[sel[~np.isfinite(draws).reshape(b - a, -1).all(1)]].tolist()
-            raise FloatingPointError(
-                f"non-finite samples for stays {bad[:10]}; the output was not published"
-            )
-        phys = draws * std + mean
-        given = cond_all[a:b][:, None]
-        phys = np.where(given, np.nan_to_num(raw)[:, None], phys)  # given entries keep their values
-        region = {"stay": slice(a, b)}
-        data = xr.Dataset(
-            {
-                "samples": (("stay", "member", "time", "feature"), phys.astype(np.float32)),
-                "median": (("stay", "time", "feature"), np.median(phys, 1).astype(np.float32)),
-                "quantiles": (
-                    ("stay", "quantile", "time", "feature"),
-                    np.quantile(phys, QUANTILES, axis=1).transpose(1, 0, 2, 3).astype(np.float32),
-                ),
-                "values": (("stay", "time", "feature"), raw),
-                "observed_mask": (("stay", "time", "feature"), observed[sel].astype(np.uint8)),
-                "cond_mask": (("stay", "time", "feature"), cond_all[a:b].astype(np.uint8)),
-                "eval_mask": (("stay", "time", "feature"), eval_all[a:b].astype(np.uint8)),
-            }
-        )
-        if not store.write(c, data, region):
-            break  # an identical run published the output meanwhile
-        bar.update(1)
-    bar.close()
-    result: dict[str, Any] = {
-        "out": str(out),
-        "stays": len(idx),
-        "members": cfg.members,
-        "sampler": cfg.sampler,
-        "steps": cfg.steps,
-        "evals": _evals(cfg),
-        "seconds": time.perf_counter() - t0,
-        "device": str(device),
-        "chunks": n_chunks,
-        "computed": todo,
-        "pending": store.pending(),
-    }
-
-    return publish(store, out, cfg, meta, result, bool(eval_all.any()), mean, std)
-
-
 def publish(store, out: Path, cfg, meta, result, scored: bool, mean, std) -> dict[str, Any]:
     """Score (when there are evaluation points), stamp provenance and publish the output store
     once every chunk is done; ``metrics.json`` beside it. Returns ``result`` completed."""
@@ -392,7 +180,7 @@ def publish(store, out: Path, cfg, meta, result, scored: bool, mean, std) -> dic
     def prepare(path: Path) -> None:
         if scored:
             result["metrics"] = score_imputation(xr.open_zarr(path, consolidated=False), mean, std)
-        _finish(path, cfg, meta, result)
+        finish_store(path, cfg, meta, result)
 
     result["complete"] = store.finish(prepare) or (not result["pending"] and out.exists())
     if scored and "metrics" not in result and store.is_published:  # an identical earlier run
@@ -405,7 +193,7 @@ def publish(store, out: Path, cfg, meta, result, scored: bool, mean, std) -> dic
     return result
 
 
-def _check_budget(cfg: ImputeConfig, rows: int, cells: int) -> None:
+def check_budget_of(cfg: ImputeConfig, rows: int, cells: int) -> None:
     """Refuse before any work an output larger than the free disk or batches larger than the
     memory: samples and quantiles on disk, about four copies of a batch's samples in memory."""
     per_row = (cfg.members + len(QUANTILES) + 5) * cells * 4
@@ -413,7 +201,7 @@ def _check_budget(cfg: ImputeConfig, rows: int, cells: int) -> None:
     check_budget(cfg.out, rows * per_row, batch, "--members / batch_size")
 
 
-def _fingerprint(cfg: ImputeConfig, meta: dict[str, Any]) -> str:
+def fingerprint(cfg: ImputeConfig, meta: dict[str, Any]) -> str:
     """What changes the numbers of a run (not where it runs, its chunks or its output path)."""
     skip = ("out", "device", "chunks", "eval_batch", "overwrite")
     keep = {k: v for k, v in to_dict(cfg).items() if k not in skip}
@@ -422,12 +210,14 @@ def _fingerprint(cfg: ImputeConfig, meta: dict[str, Any]) -> str:
     return json.dumps(keep, sort_keys=True, default=str)
 
 
-def _evals(cfg: ImputeConfig) -> int | None:
+def evals_of(cfg: ImputeConfig) -> int | None:
     spec = get_sampler(cfg.sampler)
     return None if spec.evals is None else int(spec.evals(cfg.steps))
 
 
-def _finish(tmp: Path, cfg: ImputeConfig, meta: dict[str, Any], result: dict[str, Any]) -> None:
+def finish_store(
+    tmp: Path, cfg: ImputeConfig, meta: dict[str, Any], result: dict[str, Any]
+) -> None:
     """Provenance and metrics into the store's attributes."""
     import zarr
 

@@ -47,10 +47,11 @@ from stdiff.diffusion.conditioning import Condition
 from stdiff.diffusion.inverse import InverseConfig, solve, summarize
 from stdiff.diffusion.operators import Blur, Downsample, FourierMask, Mask, Radon
 from stdiff.diffusion.rng import member_generators, member_seed
-from stdiff.pipelines.config import at_least_one, to_dict
-from stdiff.pipelines.device import DeviceName, resolve_device
-from stdiff.pipelines.image_metrics import psnr, ssim
-from stdiff.pipelines.training_job import load_denoiser
+from stdiff.pipelines.engine.config import at_least_one, to_dict
+from stdiff.pipelines.engine.device import DeviceName, resolve_device
+from stdiff.pipelines.engine.runner import load_denoiser
+from stdiff.pipelines.metrics.images import psnr, ssim
+from stdiff.pipelines.tasks import require_job
 
 SIDE = (".png", ".metrics.json")  # written beside the store
 Task = Literal["inpaint", "outpaint", "superres", "deblur", "mri", "ct"]
@@ -321,8 +322,7 @@ def run_reconstruction(cfg: ReconstructConfig, progress: bool = False) -> dict[s
     claim_store(cfg.out, "reconstruct", [cfg.data, cfg.checkpoint], cfg.overwrite, siblings=SIDE)
     device = resolve_device(cfg.device)
     denoiser, tcfg, meta = load_denoiser(cfg.checkpoint, cfg.weights, device=str(device))
-    if tcfg.data.task != "images":
-        raise ValueError(f"{cfg.checkpoint}: trained for {tcfg.data.task!r}, not images")
+    require_job(tcfg.data.task, "reconstruct", cfg.checkpoint)
     idx, truth_np, labels = _images(cfg, meta)
     op = build_operator(cfg, idx, truth_np.shape)
     masks = op.mask[:, 0].numpy() if isinstance(op, Mask) else None

@@ -31,7 +31,7 @@ from stdiff.datasets.errors import DataError
 from stdiff.datasets.outputs import claim_folder
 from stdiff.datasets.store import open_store, require_kind
 from stdiff.datasets.weather import latitude_weights, lon_onto
-from stdiff.pipelines.scores import (
+from stdiff.pipelines.metrics.scores import (
     ensemble_mean_rmse,
     fair_crps,
     rank_histogram,

@@ -17,7 +17,7 @@ from typing import Any, Literal, TypeVar, get_args, get_origin
 
 import yaml
 
-from stdiff.pipelines.resources import resolve_config
+from stdiff.pipelines.engine.resources import resolve_config
 
 T = TypeVar("T")
 

@@ -29,8 +29,11 @@ import xarray as xr
 from pandas.tseries.frequencies import to_offset
 
 from stdiff.datasets.errors import DataError
+from stdiff.datasets.store import open_store, require_kind
 from stdiff.datasets.weather import calendar_features, is_global_lon, static_fields
+from stdiff.datasets.windows import ForecastWindows
 from stdiff.diffusion.conditioning import Condition
+from stdiff.pipelines.tasks.base import TaskData, store_metadata
 
 NUM_SCALARS = 5  # lead (days), hour sin/cos, day-of-year sin/cos
 HOURS_PER_MONTH = 730.5  # 365.25 * 24 / 12: the nominal length of a calendar month
@@ -325,3 +328,63 @@ def forecast_batch(layout: WeatherLayout, times: np.ndarray, leads: list[int]):
         return x0, condition(ctx, static, scal), None
 
     return to_batch
+
+
+def _period(ds, period: list[str] | None, name: str) -> np.ndarray:
+    """Positions on the store's time axis inside the inclusive ``[start, end]`` dates."""
+    if not period:
+        return np.arange(0)
+    if len(period) != 2:
+        raise ValueError(f"data.{name} must be [start, end], got {period}")
+    t = ds.indexes["time"]
+    pos = np.flatnonzero(
+        (t >= np.datetime64(period[0])) & (t < np.datetime64(period[1]) + np.timedelta64(1, "D"))
+    )
+    if len(pos) == 0:
+        raise ValueError(f"data.{name} {period} selects no time of the store")
+    return pos
+
+
+class ForecastTask:
+    """``task: forecast``: weather states on a grid (see the module docstring); read by
+    ``stdiff forecast``."""
+
+    name = "forecast"
+    jobs = ("forecast",)
+
+    def validate(self, data) -> None:
+        if not data.train_period:
+            raise ValueError(
+                "train_period is required for the forecast task, e.g. [2013-01-01, 2013-11-30]"
+            )
+
+    def check_store(self, ds, data) -> None:
+        require_kind(ds, data.store, "weather", ())
+
+    def net_params(self, data, model) -> dict[str, Any]:
+        """The DiT's channel counts follow from the data (filled in when the config omits them);
+        circular longitude padding only for grids that go all the way round."""
+        layout = WeatherLayout.from_store(open_store(data.store), data.variables, data.context)
+        return {**layout.net_params(model.net == "autoencoder"), **model.params}
+
+    def datasets(self, data) -> TaskData:
+        ds = open_store(data.store)
+        layout = WeatherLayout.from_store(ds, data.variables, data.context, data.residual)
+        times = ds["time"].values
+        kw = {"context": data.context, "leads": data.leads}
+        pos = _period(ds, data.train_period, "train_period")
+        train = ForecastWindows(data.store, layout.variables, times=pos, **kw)
+        val_pos = _period(ds, data.valid_period, "valid_period")
+        valid = (
+            ForecastWindows(data.store, layout.variables, times=val_pos, **kw)
+            if len(val_pos)
+            else None
+        )
+        meta = {**store_metadata(ds, layout.variables), "weather": layout.to_dict()}
+        return TaskData(train, valid, forecast_batch(layout, times, data.leads), meta)
+
+    def sample_dump(self, data, model, seed, items):
+        return None  # forecasts are drawn and plotted by `stdiff forecast`
+
+
+TASK = ForecastTask()

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from stdiff.diffusion.autoencoder import KLAutoencoder, autoencoder_loss, latent_scale
-from stdiff.pipelines.checkpoint import (
+from stdiff.pipelines.engine.checkpoint import (
     latest_checkpoint,
     load_checkpoint,
     load_weights,
@@ -38,7 +38,7 @@ class AutoencoderHolder(nn.Module):
 
 
 def autoencoder_loss_fn(kl_weight: float):
-    """``loss_fn`` of :func:`pipelines.train.train` for ``loop.objective: autoencoder``."""
+    """``loss_fn`` of :func:`pipelines.engine.train.train` for ``loop.objective: autoencoder``."""
 
     def loss_fn(forward, holder, x0, cond, mask, gen):
         return autoencoder_loss(holder.net, x0, kl_weight=kl_weight, generator=gen, mask=mask)
@@ -50,7 +50,7 @@ def load_autoencoder(
     run: str | Path, device: str | torch.device = "cpu"
 ) -> tuple[KLAutoencoder, dict[str, Any], Path]:
     """The trained autoencoder (EMA weights, eval, frozen), its job config and checkpoint path."""
-    from stdiff.pipelines.training_job import build_net
+    from stdiff.pipelines.engine.models import build_net
 
     path = Path(run)
     ckpt = path if (path / "weights.safetensors").is_file() else latest_checkpoint(path)

@@ -32,11 +32,11 @@ from stdiff.diffusion.distill import (
     progressive_loss,
 )
 from stdiff.diffusion.rng import member_seed
-from stdiff.pipelines.checkpoint import latest_checkpoint
-from stdiff.pipelines.config import at_least_one, to_dict
-from stdiff.pipelines.device import DeviceName, resolve_device
-from stdiff.pipelines.train import LoopConfig, OptimConfig, train
-from stdiff.pipelines.training_job import _datasets, load_denoiser
+from stdiff.pipelines.engine.checkpoint import latest_checkpoint
+from stdiff.pipelines.engine.config import at_least_one, to_dict
+from stdiff.pipelines.engine.device import DeviceName, resolve_device
+from stdiff.pipelines.engine.runner import load_denoiser, task_data
+from stdiff.pipelines.engine.train import LoopConfig, OptimConfig, train
 
 
 @dataclass(frozen=True)
@@ -103,7 +103,8 @@ def run_distillation(cfg: DistillConfig) -> dict[str, Any]:
     schedule = teacher.schedule
     if cfg.method == "consistency":
         consistency_grid(schedule, cfg.levels)  # a bad grid fails before any work
-    train_ds, val_ds, to_batch, store_meta = _datasets(tcfg)
+    data = task_data(tcfg)
+    train_ds, val_ds, to_batch, store_meta = data.train, data.valid, data.to_batch, data.metadata
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     # the teacher's label dropout, so that the guided (unconditional) branch is distilled too

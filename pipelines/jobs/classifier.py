@@ -27,8 +27,8 @@ from torch import Tensor, nn
 from stdiff.datasets.atomic import atomic_path
 from stdiff.datasets.store import open_store
 from stdiff.diffusion.nets.init import build_seeded
-from stdiff.pipelines.device import resolve_device
-from stdiff.pipelines.progress import progress_bar
+from stdiff.pipelines.engine.device import resolve_device
+from stdiff.pipelines.engine.progress import progress_bar
 
 FORMAT = "stdiff-image-classifier"
 NORMALIZATION = "x / 127.5 - 1 (uint8 [0, 255] -> [-1, 1])"

@@ -30,10 +30,11 @@ from stdiff.diffusion.guidance import classifier_free_guidance
 from stdiff.diffusion.rng import member_generators
 from stdiff.diffusion.samplers import check_options, sample
 from stdiff.diffusion.schedules import Spacing
-from stdiff.pipelines.config import at_least_one, to_dict
-from stdiff.pipelines.device import DeviceName, autocast, resolve_device
-from stdiff.pipelines.latent import codec_from_metadata
-from stdiff.pipelines.training_job import load_denoiser
+from stdiff.pipelines.engine.config import at_least_one, to_dict
+from stdiff.pipelines.engine.device import DeviceName, autocast, resolve_device
+from stdiff.pipelines.engine.latent import codec_from_metadata
+from stdiff.pipelines.engine.runner import load_denoiser
+from stdiff.pipelines.tasks import require_job
 
 
 @dataclass(frozen=True)
@@ -77,8 +78,7 @@ def run_generation(cfg: GenerateConfig) -> dict[str, Any]:
     refuse_earlier(cfg.out, "generate", cfg.overwrite)
     device = resolve_device(cfg.device)
     denoiser, tcfg, meta = load_denoiser(cfg.checkpoint, cfg.weights, device=str(device))
-    if tcfg.data.task != "images":
-        raise ValueError(f"{cfg.checkpoint}: trained for {tcfg.data.task!r}, not an image model")
+    require_job(tcfg.data.task, "generate", cfg.checkpoint)
     labels = _labels(cfg, int(getattr(denoiser.net, "num_classes", 0)))
     sizes = meta.get("sizes") or _sizes(tcfg)
     shape = tuple(int(sizes[d]) for d in ("channel", "y", "x"))
@@ -136,8 +136,8 @@ def _sizes(tcfg) -> dict[str, int]:
 
 def score_samples(images: np.ndarray, labels: np.ndarray, cfg: GenerateConfig, store: str):
     """Classifier accuracy against the asked labels and the Fréchet distance to real images."""
-    from stdiff.pipelines.classifier import classify, load_classifier
-    from stdiff.pipelines.image_metrics import frechet_distance
+    from stdiff.pipelines.jobs.classifier import classify, load_classifier
+    from stdiff.pipelines.metrics.images import frechet_distance
 
     model, _ = load_classifier(cfg.classifier, device="cpu")
     pred, feats = classify(model, images)

@@ -24,16 +24,17 @@ from stdiff.diffusion.precond import Denoiser, Preconditioning, Prediction
 from stdiff.diffusion.rng import member_seed
 from stdiff.diffusion.samplers import check_options, get_sampler, sample
 from stdiff.diffusion.schedules import make_schedule
-from stdiff.pipelines.checkpoint import (
+from stdiff.pipelines.engine.checkpoint import (
     load_checkpoint,
     load_weights,
     save_checkpoint,
     tensor_group,
 )
-from stdiff.pipelines.config import from_dict, to_dict
-from stdiff.pipelines.device import DeviceName, resolve_device
-from stdiff.pipelines.metrics import energy_distance
-from stdiff.pipelines.train import ema_update
+from stdiff.pipelines.engine.config import from_dict, to_dict
+from stdiff.pipelines.engine.device import DeviceName, resolve_device
+from stdiff.pipelines.engine.models import ScheduleConfig
+from stdiff.pipelines.engine.train import ema_update
+from stdiff.pipelines.metrics.distances import energy_distance
 
 
 @dataclass(frozen=True)
@@ -53,14 +54,6 @@ class ToyModelConfig:
     depth: int = 3
     prediction: Prediction = "edm"
     sigma_data: float = 1.0
-
-
-@dataclass(frozen=True)
-class ScheduleConfig:
-    """A registered schedule name (``diffusion.schedules.SCHEDULES``) and its parameters."""
-
-    name: str = "edm"
-    params: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -103,7 +96,7 @@ class ToyDemoConfig:
     device: DeviceName = "auto"
     data: ToyDataConfig = ToyDataConfig()
     model: ToyModelConfig = ToyModelConfig()
-    schedule: ScheduleConfig = ScheduleConfig()
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     train: ToyTrainConfig = ToyTrainConfig()
     sample: ToySampleConfig = ToySampleConfig()
 

@@ -26,7 +26,7 @@ coordinates (and ``station``/``variable`` when the store has them): ``samples (m
 feature)`` (given entries keep their values), ``median``, ``quantiles (quantile, time, feature)``,
 ``values`` (the truth, held-out targets included), ``observed_mask``, ``cond_mask``, ``eval_mask``
 and ``window_start (time)``, the first time of the window each step came from. Scores as for stays
-(:func:`pipelines.imputation.score_imputation`), normalised and in physical units.
+(:func:`pipelines.jobs.impute_core.score_imputation`), normalised and in physical units.
 """
 
 from __future__ import annotations
@@ -45,7 +45,14 @@ from stdiff.datasets.errors import DataError
 from stdiff.datasets.regions import RegionStore
 from stdiff.datasets.splits import SERIES_SPLIT_CODES
 from stdiff.datasets.windows import contiguous_runs
-from stdiff.pipelines.progress import progress_bar
+from stdiff.pipelines.engine.progress import progress_bar
+from stdiff.pipelines.jobs.impute_core import (
+    QUANTILES,
+    draw_members,
+    evals_of,
+    fingerprint,
+    publish,
+)
 
 MASKS = ("observed_mask", "cond_mask", "eval_mask")
 
@@ -264,13 +271,11 @@ def series_layout(cfg, ds: xr.Dataset, tcfg) -> tuple[SeriesPlan, int]:
 def _draw_windows(denoiser, raw, cond, plan, idx, mean, std, cfg, device, times) -> tuple:
     """``(W, M, L, K)`` samples in physical units of windows ``idx`` and their ``(W, L, K)``
     conditioning masks; non-finite samples abort the job before anything is published."""
-    from stdiff.pipelines.imputation import _draw
-
     cond_w = window_conditions(plan, cond, idx)
     block = np.stack([raw[s : s + plan.length] for s in plan.starts[idx]])  # (W, L, K)
     x_obs = torch.from_numpy(np.nan_to_num((block - mean) / std)).to(device)
     cmask = torch.from_numpy(cond_w.astype(np.float32)).to(device)
-    draws = _draw(denoiser, x_obs, cmask, plan.starts[idx], cfg, device).cpu().numpy()
+    draws = draw_members(denoiser, x_obs, cmask, plan.starts[idx], cfg, device).cpu().numpy()
     bad = ~np.isfinite(draws).reshape(len(idx), -1).all(1)
     if bad.any():
         first = times[plan.starts[idx][bad]]
@@ -284,8 +289,6 @@ def run_series_imputation(cfg, ds, denoiser, tcfg, meta, device, progress=True) 
     """The series job (see the module docstring); called by ``run_imputation`` for a store with
     dims ``(time, feature)``. Returns the same summary as for stays, with ``windows`` and
     ``time_steps`` in place of ``stays``."""
-    from stdiff.pipelines import imputation as imp
-
     plan, chunk = series_layout(cfg, ds, tcfg)
     observed = ds["observed_mask"].values.astype(bool)
     hidden = eval_points(cfg, ds, plan, observed)
@@ -300,8 +303,8 @@ def run_series_imputation(cfg, ds, denoiser, tcfg, meta, device, progress=True) 
     if bad:
         raise ValueError(f"chunks {bad} are out of range: this job has {n_chunks} chunks")
     out, t0 = Path(cfg.out), time.perf_counter()
-    store = RegionStore(out, imp._fingerprint(cfg, meta), n_chunks, "impute", cfg.overwrite)
-    store.open(_template(ds, plan, cfg, imp.QUANTILES, chunk))
+    store = RegionStore(out, fingerprint(cfg, meta), n_chunks, "impute", cfg.overwrite)
+    store.open(_template(ds, plan, cfg, QUANTILES, chunk))
     todo = [c for c in (cfg.chunks if cfg.chunks is not None else range(n_chunks))
             if not store.done(c)]  # fmt: skip
     masks, times = {"observed": observed, "eval": hidden}, ds["time"].values
@@ -310,7 +313,7 @@ def run_series_imputation(cfg, ds, denoiser, tcfg, meta, device, progress=True) 
         sel = np.arange(c * chunk, min(len(plan.times), (c + 1) * chunk))
         idx = np.unique(plan.owner[sel])  # the windows these steps come from
         phys, cond_w = _draw_windows(denoiser, raw, cond, plan, idx, mean, std, cfg, device, times)
-        data = _chunk_data(raw, phys, plan, sel, idx, cond_w, masks, imp.QUANTILES, ds)
+        data = _chunk_data(raw, phys, plan, sel, idx, cond_w, masks, QUANTILES, ds)
         if not store.write(c, data, {"time": slice(int(sel[0]), int(sel[-1]) + 1)}):
             break  # an identical run published the output meanwhile
         bar.update(1)
@@ -318,7 +321,7 @@ def run_series_imputation(cfg, ds, denoiser, tcfg, meta, device, progress=True) 
     result: dict[str, Any] = {
         "out": str(out), "windows": len(plan.starts), "time_steps": len(plan.times),
         "window": plan.length, "members": cfg.members, "sampler": cfg.sampler,
-        "steps": cfg.steps, "evals": imp._evals(cfg), "seconds": time.perf_counter() - t0,
+        "steps": cfg.steps, "evals": evals_of(cfg), "seconds": time.perf_counter() - t0,
         "device": str(device), "chunks": n_chunks, "computed": todo, "pending": store.pending(),
     }  # fmt: skip
-    return imp.publish(store, out, cfg, meta, result, bool(hidden.any()), mean, std)
+    return publish(store, out, cfg, meta, result, bool(hidden.any()), mean, std)

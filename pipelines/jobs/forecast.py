@@ -10,7 +10,7 @@ deterministic baseline: one member, ``D(0; sigma_max)`` per step, no sampler.
 
 Everything is checked before any work: initial times in the data with their previous states, a
 lead that is a whole number of the model's steps (given in hours or days, in steps, or on a
-monthly, quarterly or yearly model in months or years: ``pipelines.weather_task.lead_steps``), the data's variables, levels and grid equal to the
+monthly, quarterly or yearly model in months or years: ``pipelines.tasks.forecast.lead_steps``), the data's variables, levels and grid equal to the
 checkpoint's. The output zarr holds one variable per input variable in the data's units, in
 WeatherBench 2's layout ``(time, realization, prediction_timedelta, [level], latitude,
 longitude)`` (``time`` is the initial time) or, with ``layout: stdiff``, ``(init_time, member,
@@ -43,11 +43,12 @@ from stdiff.diffusion.losses import regression_predict
 from stdiff.diffusion.rng import member_generators
 from stdiff.diffusion.samplers import check_options, sample
 from stdiff.diffusion.schedules import karras_sigmas
-from stdiff.pipelines.config import at_least_one, to_dict
-from stdiff.pipelines.device import DeviceName, autocast, resolve_device
-from stdiff.pipelines.progress import progress_bar
-from stdiff.pipelines.training_job import load_denoiser
-from stdiff.pipelines.weather_task import (
+from stdiff.pipelines.engine.config import at_least_one, to_dict
+from stdiff.pipelines.engine.device import DeviceName, autocast, resolve_device
+from stdiff.pipelines.engine.progress import progress_bar
+from stdiff.pipelines.engine.runner import load_denoiser
+from stdiff.pipelines.tasks import require_job
+from stdiff.pipelines.tasks.forecast import (
     TimeStep,
     WeatherLayout,
     condition,
@@ -59,7 +60,7 @@ from stdiff.pipelines.weather_task import (
 # Output layouts: the internal names -> the names a store is written with. ``wb2`` is
 # WeatherBench 2's (``time`` is the initial time, ``prediction_timedelta`` the lead) with CF's
 # ``realization`` for members; ``stdiff`` keeps the internal names. ``stdiff score`` reads both,
-# and ECMWF's ``number`` (``pipelines.weather_eval.to_internal``).
+# and ECMWF's ``number`` (``pipelines.jobs.score.to_internal``).
 LAYOUTS: dict[str, dict[str, str]] = {
     "wb2": {"init_time": "time", "member": "realization", "lead_time": "prediction_timedelta",
             "lat": "latitude", "lon": "longitude"},
@@ -188,8 +189,9 @@ class _Job:
 
 def _prepare(cfg: ForecastConfig, ds: xr.Dataset, device: torch.device) -> _Job:
     denoiser, tcfg, meta = load_denoiser(cfg.checkpoint, cfg.weights, device=str(device))
-    if tcfg.data.task != "forecast" or "weather" not in meta:
-        raise ValueError(f"{cfg.checkpoint}: trained for the {tcfg.data.task!r} task, not forecast")
+    require_job(tcfg.data.task, "forecast", cfg.checkpoint)
+    if "weather" not in meta:
+        raise ValueError(f"{cfg.checkpoint}: the checkpoint has no weather layout; train it again")
     layout = WeatherLayout(**meta["weather"])
     data_layout = WeatherLayout.from_store(ds, layout.variables, layout.context, layout.residual)
     layout.check(data_layout, cfg.data)

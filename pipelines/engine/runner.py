@@ -1,0 +1,212 @@
+"""``stdiff train --config``: a typed training job from a YAML file, on a store from ``stdiff ingest``.
+
+The runner is task-agnostic: the task named by ``data.task`` (``pipelines.tasks``) says how store
+items become ``(x0, condition, loss mask)``, completes the network's parameters from the store and
+gives its sample dump; the runner claims and locks the run folder, builds the denoiser
+(``pipelines.engine.models``), optionally moves training into an autoencoder's latent space
+(``pipelines.engine.latent``), and runs the shared loop (``pipelines.engine.train``).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+
+from stdiff.datasets.atomic import temp_sibling
+from stdiff.datasets.outputs import FolderLock, claim_folder
+from stdiff.datasets.store import open_store
+from stdiff.diffusion.precond import Denoiser
+from stdiff.diffusion.rng import member_seed
+from stdiff.diffusion.schedules import make_schedule
+from stdiff.pipelines.engine.checkpoint import (
+    latest_checkpoint,
+    load_checkpoint,
+    load_weights,
+    tensor_group,
+)
+from stdiff.pipelines.engine.config import from_dict, to_dict
+from stdiff.pipelines.engine.device import DeviceName, resolve_device
+from stdiff.pipelines.engine.models import ModelConfig, ScheduleConfig, build_net, make_denoiser
+from stdiff.pipelines.engine.train import LoopConfig, OptimConfig, TrainState, train
+from stdiff.pipelines.tasks import get_task
+from stdiff.pipelines.tasks.base import DataConfig, SampleFn, TaskData
+
+
+@dataclass(frozen=True)
+class TrainJobConfig:
+    """The whole job: seed, device, output folder, data, model, schedule, optimiser and loop."""
+
+    out: str
+    data: DataConfig
+    model: ModelConfig
+    seed: int = 0
+    device: DeviceName = "auto"
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    loop: LoopConfig = field(default_factory=LoopConfig)
+
+    def __post_init__(self) -> None:
+        get_task(self.data.task).validate(self.data)  # an unknown task is refused here too
+
+
+def init_distributed(device: torch.device) -> torch.device:
+    """Under ``torchrun`` (``WORLD_SIZE > 1``) join the process group: NCCL with one GPU per
+    local rank on CUDA, gloo on the CPU. Returns this process's device."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.distributed.is_initialized():
+        if device.type == "cuda":
+            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+            torch.cuda.set_device(device)
+        torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return device
+
+
+def run_training(
+    cfg: TrainJobConfig,
+    resume: str | Path | None = None,
+    wait: bool = False,
+    overwrite: bool = False,
+) -> TrainState:
+    """Build the job's denoiser and data, then run :func:`pipelines.engine.train.train` holding the run
+    folder's lock (a second run on it refuses, or waits with ``wait``). A fresh run that fails
+    before its first checkpoint leaves no folder behind. ``overwrite``: an earlier run in
+    ``cfg.out`` is moved aside and replaced by a fresh one, and put back if the new one fails."""
+    first = int(os.environ.get("RANK", "0")) == 0  # torchrun: rank 0 owns the folder
+    aside = None
+    if first:
+        earlier = claim_folder(cfg.out, ("checkpoints", "metrics.jsonl"), "training run", "out",
+                               allow_existing=resume is not None or overwrite)  # fmt: skip
+        if resume is not None and not Path(resume).exists():
+            raise ValueError(f"--resume {resume}: no such run or checkpoint folder")
+        if earlier and overwrite and resume is None:
+            FolderLock(cfg.out, "training run").acquire(wait).release()  # nobody is using it
+            aside = temp_sibling(cfg.out, "old")
+            os.replace(cfg.out, aside)
+    fresh = not Path(cfg.out).exists()
+    lock = FolderLock(cfg.out, "training run") if first else None
+    try:
+        if lock is not None:
+            lock.acquire(wait)
+        state = _run_training(cfg, resume)
+    except BaseException:
+        if first and fresh and latest_checkpoint(cfg.out) is None:
+            shutil.rmtree(cfg.out, ignore_errors=True)  # made by this run, holds nothing yet
+        if aside is not None and not Path(cfg.out).exists():
+            os.replace(aside, cfg.out)  # the new run failed: the earlier one comes back
+        raise
+    finally:
+        if lock is not None:
+            lock.release()
+    if aside is not None:
+        shutil.rmtree(aside, ignore_errors=True)
+    return state
+
+
+def task_data(cfg: TrainJobConfig) -> TaskData:
+    """The task's training and validation data, ``to_batch`` and checkpoint metadata."""
+    return get_task(cfg.data.task).datasets(cfg.data)
+
+
+def _run_training(cfg: TrainJobConfig, resume: str | Path | None) -> TrainState:
+    task = get_task(cfg.data.task)
+    task.check_store(open_store(cfg.data.store), cfg.data)
+    device = init_distributed(resolve_device(cfg.device))
+    schedule = make_schedule(cfg.schedule.name, **cfg.schedule.params)
+    # the parameters resolved from the store (channel counts, features) go into the checkpoint
+    cfg = replace(cfg, model=replace(cfg.model, params=task.net_params(cfg.data, cfg.model)))
+    data = task.datasets(cfg.data)
+    to_batch, meta, loss_fn = data.to_batch, data.metadata, None
+    if cfg.data.latent:
+        from stdiff.pipelines.engine.latent import fit_codec, latent_batches
+
+        gen = torch.Generator().manual_seed(member_seed(cfg.seed, 8))
+        first = next(iter(torch.utils.data.DataLoader(data.train, batch_size=512)))
+        codec = fit_codec(cfg.data.latent, [to_batch(first, gen)[0]], device)
+        to_batch = latent_batches(to_batch, codec)
+        meta = {**meta, "latent": codec.metadata(cfg.data.latent)}
+        cfg = replace(cfg, model=replace(cfg.model, params={
+            **cfg.model.params, "in_channels": codec.shape[0]}))  # fmt: skip
+    m = cfg.model
+    net = build_net(m.net, m.params, member_seed(cfg.seed, 1))
+    if cfg.loop.objective == "autoencoder":
+        from stdiff.pipelines.engine.latent import AutoencoderHolder, autoencoder_loss_fn
+
+        if m.net != "autoencoder":
+            raise ValueError("loop.objective: autoencoder needs model.net: autoencoder")
+        denoiser, loss_fn = AutoencoderHolder(net), autoencoder_loss_fn(cfg.loop.kl_weight)
+    else:
+        denoiser = make_denoiser(m, net, schedule)
+    if cfg.loop.objective == "hybrid":
+        loss_fn = _hybrid_loss(cfg, schedule)
+    return train(
+        denoiser,
+        schedule,
+        data.train,
+        to_batch,
+        loop=cfg.loop,
+        optim=cfg.optim,
+        run_dir=cfg.out,
+        config=to_dict(cfg),
+        seed=cfg.seed,
+        device=device,
+        resume=resume,
+        val_dataset=data.valid,
+        metadata=meta,
+        sample_fn=_sample_fn(cfg, data.valid if data.valid is not None else data.train),
+        loss_fn=loss_fn,
+    )
+
+
+def _hybrid_loss(cfg: TrainJobConfig, schedule):
+    """IDDPM's hybrid objective (``loop.objective: hybrid``) as the loop's ``loss_fn``."""
+    from stdiff.diffusion.variance import hybrid_loss
+
+    if cfg.model.kind != "learned_variance":
+        raise ValueError("loop.objective: hybrid needs model.kind: learned_variance")
+
+    def loss_fn(fwd, den, x0, cond, mask, gen):
+        return hybrid_loss(fwd, x0, schedule, cond, mask=mask, vlb_weight=cfg.loop.vlb_weight,
+                           weighting=cfg.loop.weighting, generator=gen, precond=den.precond)  # fmt: skip
+
+    return loss_fn
+
+
+def _sample_fn(cfg: TrainJobConfig, ds) -> SampleFn | None:
+    """The task's periodic sample dump (``loop.sample_every``), on the first held-out items."""
+    if not cfg.loop.sample_every or cfg.data.latent or cfg.loop.objective == "autoencoder":
+        return None
+    first = [ds[i] for i in range(min(8, len(ds)))]
+    return get_task(cfg.data.task).sample_dump(cfg.data, cfg.model, cfg.seed, first)
+
+
+def checkpoint_folder(checkpoint: str | Path) -> Path:
+    """The ``step_*`` folder of a run folder (its latest) or of a checkpoint folder itself."""
+    path = Path(checkpoint)
+    if not path.exists():
+        raise ValueError(f"{path}: checkpoint not found")
+    ckpt = path if (path / "weights.safetensors").is_file() else latest_checkpoint(path)
+    if ckpt is None:
+        raise ValueError(
+            f"{path}: no checkpoint in this folder (expected step_*/weights.safetensors)"
+        )
+    return ckpt
+
+
+def load_denoiser(
+    checkpoint: str | Path, weights: Literal["ema", "model"] = "ema", device: str = "cpu"
+) -> tuple[Denoiser, TrainJobConfig, dict[str, Any]]:
+    """The trained denoiser (EMA weights by default, in ``eval()`` mode), its job config and the
+    checkpoint metadata, from a run folder (its latest checkpoint) or a ``step_*`` folder."""
+    ckpt = checkpoint_folder(checkpoint)
+    groups, config, metadata = load_checkpoint(ckpt / "weights.safetensors")
+    cfg = from_dict(TrainJobConfig, config, f"{ckpt}: config")
+    schedule = make_schedule(cfg.schedule.name, **cfg.schedule.params)
+    m = cfg.model
+    net = build_net(m.net, m.params, 0)
+    load_weights(net, tensor_group(groups, weights, ckpt / "weights.safetensors"), ckpt)
+    metadata = {**metadata, "checkpoint": str(ckpt)}
+    return make_denoiser(m, net, schedule).to(device).eval(), cfg, metadata
