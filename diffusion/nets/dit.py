@@ -140,7 +140,7 @@ class DiT(nn.Module):
         by ``cond.drop`` (a lead time stays known to the unconditional model).
       periodic_lon: pad x circularly instead of by reflection; only for grids that go all the
         way round in longitude (the weather task sets it from the grid's coordinates,
-        ``pipelines.weather_task.WeatherLayout.net_params``); a regional grid must not be
+        ``pipelines.tasks.forecast.WeatherLayout.net_params``); a regional grid must not be
         padded with its opposite edge.
       grad_checkpointing: recompute each block in the backward pass while training.
     """
