@@ -55,7 +55,6 @@ from stdiff.pipelines.tasks import require_job
 
 SIDE = (".png", ".metrics.json")  # written beside the store
 Task = Literal["inpaint", "outpaint", "superres", "deblur", "mri", "ct"]
-TASKS: tuple[str, ...] = ("inpaint", "outpaint", "superres", "deblur", "mri", "ct")
 DEFAULTS: dict[str, tuple[str, str]] = {  # task -> (method, sampler)
     "inpaint": ("repaint", "ddpm"),
     "outpaint": ("repaint", "ddpm"),
@@ -103,8 +102,8 @@ class ReconstructConfig:
     chunks: list[int] | None = None
 
     def __post_init__(self) -> None:
-        if self.task not in TASKS:
-            raise ValueError(f"task {self.task!r} is not known; choose one of {list(TASKS)}")
+        if self.task not in OPERATORS:
+            raise ValueError(f"task {self.task!r} is not known; choose one of {list(OPERATORS)}")
         at_least_one(self, "steps", "members", "max_images", "batch_size", "views", "factor")
         if self.noise_std < 0 or self.blur_sigma <= 0:
             raise ValueError("noise_std must be >= 0 and blur_sigma > 0")
@@ -231,24 +230,35 @@ def _masks(cfg: ReconstructConfig, idx: np.ndarray, size: int) -> np.ndarray:
     return np.stack([inpaint_mask(kind, size, r) for r in rng])
 
 
+def _mri(cfg: ReconstructConfig, idx: np.ndarray, size: int):
+    rng = np.random.default_rng(member_seed(cfg.seed, 8))
+    cols = cartesian_mask(size, cfg.acceleration, kind=cfg.pattern, rng=rng)
+    return FourierMask(torch.from_numpy(cols.astype(np.float32)))
+
+
+def _mask(cfg: ReconstructConfig, idx: np.ndarray, size: int):
+    return Mask(torch.from_numpy(_masks(cfg, idx, size)[:, None].astype(np.float32)))
+
+
+# --task -> the forward operator for square images of ``size`` pixels
+OPERATORS = {
+    "inpaint": _mask,
+    "outpaint": _mask,
+    "superres": lambda cfg, idx, size: Downsample(cfg.factor),
+    "deblur": lambda cfg, idx, size: Blur(cfg.blur_sigma),
+    "mri": _mri,
+    "ct": lambda cfg, idx, size: Radon(size, n_views=cfg.views),
+}
+
+
 def build_operator(cfg: ReconstructConfig, idx: np.ndarray, shape: tuple[int, ...]):
     """The task's operator for images of ``shape`` (N, C, H, W); errors before any work."""
     h, w = shape[-2:]
     if h != w:
         raise ValueError(f"{cfg.data}: images are {h}x{w}; reconstruct needs square images")
-    if cfg.task in ("inpaint", "outpaint"):
-        return Mask(torch.from_numpy(_masks(cfg, idx, h)[:, None].astype(np.float32)))
-    if cfg.task == "superres":
-        op = Downsample(cfg.factor)
-    elif cfg.task == "deblur":
-        op = Blur(cfg.blur_sigma)
-    elif cfg.task == "mri":
-        rng = np.random.default_rng(member_seed(cfg.seed, 8))
-        cols = cartesian_mask(w, cfg.acceleration, kind=cfg.pattern, rng=rng)
-        op = FourierMask(torch.from_numpy(cols.astype(np.float32)))
-    else:
-        op = Radon(h, n_views=cfg.views)
-    op.check(shape)
+    op = OPERATORS[cfg.task](cfg, idx, h)
+    if not isinstance(op, Mask):
+        op.check(shape)
     return op
 
 

@@ -23,7 +23,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import numpy as np
 import torch
@@ -95,6 +95,7 @@ class TaskData:
     metadata: dict[str, Any]
 
 
+@runtime_checkable
 class Task(Protocol):
     """One training task (see the module docstring)."""
 

@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 
 from stdiff.cli import app
 from stdiff.datasets.store import open_store
-from stdiff.pipelines.jobs import impute as imputation
+from stdiff.pipelines.jobs import impute_core
 from stdiff.pipelines.jobs.impute import ImputeConfig, run_imputation, score_imputation
 
 
@@ -120,7 +120,7 @@ def test_bad_input_is_refused_and_writes_nothing(tmp_path: Path, trained_csdi) -
 
 def test_non_finite_samples_publish_nothing(tmp_path: Path, trained_csdi, monkeypatch) -> None:
     store, run = trained_csdi
-    monkeypatch.setattr(imputation, "sample", lambda *a, **k: torch.full(a[1], float("nan")))
+    monkeypatch.setattr(impute_core, "sample", lambda *a, **k: torch.full(a[1], float("nan")))
     cfg = ImputeConfig(checkpoint=str(run), data=str(store), out=str(tmp_path / "n.zarr"),
                        steps=2, members=2, device="cpu")  # fmt: skip
     with pytest.raises(FloatingPointError, match="not published"):
