@@ -11,3 +11,8 @@ class DataError(ValueError):
     def __init__(self, where: str | Path, what: str) -> None:
         self.where, self.what = str(where), what
         super().__init__(f"{where}: {what}")
+
+
+class StdiffWarning(UserWarning):
+    """Something the user should know that does not stop the job (samples clipped to the data's
+    range, ...); the CLI prints it as one ``stdiff: warning:`` line."""

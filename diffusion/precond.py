@@ -120,3 +120,66 @@ class Denoiser(nn.Module):
         c_skip, c_out, c_in = self.precond.coefficients(s)
         out = self.net(c_in * x, self.c_noise(s.reshape(-1)), cond)
         return c_skip * x + c_out * out.to(x.dtype)
+
+
+class X0Clip:
+    """Static thresholding of a denoiser's prediction to ``[lo, hi]``, the range of the data it
+    was trained on (DDPM's ``clip_denoised`` and Imagen's static thresholding, with the training
+    range in place of [-1, 1]). A model that is not yet good predicts wild ``x0`` (an eps-model's
+    ``D = x - sigma eps_hat`` with sigma up to 173); clipping bounds every sample to the data's
+    range. Installed as a forward hook, so it covers every denoiser kind.
+
+    It counts what it clipped: ``fraction`` is the share of the predictions at the smallest noise
+    level seen (the sampler's last evaluation, whose prediction becomes the sample) that were
+    outside the range: a trained model's are not, an under-trained model's are. At large sigma
+    even good eps-models predict outside the range, which ``fraction_all`` includes. Entries the
+    condition gives (``cond.mask == 1``, imputation) are not counted: the sample keeps them.
+    """
+
+    def __init__(self, lo: float, hi: float) -> None:
+        if not lo < hi:
+            raise ValueError(f"x0 range must have lo < hi, got [{lo}, {hi}]")
+        self.lo, self.hi = float(lo), float(hi)
+        self._calls: list[tuple[Tensor, Tensor, Tensor]] = []  # (max sigma, clipped, counted)
+        self._handle = None
+
+    def __call__(self, module: nn.Module, args: tuple, out: Tensor) -> Tensor:
+        sigma = torch.as_tensor(args[1]).detach().max()
+        bad = (out < self.lo) | (out > self.hi)
+        given = getattr(args[2], "mask", None) if len(args) > 2 else None
+        if given is not None and given.shape == out.shape:  # count the generated entries only
+            free = given == 0
+            self._calls.append((sigma, (bad & free).sum(), free.sum()))
+        else:  # tensors: no device sync per call
+            self._calls.append((sigma, bad.sum(), torch.tensor(out.numel())))
+        return out.clamp(self.lo, self.hi)
+
+    def attach(self, denoiser: nn.Module) -> X0Clip:
+        """Clip ``denoiser``'s outputs from now on; returns self."""
+        self._handle = denoiser.register_forward_hook(self)
+        return self
+
+    def detach(self) -> None:
+        if self._handle is not None:
+            self._handle.remove()
+            self._handle = None
+
+    def _totals(self, last_only: bool) -> tuple[int, int]:
+        if not self._calls:
+            return 0, 0
+        sigmas = torch.stack([c[0].float().cpu() for c in self._calls])
+        keep = sigmas <= sigmas.min() * (1 + 1e-6) if last_only else torch.ones_like(sigmas).bool()
+        calls = [c for c, k in zip(self._calls, keep.tolist(), strict=True) if k]
+        return int(sum(int(c[1]) for c in calls)), int(sum(int(c[2]) for c in calls))
+
+    @property
+    def fraction(self) -> float:
+        """Share of the final predictions (smallest sigma) that were clipped; 0 before any."""
+        clipped, total = self._totals(True)
+        return clipped / total if total else 0.0
+
+    @property
+    def fraction_all(self) -> float:
+        """Share of all predictions that were clipped."""
+        clipped, total = self._totals(False)
+        return clipped / total if total else 0.0

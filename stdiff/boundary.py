@@ -20,6 +20,7 @@ import os
 import sys
 import time
 import traceback
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -121,8 +122,21 @@ def _clear_progress_bars() -> None:
             continue
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """stdiff's own warnings as one line; others as Python shows them."""
+    if getattr(category, "__name__", "") == "StdiffWarning":
+        _clear_progress_bars()
+        print(f"stdiff: warning: {one_line(str(message))}", file=sys.stderr, flush=True)
+    else:
+        _python_show_warning(message, category, filename, lineno, file, line)
+
+
+_python_show_warning = warnings.showwarning
+
+
 def run(fn: Callable[[], int | None], debug: bool = False) -> int:
     """Call ``fn`` inside the boundary; returns the exit code (never raises but SystemExit)."""
+    shown, warnings.showwarning = warnings.showwarning, _show_warning
     try:
         code = fn()
         return int(code or 0)
@@ -140,3 +154,5 @@ def run(fn: Callable[[], int | None], debug: bool = False) -> int:
                 line += f"; this is a bug in stdiff: {where} (rerun with --debug to show it)"
         print(f"stdiff: error: {line}", file=sys.stderr, flush=True)
         return code
+    finally:
+        warnings.showwarning = shown

@@ -9,18 +9,22 @@ gives its sample dump; the runner claims and locks the run folder, builds the de
 
 from __future__ import annotations
 
+import math
 import os
 import shutil
+import warnings
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
 import torch
 
 from stdiff.datasets.atomic import temp_sibling
+from stdiff.datasets.errors import StdiffWarning
 from stdiff.datasets.outputs import FolderLock, claim_folder
 from stdiff.datasets.store import open_store
-from stdiff.diffusion.precond import Denoiser
+from stdiff.diffusion.precond import Denoiser, X0Clip
 from stdiff.diffusion.rng import member_seed
 from stdiff.diffusion.schedules import make_schedule
 from stdiff.pipelines.engine.checkpoint import (
@@ -130,6 +134,8 @@ def _run_training(cfg: TrainJobConfig, resume: str | Path | None) -> TrainState:
         meta = {**meta, "latent": codec.metadata(cfg.data.latent)}
         cfg = replace(cfg, model=replace(cfg.model, params={
             **cfg.model.params, "in_channels": codec.shape[0]}))  # fmt: skip
+    if cfg.loop.objective != "autoencoder":  # the range that inference clips predictions to
+        meta = {**meta, "x0_range": x0_range(data.train, to_batch, cfg.seed)}
     m = cfg.model
     net = build_net(m.net, m.params, member_seed(cfg.seed, 1))
     if cfg.loop.objective == "autoencoder":
@@ -159,6 +165,24 @@ def _run_training(cfg: TrainJobConfig, resume: str | Path | None) -> TrainState:
         sample_fn=_sample_fn(cfg, data.valid if data.valid is not None else data.train),
         loss_fn=loss_fn,
     )
+
+
+def x0_range(dataset, to_batch, seed: int, n: int = 512, margin: float = 0.1) -> list[float]:
+    """``[lo, hi]``: the range of the training targets ``x0`` over up to ``n`` items spread over
+    the training set (their own generator: the training RNG is not touched, so resuming gives
+    the same range), widened by ``margin`` of its span on each side."""
+    idx = np.linspace(0, len(dataset) - 1, min(n, len(dataset))).round().astype(int)
+    loader = torch.utils.data.DataLoader(torch.utils.data.Subset(dataset, idx.tolist()), 64)
+    gen = torch.Generator().manual_seed(member_seed(seed, 9))
+    lo, hi = math.inf, -math.inf
+    with torch.no_grad():
+        for batch in loader:
+            x0 = to_batch(batch, gen)[0].float()
+            lo, hi = min(lo, float(x0.min())), max(hi, float(x0.max()))
+    if not (math.isfinite(lo) and math.isfinite(hi)):
+        raise ValueError(f"the training data hold non-finite values (range [{lo}, {hi}])")
+    pad = margin * max(hi - lo, 1e-6)
+    return [lo - pad, hi + pad]
 
 
 def _hybrid_loss(cfg: TrainJobConfig, schedule):
@@ -197,10 +221,16 @@ def checkpoint_folder(checkpoint: str | Path) -> Path:
 
 
 def load_denoiser(
-    checkpoint: str | Path, weights: Literal["ema", "model"] = "ema", device: str = "cpu"
+    checkpoint: str | Path,
+    weights: Literal["ema", "model"] = "ema",
+    device: str = "cpu",
+    clip: bool = True,
 ) -> tuple[Denoiser, TrainJobConfig, dict[str, Any]]:
     """The trained denoiser (EMA weights by default, in ``eval()`` mode), its job config and the
-    checkpoint metadata, from a run folder (its latest checkpoint) or a ``step_*`` folder."""
+    checkpoint metadata, from a run folder (its latest checkpoint) or a ``step_*`` folder.
+    With ``clip`` its predictions are clipped to the training data's range kept in the checkpoint
+    (:class:`diffusion.precond.X0Clip`, as ``denoiser.x0_clip``; checkpoints written before the
+    range was recorded are not clipped)."""
     ckpt = checkpoint_folder(checkpoint)
     groups, config, metadata = load_checkpoint(ckpt / "weights.safetensors")
     cfg = from_dict(TrainJobConfig, config, f"{ckpt}: config")
@@ -209,4 +239,29 @@ def load_denoiser(
     net = build_net(m.net, m.params, 0)
     load_weights(net, tensor_group(groups, weights, ckpt / "weights.safetensors"), ckpt)
     metadata = {**metadata, "checkpoint": str(ckpt)}
-    return make_denoiser(m, net, schedule).to(device).eval(), cfg, metadata
+    denoiser = make_denoiser(m, net, schedule).to(device).eval()
+    if clip and metadata.get("x0_range"):
+        denoiser.x0_clip = X0Clip(*metadata["x0_range"]).attach(denoiser)
+    return denoiser, cfg, metadata
+
+
+CLIP_WARNING = 1e-3  # warn when more than this share of the predictions was clipped
+
+
+def clip_report(denoiser: Denoiser, checkpoint: Any, result: dict[str, Any]) -> None:
+    """Put the share of clipped predictions in ``result["x0_clipped"]`` and warn (one line)
+    when it is large: the model predicts values its training data never had."""
+    guard = getattr(denoiser, "x0_clip", None)
+    if guard is None:
+        return
+    result["x0_clipped"] = frac = guard.fraction
+    result["x0_clipped_all_steps"] = guard.fraction_all
+    if frac > CLIP_WARNING:
+        warnings.warn(
+            StdiffWarning(
+                f"{checkpoint}: {frac:.2%} of the samples' final predictions fell outside the "
+                f"training data's range [{guard.lo:.3g}, {guard.hi:.3g}] and were clipped; the "
+                "model looks under-trained (train it longer; clip_x0: false shows raw samples)"
+            ),
+            stacklevel=2,
+        )

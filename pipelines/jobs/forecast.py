@@ -46,7 +46,7 @@ from stdiff.diffusion.schedules import karras_sigmas
 from stdiff.pipelines.engine.config import at_least_one, to_dict
 from stdiff.pipelines.engine.device import DeviceName, autocast, resolve_device
 from stdiff.pipelines.engine.progress import progress_bar
-from stdiff.pipelines.engine.runner import load_denoiser
+from stdiff.pipelines.engine.runner import clip_report, load_denoiser
 from stdiff.pipelines.tasks import require_job
 from stdiff.pipelines.tasks.forecast import (
     TimeStep,
@@ -114,6 +114,7 @@ class ForecastConfig:
     device: DeviceName = "auto"
     weights: Literal["ema", "model"] = "ema"
     layout: Literal["wb2", "stdiff"] = "wb2"
+    clip_x0: bool = True  # clip predictions to the training data's range (engine.runner)
     overwrite: bool = False
     chunks: list[int] | None = None
 
@@ -188,7 +189,9 @@ class _Job:
 
 
 def _prepare(cfg: ForecastConfig, ds: xr.Dataset, device: torch.device) -> _Job:
-    denoiser, tcfg, meta = load_denoiser(cfg.checkpoint, cfg.weights, device=str(device))
+    denoiser, tcfg, meta = load_denoiser(
+        cfg.checkpoint, cfg.weights, device=str(device), clip=cfg.clip_x0
+    )
     require_job(tcfg.data.task, "forecast", cfg.checkpoint)
     if "weather" not in meta:
         raise ValueError(f"{cfg.checkpoint}: the checkpoint has no weather layout; train it again")
@@ -370,6 +373,7 @@ def run_forecast(cfg: ForecastConfig, progress: bool = True) -> dict[str, Any]:
         "device": str(device),
         "computed": todo,
     }
+    clip_report(job.denoiser, cfg.checkpoint, result)
 
     def prepare(path: Path) -> None:
         import zarr

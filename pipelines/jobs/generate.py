@@ -33,7 +33,7 @@ from stdiff.diffusion.schedules import Spacing
 from stdiff.pipelines.engine.config import at_least_one, to_dict
 from stdiff.pipelines.engine.device import DeviceName, autocast, resolve_device
 from stdiff.pipelines.engine.latent import codec_from_metadata
-from stdiff.pipelines.engine.runner import load_denoiser
+from stdiff.pipelines.engine.runner import clip_report, load_denoiser
 from stdiff.pipelines.tasks import require_job
 
 
@@ -60,6 +60,7 @@ class GenerateConfig:
     reference_n: int = 2000
     device: DeviceName = "auto"
     weights: Literal["ema", "model"] = "ema"
+    clip_x0: bool = True  # clip predictions to the training data's range (engine.runner)
     overwrite: bool = False
 
     def __post_init__(self) -> None:
@@ -77,7 +78,9 @@ def run_generation(cfg: GenerateConfig) -> dict[str, Any]:
     claim_store(cfg.out, "generate", inputs, cfg.overwrite, siblings=(".png", ".metrics.json"))
     refuse_earlier(cfg.out, "generate", cfg.overwrite)
     device = resolve_device(cfg.device)
-    denoiser, tcfg, meta = load_denoiser(cfg.checkpoint, cfg.weights, device=str(device))
+    denoiser, tcfg, meta = load_denoiser(
+        cfg.checkpoint, cfg.weights, device=str(device), clip=cfg.clip_x0
+    )
     require_job(tcfg.data.task, "generate", cfg.checkpoint)
     labels = _labels(cfg, int(getattr(denoiser.net, "num_classes", 0)))
     sizes = meta.get("sizes") or _sizes(tcfg)
@@ -109,6 +112,7 @@ def run_generation(cfg: GenerateConfig) -> dict[str, Any]:
     if cfg.classifier:
         metrics.update(score_samples(images, y.numpy(), cfg, tcfg.data.store))
     _write(cfg, images, y.numpy(), metrics, meta)
+    clip_report(denoiser, cfg.checkpoint, metrics)
     return {"out": cfg.out, "seconds": seconds, "metrics": metrics}
 
 

@@ -43,7 +43,7 @@ from stdiff.datasets.splits import csdi_stay_split
 from stdiff.datasets.store import open_store
 from stdiff.pipelines.engine.device import resolve_device
 from stdiff.pipelines.engine.progress import progress_bar
-from stdiff.pipelines.engine.runner import load_denoiser
+from stdiff.pipelines.engine.runner import clip_report, load_denoiser
 from stdiff.pipelines.jobs.impute_core import (
     QUANTILES,
     ImputeConfig,
@@ -146,7 +146,9 @@ def run_imputation(cfg: ImputeConfig, progress: bool = True) -> dict[str, Any]:
     """Run the job; returns ``{"out", "stays", "seconds", "evals", "metrics"?}``."""
     claim_store(cfg.out, "impute", [cfg.data, cfg.checkpoint], cfg.overwrite)
     device = resolve_device(cfg.device)
-    denoiser, tcfg, meta = load_denoiser(cfg.checkpoint, cfg.weights, device=str(device))
+    denoiser, tcfg, meta = load_denoiser(
+        cfg.checkpoint, cfg.weights, device=str(device), clip=cfg.clip_x0
+    )
     require_job(tcfg.data.task, "impute", cfg.checkpoint)
     denoiser.schedule.discretize(cfg.steps, cfg.spacing)  # a bad step count fails before any work
     ds = open_store(cfg.data)
@@ -234,4 +236,5 @@ def run_imputation(cfg: ImputeConfig, progress: bool = True) -> dict[str, Any]:
         "pending": store.pending(),
     }
 
+    clip_report(denoiser, cfg.checkpoint, result)
     return publish(store, out, cfg, meta, result, bool(eval_all.any()), mean, std)

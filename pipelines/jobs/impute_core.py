@@ -93,6 +93,7 @@ class ImputeConfig:
     use_targets: bool = True
     eval_pattern: Literal["random", "block"] = "random"
     eval_block: int = 24
+    clip_x0: bool = True  # clip predictions to the training data's range (engine.runner)
     overwrite: bool = False
 
     def __post_init__(self) -> None:

@@ -46,6 +46,7 @@ from stdiff.datasets.regions import RegionStore
 from stdiff.datasets.splits import SERIES_SPLIT_CODES
 from stdiff.datasets.windows import contiguous_runs
 from stdiff.pipelines.engine.progress import progress_bar
+from stdiff.pipelines.engine.runner import clip_report
 from stdiff.pipelines.jobs.impute_core import (
     QUANTILES,
     draw_members,
@@ -324,4 +325,5 @@ def run_series_imputation(cfg, ds, denoiser, tcfg, meta, device, progress=True) 
         "steps": cfg.steps, "evals": evals_of(cfg), "seconds": time.perf_counter() - t0,
         "device": str(device), "chunks": n_chunks, "computed": todo, "pending": store.pending(),
     }  # fmt: skip
+    clip_report(denoiser, cfg.checkpoint, result)
     return publish(store, out, cfg, meta, result, bool(hidden.any()), mean, std)

@@ -49,7 +49,7 @@ from stdiff.diffusion.operators import Blur, Downsample, FourierMask, Mask, Rado
 from stdiff.diffusion.rng import member_generators, member_seed
 from stdiff.pipelines.engine.config import at_least_one, to_dict
 from stdiff.pipelines.engine.device import DeviceName, resolve_device
-from stdiff.pipelines.engine.runner import load_denoiser
+from stdiff.pipelines.engine.runner import clip_report, load_denoiser
 from stdiff.pipelines.metrics.images import psnr, ssim
 from stdiff.pipelines.tasks import require_job
 
@@ -98,6 +98,7 @@ class ReconstructConfig:
     use_labels: bool = False
     device: DeviceName = "auto"
     weights: Literal["ema", "model"] = "ema"
+    clip_x0: bool = True  # clip predictions to the training data's range (engine.runner)
     overwrite: bool = False
     chunks: list[int] | None = None
 
@@ -331,7 +332,9 @@ def run_reconstruction(cfg: ReconstructConfig, progress: bool = False) -> dict[s
     and published once every batch is done."""
     claim_store(cfg.out, "reconstruct", [cfg.data, cfg.checkpoint], cfg.overwrite, siblings=SIDE)
     device = resolve_device(cfg.device)
-    denoiser, tcfg, meta = load_denoiser(cfg.checkpoint, cfg.weights, device=str(device))
+    denoiser, tcfg, meta = load_denoiser(
+        cfg.checkpoint, cfg.weights, device=str(device), clip=cfg.clip_x0
+    )
     require_job(tcfg.data.task, "reconstruct", cfg.checkpoint)
     idx, truth_np, labels = _images(cfg, meta)
     op = build_operator(cfg, idx, truth_np.shape)
@@ -354,6 +357,7 @@ def run_reconstruction(cfg: ReconstructConfig, progress: bool = False) -> dict[s
             print(f"  {sl.stop}/{len(idx)} images", flush=True)
     result: dict[str, Any] = {"out": cfg.out, "images": len(idx), "computed": todo,
                               "seconds": time.perf_counter() - start}  # fmt: skip
+    clip_report(denoiser, cfg.checkpoint, result)
 
     def prepare(path: Path) -> None:
         result["metrics"] = _store_metrics(path, result["seconds"])

@@ -148,3 +148,22 @@ def test_condition_cat_and_drop() -> None:
     assert both.drop.tolist() == [False, False, True, True]
     with pytest.raises(ValueError, match="labels"):
         Condition.cat([c, Condition(scalars=torch.ones(2, 1))], [2, 2])
+
+
+def test_x0_clip_bounds_every_prediction_and_counts_what_it_clipped() -> None:
+    from stdiff.diffusion.precond import X0Clip
+
+    out = torch.tensor([[-5.0, 0.0, 0.5, 9.0]])
+    den = Denoiser(Fixed(out), Preconditioning("x0"), edm())  # D = F exactly (x0 prediction)
+    x = torch.zeros(1, 4)
+    guard = X0Clip(-1.0, 1.0).attach(den)
+    assert torch.equal(den(x, 3.0), torch.tensor([[-1.0, 0.0, 0.5, 1.0]]))
+    assert guard.fraction == 2 / 4
+    den.net.out = torch.tensor([[0.0, 0.1, 0.2, 0.3]])
+    den(x, torch.tensor([0.5]))  # the smallest sigma so far: its call alone makes `fraction`
+    assert guard.fraction == 0.0 and guard.fraction_all == 2 / 8
+    guard.detach()
+    den.net.out = out
+    assert torch.equal(den(x, 0.1), out) and guard.fraction_all == 2 / 8  # detached: not counted
+    with pytest.raises(ValueError, match="lo < hi"):
+        X0Clip(1.0, 1.0)
