@@ -127,7 +127,8 @@ class X0Clip:
     was trained on (DDPM's ``clip_denoised`` and Imagen's static thresholding, with the training
     range in place of [-1, 1]). A model that is not yet good predicts wild ``x0`` (an eps-model's
     ``D = x - sigma eps_hat`` with sigma up to 173); clipping bounds every sample to the data's
-    range. Installed as a forward hook, so it covers every denoiser kind.
+    range. ``lo``/``hi`` are floats, or one per channel along ``dim`` (a feature's, a variable's
+    range). Installed as a forward hook, so it covers every denoiser kind.
 
     It counts what it clipped: ``fraction`` is the share of the predictions at the smallest noise
     level seen (the sampler's last evaluation, whose prediction becomes the sample) that were
@@ -136,23 +137,47 @@ class X0Clip:
     condition gives (``cond.mask == 1``, imputation) are not counted: the sample keeps them.
     """
 
-    def __init__(self, lo: float, hi: float) -> None:
-        if not lo < hi:
+    def __init__(
+        self, lo: float | list[float], hi: float | list[float], dim: int | None = None
+    ) -> None:
+        self.lo, self.hi = (
+            torch.as_tensor(lo, dtype=torch.float32),
+            torch.as_tensor(hi, dtype=torch.float32),
+        )
+        if (
+            self.lo.shape != self.hi.shape
+            or self.lo.ndim > 1
+            or not bool((self.lo < self.hi).all())
+        ):
             raise ValueError(f"x0 range must have lo < hi, got [{lo}, {hi}]")
-        self.lo, self.hi = float(lo), float(hi)
+        if self.lo.ndim == 1 and dim is None:
+            raise ValueError("a range per channel needs the channel dim")
+        self.dim = dim
         self._calls: list[tuple[Tensor, Tensor, Tensor]] = []  # (max sigma, clipped, counted)
         self._handle = None
 
+    def _bounds(self, out: Tensor) -> tuple[Tensor, Tensor]:
+        if self.lo.ndim == 0:
+            return self.lo.to(out), self.hi.to(out)
+        shape = [1] * out.ndim
+        shape[self.dim] = -1
+        if out.shape[self.dim] != len(self.lo):
+            raise ValueError(
+                f"x0 range has {len(self.lo)} channels, the prediction {out.shape[self.dim]}"
+            )
+        return self.lo.to(out).view(shape), self.hi.to(out).view(shape)
+
     def __call__(self, module: nn.Module, args: tuple, out: Tensor) -> Tensor:
         sigma = torch.as_tensor(args[1]).detach().max()
-        bad = (out < self.lo) | (out > self.hi)
+        lo, hi = self._bounds(out)
+        bad = (out < lo) | (out > hi)
         given = getattr(args[2], "mask", None) if len(args) > 2 else None
         if given is not None and given.shape == out.shape:  # count the generated entries only
             free = given == 0
             self._calls.append((sigma, (bad & free).sum(), free.sum()))
         else:  # tensors: no device sync per call
             self._calls.append((sigma, bad.sum(), torch.tensor(out.numel())))
-        return out.clamp(self.lo, self.hi)
+        return torch.minimum(torch.maximum(out, lo), hi)
 
     def attach(self, denoiser: nn.Module) -> X0Clip:
         """Clip ``denoiser``'s outputs from now on; returns self."""

@@ -9,7 +9,6 @@ gives its sample dump; the runner claims and locks the run folder, builds the de
 
 from __future__ import annotations
 
-import math
 import os
 import shutil
 import warnings
@@ -135,7 +134,8 @@ def _run_training(cfg: TrainJobConfig, resume: str | Path | None) -> TrainState:
         cfg = replace(cfg, model=replace(cfg.model, params={
             **cfg.model.params, "in_channels": codec.shape[0]}))  # fmt: skip
     if cfg.loop.objective != "autoencoder":  # the range that inference clips predictions to
-        meta = {**meta, "x0_range": x0_range(data.train, to_batch, cfg.seed)}
+        dim = getattr(task, "channel_dim", None)
+        meta = {**meta, "x0_range": x0_range(data.train, to_batch, cfg.seed, dim)}
     m = cfg.model
     net = build_net(m.net, m.params, member_seed(cfg.seed, 1))
     if cfg.loop.objective == "autoencoder":
@@ -167,22 +167,38 @@ def _run_training(cfg: TrainJobConfig, resume: str | Path | None) -> TrainState:
     )
 
 
-def x0_range(dataset, to_batch, seed: int, n: int = 512, margin: float = 0.1) -> list[float]:
-    """``[lo, hi]``: the range of the training targets ``x0`` over up to ``n`` items spread over
-    the training set (their own generator: the training RNG is not touched, so resuming gives
-    the same range), widened by ``margin`` of its span on each side."""
+def x0_range(
+    dataset, to_batch, seed: int, dim: int | None, n: int = 512, margin: float = 0.1
+) -> dict[str, Any]:
+    """``{"lo", "hi", "dim"}``: the range of the training targets ``x0`` over up to ``n`` items
+    spread over the training set, per channel along ``dim`` (the task's ``channel_dim``; None:
+    one range), widened by ``margin`` of its span on each side. The items are drawn with their
+    own generator: the training RNG is not touched, so resuming finds the same range."""
     idx = np.linspace(0, len(dataset) - 1, min(n, len(dataset))).round().astype(int)
     loader = torch.utils.data.DataLoader(torch.utils.data.Subset(dataset, idx.tolist()), 64)
     gen = torch.Generator().manual_seed(member_seed(seed, 9))
-    lo, hi = math.inf, -math.inf
+    lo = hi = None
     with torch.no_grad():
         for batch in loader:
             x0 = to_batch(batch, gen)[0].float()
-            lo, hi = min(lo, float(x0.min())), max(hi, float(x0.max()))
-    if not (math.isfinite(lo) and math.isfinite(hi)):
-        raise ValueError(f"the training data hold non-finite values (range [{lo}, {hi}])")
-    pad = margin * max(hi - lo, 1e-6)
-    return [lo - pad, hi + pad]
+            x0 = (
+                x0.movedim(dim, 0).reshape(x0.shape[dim], -1)
+                if dim is not None
+                else x0.reshape(1, -1)
+            )
+            b_lo, b_hi = x0.min(1).values, x0.max(1).values
+            lo = b_lo if lo is None else torch.minimum(lo, b_lo)
+            hi = b_hi if hi is None else torch.maximum(hi, b_hi)
+    if lo is None or not (torch.isfinite(lo).all() and torch.isfinite(hi).all()):
+        raise ValueError("the training data hold non-finite values (or no items)")
+    span = hi - lo
+    pad = margin * torch.maximum(span, 1e-3 * span.max().clamp_min(1e-3))
+    lo, hi = (lo - pad).tolist(), (hi + pad).tolist()
+    return {
+        "lo": lo if dim is not None else lo[0],
+        "hi": hi if dim is not None else hi[0],
+        "dim": dim,
+    }
 
 
 def _hybrid_loss(cfg: TrainJobConfig, schedule):
@@ -241,7 +257,8 @@ def load_denoiser(
     metadata = {**metadata, "checkpoint": str(ckpt)}
     denoiser = make_denoiser(m, net, schedule).to(device).eval()
     if clip and metadata.get("x0_range"):
-        denoiser.x0_clip = X0Clip(*metadata["x0_range"]).attach(denoiser)
+        r = metadata["x0_range"]
+        denoiser.x0_clip = X0Clip(r["lo"], r["hi"], r["dim"]).attach(denoiser)
     return denoiser, cfg, metadata
 
 
@@ -260,7 +277,8 @@ def clip_report(denoiser: Denoiser, checkpoint: Any, result: dict[str, Any]) -> 
         warnings.warn(
             StdiffWarning(
                 f"{checkpoint}: {frac:.2%} of the samples' final predictions fell outside the "
-                f"training data's range [{guard.lo:.3g}, {guard.hi:.3g}] and were clipped; the "
+                f"training data's range ([{float(guard.lo.min()):.3g}, {float(guard.hi.max()):.3g}]"
+                f"{' per channel' if guard.lo.ndim else ''}) and were clipped; the "
                 "model looks under-trained (train it longer; clip_x0: false shows raw samples)"
             ),
             stacklevel=2,

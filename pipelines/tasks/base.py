@@ -12,6 +12,8 @@ the registry in ``pipelines.tasks``) for five things and holds no task-specific 
   checkpoint keeps for inference (:class:`TaskData`);
 * ``sample_dump(data, model, seed, items)``: the periodic dump of ``loop.sample_every`` (or None).
 
+``channel_dim`` is the dim of ``x0`` whose channels (features, variables) get their own range
+for clipping predictions at inference (``engine.runner.x0_range``; None: one range).
 ``jobs`` names the inference jobs that read this task's checkpoints (``stdiff impute``, ...);
 a job given a checkpoint of another task refuses it in one line (:func:`require_job`). The
 inference condition and the output layout of each task live beside its training rule in the
@@ -101,6 +103,7 @@ class Task(Protocol):
 
     name: str
     jobs: tuple[str, ...]
+    channel_dim: int | None
 
     def validate(self, data: DataConfig) -> None: ...
 

@@ -350,6 +350,9 @@ class ForecastTask:
     ``stdiff forecast``."""
 
     name = "forecast"
+    channel_dim = (
+        1  # x0's weather channels (variables x levels): each clipped to its own training range
+    )
     jobs = ("forecast",)
 
     def validate(self, data) -> None:

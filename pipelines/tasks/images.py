@@ -65,6 +65,7 @@ class ImagesTask:
     """``task: images`` (see the module docstring)."""
 
     name = "images"
+    channel_dim = 1  # x0's image channels: each clipped to its own training range
     jobs = ("generate", "reconstruct")
 
     def validate(self, data) -> None:

@@ -90,6 +90,9 @@ class ImputationTask:
     """``task: imputation`` (see the module docstring)."""
 
     name = "imputation"
+    channel_dim = (
+        -1
+    )  # x0's features (the last dim of (B, L, K)): each clipped to its own training range
     jobs = ("impute",)
 
     def validate(self, data) -> None:

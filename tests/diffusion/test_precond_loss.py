@@ -167,3 +167,10 @@ def test_x0_clip_bounds_every_prediction_and_counts_what_it_clipped() -> None:
     assert torch.equal(den(x, 0.1), out) and guard.fraction_all == 2 / 8  # detached: not counted
     with pytest.raises(ValueError, match="lo < hi"):
         X0Clip(1.0, 1.0)
+    per_channel = X0Clip([-1.0, 0.0], [1.0, 0.5], dim=1).attach(den)  # (B, C, L): channel dim 1
+    den.net.out = torch.tensor([[[-2.0, 2.0], [-2.0, 2.0]]])
+    assert torch.equal(den(torch.zeros(1, 2, 2), 1.0), torch.tensor([[[-1.0, 1.0], [0.0, 0.5]]]))
+    assert per_channel.fraction == 1.0
+    den.net.out = torch.zeros(1, 3, 2)
+    with pytest.raises(ValueError, match="2 channels, the prediction 3"):
+        den(torch.zeros(1, 3, 2), 1.0)

@@ -26,7 +26,7 @@ from stdiff.pipelines.tasks.base import TaskData, store_metadata
 
 
 class DenoiseTask:
-    name, jobs = "denoise", ()
+    name, jobs, channel_dim = "denoise", (), 1
 
     def validate(self, data):
         if data.max_samples == 1:
