@@ -279,7 +279,8 @@ def clip_report(denoiser: Denoiser, checkpoint: Any, result: dict[str, Any]) -> 
                 f"{checkpoint}: {frac:.2%} of the samples' final predictions fell outside the "
                 f"training data's range ([{float(guard.lo.min()):.3g}, {float(guard.hi.max()):.3g}]"
                 f"{' per channel' if guard.lo.ndim else ''}) and were clipped; the "
-                "model looks under-trained (train it longer; clip_x0: false shows raw samples)"
+                "model looks under-trained or the sampler has too few steps (train longer, or "
+                "sample with more steps; clip_x0: false shows the raw samples)"
             ),
             stacklevel=2,
         )

@@ -57,8 +57,11 @@ class ImputeConfig:
 
     A store of one long ``(time, feature)`` series (``pipelines.jobs.impute_series``): split
     selects the store's own ``split`` steps; period: ``[start, end]`` inclusive dates; max_steps:
-    the first N selected steps; window: L (None: the checkpoint's ``data.window``); stride:
-    between impute windows (None: L // 2; each step comes from its most central window);
+    the first N selected steps; window: L (None: the checkpoint's ``data.window``); stitch:
+    ``seamless`` (default: windows of L steps tile the series, then a window around every
+    seam re-draws the steps near it, each member conditioned on its own values on both sides,
+    so members run on without a jump) or ``central`` (windows ``stride`` apart, None: L // 2,
+    each step from its most central window: members of neighbouring windows are independent);
     batch_size: windows per batch; use_targets: the store's ``target_mask`` are the evaluation
     points (eval_ratio must then be 0); eval_pattern: ``random`` hides single values, ``block``
     gaps of ``eval_block`` consecutive steps of one feature (a sensor outage) until about
@@ -88,6 +91,7 @@ class ImputeConfig:
     eval_batch: int | None = None
     window: int | None = None
     stride: int | None = None
+    stitch: Literal["seamless", "central"] = "seamless"
     period: list[str] | None = None
     max_steps: int | None = None
     use_targets: bool = True
@@ -139,11 +143,20 @@ def check_features(cfg: ImputeConfig, ds: xr.Dataset, meta: dict[str, Any]) -> N
 
 
 @torch.no_grad()
-def draw_members(denoiser, x_obs, cond_mask, positions, cfg, device) -> torch.Tensor:
-    """``(B, members, L, K)`` normalised samples for one batch of stays."""
+def draw_members(
+    denoiser, x_obs, cond_mask, positions, cfg, device, stream: int = 0
+) -> torch.Tensor:
+    """``(B, members, L, K)`` normalised samples for one batch of stays or windows.
+
+    ``x_obs``: ``(B, L, K)`` normalised values, or ``(B, members, L, K)`` when each member has
+    its own condition (seam windows conditioned on that member's neighbours); ``cond_mask``:
+    ``(B, L, K)``. Member ``m`` at ``positions[b]`` draws from the generator seeded by
+    ``(seed, position, m)`` (``stream`` > 0 adds a key, for a second set of windows)."""
     b = x_obs.shape[0]
+    shape = tuple(cond_mask.shape[1:])
     sigmas = denoiser.schedule.discretize(cfg.steps, cfg.spacing)
     step = cfg.eval_batch or (CPU_EVAL_BATCH if device.type == "cpu" else b * cfg.member_chunk)
+    keys = (stream,) if stream else ()
     out = []
     for start in range(0, cfg.members, cfg.member_chunk):
         members = range(start, min(cfg.members, start + cfg.member_chunk))
@@ -151,17 +164,20 @@ def draw_members(denoiser, x_obs, cond_mask, positions, cfg, device) -> torch.Te
         gens = [
             g
             for p in positions
-            for g in member_generators(cfg.seed, members, int(p), device=device)
+            for g in member_generators(cfg.seed, members, int(p), *keys, device=device)
         ]
         mask = cond_mask.repeat_interleave(c, 0)
-        obs = x_obs.repeat_interleave(c, 0) * mask
+        if x_obs.ndim == cond_mask.ndim + 1:  # one condition per member
+            obs = x_obs[:, start : start + c].reshape(b * c, *shape) * mask
+        else:
+            obs = x_obs.repeat_interleave(c, 0) * mask
         parts = []
         for i in range(0, b * c, step):  # every sample has its own generator: same numbers
             j = min(b * c, i + step)
             with autocast(device, True):
                 x = sample(
                     denoiser,
-                    (j - i, *x_obs.shape[1:]),
+                    (j - i, *shape),
                     sigmas,
                     Condition(observed=obs[i:j], mask=mask[i:j]),
                     sampler=cfg.sampler,
@@ -170,7 +186,7 @@ def draw_members(denoiser, x_obs, cond_mask, positions, cfg, device) -> torch.Te
                     **cfg.options,
                 )
             parts.append(x.float())
-        out.append(torch.cat(parts).reshape(b, c, *x_obs.shape[1:]))
+        out.append(torch.cat(parts).reshape(b, c, *shape))
     return torch.cat(out, 1)
 
 

@@ -4,12 +4,18 @@ The selected time steps (the store's ``split``, a ``period``, or both) are cover
 ``L`` steps (the checkpoint's ``data.window`` unless ``window`` is given), each imputed with
 ``members`` samples as a stay is, then stitched back onto the time axis:
 
-* ``impute`` mode: inside each run of consecutive selected steps the windows start ``stride``
-  steps apart (by default ``L // 2``), the last one ending on the run's last step, and each time
-  step is taken from the window in which it is most central (ties: the earlier window), so no
-  step is imputed twice and none at a window's ragged edge when a more central window exists.
-  A run shorter than ``L`` is imputed in one window reaching into its neighbours, which are then
-  conditioned on as they are observed.
+* ``impute`` mode, ``stitch: seamless`` (the default): inside each run of consecutive selected
+  steps, windows of ``L`` steps tile the run (the last one ending on the run's last step); then
+  a window centred on every seam between two tiles re-draws the steps within ``L // 4`` of it,
+  each member conditioned on its own tile values on both sides (:func:`draw_seamless`), so a
+  member's trajectory has no jump at the seams. Same cost as ``central`` (2 windows per L steps).
+* ``impute`` mode, ``stitch: central``: the windows start ``stride`` steps apart (by default
+  ``L // 2``), and each time step is taken from the window in which it is most central (ties:
+  the earlier window), so no step is imputed twice and none at a window's ragged edge when a
+  more central window exists; members of neighbouring windows are independent draws, so a
+  member jumps where the windows meet (quantiles are unaffected).
+* In both, a run shorter than ``L`` is imputed in one window reaching into its neighbours, which
+  are then conditioned on as they are observed.
 * ``forecast`` mode: the selected steps are cut into blocks of ``horizon`` steps; each block is
   the last ``horizon`` steps of its own window, conditioned on the ``L - horizon`` steps before it
   (which may lie before the selection: the past is known when forecasting).
@@ -64,13 +70,17 @@ class SeriesPlan:
 
     ``times``: ``(N,)`` store time positions of the output steps (sorted); ``starts``: ``(W,)``
     window starts (store positions, sorted, distinct); ``owner``: ``(N,)`` index into ``starts``;
-    ``length``: L; ``horizon``: the hidden tail of every window (forecast mode), else 0."""
+    ``length``: L; ``horizon``: the hidden tail of every window (forecast mode), else 0;
+    seamless stitching: ``seam`` ``(W,)`` marks the windows drawn around seams (the others
+    tile the series), ``tile`` ``(N,)`` the tile each step lies in."""
 
     times: np.ndarray
     starts: np.ndarray
     owner: np.ndarray
     length: int
     horizon: int = 0
+    seam: np.ndarray | None = None
+    tile: np.ndarray | None = None
 
     @property
     def offset(self) -> np.ndarray:
@@ -100,6 +110,24 @@ def impute_plan(positions: np.ndarray, n_time: int, length: int, stride: int) ->
     if not inside.all():  # pragma: no cover - guaranteed by the construction above
         raise AssertionError("a step is outside its window")
     return SeriesPlan(times, first, owner, length)
+
+
+def seamless_plan(positions: np.ndarray, n_time: int, length: int) -> SeriesPlan:
+    """Tiles of ``length`` steps over every run (the last one ending on the run's last step),
+    then one window centred on every seam between neighbouring tiles, which owns the steps
+    within ``length // 4`` of the seam; see :func:`draw_seamless`."""
+    tiles = impute_plan(positions, n_time, length, length)
+    times, half = tiles.times, max(1, length // 4)
+    starts, owner = list(tiles.starts), tiles.owner.copy()
+    for j in np.flatnonzero((np.diff(times) == 1) & (np.diff(tiles.owner) != 0)) + 1:
+        p = int(times[j])  # the first step of the right-hand tile
+        start = min(max(0, p - length // 2), n_time - length)
+        band = (times >= max(p - half, start)) & (times < min(p + half, start + length))
+        owner[band] = len(starts)
+        starts.append(start)
+    seam = np.arange(len(starts)) >= len(tiles.starts)
+    return SeriesPlan(times, np.asarray(starts, dtype=np.int64), owner, length, 0, seam,
+                      tiles.owner)  # fmt: skip
 
 
 def forecast_plan(positions: np.ndarray, length: int, horizon: int) -> SeriesPlan:
@@ -260,30 +288,97 @@ def series_layout(cfg, ds: xr.Dataset, tcfg) -> tuple[SeriesPlan, int]:
     if length < 2:
         raise ValueError(f"{cfg.checkpoint}: no window length; set window")
     pos = select_steps(cfg, ds)
+    if cfg.stride is not None and cfg.stitch == "seamless":
+        raise ValueError("stride applies to stitch: central (seamless windows tile the series)")
     stride = cfg.stride or max(1, length // 2)
     if cfg.mode == "forecast":
-        plan = forecast_plan(pos, length, cfg.horizon)
+        plan, step = forecast_plan(pos, length, cfg.horizon), cfg.horizon
+    elif cfg.stitch == "seamless":
+        plan, step = seamless_plan(pos, ds.sizes["time"], length), length
     else:
-        plan = impute_plan(pos, ds.sizes["time"], length, stride)
-    step = stride if cfg.mode == "impute" else cfg.horizon
+        plan, step = impute_plan(pos, ds.sizes["time"], length, stride), stride
     return plan, max(1, cfg.batch_size * step)
 
 
 def _draw_windows(denoiser, raw, cond, plan, idx, mean, std, cfg, device, times) -> tuple:
     """``(W, M, L, K)`` samples in physical units of windows ``idx`` and their ``(W, L, K)``
     conditioning masks; non-finite samples abort the job before anything is published."""
+    if plan.seam is not None:
+        return draw_seamless(denoiser, raw, cond, plan, idx, (mean, std), cfg, device, times)
     cond_w = window_conditions(plan, cond, idx)
     block = np.stack([raw[s : s + plan.length] for s in plan.starts[idx]])  # (W, L, K)
-    x_obs = torch.from_numpy(np.nan_to_num((block - mean) / std)).to(device)
-    cmask = torch.from_numpy(cond_w.astype(np.float32)).to(device)
-    draws = draw_members(denoiser, x_obs, cmask, plan.starts[idx], cfg, device).cpu().numpy()
-    bad = ~np.isfinite(draws).reshape(len(idx), -1).all(1)
-    if bad.any():
-        first = times[plan.starts[idx][bad]]
-        raise FloatingPointError(
-            f"non-finite samples for windows starting {first[:5]}; the output was not published"
-        )
+    x_obs = np.nan_to_num((block - mean) / std)
+    draws = _draw(denoiser, x_obs, cond_w, plan.starts[idx], cfg, device, times, 0)
     return draws * std + mean, cond_w
+
+
+def _draw(denoiser, x_obs, cond_w, starts, cfg, device, times, stream: int) -> np.ndarray:
+    """Normalised draws ``(W, M, L, K)``; refuses non-finite samples naming the windows."""
+    x = torch.from_numpy(np.ascontiguousarray(x_obs, dtype=np.float32)).to(device)
+    cmask = torch.from_numpy(cond_w.astype(np.float32)).to(device)
+    draws = draw_members(denoiser, x, cmask, starts, cfg, device, stream).cpu().numpy()
+    bad = ~np.isfinite(draws).reshape(len(starts), -1).all(1)
+    if bad.any():
+        raise FloatingPointError(
+            f"non-finite samples for windows starting {times[starts[bad]][:5]}; the output was "
+            "not published"
+        )
+    return draws
+
+
+def draw_seamless(denoiser, raw, cond, plan, idx, stats, cfg, device, times) -> tuple:
+    """Seamless stitching of windows ``idx`` (tiles and seam windows): the tiles are drawn as
+    any window is; each seam window is then drawn with every selected step outside its band
+    given, member by member, by that member's draw of the tile the step lies in, so member
+    ``m`` continues across the seam from its own left-hand values to its own right-hand ones
+    (an inpainting of the band). The seam windows draw from a second generator stream."""
+    mean, std = stats
+    seams = idx[plan.seam[idx]]
+    under = [plan.tile[_selected(plan, plan.starts[w])[1]] for w in seams]
+    tiles = np.unique(np.concatenate([idx[~plan.seam[idx]], *under]).astype(np.int64))
+    cond_t = window_conditions(plan, cond, tiles)
+    block = np.stack([raw[s : s + plan.length] for s in plan.starts[tiles]])
+    tile_draws = _draw(denoiser, np.nan_to_num((block - mean) / std), cond_t, plan.starts[tiles],
+                       cfg, device, times, 0)  # fmt: skip
+    draws, cond_w = {}, {}
+    for k, w in enumerate(tiles):
+        draws[w], cond_w[w] = tile_draws[k], cond_t[k]
+    if len(seams):
+        x, cm = _seam_conditions(plan, seams, tiles, tile_draws, raw, cond, mean, std)
+        seam_draws = _draw(denoiser, x, cm, plan.starts[seams], cfg, device, times, 1)
+        for k, w in enumerate(seams):
+            draws[w], cond_w[w] = seam_draws[k], cm[k]
+    phys = np.stack([draws[w] for w in idx]) * std + mean
+    return phys, np.stack([cond_w[w] for w in idx])
+
+
+def _selected(plan: SeriesPlan, start: int) -> tuple[np.ndarray, np.ndarray]:
+    """The offsets in the window at ``start`` of the selected steps, and their output indices."""
+    ts = np.arange(start, start + plan.length)
+    j = np.clip(np.searchsorted(plan.times, ts), 0, len(plan.times) - 1)
+    hit = plan.times[j] == ts
+    return np.flatnonzero(hit), j[hit]
+
+
+def _seam_conditions(plan, seams, tiles, tile_draws, raw, cond, mean, std) -> tuple:
+    """``(S, M, L, K)`` values and ``(S, L, K)`` masks of the seam windows: observed values
+    everywhere, and outside the band each member's own tile draws, given in full."""
+    n, m = len(seams), tile_draws.shape[1]
+    x = np.zeros((n, m, plan.length, raw.shape[1]), dtype=np.float32)
+    cm = np.zeros((n, plan.length, raw.shape[1]), dtype=bool)
+    where = {int(w): k for k, w in enumerate(tiles)}
+    for a, w in enumerate(seams):
+        s = int(plan.starts[w])
+        x[a] = np.nan_to_num((raw[s : s + plan.length] - mean) / std)[None]
+        cm[a] = cond[s : s + plan.length]
+        offs, rows = _selected(plan, s)
+        for off, row in zip(offs, rows, strict=True):
+            if plan.owner[row] == w:
+                continue  # the band: drawn here
+            tile = int(plan.tile[row])
+            x[a, :, off] = tile_draws[where[tile], :, s + off - plan.starts[tile]]
+            cm[a, off] = True
+    return x, cm
 
 
 def run_series_imputation(cfg, ds, denoiser, tcfg, meta, device, progress=True) -> dict[str, Any]:

@@ -19,7 +19,12 @@ from typer.testing import CliRunner
 from stdiff.cli import app
 from stdiff.datasets.store import open_store, write_store
 from stdiff.datasets.windows import SeriesWindows, window_starts
-from stdiff.pipelines.jobs.impute_series import block_eval_mask, forecast_plan, impute_plan
+from stdiff.pipelines.jobs.impute_series import (
+    block_eval_mask,
+    forecast_plan,
+    impute_plan,
+    seamless_plan,
+)
 
 WINDOW = 12
 TIME_FLAGS = ("--time-columns", "year,month,day,hour")
@@ -150,7 +155,8 @@ def _impute(store, run, out, *sets: str, members: int = 3):
 def test_impute_stitches_windows_and_scores_in_physical_units(series_run, tmp_path) -> None:
     store, run = series_run
     out = tmp_path / "imp.zarr"
-    res = _impute(store, run, out, "eval_ratio=0.2", "max_steps=100", "batch_size=3")
+    res = _impute(store, run, out, "eval_ratio=0.2", "max_steps=100", "batch_size=3",
+                  "stitch=central")  # fmt: skip
     assert res.exit_code == 0, res.output
     assert "100 time steps" in res.output and "physical units: CRPS" in res.output
     o = xr.open_zarr(out).load()
@@ -177,7 +183,7 @@ def test_impute_stitches_windows_and_scores_in_physical_units(series_run, tmp_pa
                                         .mean(), rel=1e-5)  # fmt: skip
     assert set(by) == {"PM2.5", "TEMP"} and m["eval_points"] == ev.sum()
     again = _impute(store, run, tmp_path / "imp2.zarr", "eval_ratio=0.2", "max_steps=100",
-                    "batch_size=7")  # fmt: skip
+                    "batch_size=7", "stitch=central")  # fmt: skip
     assert again.exit_code == 0, again.output
     np.testing.assert_allclose(xr.open_zarr(tmp_path / "imp2.zarr")["samples"].values,
                                o["samples"].values, rtol=1e-5, atol=1e-5)  # fmt: skip
@@ -252,7 +258,7 @@ def test_chunks_are_planned_resumed_and_published_once(series_run, tmp_path: Pat
     store, run = series_run
     cfg = ImputeConfig(checkpoint=str(run), data=str(store), out=str(tmp_path / "c.zarr"),
                        sampler="ddim", steps=2, members=2, max_steps=100, batch_size=3,
-                       device="cpu")  # fmt: skip
+                       device="cpu", stitch="central")  # fmt: skip
     assert plan_chunks(cfg) == 6  # 100 steps in chunks of 3 windows x 6-step strides
     part = run_imputation(replace(cfg, chunks=[0, 5]), progress=False)
     assert part["chunks"] == 6 and part["pending"] == [1, 2, 3, 4] and not Path(cfg.out).exists()
@@ -277,3 +283,74 @@ def test_block_evaluation_hides_outages(series_run, tmp_path: Path) -> None:
     o = xr.open_zarr(tmp_path / "b.zarr")
     ev, obs = o["eval_mask"].values.astype(bool), o["observed_mask"].values.astype(bool)
     assert not (ev & ~obs).any() and ev.sum() >= int(obs.sum() * 0.1)
+
+
+# --------------------------------------------------------------------------- seamless stitching
+
+
+@pytest.mark.parametrize("n", [5, 12, 30, 36, 41])
+def test_seamless_plan_tiles_then_owns_a_band_around_every_seam(n: int) -> None:
+    positions = np.r_[np.arange(20, 20 + n), np.arange(100, 130)]  # two runs
+    plan = seamless_plan(positions, 200, WINDOW)
+    tiles = ~plan.seam
+    for j, t in enumerate(plan.times):  # every step inside its window and inside its tile
+        w, tile = plan.owner[j], plan.tile[j]
+        assert plan.starts[w] <= t < plan.starts[w] + WINDOW and not plan.seam[tile]
+        assert plan.starts[tile] <= t < plan.starts[tile] + WINDOW
+    # a seam between every two tiles of one run, and its band: the steps within L // 4 of it
+    changes = [j for j in range(1, len(plan.times))
+               if plan.times[j] == plan.times[j - 1] + 1 and plan.tile[j] != plan.tile[j - 1]]  # fmt: skip
+    assert plan.seam.sum() == len(changes) and tiles.sum() == len(np.unique(plan.tile))
+    for j in changes:
+        p = plan.times[j]
+        band = np.flatnonzero((plan.times >= p - WINDOW // 4) & (plan.times < p + WINDOW // 4))
+        assert plan.seam[plan.owner[band]].all() and len(set(plan.owner[band])) == 1
+    far = np.array([min((abs(t - plan.times[j]) for j in changes), default=99) > WINDOW // 4
+                    for t in plan.times])  # fmt: skip
+    assert not plan.seam[plan.owner[far]].any()  # away from seams: the tiles
+
+
+def test_seam_windows_are_conditioned_on_each_members_own_tiles() -> None:
+    from stdiff.pipelines.jobs.impute_series import _seam_conditions
+
+    plan = seamless_plan(np.arange(0, 30), 40, WINDOW)
+    tiles, seams = np.flatnonzero(~plan.seam), np.flatnonzero(plan.seam)
+    k = 2
+    raw = np.random.default_rng(0).normal(size=(40, k)).astype(np.float32)
+    cond = np.random.default_rng(1).random((40, k)) < 0.5
+    draws = np.random.default_rng(2).normal(size=(len(tiles), 3, WINDOW, k)).astype(np.float32)
+    x, cm = _seam_conditions(plan, seams, tiles, draws, raw, cond, 0.0, 1.0)
+    for a, w in enumerate(seams):
+        s = plan.starts[w]
+        for off in range(WINDOW):
+            t = s + off
+            row = np.searchsorted(plan.times, t)
+            if plan.owner[row] == w:  # the band: only what is observed is given
+                np.testing.assert_array_equal(cm[a, off], cond[t])
+                continue
+            tile = plan.tile[row]  # outside it: each member's own tile value, every feature
+            assert cm[a, off].all()
+            np.testing.assert_array_equal(x[a, :, off], draws[tile, :, t - plan.starts[tile]])
+
+
+def test_seamless_imputation_is_chunk_invariant_and_keeps_the_tiles(series_run, tmp_path) -> None:
+    store, run = series_run
+    sets = ("eval_ratio=0.2", "max_steps=60")
+    a = _impute(store, run, tmp_path / "a.zarr", *sets, "batch_size=1")
+    b = _impute(store, run, tmp_path / "b.zarr", *sets, "batch_size=4")
+    c = _impute(store, run, tmp_path / "c.zarr", *sets, "stitch=central", f"stride={WINDOW}")
+    assert a.exit_code == b.exit_code == c.exit_code == 0, a.output + b.output + c.output
+    sa, sb, sc = (xr.open_zarr(tmp_path / f"{n}.zarr") for n in "abc")
+    np.testing.assert_allclose(sa["samples"].values, sb["samples"].values, rtol=1e-5, atol=1e-5)
+    ds = open_store(store)
+    test = np.flatnonzero(ds["split"].values == 2)[:60]
+    plan = seamless_plan(test, ds.sizes["time"], WINDOW)
+    away = ~plan.seam[plan.owner]  # steps of the tiles: the same draws as tiles alone give
+    np.testing.assert_allclose(sa["samples"].values[:, away], sc["samples"].values[:, away],
+                               rtol=1e-5, atol=1e-5)  # fmt: skip
+    assert not np.allclose(sa["samples"].values[:, ~away], sc["samples"].values[:, ~away])
+    np.testing.assert_array_equal(
+        sa["window_start"].values, ds.time.values[plan.starts[plan.owner]]
+    )
+    refused = _impute(store, run, tmp_path / "r.zarr", "stride=4")
+    assert refused.exit_code == 2 and "stride applies to stitch: central" in refused.output
