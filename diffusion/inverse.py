@@ -24,6 +24,15 @@ the samplers' ``x = x0 + sigma n``.
   is the paper's ``zeta / ||y - A x0_hat||`` rule. With a two-evaluation sampler the gradient of
   the step's last evaluation is used; DDPM (ancestral) is the paper's sampler.
 
+* **DiffPIR** (Zhu et al. 2023, algorithm 1), one evaluation per step, no sampler: at each level
+  ``s_i`` the prediction ``x0_hat = D(x_i, s_i)`` is moved to the proximal point of the data term,
+  ``z = argmin ||y - A z||^2 + rho_i ||z - x0_hat||^2`` with ``rho_i = lam sigma_y^2 / s_i^2``
+  (``sigma_y``: the measurement noise, at least 1e-3), solved by conjugate gradients on
+  ``(A^T A + rho I) z = A^T y + rho x0_hat`` from ``x0_hat`` (exact in two iterations for masks
+  and k-space masks); then ``x_{i+1} = z + s_{i+1} (sqrt(1 - mix) eps_hat + sqrt(mix) n)`` with
+  ``eps_hat = (x_i - z) / s_i``: ``mix`` is the paper's zeta (0: deterministic, DDIM-like).
+  In our coordinates the paper's VP update is this one (``x = x0 + s n``).
+
 ``reconstruct`` draws ``members`` samples per measurement (member ``m`` of item ``b`` has its own
 generator) and returns them; ``mean`` and the per-pixel ``std`` summarise them.
 """
@@ -43,8 +52,8 @@ from stdiff.diffusion.conditioning import Condition
 from stdiff.diffusion.rng import Generators, ensure_generator, randn, randn_like
 from stdiff.diffusion.samplers import DenoiserFn, get_sampler
 
-Method = Literal["replacement", "repaint", "dps", "consistency"]
-METHODS: tuple[str, ...] = ("replacement", "repaint", "dps", "consistency")
+Method = Literal["replacement", "repaint", "dps", "consistency", "diffpir"]
+METHODS: tuple[str, ...] = ("replacement", "repaint", "dps", "consistency", "diffpir")
 
 
 class CountingDenoiser:
@@ -79,6 +88,47 @@ def cgls_pinv(operator, r: Tensor, iters: int = 30) -> Tensor:
             break
         p, gamma = s + (gamma_new / gamma.clamp_min(1e-30)) * p, gamma_new
     return d
+
+
+def data_prox(operator, y: Tensor, x0: Tensor, rho: float, iters: int = 30) -> Tensor:
+    """``argmin_z ||y - A z||^2 + rho ||z - x0||^2`` per batch element, by conjugate gradients on
+    ``(A^T A + rho I) z = A^T y + rho x0`` started at ``x0`` (DiffPIR's data step)."""
+    b = x0.shape[0]
+
+    def dot(u: Tensor, v: Tensor) -> Tensor:
+        return (u * v).flatten(1).sum(1).reshape(b, *([1] * (u.ndim - 1)))
+
+    def normal(v: Tensor) -> Tensor:
+        return operator.adjoint(operator(v)) + rho * v
+
+    z = x0.clone()
+    r = operator.adjoint(y) + rho * x0 - normal(z)
+    p, gamma = r.clone(), dot(r, r)
+    scale = float(dot(x0, x0).max()) + 1e-30
+    for _ in range(iters):
+        if float(gamma.max()) <= 1e-14 * scale:
+            break
+        q = normal(p)
+        alpha = gamma / dot(p, q).clamp_min(1e-30)
+        z, r = z + alpha * p, r - alpha * q
+        gamma_new = dot(r, r)
+        p, gamma = r + (gamma_new / gamma.clamp_min(1e-30)) * p, gamma_new
+    return z
+
+
+def _diffpir(counter, operator, y, x, sig, cfg, cond, generator) -> Tensor:
+    """The DiffPIR loop (see the module docstring) from ``x`` at ``sig[0]``."""
+    sigma_y = max(cfg.sigma_y, 1e-3)
+    for s, s_next in itertools.pairwise(sig):
+        x0 = counter(x, torch.full((x.shape[0],), s, device=x.device, dtype=x.dtype), cond)
+        z = data_prox(operator, y, x0.to(x.dtype), cfg.lam * sigma_y**2 / s**2, cfg.cgls_iters)
+        if s_next == 0:
+            return z
+        eps = (x - z) / s
+        x = z + s_next * (
+            math.sqrt(1 - cfg.mix) * eps + math.sqrt(cfg.mix) * randn_like(x, generator)
+        )
+    return x
 
 
 def _pinv(operator, r: Tensor, iters: int) -> Tensor:
@@ -172,7 +222,9 @@ class InverseConfig:
 
     method: ``replacement`` / ``consistency`` (the same hard data-consistency hook; the names say
     what it does for masks and for k-space), ``repaint`` (with ``jump_length`` and ``resample``)
-    or ``dps`` (with ``zeta``). sampler/options: a registered sampler and its options."""
+    or ``dps`` (with ``zeta``) or ``diffpir`` (with ``lam``, ``mix`` and ``sigma_y``, the
+    measurement noise; it has its own one-evaluation step and ignores the sampler).
+    sampler/options: a registered sampler and its options."""
 
     method: Method = "repaint"
     sampler: str = "ddpm"
@@ -181,6 +233,9 @@ class InverseConfig:
     resample: int = 10
     zeta: float = 1.0
     cgls_iters: int = 30
+    lam: float = 7.0
+    mix: float = 0.3
+    sigma_y: float = 0.0
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -188,6 +243,11 @@ class InverseConfig:
         get_sampler(self.sampler)
         if self.method == "repaint":
             repaint_walk(1, self.jump_length, self.resample)  # validates the two numbers
+        if not (self.lam > 0 and 0.0 <= self.mix <= 1.0 and self.sigma_y >= 0):
+            raise ValueError(
+                f"diffpir needs lam > 0, mix in [0, 1] and sigma_y >= 0, got {self.lam}, "
+                f"{self.mix} and {self.sigma_y}"
+            )
 
 
 @torch.no_grad()
@@ -214,6 +274,8 @@ def solve(
     generator = ensure_generator(generator)
     counter = CountingDenoiser(denoiser)
     x = randn(shape, generator, device=device) * sig[0]
+    if cfg.method == "diffpir":
+        return _diffpir(counter, operator, y, x, sig, cfg, cond, generator), counter.calls
     if cfg.method == "dps":
         dps = DPSGuidance(counter, operator, y, cfg.zeta)
         x = fn(dps, x, sig, cond, generator=generator, callback=dps.hook, **opts)

@@ -16,6 +16,9 @@ mri         1-D Cartesian k-space mask, x``acceleration``  data consistency (PC)
 ct          parallel-beam Radon, ``views`` angles        consistency, CGLS (DDPM)     FBP (iradon)
 ==========  ===========================================  ===========================  ==========
 
+Any task also takes ``--method diffpir`` (DiffPIR: a proximal data step per evaluation, its own
+sampler, ``lam`` and ``mix``; 20-100 evaluations where RePaint takes hundreds).
+
 Masks and member noise are seeded per image (``seed``, image index), so results do not depend
 on the batch size. Output zarr (written to a temporary store, then renamed): ``truth``,
 ``degraded`` (what a person sees of the measurement: masked, low-resolution, zero-filled or FBP
@@ -70,7 +73,8 @@ class ReconstructConfig:
     """One reconstruction run (see the module docstring); ``method``/``sampler`` default per task.
 
     ``noise_std``: Gaussian measurement noise added to ``A x`` (model units); ``use_labels``: give
-    a class-conditional model the images' labels (otherwise its null class)."""
+    a class-conditional model the images' labels (otherwise its null class); ``lam``, ``mix``:
+    DiffPIR's data weight and noise mixing (``--method diffpir``, ``diffusion.inverse``)."""
 
     checkpoint: str
     data: str
@@ -90,6 +94,8 @@ class ReconstructConfig:
     jump_length: int = 10
     resample: int = 10
     zeta: float = 1.0
+    lam: float = 7.0
+    mix: float = 0.3
     members: int = 4
     max_images: int = 16
     split: Literal["test", "train", "valid", "all"] = "test"
@@ -127,6 +133,9 @@ class ReconstructConfig:
             jump_length=self.jump_length,
             resample=self.resample,
             zeta=self.zeta,
+            lam=self.lam,
+            mix=self.mix,
+            sigma_y=self.noise_std,
         )
 
 

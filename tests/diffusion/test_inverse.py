@@ -130,3 +130,43 @@ def test_cgls_pseudo_inverse() -> None:
     d = cgls_pinv(radon, y, iters=200)
     assert torch.allclose(radon(d), y, atol=1e-6)  # fits the data
     assert d.flatten(1).norm(dim=1).le(x.flatten(1).norm(dim=1) + 1e-9).all()  # minimum norm
+
+
+def _dense(op, shape) -> torch.Tensor:
+    """The operator as a matrix, column by column (brute force)."""
+    n = int(torch.tensor(shape).prod())
+    cols = [op(torch.eye(n, dtype=torch.float64)[i].reshape(shape)).reshape(-1) for i in range(n)]
+    return torch.stack(cols, 1)
+
+
+@pytest.mark.parametrize("name", ["mask", "downsample", "blur"])
+def test_data_prox_is_the_exact_proximal_point(name: str) -> None:
+    from stdiff.diffusion.inverse import data_prox
+    from stdiff.diffusion.operators import Blur
+
+    g = torch.Generator().manual_seed(0)
+    shape = (1, 1, 6, 6)
+    op = {"mask": Mask((torch.rand(6, 6, generator=g) > 0.5).float()), "downsample": Downsample(2),
+          "blur": Blur(1.0)}[name]  # fmt: skip
+    x0 = torch.randn(shape, generator=g, dtype=torch.float64)
+    y = op(torch.randn(shape, generator=g, dtype=torch.float64))
+    a, rho = _dense(op, shape), 0.3
+    exact = torch.linalg.solve(a.T @ a + rho * torch.eye(36, dtype=torch.float64),
+                               a.T @ y.reshape(-1) + rho * x0.reshape(-1))  # fmt: skip
+    z = data_prox(op, y, x0, rho, iters=100)
+    assert torch.allclose(z.reshape(-1), exact, atol=1e-8)
+    if name == "mask":  # two distinct eigenvalues: conjugate gradients is exact in two steps
+        assert torch.allclose(data_prox(op, y, x0, rho, iters=2).reshape(-1), exact, atol=1e-10)
+
+
+def test_diffpir_keeps_the_data_and_approaches_the_posterior_with_noise_mixing() -> None:
+    known = KNOWN.bool()
+    prior_err = (MU[~known] - posterior(torch.tensor([1.2, 1.0], dtype=torch.float64))[0]).abs()
+    x, evals, (mean, _) = run(InverseConfig("diffpir", mix=1.0), steps=100)
+    assert evals == 100  # one evaluation per step
+    assert torch.allclose(x[:, known], torch.tensor([1.2, 1.0], dtype=torch.float64), atol=0.02)
+    assert (x[:, ~known].mean(0) - mean).abs().max() < 0.1 * prior_err.max()
+    det, _, _ = run(InverseConfig("diffpir", mix=0.0), steps=100)  # deterministic: biased like
+    assert (det[:, ~known].mean(0) - mean).abs().max() > 0.3  # replacement, towards the prior
+    with pytest.raises(ValueError, match="diffpir needs lam > 0"):
+        InverseConfig("diffpir", mix=1.5)
