@@ -52,6 +52,76 @@ def measure(h: int, w: int, members: int, patch: int, reps: int) -> dict[str, fl
             "member_step_s": EVALS_PER_MEMBER_STEP * sec / members, "peak_rss_gib": rss}  # fmt: skip
 
 
+def train_step(
+    h: int, w: int, patch: int, ckpt: int, reps: int, batch: int = 1
+) -> dict[str, float]:
+    """Median seconds of one training step (forward, backward, AdamW) of the same DiT on an
+    ``h x w`` grid, ``batch`` states, and the process's peak RSS."""
+    import torch
+
+    from stdiff.diffusion.conditioning import Condition
+    from stdiff.diffusion.nets.dit import DiT
+
+    with torch.random.fork_rng():
+        net = DiT(1, patch_size=patch, depth=4, hidden=64, num_heads=4, context_channels=2,
+                  grad_checkpointing=bool(ckpt))  # fmt: skip
+    opt = torch.optim.AdamW(net.parameters(), lr=1e-4)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(batch, 1, h, w, generator=g)
+    c = torch.zeros(batch)
+    cond = Condition(context=torch.randn(batch, 2, h, w, generator=g))
+    times = []
+    for i in range(reps + 1):
+        t0 = time.perf_counter()
+        opt.zero_grad(set_to_none=True)
+        (net(x, c, cond) - x).pow(2).mean().backward()
+        opt.step()
+        if i:  # the first step warms up
+            times.append(time.perf_counter() - t0)
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    return {"h": h, "w": w, "patch": patch, "ckpt": ckpt, "step_s": float(np.median(times)),
+            "peak_rss_gib": rss}  # fmt: skip
+
+
+def training_section(reps: int, write: Path | None) -> None:
+    """Training step time against grid and patch size, each case in a fresh process."""
+    from benchmarks.report import emit_section
+
+    cases = [(h, w, p, 0) for p in (2, 4) for h, w in GRIDS if not (p == 2 and h * w > 40000)]
+    cases += [(121, 240, 2, 1)]  # activation checkpointing where patch 2 gets expensive
+    rows = []
+    for h, w, p, ck in cases:
+        res = subprocess.run([sys.executable, "-m", "benchmarks.cost_growth", "--train-one",
+                              str(h), str(w), str(p), str(ck), "--reps", str(reps)],
+                             capture_output=True, text=True, check=True)  # fmt: skip
+        rows.append(json.loads(res.stdout.strip().splitlines()[-1]))
+    lines = ["| grid | patch | activation checkpointing | tokens | s per training step (1 state) "
+             "| peak RSS GiB |", "|---|---|---|---|---|---|"]  # fmt: skip
+    for r in rows:
+        tokens = -(-r["h"] // r["patch"]) * -(-r["w"] // r["patch"])
+        lines.append(f"| {r['h']}x{r['w']} | {r['patch']} | {'yes' if r['ckpt'] else 'no'} | "
+                     f"{tokens} | {r['step_s']:.3f} | {r['peak_rss_gib']:.2f} |")  # fmt: skip
+    fits = []
+    for p in (2, 4):
+        sel = [r for r in rows if r["patch"] == p and not r["ckpt"]]
+        pts = np.log([r["h"] * r["w"] for r in sel])
+        slope = np.polyfit(pts, np.log([r["step_s"] for r in sel]), 1)[0]
+        fits.append(f"patch {p}: step time grows as (grid points)^{slope:.2f}")
+    body = (
+        "The forecaster's DiT (patch 2 or 4, depth 4, hidden 64, 4 heads), one state per step, "
+        f"median of {reps} steps after one warm-up, each case in a fresh process (patch 2 "
+        "on the 1-degree grid is left out: its attention kept for the backward pass needs more "
+        "memory than this machine has at batch 1).\n\n"
+        + "\n".join(lines)
+        + "\n\nFitted: "
+        + "; ".join(fits)
+        + "."
+    )
+    cmd = "`python -m benchmarks.cost_growth --training --write BENCHMARKS.md`"
+    emit_section("cost-growth-training", "Training step time against grid and patch size", cmd,
+                 body, write)  # fmt: skip
+
+
 def imputation_cost(reps: int) -> list[dict[str, float]]:
     """Seconds per CSDI evaluation (paper size: 64 channels, 4 layers, 48 x 35) against the
     number of samples evaluated together (stays x members)."""
@@ -90,9 +160,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--write", type=Path)
     ap.add_argument("--one", nargs=4, type=int, metavar=("H", "W", "MEMBERS", "PATCH"))
+    ap.add_argument("--training", action="store_true", help="training step time instead")
+    ap.add_argument("--train-one", nargs=4, type=int, metavar=("H", "W", "PATCH", "CKPT"))
     args = ap.parse_args(argv)
     if args.one:
         print(json.dumps(measure(*args.one, reps=args.reps)))
+        return 0
+    if args.train_one:
+        print(json.dumps(train_step(*args.train_one, reps=args.reps)))
+        return 0
+    if args.training:
+        training_section(args.reps, args.write)
         return 0
     rows = [_child([str(h), str(w), str(args.members), str(p), "--reps", str(args.reps)])
             for p in (2, 4) for h, w in GRIDS]  # fmt: skip
