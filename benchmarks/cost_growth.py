@@ -110,8 +110,7 @@ def training_section(reps: int, write: Path | None) -> None:
     body = (
         "The forecaster's DiT (patch 2 or 4, depth 4, hidden 64, 4 heads), one state per step, "
         f"median of {reps} steps after one warm-up, each case in a fresh process (patch 2 "
-        "on the 1-degree grid is left out: its attention kept for the backward pass needs more "
-        "memory than this machine has at batch 1).\n\n"
+        "on the 1-degree grid is left out to bound the run's time).\n\n"
         + "\n".join(lines)
         + "\n\nFitted: "
         + "; ".join(fits)
