@@ -254,7 +254,9 @@ def load_denoiser(
     m = cfg.model
     net = build_net(m.net, m.params, 0)
     load_weights(net, tensor_group(groups, weights, ckpt / "weights.safetensors"), ckpt)
-    metadata = {**metadata, "checkpoint": str(ckpt)}
+    stat = (ckpt / "weights.safetensors").stat()  # a retrained run at the same path differs
+    metadata = {**metadata, "checkpoint": str(ckpt),
+                "checkpoint_id": f"{stat.st_size}:{stat.st_mtime_ns}"}  # fmt: skip
     denoiser = make_denoiser(m, net, schedule).to(device).eval()
     if clip and metadata.get("x0_range"):
         r = metadata["x0_range"]

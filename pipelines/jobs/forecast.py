@@ -186,6 +186,7 @@ class _Job:
     inits: np.ndarray
     positions: np.ndarray  # init positions in the data
     regression: bool
+    checkpoint_id: str = ""  # the weights' identity (size, mtime), for resuming
 
 
 def _prepare(cfg: ForecastConfig, ds: xr.Dataset, device: torch.device) -> _Job:
@@ -216,7 +217,9 @@ def _prepare(cfg: ForecastConfig, ds: xr.Dataset, device: torch.device) -> _Job:
             f"initial time {str(inits[short][0])[:16]} lacks its {layout.context - 1} previous state(s)",
         )
     regression = tcfg.loop.objective == "regression"
-    return _Job(denoiser, layout, step, n_steps, inits, pos, regression)
+    return _Job(
+        denoiser, layout, step, n_steps, inits, pos, regression, meta.get("checkpoint_id", "")
+    )
 
 
 def _template(job: _Job, ds: xr.Dataset, members: int, layout: str) -> xr.Dataset:
@@ -321,7 +324,8 @@ def run_forecast(cfg: ForecastConfig, progress: bool = True) -> dict[str, Any]:
     t0 = time.perf_counter()
     fingerprint = json.dumps(
         {**{k: v for k, v in to_dict(cfg).items() if k not in ("out", "device", "init", "overwrite", "chunks")},
-         "inits": [str(t) for t in job.inits], "store": ds.attrs.get("content_hash", "")},
+         "inits": [str(t) for t in job.inits], "store": ds.attrs.get("content_hash", ""),
+         "checkpoint_id": job.checkpoint_id},
         sort_keys=True, default=str,
     )  # fmt: skip
     template = _template(job, ds, members, cfg.layout)

@@ -223,6 +223,7 @@ def fingerprint(cfg: ImputeConfig, meta: dict[str, Any]) -> str:
     skip = ("out", "device", "chunks", "eval_batch", "overwrite")
     keep = {k: v for k, v in to_dict(cfg).items() if k not in skip}
     keep["checkpoint_path"] = meta.get("checkpoint", cfg.checkpoint)
+    keep["checkpoint_id"] = meta.get("checkpoint_id", "")  # the weights, not only their path
     keep["store_hash"] = meta.get("store_hash", "")
     return json.dumps(keep, sort_keys=True, default=str)
 

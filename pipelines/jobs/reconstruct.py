@@ -396,6 +396,7 @@ def _fingerprint(cfg: ReconstructConfig, meta: dict[str, Any]) -> str:
     keep = {k: v for k, v in to_dict(cfg).items()
             if k not in ("out", "device", "chunks", "overwrite")}  # fmt: skip
     keep["checkpoint_path"] = meta.get("checkpoint", cfg.checkpoint)
+    keep["checkpoint_id"] = meta.get("checkpoint_id", "")  # the weights, not only their path
     keep["data_hash"] = (store_attrs(cfg.data) or {}).get("content_hash", str(cfg.data))
     return json.dumps(keep, sort_keys=True, default=str)
 

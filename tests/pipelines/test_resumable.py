@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -107,3 +108,28 @@ def test_identical_rerun_is_a_no_op_with_the_same_metrics(tmp_path: Path, traine
     assert again["computed"] == [] and again["complete"] and again["unchanged"]
     assert again["metrics"]["crps"] == first["metrics"]["crps"]
     assert (tmp_path / "o.zarr" / "zarr.json").stat().st_mtime_ns == stamp
+
+
+def test_a_retrained_checkpoint_at_the_same_path_is_not_resumed(tmp_path, stay_store, csdi_job):
+    """The partial output of a model is not finished with another model trained into the same
+    folder: the fingerprint holds the weights' identity, not only their path."""
+    import yaml
+
+    from stdiff.cli import main
+
+    def train(seed: int) -> None:
+        cfg = csdi_job(tmp_path / "run", stay_store, {"channels": 8, "layers": 1}, seed=seed,
+                       loop={"steps": 2, "batch_size": 8, "checkpoint_every": 2,
+                             "progress": False})  # fmt: skip
+        (tmp_path / "job.yaml").write_text(yaml.safe_dump(cfg))
+        assert main(["train", "--config", str(tmp_path / "job.yaml"), "--overwrite"]) == 0
+
+    train(0)
+    cfg = ImputeConfig(checkpoint=str(tmp_path / "run"), data=str(stay_store),
+                       out=str(tmp_path / "o.zarr"), steps=2, members=2, batch_size=8,
+                       split="all", device="cpu")  # fmt: skip
+    part = run_imputation(replace(cfg, chunks=[0]), progress=False)
+    assert part["computed"] == [0] and part["pending"]
+    train(1)  # another model, same folder, same step
+    again = run_imputation(cfg, progress=False)
+    assert again["complete"] and again["computed"] == list(range(part["chunks"]))
