@@ -58,10 +58,11 @@ class ImputeConfig:
     A store of one long ``(time, feature)`` series (``pipelines.jobs.impute_series``): split
     selects the store's own ``split`` steps; period: ``[start, end]`` inclusive dates; max_steps:
     the first N selected steps; window: L (None: the checkpoint's ``data.window``); stitch:
-    ``seamless`` (default: windows of L steps tile the series, then a window around every
-    seam re-draws the steps near it, each member conditioned on its own values on both sides,
-    so members run on without a jump) or ``central`` (windows ``stride`` apart, None: L // 2,
-    each step from its most central window: members of neighbouring windows are independent);
+    ``central`` (default: windows ``stride`` apart, None: L // 2, each step from its most
+    central window; members of neighbouring windows are independent draws) or ``seamless``
+    (windows of L steps tile the series, then a window around every seam re-draws the steps
+    near it, each member conditioned on its own values on both sides; on Beijing at 400
+    training steps it was worse than ``central``: BENCHMARKS.md);
     batch_size: windows per batch; use_targets: the store's ``target_mask`` are the evaluation
     points (eval_ratio must then be 0); eval_pattern: ``random`` hides single values, ``block``
     gaps of ``eval_block`` consecutive steps of one feature (a sensor outage) until about
@@ -91,7 +92,7 @@ class ImputeConfig:
     eval_batch: int | None = None
     window: int | None = None
     stride: int | None = None
-    stitch: Literal["seamless", "central"] = "seamless"
+    stitch: Literal["central", "seamless"] = "central"
     period: list[str] | None = None
     max_steps: int | None = None
     use_targets: bool = True
