@@ -236,6 +236,12 @@ def checkpoint_folder(checkpoint: str | Path) -> Path:
     return ckpt
 
 
+# kinds whose samplers read the prediction D itself; an energy model is also sampled through its
+# energy's gradient (MALA) and IDDPM variances through ``predict``, which a clip of D would make
+# inconsistent with D, so those stay unclipped
+CLIPPED_KINDS = ("score", "consistency")
+
+
 def load_denoiser(
     checkpoint: str | Path,
     weights: Literal["ema", "model"] = "ema",
@@ -246,7 +252,7 @@ def load_denoiser(
     checkpoint metadata, from a run folder (its latest checkpoint) or a ``step_*`` folder.
     With ``clip`` its predictions are clipped to the training data's range kept in the checkpoint
     (:class:`diffusion.precond.X0Clip`, as ``denoiser.x0_clip``; checkpoints written before the
-    range was recorded are not clipped)."""
+    range was recorded, and energy or learned-variance models, are not clipped)."""
     ckpt = checkpoint_folder(checkpoint)
     groups, config, metadata = load_checkpoint(ckpt / "weights.safetensors")
     cfg = from_dict(TrainJobConfig, config, f"{ckpt}: config")
@@ -258,7 +264,7 @@ def load_denoiser(
     metadata = {**metadata, "checkpoint": str(ckpt),
                 "checkpoint_id": f"{stat.st_size}:{stat.st_mtime_ns}"}  # fmt: skip
     denoiser = make_denoiser(m, net, schedule).to(device).eval()
-    if clip and metadata.get("x0_range"):
+    if clip and metadata.get("x0_range") and m.kind in CLIPPED_KINDS:
         r = metadata["x0_range"]
         denoiser.x0_clip = X0Clip(r["lo"], r["hi"], r["dim"]).attach(denoiser)
     return denoiser, cfg, metadata

@@ -124,8 +124,10 @@ def test_generate_with_guidance(image_model, tmp_path) -> None:
     args[4] = str(again)
     args[-1] = "batch_size=5"
     assert CliRunner().invoke(app, args).exit_code == 0
+    # per-sample generators: the batch changes only float rounding, which guidance 3 amplifies
+    # over the steps (up to 2e-4 here); mixed-up noise would differ by O(1)
     assert np.allclose(
-        xr.open_zarr(again, consolidated=False)["image"].values, ds["image"].values, atol=1e-5
+        xr.open_zarr(again, consolidated=False)["image"].values, ds["image"].values, atol=1e-3
     )
     res = CliRunner().invoke(app, ["generate", "--checkpoint", str(run), "--out", str(out),
                                    "--guidance", "-0.5"])  # fmt: skip
