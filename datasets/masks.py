@@ -107,16 +107,47 @@ def cond_mask(
     raise ValueError(f"mask strategy {strategy!r} is not known; choose one of {list(STRATEGIES)}")
 
 
-def csdi_eval_mask(observed: np.ndarray, ratio: float, seed: int = 1) -> np.ndarray:
-    """CSDI's ground-truth mask: ``observed`` ``(N, L, K)`` (all stays, RecordID order) with
-    ``int(n_obs * ratio)`` observed entries per stay hidden; returns the kept (given) mask."""
-    if not 0.0 <= ratio < 1.0:
-        raise ValueError(f"missing ratio must be in [0, 1), got {ratio}")
-    rs = np.random.RandomState(seed)
-    given = observed.astype(bool).copy()
+def _hide_rows(given: np.ndarray, ratio: float, rs: np.random.RandomState) -> None:
+    """Hide ``int(n_obs * ratio)`` observed entries of every row of ``given`` (in place), in
+    row order, drawing from ``rs`` (CSDI's stream)."""
     for i in range(given.shape[0]):
         flat = given[i].reshape(-1)  # a view
         idx = np.flatnonzero(flat).tolist()
         hide = rs.choice(idx, int(len(idx) * ratio), replace=False) if idx else []
         flat[np.asarray(hide, dtype=np.int64)] = False
+
+
+def _check_ratio(ratio: float) -> None:
+    if not 0.0 <= ratio < 1.0:
+        raise ValueError(f"missing ratio must be in [0, 1), got {ratio}")
+
+
+def csdi_eval_mask(observed: np.ndarray, ratio: float, seed: int = 1) -> np.ndarray:
+    """CSDI's ground-truth mask: ``observed`` ``(N, L, K)`` (all stays, RecordID order) with
+    ``int(n_obs * ratio)`` observed entries per stay hidden; returns the kept (given) mask."""
+    _check_ratio(ratio)
+    given = np.asarray(observed).astype(bool)
+    _hide_rows(given, ratio, np.random.RandomState(seed))
     return given
+
+
+def csdi_eval_mask_rows(
+    observed, ratio: float, seed: int, rows: np.ndarray, block: int = 2048
+) -> np.ndarray:
+    """``csdi_eval_mask(observed, ratio, seed)[rows]`` with bounded memory: ``observed`` is any
+    array sliceable along its first axis (a lazy ``xarray.DataArray`` of a store, say); it is
+    read ``block`` stays at a time up to the last of ``rows`` (the stream visits every stay
+    before it), and only the rows asked for are kept. ``rows`` need not be sorted."""
+    _check_ratio(ratio)
+    rows = np.asarray(rows, dtype=np.int64)
+    out = np.zeros((len(rows), *observed.shape[1:]), dtype=bool)
+    if len(rows) == 0:
+        return out
+    rs = np.random.RandomState(seed)
+    for a in range(0, int(rows.max()) + 1, block):
+        b = min(a + block, int(rows.max()) + 1)
+        given = np.asarray(observed[a:b]).astype(bool)
+        _hide_rows(given, ratio, rs)
+        hit = np.flatnonzero((rows >= a) & (rows < b))
+        out[hit] = given[rows[hit] - a]
+    return out

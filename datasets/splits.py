@@ -47,12 +47,22 @@ def csdi_fold_split(n: int, fold: int = 0, seed: int = 1, nfold: int = 5) -> Spl
     return Split("stay", remain[:n_train], remain[n_train:], test)
 
 
-def csdi_stay_split(observed_mask: np.ndarray, fold: int = 0, seed: int = 1) -> Split:
+def stays_with_data(observed_mask) -> np.ndarray:
+    """``(N,)`` bool: which stays of ``observed_mask`` ``(N, ...)`` observe anything. A lazy
+    (dask-backed) ``DataArray`` is reduced chunk by chunk, so memory does not grow with the
+    store; a numpy array is reduced in place."""
+    if isinstance(observed_mask, xr.DataArray):
+        return np.asarray((observed_mask != 0).any(observed_mask.dims[1:]).values, dtype=bool)
+    n = observed_mask.shape[0]
+    return np.asarray(observed_mask).reshape(n, -1).any(1)
+
+
+def csdi_stay_split(observed_mask, fold: int = 0, seed: int = 1) -> Split:
     """CSDI's split over the stays that have at least one observed value, as positions into all
     stays. The official loader drops a stay with nothing observed (drawing its ground-truth mask
-    raises and the stay is skipped), so on set-a it splits 3997 stays, not 4000."""
-    n = observed_mask.shape[0]
-    keep = np.flatnonzero(np.asarray(observed_mask).reshape(n, -1).any(1))
+    raises and the stay is skipped), so on set-a it splits 3997 stays, not 4000.
+    ``observed_mask`` is ``(N, L, K)``: numpy, or a store's lazy ``DataArray``."""
+    keep = np.flatnonzero(stays_with_data(observed_mask))
     s = csdi_fold_split(len(keep), fold, seed)
     return Split("stay", keep[s.train], keep[s.valid], keep[s.test])
 

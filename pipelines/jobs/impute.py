@@ -36,7 +36,7 @@ import torch
 import xarray as xr
 
 from stdiff.datasets.errors import DataError
-from stdiff.datasets.masks import csdi_eval_mask
+from stdiff.datasets.masks import csdi_eval_mask_rows
 from stdiff.datasets.outputs import claim_store
 from stdiff.datasets.regions import RegionStore
 from stdiff.datasets.splits import csdi_stay_split
@@ -66,11 +66,12 @@ def plan_chunks(cfg: ImputeConfig) -> int:
     if "stay" not in ds.dims:
         plan, chunk = series_layout(cfg, ds, load_denoiser(cfg.checkpoint, cfg.weights)[1])
         return -(-len(plan.times) // chunk)
-    observed = ds["observed_mask"].values.astype(bool)
-    return -(-len(_select(cfg, observed)) // cfg.batch_size)
+    return -(-len(_select(cfg, ds["observed_mask"])) // cfg.batch_size)
 
 
-def _select(cfg: ImputeConfig, observed: np.ndarray) -> np.ndarray:
+def _select(cfg: ImputeConfig, observed: xr.DataArray) -> np.ndarray:
+    """Positions of the selected stays; ``observed`` (the store's lazy mask) is reduced chunk by
+    chunk, never read whole."""
     if cfg.split == "all":
         idx = np.arange(observed.shape[0])
     else:
@@ -79,10 +80,11 @@ def _select(cfg: ImputeConfig, observed: np.ndarray) -> np.ndarray:
 
 
 def _masks(
-    cfg: ImputeConfig, observed: np.ndarray, idx: np.ndarray
+    cfg: ImputeConfig, observed: xr.DataArray, idx: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
-    """(cond_mask, eval_mask) of the selected stays, as booleans."""
-    obs = observed[idx].astype(bool)
+    """(cond_mask, eval_mask) of the selected stays, as booleans; only the selected stays (and,
+    for CSDI's hidden points, the stays before them, a block at a time) are read."""
+    obs = observed.isel(stay=idx).values.astype(bool)
     if cfg.mode == "forecast":
         length = obs.shape[1]
         if cfg.horizon >= length:
@@ -92,7 +94,7 @@ def _masks(
         cond = obs.copy()
         cond[:, length - cfg.horizon :] = False
     elif cfg.eval_ratio > 0:
-        cond = csdi_eval_mask(observed, cfg.eval_ratio, cfg.eval_seed)[idx]  # all stays, in order
+        cond = csdi_eval_mask_rows(observed, cfg.eval_ratio, cfg.eval_seed, idx)  # stays in order
     else:
         cond = obs
     return cond, obs & ~cond
@@ -156,7 +158,7 @@ def run_imputation(cfg: ImputeConfig, progress: bool = True) -> dict[str, Any]:
         check_features(cfg, ds, meta)
         return run_series_imputation(cfg, ds, denoiser, tcfg, meta, device, progress)
     _check_inputs(cfg, ds, meta)
-    observed = ds["observed_mask"].values.astype(bool)
+    observed = ds["observed_mask"]  # lazy: read by chunks and selections only
     idx = _select(cfg, observed)
     if len(idx) == 0:
         raise ValueError(
@@ -213,7 +215,10 @@ def run_imputation(cfg: ImputeConfig, progress: bool = True) -> dict[str, Any]:
                     np.quantile(phys, QUANTILES, axis=1).transpose(1, 0, 2, 3).astype(np.float32),
                 ),
                 "values": (("stay", "time", "feature"), raw),
-                "observed_mask": (("stay", "time", "feature"), observed[sel].astype(np.uint8)),
+                "observed_mask": (
+                    ("stay", "time", "feature"),
+                    (cond_all[a:b] | eval_all[a:b]).astype(np.uint8),
+                ),
                 "cond_mask": (("stay", "time", "feature"), cond_all[a:b].astype(np.uint8)),
                 "eval_mask": (("stay", "time", "feature"), eval_all[a:b].astype(np.uint8)),
             }

@@ -40,7 +40,7 @@ and ``window_start (time)``, the first time of the window each step came from. S
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -74,7 +74,9 @@ class SeriesPlan:
     window starts (store positions, sorted, distinct); ``owner``: ``(N,)`` index into ``starts``;
     ``length``: L; ``horizon``: the hidden tail of every window (forecast mode), else 0;
     seamless stitching: ``seam`` ``(W,)`` marks the windows drawn around seams (the others
-    tile the series), ``tile`` ``(N,)`` the tile each step lies in."""
+    tile the series), ``tile`` ``(N,)`` the tile each step lies in. ``origin``: the store
+    position of position 0 (a plan cut down to its span, :meth:`span`, keeps its store
+    positions there: the member generators are keyed by them)."""
 
     times: np.ndarray
     starts: np.ndarray
@@ -83,6 +85,16 @@ class SeriesPlan:
     horizon: int = 0
     seam: np.ndarray | None = None
     tile: np.ndarray | None = None
+    origin: int = 0
+
+    def span(self) -> tuple[SeriesPlan, slice]:
+        """The same plan relative to the steps its windows cover, and that slice of the store:
+        the job reads only these steps, however long the series."""
+        lo, hi = int(self.starts.min()), int(self.starts.max()) + self.length
+        plan = replace(
+            self, times=self.times - lo, starts=self.starts - lo, origin=self.origin + lo
+        )
+        return plan, slice(lo, hi)
 
     @property
     def offset(self) -> np.ndarray:
@@ -310,15 +322,20 @@ def _draw_windows(denoiser, raw, cond, plan, idx, mean, std, cfg, device, times)
     cond_w = window_conditions(plan, cond, idx)
     block = np.stack([raw[s : s + plan.length] for s in plan.starts[idx]])  # (W, L, K)
     x_obs = np.nan_to_num((block - mean) / std)
-    draws = _draw(denoiser, x_obs, cond_w, plan.starts[idx], cfg, device, times, 0)
+    draws = _draw(denoiser, x_obs, cond_w, plan.starts[idx], cfg, device, times, 0, plan.origin)
     return draws * std + mean, cond_w
 
 
-def _draw(denoiser, x_obs, cond_w, starts, cfg, device, times, stream: int) -> np.ndarray:
-    """Normalised draws ``(W, M, L, K)``; refuses non-finite samples naming the windows."""
+def _draw(
+    denoiser, x_obs, cond_w, starts, cfg, device, times, stream: int, origin: int
+) -> np.ndarray:
+    """Normalised draws ``(W, M, L, K)`` of the windows at ``starts`` (``times``' positions;
+    their generators are keyed by the store positions ``origin + starts``); refuses
+    non-finite samples naming the windows."""
     x = torch.from_numpy(np.ascontiguousarray(x_obs, dtype=np.float32)).to(device)
     cmask = torch.from_numpy(cond_w.astype(np.float32)).to(device)
-    draws = draw_members(denoiser, x, cmask, starts, cfg, device, stream).cpu().numpy()
+    keys = origin + starts
+    draws = draw_members(denoiser, x, cmask, keys, cfg, device, stream).cpu().numpy()
     bad = ~np.isfinite(draws).reshape(len(starts), -1).all(1)
     if bad.any():
         raise FloatingPointError(
@@ -341,13 +358,13 @@ def draw_seamless(denoiser, raw, cond, plan, idx, stats, cfg, device, times) -> 
     cond_t = window_conditions(plan, cond, tiles)
     block = np.stack([raw[s : s + plan.length] for s in plan.starts[tiles]])
     tile_draws = _draw(denoiser, np.nan_to_num((block - mean) / std), cond_t, plan.starts[tiles],
-                       cfg, device, times, 0)  # fmt: skip
+                       cfg, device, times, 0, plan.origin)  # fmt: skip
     draws, cond_w = {}, {}
     for k, w in enumerate(tiles):
         draws[w], cond_w[w] = tile_draws[k], cond_t[k]
     if len(seams):
         x, cm = _seam_conditions(plan, seams, tiles, tile_draws, raw, cond, mean, std)
-        seam_draws = _draw(denoiser, x, cm, plan.starts[seams], cfg, device, times, 1)
+        seam_draws = _draw(denoiser, x, cm, plan.starts[seams], cfg, device, times, 1, plan.origin)
         for k, w in enumerate(seams):
             draws[w], cond_w[w] = seam_draws[k], cm[k]
     phys = np.stack([draws[w] for w in idx]) * std + mean
@@ -388,6 +405,8 @@ def run_series_imputation(cfg, ds, denoiser, tcfg, meta, device, progress=True) 
     dims ``(time, feature)``. Returns the same summary as for stays, with ``windows`` and
     ``time_steps`` in place of ``stays``."""
     plan, chunk = series_layout(cfg, ds, tcfg)
+    plan, span = plan.span()
+    ds = ds.isel(time=span)  # lazy: only the steps the windows cover are read, not the series
     observed = ds["observed_mask"].values.astype(bool)
     hidden = eval_points(cfg, ds, plan, observed)
     cond = observed.copy()

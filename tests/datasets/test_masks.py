@@ -6,7 +6,13 @@ import numpy as np
 import pytest
 import torch
 
-from stdiff.datasets.masks import STRATEGIES, cond_mask, csdi_eval_mask, historical_cond_mask
+from stdiff.datasets.masks import (
+    STRATEGIES,
+    cond_mask,
+    csdi_eval_mask,
+    csdi_eval_mask_rows,
+    historical_cond_mask,
+)
 
 
 def _observed(b: int = 64, length: int = 12, k: int = 5) -> torch.Tensor:
@@ -93,3 +99,49 @@ def test_csdi_eval_mask_matches_the_official_loop() -> None:
         np.random.set_state(state)  # noqa: NPY002
     np.testing.assert_array_equal(ours, np.stack(ref))
     assert ours.sum() == sum(int(o.sum()) - int(o.sum() * 0.1) for o in observed)
+
+
+def test_eval_mask_rows_read_in_blocks_equal_the_whole(tmp_path) -> None:
+    """``csdi_eval_mask_rows`` on a lazy store array, read a few stays at a time, equals the
+    whole-array protocol at the rows asked for (in any order), and never reads past the last."""
+    import xarray as xr
+
+    rng = np.random.default_rng(1)
+    observed = (rng.random((23, 6, 5)) < 0.4).astype(np.uint8)
+    observed[4] = 0
+    xr.Dataset({"observed_mask": (("stay", "time", "feature"), observed)}).to_zarr(
+        tmp_path / "s.zarr", encoding={"observed_mask": {"chunks": (3, 6, 5)}}
+    )
+    lazy = xr.open_zarr(tmp_path / "s.zarr")["observed_mask"]
+    rows = np.array([17, 2, 4, 9, 0])
+    whole = csdi_eval_mask(observed, 0.25, seed=3)
+    for block in (1, 4, 100):
+        np.testing.assert_array_equal(csdi_eval_mask_rows(lazy, 0.25, 3, rows, block), whole[rows])
+
+    class Guard:  # fails if a stay after the last row asked for is read
+        shape = observed.shape
+
+        def __getitem__(self, s):
+            assert s.stop <= 18
+            return observed[s]
+
+    csdi_eval_mask_rows(Guard(), 0.25, 3, rows, block=5)
+    assert csdi_eval_mask_rows(lazy, 0.25, 3, np.array([], int)).shape == (0, 6, 5)
+
+
+def test_stay_split_of_a_lazy_mask_equals_the_numpy_one(tmp_path) -> None:
+    import xarray as xr
+
+    from stdiff.datasets.splits import csdi_stay_split
+
+    rng = np.random.default_rng(2)
+    observed = (rng.random((40, 4, 3)) < 0.2).astype(np.uint8)
+    observed[[3, 17]] = 0
+    xr.Dataset({"observed_mask": (("stay", "time", "feature"), observed)}).to_zarr(
+        tmp_path / "s.zarr", encoding={"observed_mask": {"chunks": (7, 4, 3)}}
+    )
+    lazy = xr.open_zarr(tmp_path / "s.zarr")["observed_mask"]
+    a, b = csdi_stay_split(observed, 0), csdi_stay_split(lazy, 0)
+    for part in ("train", "valid", "test"):
+        np.testing.assert_array_equal(getattr(a, part), getattr(b, part))
+    assert 3 not in np.concatenate([b.train, b.valid, b.test])
