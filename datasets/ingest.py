@@ -45,7 +45,8 @@ class IngestOptions:
     train_period / test_period (weather time split, ``("YYYY-MM-DD", "YYYY-MM-DD")``);
     fold (PhysioNet CSDI fold); layout / time_column / targets (CSV or Parquet tables);
     time_columns / station_column / drop_columns / categorical / freq (tables, per-station files:
-    ``datasets.sites``); train_period / test_period or test_months / valid_months (the time split
+    ``datasets.sites``); site_coords (per-station files: a CSV ``station, lat, lon``, stored as
+    ``lat`` / ``lon`` along ``feature``, the side information of a geographic prior); train_period / test_period or test_months / valid_months (the time split
     of a table series, ``datasets.splits.series_split``);
     axis (NIfTI slicing axis); image_size / window (a volume ingested as ``images``: slice size
     and intensity window, ``"LO,HI"``, a preset of ``datasets.slices.WINDOWS`` or ``"auto"``);
@@ -68,6 +69,7 @@ class IngestOptions:
     drop_columns: tuple[str, ...] = ()
     categorical: Literal["error", "drop", "onehot"] = "error"
     freq: str | None = None
+    site_coords: str | None = None
     test_months: tuple[int, ...] | None = None
     valid_months: tuple[int, ...] | None = None
     axis: Literal["axial", "coronal", "sagittal"] = "axial"
@@ -97,7 +99,7 @@ class IngestOptions:
                 f"--categorical {self.categorical!r} is not valid; choose one of error, drop, onehot"
             )
         table = ("time_columns", "station_column", "drop_columns", "freq", "test_months",
-                 "valid_months")  # fmt: skip
+                 "valid_months", "site_coords")  # fmt: skip
         given = [k for k in table if getattr(self, k)]
         if given and self.kind != "timeseries":
             flag = "--" + given[0].replace("_", "-")
@@ -161,6 +163,8 @@ def _timeseries(sources: list[str], opt: IngestOptions) -> tuple[xr.Dataset, Spl
                 "PhysioNet splits by stay (CSDI's folds, --fold); train/test periods and months "
                 "apply to weather and table series"
             )
+        if opt.site_coords:
+            raise ValueError("--site-coords applies to per-station tables, not PhysioNet stays")
         from stdiff.datasets.physionet import load_physionet2012
 
         ds = load_physionet2012(Path(sources[0]), progress=True)
@@ -179,6 +183,10 @@ def _timeseries(sources: list[str], opt: IngestOptions) -> tuple[xr.Dataset, Spl
         categorical=opt.categorical,
         freq=opt.freq,
     )
+    if opt.site_coords:
+        from stdiff.datasets.sites import attach_site_coords
+
+        ds = attach_site_coords(ds, opt.site_coords)
     split = series_split(ds, train_period=opt.train_period, test_period=opt.test_period,
                          test_months=opt.test_months, valid_months=opt.valid_months)  # fmt: skip
     return ds.assign(split=split_variable(split, ds.sizes["time"])), split, ["values"]
@@ -316,7 +324,7 @@ def ingest(
     start = time.perf_counter()
     out = Path(out)
     claim_store(out, "ingest", [s for s in _sources(source) if "://" not in s], overwrite)
-    extra = [opt.targets] if opt.targets and Path(opt.targets).exists() else []
+    extra = [f for f in (opt.targets, opt.site_coords) if f and Path(f).exists()]
     h = content_hash([*_sources(source), *extra], asdict(opt))
     if store_hash(out) == h:
         return IngestResult(

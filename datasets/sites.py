@@ -45,7 +45,14 @@ from stdiff.datasets.tabular import (
     encode_columns,
 )
 
-__all__ = ["is_table_file", "load_series", "load_sites", "table_files"]
+__all__ = [
+    "attach_site_coords",
+    "is_table_file",
+    "load_series",
+    "load_sites",
+    "read_site_coords",
+    "table_files",
+]
 
 _FILE = "__file__"
 
@@ -282,3 +289,59 @@ def load_series(
     return load_sites(files, time_column=time_column, time_columns=time_columns,
                       station_column=station_column, variables=variables,
                       drop_columns=drop_columns, categorical=categorical, freq=freq)  # fmt: skip
+
+
+_LAT, _LON = ("lat", "latitude", "y"), ("lon", "long", "longitude", "lng", "x")
+
+
+def read_site_coords(path: str | Path) -> dict[str, tuple[float, float]]:
+    """``{station: (lat, lon)}`` from a small CSV with a station column (``station``, ``site``
+    or ``name``) and latitude / longitude columns (``lat``/``latitude``, ``lon``/``longitude``),
+    in degrees; any other column is ignored. Every error names the file and the row."""
+    path = Path(path)
+    try:
+        frame = pd.read_csv(path, dtype=str, skipinitialspace=True, comment="#")
+    except (OSError, ValueError, UnicodeDecodeError, pd.errors.ParserError) as e:
+        raise DataError(path, f"cannot be read as a CSV of site coordinates ({e})") from None
+    cols = {str(c).strip().lower(): c for c in frame.columns}
+
+    def column(names: tuple[str, ...], what: str):
+        hit = next((cols[n] for n in names if n in cols), None)
+        if hit is None:
+            raise DataError(path, f"no {what} column (one of {', '.join(names)}); "
+                                  f"the columns are {list(frame.columns)}")  # fmt: skip
+        return frame[hit]
+
+    names = column(("station", "site", "name"), "station").astype(str).str.strip()
+    lat = pd.to_numeric(column(_LAT, "latitude"), errors="coerce").to_numpy(np.float64)
+    lon = pd.to_numeric(column(_LON, "longitude"), errors="coerce").to_numpy(np.float64)
+    bad = np.flatnonzero(~(np.isfinite(lat) & np.isfinite(lon) & (np.abs(lat) <= 90)
+                           & (lon >= -180) & (lon <= 360)))  # fmt: skip
+    if bad.size:
+        row = int(bad[0])
+        raise DataError(path, f"row {row + 1} ({names.iloc[row]!r}): latitude must be a number "
+                              "in [-90, 90] and longitude in [-180, 360] degrees")  # fmt: skip
+    dup = names[names.duplicated()]
+    if len(dup):
+        raise DataError(path, f"station {dup.iloc[0]!r} appears twice")
+    return {n: (float(a), float(b)) for n, a, b in zip(names, lat, lon, strict=True)}
+
+
+def attach_site_coords(ds: xr.Dataset, path: str | Path) -> xr.Dataset:
+    """``ds`` (a per-site series store) with ``lat`` / ``lon`` coordinates along ``feature``,
+    each feature's from its station's row of the CSV at ``path`` (:func:`read_site_coords`);
+    a station of the store missing from the file is an error naming both."""
+    if "station" not in ds.coords:
+        raise DataError(path, "site coordinates apply to per-station tables (a store with "
+                              "stations); this series has none")  # fmt: skip
+    table = read_site_coords(path)
+    stations = [str(s) for s in ds["station"].values]
+    missing = sorted({s for s in stations if s not in table})
+    if missing:
+        raise DataError(path, f"has no row for station {missing[0]!r} "
+                              f"({len(missing)} missing; the store's stations are "
+                              f"{sorted(set(stations))})")  # fmt: skip
+    lat = np.array([table[s][0] for s in stations], dtype=np.float64)
+    lon = np.array([table[s][1] for s in stations], dtype=np.float64)
+    return ds.assign_coords(lat=("feature", lat, {"units": "degrees_north"}),
+                            lon=("feature", lon, {"units": "degrees_east"}))  # fmt: skip

@@ -47,14 +47,21 @@ def csdi_fold_split(n: int, fold: int = 0, seed: int = 1, nfold: int = 5) -> Spl
     return Split("stay", remain[:n_train], remain[n_train:], test)
 
 
-def stays_with_data(observed_mask) -> np.ndarray:
-    """``(N,)`` bool: which stays of ``observed_mask`` ``(N, ...)`` observe anything. A lazy
-    (dask-backed) ``DataArray`` is reduced chunk by chunk, so memory does not grow with the
-    store; a numpy array is reduced in place."""
-    if isinstance(observed_mask, xr.DataArray):
-        return np.asarray((observed_mask != 0).any(observed_mask.dims[1:]).values, dtype=bool)
+def stays_with_data(observed_mask, block_bytes: int = 64 << 20) -> np.ndarray:
+    """``(N,)`` bool: which stays of ``observed_mask`` ``(N, ...)`` observe anything. A store's
+    lazy ``DataArray`` is read ``block_bytes`` at a time (a loop, not one dask graph, whose
+    task count would grow with the store), so memory does not grow with the store."""
     n = observed_mask.shape[0]
-    return np.asarray(observed_mask).reshape(n, -1).any(1)
+    if not isinstance(observed_mask, xr.DataArray):
+        return np.asarray(observed_mask).reshape(n, -1).any(1)
+    row = max(1, int(np.prod(observed_mask.shape[1:])) * observed_mask.dtype.itemsize)
+    step = max(1, block_bytes // row)
+    dim = observed_mask.dims[0]
+    out = np.zeros(n, dtype=bool)
+    for a in range(0, n, step):
+        part = np.asarray(observed_mask.isel({dim: slice(a, a + step)}).values)
+        out[a : a + step] = part.reshape(len(part), -1).any(1)
+    return out
 
 
 def csdi_stay_split(observed_mask, fold: int = 0, seed: int = 1) -> Split:

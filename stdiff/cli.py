@@ -163,6 +163,12 @@ def ingest(
     freq: Annotated[
         str | None, typer.Option(help="Per-station tables: regular time grid, e.g. 1h.")
     ] = None,
+    site_coords: Annotated[
+        str | None,
+        typer.Option(
+            help="Per-station tables: a CSV station,lat,lon (degrees) stored as side information."
+        ),
+    ] = None,
     test_months: Annotated[
         str | None, typer.Option(help="Table series: test months, e.g. 3,6,9,12 (CSDI AQI-36).")
     ] = None,
@@ -215,6 +221,7 @@ def ingest(
             drop_columns=csv_flag(drop_columns) or (),
             categorical=categorical,  # type: ignore[arg-type]
             freq=freq,
+            site_coords=site_coords,
             test_months=csv_flag(test_months, int),
             valid_months=csv_flag(valid_months, int),
             axis=axis,  # type: ignore[arg-type]

@@ -51,6 +51,40 @@ def step_embedding(step: Tensor, dim: int = 128) -> Tensor:
     return torch.cat([torch.sin(args), torch.cos(args)], dim=1)  # (B, dim)
 
 
+def interpolate_observed(obs: Tensor, mask: Tensor) -> Tensor:
+    """Linear interpolation in time of the observed entries: ``obs``, ``mask`` ``(B, L, K)`` ->
+    ``(B, L, K)``, each feature's observed values joined linearly, held constant before its
+    first and after its last observation, 0 for a feature observed nowhere in the window
+    (PriSTI's coarse conditional information, Liu et al. 2023)."""
+    B, L, K = obs.shape
+    t = torch.arange(L, device=obs.device).view(1, L, 1).expand(B, L, K)
+    seen = mask > 0
+    prev = torch.where(seen, t, -1).cummax(dim=1).values  # last observed step <= t, or -1
+    nxt = torch.where(seen, t, L).flip(1).cummin(dim=1).values.flip(1)  # first >= t, or L
+    pv = obs.gather(1, prev.clamp(min=0))
+    nv = obs.gather(1, nxt.clamp(max=L - 1))
+    both = (prev >= 0) & (nxt < L)
+    gap = (nxt - prev).clamp(min=1).to(obs.dtype)
+    w = torch.where(both & (nxt > prev), (t - prev).to(obs.dtype) / gap, torch.zeros_like(obs))
+    out = torch.where(both, pv + (nv - pv) * w, torch.where(prev >= 0, pv, nv))
+    return torch.where((prev >= 0) | (nxt < L), out, torch.zeros_like(obs))
+
+
+EARTH_RADIUS_KM = 6371.0
+
+
+def site_distances(coords: Tensor) -> Tensor:
+    """Great-circle distances (km, haversine) ``(K, K)`` between ``coords`` ``(K, 2)`` given as
+    (latitude, longitude) in degrees."""
+    lat, lon = torch.deg2rad(coords[:, 0].double()), torch.deg2rad(coords[:, 1].double())
+    dlat, dlon = lat[:, None] - lat[None], lon[:, None] - lon[None]
+    a = (
+        torch.sin(dlat / 2) ** 2
+        + torch.cos(lat[:, None]) * torch.cos(lat[None]) * torch.sin(dlon / 2) ** 2
+    )
+    return 2 * EARTH_RADIUS_KM * torch.asin(a.clamp(0, 1).sqrt())
+
+
 class DiffusionEmbedding(nn.Module):
     """Step ``(B,)`` -> ``(B, dim)``: sinusoidal features, then Linear-SiLU-Linear-SiLU."""
 
@@ -82,8 +116,11 @@ def _linear(x: Tensor, conv: nn.Module) -> Tensor:
     return F.linear(x, conv.weight.squeeze(-1), conv.bias)
 
 
-def attention(q: Tensor, k: Tensor, v: Tensor, dropout: float = 0.0) -> Tensor:
-    """Softmax attention ``(N, h, S, d) -> (N, S, h, d)`` with dropout on the weights.
+def attention(
+    q: Tensor, k: Tensor, v: Tensor, dropout: float = 0.0, bias: Tensor | None = None
+) -> Tensor:
+    """Softmax attention ``(N, h, S, d) -> (N, S, h, d)`` with dropout on the weights and an
+    optional additive ``bias`` ``(h, S, S)`` on the logits (the geographic prior).
 
     On the GPU this is the fused ``scaled_dot_product_attention``. On the CPU, CSDI's 8-wide heads
     make the fused kernel slow; explicit matmuls over blocks of sequences whose weights fit in
@@ -91,11 +128,13 @@ def attention(q: Tensor, k: Tensor, v: Tensor, dropout: float = 0.0) -> Tensor:
     the 48-step time attention), and the result is the same.
     """
     if q.device.type != "cpu":
-        return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout).transpose(1, 2)
+        mask = None if bias is None else bias.to(q.dtype)
+        return F.scaled_dot_product_attention(q, k, v, mask, dropout).transpose(1, 2)
     n = max(1, (1 << 20) // (q.shape[1] * q.shape[2] * k.shape[2]))  # sequences per block
     blocks = []
     for i in range(0, q.shape[0], n):
         w = torch.matmul(q[i : i + n] * q.shape[-1] ** -0.5, k[i : i + n].transpose(-1, -2))
+        w = w if bias is None else w + bias
         w = F.dropout(torch.softmax(w, dim=-1), dropout, dropout > 0)  # (n, h, S, S)
         blocks.append(torch.matmul(w, v[i : i + n]).transpose(1, 2))  # (n, S, h, d)
     return torch.cat(blocks)
@@ -120,18 +159,18 @@ class EncoderLayer(nn.Module):
         self.norm2 = nn.LayerNorm(channels)
         self.heads, self.p = heads, dropout
 
-    def _attend(self, x: Tensor, dim: int) -> Tensor:
+    def _attend(self, x: Tensor, dim: int, bias: Tensor | None = None) -> Tensor:
         a, h, p = self.self_attn, self.heads, self.p if self.training else 0.0
         qkv = F.linear(x, a.in_proj_weight, a.in_proj_bias)  # (..., 3C)
         qkv = rearrange(qkv, "... (three h d) -> three ... h d", three=3, h=h).movedim(dim + 1, -2)
         outer = qkv.shape[1:-3]  # the batch axes: (B, K) for time, (B, L) for features
         q, k, v = (z.reshape(-1, *z.shape[-3:]) for z in qkv)  # (N, h, S, d)
-        o = attention(q, k, v, p)  # (N, S, h, d)
+        o = attention(q, k, v, p, bias)  # (N, S, h, d)
         o = rearrange(o.reshape(*outer, *o.shape[1:]), "... s h d -> ... s (h d)").movedim(-2, dim)
         return F.dropout(a.out_proj(o), p, self.training)
 
-    def forward(self, x: Tensor, dim: int) -> Tensor:
-        x = self.norm1(x + self._attend(x, dim))
+    def forward(self, x: Tensor, dim: int, bias: Tensor | None = None) -> Tensor:
+        x = self.norm1(x + self._attend(x, dim, bias))
         ff = self.linear2(F.dropout(F.gelu(self.linear1(x)), self.p, self.training))
         return self.norm2(x + F.dropout(ff, self.p, self.training))
 
@@ -144,8 +183,8 @@ class Encoder(nn.Module):
         super().__init__()
         self.layers = nn.ModuleList([EncoderLayer(channels, heads, dropout)])
 
-    def forward(self, x: Tensor, dim: int) -> Tensor:
-        return self.layers[0](x, dim)
+    def forward(self, x: Tensor, dim: int, bias: Tensor | None = None) -> Tensor:
+        return self.layers[0](x, dim, bias)
 
 
 class ResidualBlock(nn.Module):
@@ -175,14 +214,19 @@ class ResidualBlock(nn.Module):
         return time, F.linear(fe, w[:, t : t + f]), w[:, t + f]
 
     def forward(
-        self, x: Tensor, side: tuple[Tensor, Tensor, Tensor], mask: Tensor, emb: Tensor
+        self,
+        x: Tensor,
+        side: tuple[Tensor, Tensor, Tensor],
+        mask: Tensor,
+        emb: Tensor,
+        geo: Tensor | None = None,
     ) -> tuple[Tensor, Tensor]:
         K, L = x.shape[1:3]  # x: (B, K, L, C), mask: (B, K, L, 1), emb: (B, step_dim)
         y = x + self.diffusion_projection(emb)[:, None, None, :]  # (B, K, L, C)
         if L > 1:
             y = self.time_layer(y, dim=2)  # attends over time, per (stay, feature)
         if K > 1:
-            y = self.feature_layer(y, dim=1)  # attends over features, per (stay, time)
+            y = self.feature_layer(y, dim=1, bias=geo)  # over features, per (stay, time)
         time, feature, column = side
         y = _linear(y, self.mid_projection) + time[:, None] + feature[:, None] + mask * column
         gate, filt = y.chunk(2, dim=-1)  # (B, K, L, C) each
@@ -204,6 +248,14 @@ class CSDINet(nn.Module):
       num_features: K. channels, layers, heads: residual width, depth and attention heads.
       time_emb, feature_emb, step_emb: sizes of the time, feature and diffusion-step embeddings.
       dropout: transformer dropout (official code: 0.1).
+      interp: a third input channel, the observed values interpolated linearly in time
+        (:func:`interpolate_observed`; PriSTI's coarse conditioning).
+      coords: ``(K, 2)`` latitude, longitude (degrees) of every feature's site: a geographic
+        prior (PriSTI's anchor, in a light form). The feature attention's logits get the bias
+        ``-exp(g_h) (d_ij / d_med)^2`` per head ``h`` (``d``: great-circle distance, ``d_med``:
+        the median distance between distinct sites, ``g_h`` learned, starting at 0), and the
+        feature embedding adds a learned projection of the standardised coordinates.
+      Both default off: the network is then the paper's, state dict included.
     """
 
     def __init__(
@@ -216,13 +268,19 @@ class CSDINet(nn.Module):
         feature_emb: int = 16,
         step_emb: int = 128,
         dropout: float = 0.1,
+        interp: bool = False,
+        coords: list[list[float]] | None = None,
     ) -> None:
         super().__init__()
         self.num_features, self.channels, self.time_emb = num_features, channels, time_emb
+        self.interp = bool(interp)
         side_dim = time_emb + feature_emb + 1
         self.embed_layer = nn.Embedding(num_features, feature_emb)
         self.diffusion_embedding = DiffusionEmbedding(step_emb)
-        self.input_projection = nn.Conv1d(2, channels, 1)
+        self.input_projection = nn.Conv1d(3 if self.interp else 2, channels, 1)
+        self.geo = coords is not None
+        if coords is not None:
+            self._init_geo(coords, num_features, heads, feature_emb)
         self.residual_layers = nn.ModuleList(
             ResidualBlock(side_dim, channels, step_emb, heads, dropout) for _ in range(layers)
         )
@@ -235,6 +293,22 @@ class CSDINet(nn.Module):
                     w = m.in_proj_weight
                     bound = math.sqrt(6.0 / (w.shape[0] + w.shape[1]))
                     w.copy_((torch.rand(w.shape, generator=g) * 2 - 1) * bound)
+
+    def _init_geo(self, coords, num_features: int, heads: int, feature_emb: int) -> None:
+        c = torch.as_tensor(coords, dtype=torch.float64)
+        if c.shape != (num_features, 2) or not torch.isfinite(c).all():
+            raise ValueError(
+                f"CSDINet: coords must be {num_features} (latitude, longitude) pairs, "
+                f"got shape {tuple(c.shape)}"
+            )
+        d = site_distances(c)
+        apart = d[d > 1e-6]
+        scale = apart.median() if apart.numel() else torch.tensor(1.0, dtype=torch.float64)
+        self.register_buffer("geo_d2", (d / scale).pow(2).float(), persistent=False)
+        std = c.std(0).clamp_min(1e-6) if num_features > 1 else torch.ones(2, dtype=c.dtype)
+        self.register_buffer("geo_xy", ((c - c.mean(0)) / std).float(), persistent=False)
+        self.geo_scale = nn.Parameter(torch.zeros(heads))
+        self.geo_embed = nn.Linear(2, feature_emb)
 
     def _inputs(self, x: Tensor, cond: Condition | None) -> tuple[Tensor, Tensor, Tensor]:
         B, L, K = x.shape
@@ -261,18 +335,25 @@ class CSDINet(nn.Module):
             raise ValueError(f"CSDINet: x must be (B, L, {self.num_features}), got {x.shape}")
         B = x.shape[0]
         obs, mask, tp = self._inputs(x, cond)
-        inp = torch.stack([obs * mask, x * (1 - mask)], dim=-1)  # (B, L, K, 2)
+        parts = [obs * mask, x * (1 - mask)]
+        if self.interp:
+            parts.append(interpolate_observed(obs * mask, mask))
+        inp = torch.stack(parts, dim=-1)  # (B, L, K, 2 or 3)
         h = F.relu(_linear(inp.transpose(1, 2), self.input_projection))  # (B, K, L, C)
 
         te = sinusoidal_embedding(tp.reshape(-1), self.time_emb).to(x.dtype)  # (B*L, T) sin|cos
         te = rearrange(te, "(b l) (two h) -> b l (h two)", b=B, two=2)  # (B, L, T) interleaved
         fe = self.embed_layer.weight.to(x.dtype)  # (K, F)
+        geo = None
+        if self.geo:
+            fe = fe + self.geo_embed(self.geo_xy).to(x.dtype)
+            geo = (-self.geo_scale.exp()[:, None, None] * self.geo_d2).to(x.dtype)  # (h, K, K)
         m = rearrange(mask, "b l k -> b k l 1")  # (B, K, L, 1)
 
         emb = self.diffusion_embedding(c_noise.reshape(B))  # (B, step_emb)
         skip = torch.zeros_like(h)  # (B, K, L, C)
         for layer in self.residual_layers:
-            h, s = layer(h, layer.side_terms(te, fe), m, emb)  # (B, K, L, C) each
+            h, s = layer(h, layer.side_terms(te, fe), m, emb, geo)  # (B, K, L, C) each
             skip = skip + s
         skip = skip / math.sqrt(len(self.residual_layers))  # (B, K, L, C)
         out = _linear(F.relu(_linear(skip, self.output_projection1)), self.output_projection2)

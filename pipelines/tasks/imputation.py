@@ -103,16 +103,32 @@ class ImputationTask:
 
     def net_params(self, data, model) -> dict[str, Any]:
         """CSDI's ``num_features`` follows from the store: filled in when the config omits it,
-        and a value that differs from the store's is refused before any work."""
+        and a value that differs from the store's is refused before any work. ``coords: store``
+        takes the sites' coordinates (``stdiff ingest --site-coords``) from the store, so the
+        checkpoint holds them."""
         params = dict(model.params)
         if model.net != "csdi":
             return params
-        k = int(open_store(data.store).sizes["feature"])
+        ds = open_store(data.store)
+        k = int(ds.sizes["feature"])
         given = params.setdefault("num_features", k)
         if given != k:
             raise ValueError(
                 f"model.params.num_features is {given} but {data.store} has {k} features; "
                 "leave it out to take it from the store"
+            )
+        if params.get("coords") == "store":
+            if "lat" not in ds.coords or "lon" not in ds.coords:
+                raise ValueError(
+                    f"model.params.coords is 'store' but {data.store} has no site coordinates; "
+                    "ingest it with --site-coords FILE (a CSV station,lat,lon)"
+                )
+            lat, lon = ds["lat"].values.astype(float), ds["lon"].values.astype(float)
+            params["coords"] = [[float(a), float(b)] for a, b in zip(lat, lon, strict=True)]
+        elif isinstance(params.get("coords"), str):
+            raise ValueError(
+                f"model.params.coords={params['coords']!r}: give 'store' or a list of "
+                "[latitude, longitude] pairs, one per feature"
             )
         return params
 

@@ -132,7 +132,7 @@ def test_eval_mask_rows_read_in_blocks_equal_the_whole(tmp_path) -> None:
 def test_stay_split_of_a_lazy_mask_equals_the_numpy_one(tmp_path) -> None:
     import xarray as xr
 
-    from stdiff.datasets.splits import csdi_stay_split
+    from stdiff.datasets.splits import csdi_stay_split, stays_with_data
 
     rng = np.random.default_rng(2)
     observed = (rng.random((40, 4, 3)) < 0.2).astype(np.uint8)
@@ -145,3 +145,7 @@ def test_stay_split_of_a_lazy_mask_equals_the_numpy_one(tmp_path) -> None:
     for part in ("train", "valid", "test"):
         np.testing.assert_array_equal(getattr(a, part), getattr(b, part))
     assert 3 not in np.concatenate([b.train, b.valid, b.test])
+    for block in (1, 30, 1000):  # 12 bytes per stay: one, two and all stays per read
+        np.testing.assert_array_equal(
+            stays_with_data(lazy, block_bytes=block), observed.reshape(40, -1).any(1)
+        )
