@@ -1,7 +1,7 @@
 """The training engine shared by every task: AdamW with warm-up + cosine LR, gradient clipping and
 accumulation, EMA weights, CFG condition dropout, bf16 autocast / TF32 / optional torch.compile on
 CUDA, JSONL metrics with a progress bar, validation loss, atomic safetensors checkpoints, exact
-resume and DDP (``torchrun``).
+resume, and DDP or FSDP sharding under ``torchrun`` (:mod:`pipelines.engine.parallel`).
 
 Exact resume: every random draw of step ``s`` (batch order, noise levels, noise, CFG drops,
 network dropout) derives from ``(seed, s, rank)``: batch order from a per-epoch permutation,
@@ -17,6 +17,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
@@ -43,6 +44,14 @@ from stdiff.pipelines.engine.checkpoint import (
 )
 from stdiff.pipelines.engine.config import at_least_one, check_range
 from stdiff.pipelines.engine.device import autocast
+from stdiff.pipelines.engine.parallel import (
+    Sharding,
+    check_shardable,
+    full_state,
+    is_sharded,
+    load_optimizer,
+    wrap,
+)
 from stdiff.pipelines.engine.progress import progress_bar
 
 Batch = tuple[torch.Tensor, Condition | None, torch.Tensor | None]  # x0, condition, loss mask
@@ -114,7 +123,12 @@ class LoopConfig:
 
     ``objective``: ``denoise``; ``regression`` (the deterministic baseline); ``autoencoder`` (a
     ``KLAutoencoder`` with ``kl_weight``, ``pipelines.engine.latent``); ``hybrid`` (IDDPM's
-    ``L_simple + vlb_weight * L_vlb`` for ``model.kind: learned_variance``)."""
+    ``L_simple + vlb_weight * L_vlb`` for ``model.kind: learned_variance``).
+
+    ``sharding`` (under ``torchrun``; one process ignores it): ``ddp`` keeps a full model,
+    gradients and optimizer state on every process; ``fsdp`` shards them over the processes
+    (FSDP2), for models that do not fit one GPU. Same training up to float rounding, same
+    checkpoints (:mod:`pipelines.engine.parallel`)."""
 
     steps: int = 1000
     batch_size: int = 32
@@ -134,8 +148,13 @@ class LoopConfig:
     amp: bool = True
     compile: bool = False
     progress: bool = True
+    sharding: Sharding = "ddp"
 
     def __post_init__(self) -> None:
+        if self.sharding not in ("ddp", "fsdp"):
+            raise ValueError(
+                f"loop.sharding {self.sharding!r} is not valid; choose one of ['ddp', 'fsdp']"
+            )
         at_least_one(self, "steps", "batch_size", "log_every", "checkpoint_every", "val_batches")
         for name in ("val_every", "sample_every", "num_workers"):
             if getattr(self, name) < 0:
@@ -238,6 +257,8 @@ def train(
     samples (its own generators; the training stream is untouched) and returns scores to log.
     ``loss_fn`` replaces the objective of ``loop.objective`` (distillation: :mod:`pipelines.jobs.distill`)."""
     rank, world = _dist()
+    if is_sharded(loop.sharding):
+        check_shardable(denoiser, loop.objective)
     run_dir = Path(run_dir)
     denoiser.to(device)
     if loss_fn is None:
@@ -250,29 +271,26 @@ def train(
         .requires_grad_(False)
         .eval()  # never trained: dropout off for validation and sample dumps
     )
-    opt = torch.optim.AdamW(
-        denoiser.parameters(), lr=optim.lr, betas=optim.betas, weight_decay=optim.weight_decay
-    )
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: optim.factor(s, loop.steps))
     state = TrainState()
     ckpt = latest_checkpoint(resume) if resume else None
     if resume and ckpt is None:
         raise ValueError(f"{resume}: no checkpoint to resume from")
-    if ckpt is not None:
-        saved = load_training_checkpoint(ckpt)
+    saved = load_training_checkpoint(ckpt) if ckpt is not None else None
+    if saved is not None:  # into the full modules, before DDP or FSDP sees them
         load_weights(denoiser.net, saved["model"], ckpt)
         load_weights(ema.net, saved["ema"], ckpt)
-        try:
-            opt.load_state_dict(saved["optimizer"])
-            sched.load_state_dict(saved["scheduler"])
-        except (ValueError, KeyError, TypeError, RuntimeError) as e:
-            raise ValueError(f"{ckpt}: optimizer state does not fit this model ({e})") from None
         state.step = saved["step"]
-    model: nn.Module = denoiser
-    if world > 1:
-        model = torch.nn.parallel.DistributedDataParallel(
-            denoiser, device_ids=[device.index] if device.type == "cuda" else None
-        )
+    model = wrap(denoiser, ema, loop.sharding, device)  # FSDP: sharded parameters from here on
+    opt = torch.optim.AdamW(
+        denoiser.parameters(), lr=optim.lr, betas=optim.betas, weight_decay=optim.weight_decay
+    )
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: optim.factor(s, loop.steps))
+    if saved is not None:
+        try:
+            load_optimizer(denoiser, opt, saved["optimizer"], loop.sharding)
+            sched.load_state_dict(saved["scheduler"])
+        except (ValueError, KeyError, IndexError, TypeError, RuntimeError) as e:
+            raise ValueError(f"{ckpt}: optimizer state does not fit this model ({e})") from None
     forward = torch.compile(model) if (loop.compile and device.type == "cuda") else model
     sampler = StepBatches(
         len(dataset), loop.batch_size, seed, state.step * optim.grad_accum, rank, world
@@ -284,6 +302,11 @@ def train(
     tb = _TensorBoard(run_dir / "tb" if rank == 0 else None)
     bar = progress_bar(
         loop.steps, enabled=loop.progress and rank == 0, initial=state.step, unit="step"
+    )
+    val_loss = (
+        partial(validation_loss, ema, val_dataset, to_batch, loop, seed, device, loss_fn)
+        if val_dataset is not None
+        else None
     )
     t_last, n_last = time.perf_counter(), 0
     while state.step < loop.steps:
@@ -318,43 +341,54 @@ def train(
             bar.set_postfix(
                 loss=f"{total:.4f}", samples_s=f"{n_last / (time.perf_counter() - t_last):.1f}"
             )
-            if state.step % loop.log_every == 0 or state.step == loop.steps:
-                dt = time.perf_counter() - t_last
-                rec = {
-                    "step": state.step,
-                    "loss": total,
-                    "lr": sched.get_last_lr()[0],
-                    "grad_norm": grad_norm,
-                    "samples_per_s": n_last / dt,
-                }
-                if val_dataset is not None and loop.val_every and state.step % loop.val_every == 0:
-                    rec["val_loss"] = validation_loss(
-                        ema, val_dataset, to_batch, loop, seed, device, loss_fn
-                    )
-                if (
-                    sample_fn is not None
-                    and loop.sample_every
-                    and state.step % loop.sample_every == 0
-                ):
-                    rec.update(sample_fn(ema, state.step, run_dir / "samples"))
+        if state.step % loop.log_every == 0 or state.step == loop.steps:
+            rec = {
+                "step": state.step,
+                "loss": total,
+                "lr": sched.get_last_lr()[0],
+                "grad_norm": grad_norm,
+                "samples_per_s": n_last / (time.perf_counter() - t_last),
+            }
+            if rank == 0 or is_sharded(loop.sharding):  # a sharded EMA's forward is collective
+                rec.update(_evaluate(ema, state.step, loop, val_loss, sample_fn, run_dir, rank))
+            if rank == 0:
                 _append(metrics_path, rec)
                 tb.log(rec)
-                t_last, n_last = time.perf_counter(), 0
-            if state.step % loop.checkpoint_every == 0 or state.step == loop.steps:
-                save_training_checkpoint(
-                    run_dir,
-                    state.step,
-                    model=denoiser.net.state_dict(),
-                    ema=ema.net.state_dict(),
-                    optimizer=opt,
-                    scheduler=sched,
-                    config=config,
-                    metadata=metadata,
-                )
+            t_last, n_last = time.perf_counter(), 0
+        if state.step % loop.checkpoint_every == 0 or state.step == loop.steps:
+            model_sd, ema_sd, opt_state = full_state(denoiser, ema, opt, loop.sharding)
+            if rank == 0:  # every rank gathers (FSDP: a collective), rank 0 writes
+                save_training_checkpoint(run_dir, state.step, model=model_sd, ema=ema_sd,
+                                         optimizer=opt_state, scheduler=sched, config=config,
+                                         metadata=metadata)  # fmt: skip
                 write_csv(metrics_path)
     bar.close()
     tb.close()
     return state
+
+
+def _evaluate(
+    ema: Denoiser,
+    step: int,
+    loop: LoopConfig,
+    val_loss: Callable[[], float] | None,
+    sample_fn: Callable[[Denoiser, int, Path], dict[str, float]] | None,
+    run_dir: Path,
+    rank: int,
+) -> dict[str, Any]:
+    """The validation loss (``val_loss()``, None without validation data) and sample scores due
+    at ``step``. Under FSDP every rank runs them (the sharded EMA's forward is collective); only
+    rank 0's samples are kept."""
+    rec: dict[str, Any] = {}
+    if val_loss is not None and loop.val_every and step % loop.val_every == 0:
+        rec["val_loss"] = val_loss()
+    if sample_fn is not None and loop.sample_every and step % loop.sample_every == 0:
+        if rank == 0:
+            rec.update(sample_fn(ema, step, run_dir / "samples"))
+        else:
+            with tempfile.TemporaryDirectory() as tmp:
+                sample_fn(ema, step, Path(tmp))
+    return rec
 
 
 def dry_run(denoiser: Denoiser, dataset: Dataset, to_batch, loss_fn, device: torch.device) -> None:
