@@ -18,10 +18,15 @@ Generators = torch.Generator | Sequence[torch.Generator] | None
 
 
 def member_seed(run_seed: int, *keys: int) -> int:
-    """A 63-bit seed derived from ``(run_seed, *keys)`` (e.g. init time, member) by SeedSequence."""
-    if run_seed < 0 or any(k < 0 for k in keys):
-        raise ValueError(f"seeds must be non-negative integers, got {(run_seed, *keys)}")
-    state = np.random.SeedSequence([run_seed, *keys]).generate_state(2, dtype=np.uint32)
+    """A 63-bit seed derived from ``(run_seed, *keys)`` (e.g. init time, member) by SeedSequence.
+
+    ``run_seed`` must be non-negative. A key may be negative (an initial time before 1970 in
+    hours since the epoch): it is mapped to ``2**64 + |k|``, above every 64-bit key, so the
+    non-negative keys keep their seeds and no two keys share one."""
+    if run_seed < 0:
+        raise ValueError(f"seeds must be non-negative integers, got {run_seed}")
+    entropy = [run_seed, *(int(k) if k >= 0 else (1 << 64) - int(k) for k in keys)]
+    state = np.random.SeedSequence(entropy).generate_state(2, dtype=np.uint32)
     return int((int(state[0]) << 31) ^ int(state[1])) & ((1 << 63) - 1)
 
 

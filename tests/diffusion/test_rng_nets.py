@@ -21,6 +21,17 @@ def test_member_seeds_distinct_and_stable() -> None:
         member_seed(-1)
 
 
+def test_negative_keys_are_distinct_and_leave_the_others_unchanged() -> None:
+    """An initial time before 1970 is a negative key (hours since the epoch): it gets its own
+    seed, and the seeds of non-negative keys are those SeedSequence gives them directly."""
+    import numpy as np
+
+    direct = np.random.SeedSequence([3, 10, 0]).generate_state(2, dtype=np.uint32)
+    assert member_seed(3, 10, 0) == ((int(direct[0]) << 31) ^ int(direct[1])) & ((1 << 63) - 1)
+    keys = [-611256, -1, 0, 1, 611256]
+    assert len({member_seed(3, k, 0) for k in keys}) == len(keys)
+
+
 def test_randn_per_member_rows() -> None:
     rows = randn((3, 4), member_generators(0, 3))
     alone = randn((1, 4), member_generators(0, [1]))

@@ -1,0 +1,97 @@
+"""PyPOTS 1.5 CSDI on the Beijing windows that a stdiff imputation used (issue 18's peer row).
+
+    python -m benchmarks.beijing --peer outputs/bench_beijing/imputed_central.zarr --steps 400
+
+Given a finished ``stdiff impute`` output of the Beijing store (its ``window_start`` says which
+window every output hour came from, its ``eval_mask`` which values were hidden), PyPOTS's CSDI
+(``benchmarks/peer_pypots.py``, the paper's configuration, eps-prediction, DDPM 50 steps) is
+trained for the same number of steps at batch 16 on the same training split (``--steps`` x 16
+windows of 36 h drawn from the training months, one epoch, PyPOTS's ``random`` target masks),
+then imputes exactly the same windows with exactly the same values given, and every hour is
+taken from the same window as in the stdiff output. Both are scored by stdiff's scoring code on
+the same hidden points. The peer runs in its own venv (``benchmarks/make_peer_venv.sh pypots``).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+
+import numpy as np
+import xarray as xr
+
+from benchmarks.imputation import _peer, _wait
+from benchmarks.report import emit_section
+from stdiff.datasets.store import open_store
+from stdiff.datasets.windows import window_starts
+from stdiff.pipelines.jobs.impute_core import score_imputation
+from stdiff.pipelines.metrics.scores import CSDI_QUANTILES, interval_quantiles
+
+
+def _windows(out: xr.Dataset):
+    """(store, its positions of the output hours, window starts, owner of every hour, config)."""
+    cfg = json.loads(out.attrs["config"])
+    store = open_store(cfg["data"])
+    pos = np.searchsorted(store["time"].values, out["time"].values)
+    first = np.searchsorted(store["time"].values, out["window_start"].values)
+    starts, owner = np.unique(first, return_inverse=True)
+    return store, pos, starts, owner, cfg
+
+
+def peer_section(a) -> None:
+    out = xr.open_zarr(a.peer, consolidated=False).load()
+    store, pos, starts, owner, cfg = _windows(out)
+    L = int(json.loads(out.attrs["result"])["window"])
+    mean = store["values_mean"].values.astype(np.float32)
+    std = store["values_std"].values.astype(np.float32)
+    norm = ((store["values"].values - mean) / std).astype(np.float32)  # NaN = missing
+    cond = store["observed_mask"].values.astype(bool)
+    cond[pos] &= ~out["eval_mask"].values.astype(bool)  # the hidden points, as stdiff had them
+    train = window_starts(np.flatnonzero(store["split"].values == 0), L, 1)
+    rs = np.random.RandomState(0)
+    pick = np.sort(rs.choice(train, a.steps * 16, replace=len(train) < a.steps * 16))
+    test_x = np.stack([np.where(cond[s : s + L], norm[s : s + L], np.nan) for s in starts])
+    tmp = a.work / "peer"
+    tmp.mkdir(parents=True, exist_ok=True)
+    np.savez(tmp / "peer.npz", train_X=np.stack([norm[s : s + L] for s in pick]), test_X=test_x)
+    t0 = time.perf_counter()
+    _wait(_peer("train-impute", "--data", str(tmp / "peer.npz"), "--epochs", "1", "--samples",
+                str(a.members), "--batch", "16", "--seed", "0", "--out",
+                str(tmp / "peer_out.npz"), threads=a.threads))  # fmt: skip
+    wall = time.perf_counter() - t0
+    info = json.loads((tmp / "peer_out.npz.json").read_text())
+    samples = np.load(tmp / "peer_out.npz")["samples"]  # (W, S, L, K), normalised
+    offset = pos - starts[owner]
+    draws = samples[owner, :, offset] * std + mean  # (N, S, K) in physical units
+    theirs = _score(out, np.moveaxis(draws, 1, 0), mean, std)
+    ours = score_imputation(out, mean, std)
+    rows = ["| system | training | sampler | CRPS | MAE (ug/m3) | 90 % coverage |",
+            "|---|---|---|---|---|---|",
+            f"| PyPOTS 1.5 CSDI (eps) | {info['train_steps']} steps at batch 16, "
+            f"{info['train_seconds'] / 60:.1f} min | DDPM 50 | {theirs['crps_physical']:.3f} | "
+            f"{theirs['mae_physical']:.2f} | {theirs['cover_90']:.2f} |",
+            f"| stdiff CSDI (v), this output | {a.steps} steps at batch 16 | "
+            f"{cfg['sampler']} {cfg['steps']} | {ours['crps_physical']:.3f} | "
+            f"{ours['mae_physical']:.2f} | {ours['cover_90']:.2f} |"]  # fmt: skip
+    body = (f"The windows ({len(starts)} of {L} h, as stdiff cut them) and the {int(out['eval_mask'].sum())} "
+            f"hidden points of `{a.peer}`; {a.members} samples each; PyPOTS wall time "
+            f"{wall / 60:.1f} min (train and impute, {a.threads} thread).\n\n" + "\n".join(rows))  # fmt: skip
+    cmd = f"`python -m benchmarks.beijing --peer {a.peer} --steps {a.steps} --members {a.members}`"
+    emit_section("beijing-peer", "Beijing: PyPOTS CSDI on the same windows (issue 18)", cmd, body,
+                 a.write)  # fmt: skip
+
+
+def _score(out: xr.Dataset, samples: np.ndarray, mean, std) -> dict:
+    """stdiff's scores of ``samples`` ``(member, time, feature)`` (physical) on ``out``'s points."""
+    qs = sorted(set(CSDI_QUANTILES) | set(interval_quantiles()))
+    ds = xr.Dataset(
+        {
+            "samples": (("member", "time", "feature"), samples.astype(np.float32)),
+            "median": (("time", "feature"), np.median(samples, 0)),
+            "quantiles": (("quantile", "time", "feature"), np.quantile(samples, qs, axis=0)),
+            "values": out["values"],
+            "eval_mask": out["eval_mask"],
+        },
+        coords={"quantile": qs},
+    )
+    return score_imputation(ds, mean, std)
