@@ -142,6 +142,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--prior", nargs="+", choices=list(PRIORS),
                     help="compare the PriSTI-style options instead (central stitching)")  # fmt: skip
     ap.add_argument("--eval-blocks", type=int, nargs="+", default=[0, 24])
+    ap.add_argument("--distill", type=Path, metavar="RUN",
+                    help="a consistency student of RUN against RUN's samplers")  # fmt: skip
+    ap.add_argument("--reuse-none", type=Path, help="--prior none: this run instead of training")
     ap.add_argument("--peer", type=Path, metavar="IMPUTED",
                     help="PyPOTS CSDI on the windows and hidden points of this stdiff output")  # fmt: skip
     ap.add_argument("--write", type=Path, default=None)
@@ -149,6 +152,10 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(a.threads)
     if a.prior:
         return prior_section(a)
+    if a.distill:
+        from benchmarks.beijing_peer import few_step_section
+
+        return few_step_section(a)
     if a.peer:
         from benchmarks.beijing_peer import peer_section
 
@@ -240,6 +247,8 @@ def prior_section(a) -> None:
              "|---|---|---|---|---|---|"]  # fmt: skip
     for variant in a.prior:
         run = a.work / f"train_{variant}"
+        if variant == "none" and a.reuse_none:  # the same config, seed and budget, trained before
+            run = a.reuse_none
         train_s = _train(a, store, run, PRIORS[variant])
         for block in a.eval_blocks:
             cfg = ImputeConfig(checkpoint=str(run), data=str(store),
@@ -268,7 +277,8 @@ def prior_section(a) -> None:
     )
     cmd = (f"`python -m benchmarks.beijing --prior {' '.join(a.prior)} --steps {a.steps} "
            f"--period {a.period} --members {a.members} --sampler {a.sampler} "
-           f"--eval-blocks {' '.join(map(str, a.eval_blocks))} --work {a.work}`")  # fmt: skip
+           f"--eval-blocks {' '.join(map(str, a.eval_blocks))} --work {a.work}"
+           + (f" --reuse-none {a.reuse_none}`" if a.reuse_none else "`"))  # fmt: skip
     emit_section("beijing-prior", "Beijing: the PriSTI-style priors (issues 18, 20)", cmd, body,
                  a.write)  # fmt: skip
 

@@ -10,6 +10,11 @@ windows of 36 h drawn from the training months, one epoch, PyPOTS's ``random`` t
 then imputes exactly the same windows with exactly the same values given, and every hour is
 taken from the same window as in the stdiff output. Both are scored by stdiff's scoring code on
 the same hidden points. The peer runs in its own venv (``benchmarks/make_peer_venv.sh pypots``).
+
+    python -m benchmarks.beijing --distill outputs/bench_beijing/train --steps 400 --members 10
+
+distils a consistency student from a Beijing checkpoint and imputes the same test period with
+the teacher (DDPM 50, SDE-DPM-Solver++ 10 and 4) and the student (1 and 2 evaluations).
 """
 
 from __future__ import annotations
@@ -95,3 +100,65 @@ def _score(out: xr.Dataset, samples: np.ndarray, mean, std) -> dict:
         coords={"quantile": qs},
     )
     return score_imputation(ds, mean, std)
+
+
+def few_step_section(a) -> None:
+    """Issue 20's 1-2 evaluation imputation: a consistency student distilled from the Beijing
+    checkpoint ``a.distill`` (``stdiff distill --method consistency``, ``a.steps`` steps at
+    batch 16, the teacher's own data and masks) against the teacher's samplers, all imputing
+    the same test period with the same hidden points and members."""
+    from stdiff.pipelines.jobs.distill import run_distillation
+    from stdiff.pipelines.jobs.impute import ImputeConfig, run_imputation
+
+    out = a.work / "distill_cd"
+    cfg = load_distill(a, out)
+    t0 = time.perf_counter()
+    run_distillation(cfg)
+    distill_s = time.perf_counter() - t0
+    store = cfg_store(a.distill)
+    runs = [("teacher", str(a.distill), "ddpm", 50, "default"),
+            ("teacher", str(a.distill), "dpmpp_2m_sde", 10, "default"),
+            ("teacher", str(a.distill), "dpmpp_2m_sde", 4, "default"),
+            ("consistency student", str(out / "consistency"), "consistency", 1, "default"),
+            ("consistency student", str(out / "consistency"), "consistency", 2, "uniform_t")]  # fmt: skip
+    lines = ["| model | sampler | evaluations | CRPS | MAE (ug/m3) | 90 % coverage | impute s |",
+             "|---|---|---|---|---|---|---|"]  # fmt: skip
+    for who, ckpt, sampler, steps, spacing in runs:
+        icfg = ImputeConfig(checkpoint=ckpt, data=store, sampler=sampler, steps=steps,
+                            spacing=spacing, members=a.members, eval_ratio=a.eval_ratio,
+                            period=a.period.split(":"), overwrite=True,
+                            out=str(a.work / f"few_{sampler}_{steps}.zarr"))  # fmt: skip
+        r = run_imputation(icfg, progress=False)
+        m = r["metrics"]
+        lines.append(f"| {who} | {sampler} {steps} | {r['evals']} | {m['crps_physical']:.3f} | "
+                     f"{m['mae_physical']:.2f} | {m['cover_90']:.2f} | {r['seconds']:.0f} |")  # fmt: skip
+        print(lines[-1], flush=True)
+    body = (f"Teacher `{a.distill}` (CSDI, v-prediction, 400 steps); student: consistency "
+            f"distillation, {cfg.levels} levels, {cfg.distance}, {a.steps} steps at batch 16 "
+            f"({distill_s / 60:.0f} min on a shared CPU). Imputation of {a.period}, "
+            f"{a.eval_ratio:.0%} of the observed values hidden (the same points in every row), "
+            f"{a.members} samples, central stitching.\n\n" + "\n".join(lines))  # fmt: skip
+    cmd = (f"`python -m benchmarks.beijing --distill {a.distill} --steps {a.steps} "
+           f"--members {a.members} --work {a.work}`")  # fmt: skip
+    emit_section("beijing-few-step", "Beijing: imputation in 1-2 evaluations (issue 20)", cmd,
+                 body, a.write)  # fmt: skip
+
+
+def cfg_store(run) -> str:
+    """The store a training run was trained on."""
+    from stdiff.pipelines.engine.runner import load_denoiser
+
+    return load_denoiser(run)[1].data.store
+
+
+def load_distill(a, out):
+    from stdiff.pipelines.engine.train import LoopConfig, OptimConfig
+    from stdiff.pipelines.jobs.distill import DistillConfig
+
+    return DistillConfig(
+        teacher=str(a.distill), out=str(out), method="consistency", levels=18,
+        distance="pseudo_huber", stage_steps=a.steps, seed=0,
+        optim=OptimConfig(lr=1e-4, warmup_steps=0, lr_schedule="constant", grad_clip=1.0),
+        loop=LoopConfig(batch_size=16, ema_decay=0.99, log_every=25, checkpoint_every=100,
+                        val_every=0, progress=False),
+    )  # fmt: skip
