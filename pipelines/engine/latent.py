@@ -30,18 +30,25 @@ from stdiff.pipelines.engine.checkpoint import (
 
 
 class AutoencoderHolder(nn.Module):
-    """Gives the autoencoder the ``.net`` the training engine checkpoints and averages."""
+    """Gives the autoencoder the ``.net`` the training engine checkpoints and averages; its
+    forward is the autoencoder's, so that the loss runs through the engine's wrapper (DDP
+    averages gradients only of what goes through its own forward)."""
 
     def __init__(self, net: KLAutoencoder) -> None:
         super().__init__()
         self.net = net
+
+    def forward(self, x, generator=None):
+        return self.net(x, generator)
 
 
 def autoencoder_loss_fn(kl_weight: float):
     """``loss_fn`` of :func:`pipelines.engine.train.train` for ``loop.objective: autoencoder``."""
 
     def loss_fn(forward, holder, x0, cond, mask, gen):
-        return autoencoder_loss(holder.net, x0, kl_weight=kl_weight, generator=gen, mask=mask)
+        # through ``forward`` (the DDP-wrapped holder under torchrun), not ``holder.net``:
+        # a call that bypasses DDP's forward leaves each rank's gradients un-averaged
+        return autoencoder_loss(forward, x0, kl_weight=kl_weight, generator=gen, mask=mask)
 
     return loss_fn
 

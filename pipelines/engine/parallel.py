@@ -60,8 +60,9 @@ def is_sharded(sharding: Sharding) -> bool:
 
 
 def check_shardable(denoiser: nn.Module, objective: str) -> None:
-    """Refuse (``ValueError``) what FSDP cannot train: the autoencoder objective (its loss calls
-    the autoencoder's methods, never the forward that FSDP hooks) and energy models (their
+    """Refuse (``ValueError``) what FSDP is not known to train: the autoencoder objective (its
+    loss now goes through the wrapped forward, which DDP averages, tested; under FSDP it is
+    untested, so refused rather than trusted) and energy models (their
     forward differentiates through the network, a double backward FSDP2's hooks do not support:
     on the CPU it crashes the process)."""
     from stdiff.diffusion.energy import EnergyDenoiser

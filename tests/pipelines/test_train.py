@@ -104,6 +104,10 @@ def test_ddp_gradients_equal_single_process(tmp_path: Path, torchrun) -> None:
     job.loss_on(den, torch.arange(8)).backward()
     for name, p in den.named_parameters():
         torch.testing.assert_close(ddp[name], p.grad, rtol=1e-5, atol=1e-7)
+    ae_ddp, holder = load_file(str(tmp_path / "ae_grads.safetensors")), job.autoencoder()
+    job.ae_loss_on(holder, holder, torch.arange(8)).backward()  # the autoencoder objective too
+    for name, p in holder.named_parameters():
+        torch.testing.assert_close(ae_ddp[name], p.grad, rtol=1e-4, atol=1e-6)
     assert (tmp_path / "run/checkpoints/step_000000006/weights.safetensors").is_file()
     assert len((tmp_path / "run/metrics.jsonl").read_text().splitlines()) == 2
 
