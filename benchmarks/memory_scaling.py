@@ -243,6 +243,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--code-fractions", type=float, nargs="+", default=[0.1, 1.0])
     ap.add_argument("--work", type=Path, default=ROOT / "outputs" / "memory_scaling")
     ap.add_argument("--kind", choices=["stays", "weather"], default="stays")
+    ap.add_argument("--render", action="store_true", help="write the section from rows.json")
     ap.add_argument("--write", type=Path)
     ap.add_argument("--child", nargs=argparse.REMAINDER)
     args = ap.parse_args(argv)
@@ -251,7 +252,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     rows_file = args.work / "rows.json"
     done = json.loads(rows_file.read_text()) if rows_file.exists() else {}
-    if args.kind == "weather":
+    if args.render:
+        pass  # only write the section from the rows measured before
+    elif args.kind == "weather":
         done["weather"] = [measure(f, False, ROOT, args.work, args.steps, "weather")
                            for f in args.fractions]  # fmt: skip
     else:
