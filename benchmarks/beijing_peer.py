@@ -123,6 +123,8 @@ def few_step_section(a) -> None:
             ("consistency student", str(out / "consistency"), "consistency", 2, "uniform_t")]  # fmt: skip
     lines = ["| model | sampler | evaluations | CRPS | MAE (ug/m3) | 90 % coverage | impute s |",
              "|---|---|---|---|---|---|---|"]  # fmt: skip
+    if a.no_teacher:  # the teacher's rows are in the section of an earlier distillation
+        runs = [r for r in runs if r[0] != "teacher"]
     for who, ckpt, sampler, steps, spacing in runs:
         icfg = ImputeConfig(checkpoint=ckpt, data=store, sampler=sampler, steps=steps,
                             spacing=spacing, members=a.members, eval_ratio=a.eval_ratio,
@@ -138,9 +140,13 @@ def few_step_section(a) -> None:
             f"({distill_s / 60:.0f} min on a shared CPU). Imputation of {a.period}, "
             f"{a.eval_ratio:.0%} of the observed values hidden (the same points in every row), "
             f"{a.members} samples, central stitching.\n\n" + "\n".join(lines))  # fmt: skip
-    cmd = (f"`python -m benchmarks.beijing --distill {a.distill} --steps {a.steps} "
-           f"--members {a.members} --work {a.work}`")  # fmt: skip
-    emit_section("beijing-few-step", "Beijing: imputation in 1-2 evaluations (issue 20)", cmd,
+    cmd = (
+        f"`python -m benchmarks.beijing --distill {a.distill} --steps {a.steps} "
+        f"--members {a.members} --work {a.work}" + (" --no-teacher`" if a.no_teacher else "`")
+    )
+    name = "beijing-few-step" + (f"-{a.steps}" if a.no_teacher else "")
+    title = "Beijing: imputation in 1-2 evaluations (issue 20)"
+    emit_section(name, title + (f", {a.steps} distillation steps" if a.no_teacher else ""), cmd,
                  body, a.write)  # fmt: skip
 
 
