@@ -13,6 +13,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
+import pytest
 import xarray as xr
 
 from stdiff.pipelines.jobs.impute import ImputeConfig, run_imputation
@@ -68,7 +69,8 @@ def test_killed_run_resumes_the_missing_chunks(tmp_path: Path, trained_csdi) -> 
     full = run_imputation(_cfg(run, store, tmp_path / "full.zarr", steps=50, members=48),
                           progress=False)  # fmt: skip
     np.testing.assert_array_equal(_samples(out), _samples(tmp_path / "full.zarr"))
-    assert again["metrics"]["crps"] == full["metrics"]["crps"]
+    # equal samples; the summed score may differ in the last bit (SIMD sums depend on alignment)
+    assert again["metrics"]["crps"] == pytest.approx(full["metrics"]["crps"], rel=1e-12, abs=0)
     assert not Path(f"{out}.partial").exists() and not Path(f"{out}.partial.lock").exists()
 
 
