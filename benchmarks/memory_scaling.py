@@ -13,10 +13,13 @@ Each job runs in its own process; its peak RSS is that process's ``VmHWM`` (the 
 of its own address space after ``exec``; ``ru_maxrss`` would also count the parent's pages,
 which a ``vfork``-spawned child shares until it execs):
 
-* ``train``: ``stdiff train`` of the shipped CSDI config for a few steps (the stay split reduces
-  the whole mask; the loader and the clip range read 512 items spread over every stay).
+* ``train``: ``stdiff train`` of the shipped CSDI config for a few steps (the stay split reads
+  the per-stay flags ingest writes, ``stay_has_data``; the loader and the clip range read 512
+  items spread over every stay).
 * ``impute``: ``stdiff impute`` of the first 32 test stays with CSDI's 10 % hidden points (the
-  split, and the hidden-point stream up to the last selected stay).
+  split's flags, and CSDI's hidden-point stream, which visits every stay up to the last selected
+  one: the scan a scored benchmark cannot avoid; a job filling real gaps, ``eval_ratio=0``, reads
+  only the flags and its stays).
 
 ``--kind weather``: one variable on a 0.5-degree global grid (361 x 720, about 1 MB a step,
 6-hourly from 1900, one step per chunk, stored like ``stdiff ingest --kind weather``):
@@ -70,12 +73,16 @@ def make_store(path: Path, stays: int, written: bool, seed: int = 0) -> None:
     else:
         values = da.ones((stays, L, K), chunks=(chunk, L, K), dtype=np.float32)
         observed = da.ones((stays, L, K), chunks=(chunk, L, K), dtype=np.uint8)
+    # numpy when not written: written now, not left to a fill value
+    has = observed.any(axis=(1, 2)).astype(np.uint8) if written else np.ones(stays, np.uint8)
     ds = xr.Dataset(
         {
             "values": (("stay", "time", "feature"), values),
             "observed_mask": (("stay", "time", "feature"), observed),
             "values_mean": (("feature",), np.zeros(K, np.float32)),
             "values_std": (("feature",), np.ones(K, np.float32)),
+            # the per-stay flags `stdiff ingest` writes (the split reads them, not the mask)
+            "stay_has_data": (("stay",), has),
         },
         coords={"stay": np.arange(stays), "time": np.arange(L), "feature": FEATURES},
         attrs={"kind": "timeseries", "source": "benchmarks.memory_scaling", "store_format": 1},

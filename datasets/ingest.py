@@ -24,11 +24,13 @@ import xarray as xr
 from stdiff.datasets.errors import DataError
 from stdiff.datasets.outputs import claim_store
 from stdiff.datasets.splits import (
+    HAS_DATA,
     Split,
     csdi_stay_split,
     normalization_stats,
     series_split,
     split_variable,
+    stays_with_data,
     time_split,
 )
 from stdiff.datasets.store import attach_stats, content_hash, store_hash, write_store
@@ -168,7 +170,9 @@ def _timeseries(sources: list[str], opt: IngestOptions) -> tuple[xr.Dataset, Spl
         from stdiff.datasets.physionet import load_physionet2012
 
         ds = load_physionet2012(Path(sources[0]), progress=True)
-        return ds, csdi_stay_split(ds["observed_mask"].values, fold=opt.fold), ["values"]
+        has = stays_with_data(ds["observed_mask"].values)  # stored: jobs split without a scan
+        ds = ds.assign({HAS_DATA: ("stay", has.astype(np.uint8))})
+        return ds, csdi_stay_split(ds, fold=opt.fold), ["values"]
     from stdiff.datasets.sites import load_series
 
     ds = load_series(

@@ -64,14 +64,40 @@ def stays_with_data(observed_mask, block_bytes: int = 64 << 20) -> np.ndarray:
     return out
 
 
+#: per-stay flag written at ingest (``stays_with_data`` of the mask), so that a job need not scan
+#: the whole mask to split the stays
+HAS_DATA = "stay_has_data"
+
+
 def csdi_stay_split(observed_mask, fold: int = 0, seed: int = 1) -> Split:
     """CSDI's split over the stays that have at least one observed value, as positions into all
     stays. The official loader drops a stay with nothing observed (drawing its ground-truth mask
     raises and the stay is skipped), so on set-a it splits 3997 stays, not 4000.
-    ``observed_mask`` is ``(N, L, K)``: numpy, or a store's lazy ``DataArray``."""
-    keep = np.flatnonzero(stays_with_data(observed_mask))
+    ``observed_mask`` is ``(N, L, K)``: numpy, or a store's lazy ``DataArray``; or a store
+    (``xr.Dataset``), whose ``stay_has_data`` flags are read when ingest wrote them (the mask is
+    scanned otherwise)."""
+    if isinstance(observed_mask, xr.Dataset):
+        has = stored_stays_with_data(observed_mask)
+    else:
+        has = stays_with_data(observed_mask)
+    keep = np.flatnonzero(has)
     s = csdi_fold_split(len(keep), fold, seed)
     return Split("stay", keep[s.train], keep[s.valid], keep[s.test])
+
+
+def stored_stays_with_data(ds: xr.Dataset) -> np.ndarray:
+    """``(N,)`` bool: which stays observe anything, from the store's ``stay_has_data`` flags
+    (``N`` bytes) when present, else from a block-wise scan of its ``observed_mask``."""
+    if HAS_DATA not in ds:
+        return stays_with_data(ds["observed_mask"])
+    flags = ds[HAS_DATA]
+    if flags.dims != ("stay",) or flags.shape[0] != ds.sizes["stay"]:
+        raise DataError(
+            ds.attrs.get("source", "store"),
+            f"{HAS_DATA} must be (stay,) with {ds.sizes['stay']} entries, got {flags.dims} "
+            f"{flags.shape}; ingest the source again",
+        )
+    return np.asarray(flags.values).astype(bool)
 
 
 def time_split(

@@ -66,16 +66,16 @@ def plan_chunks(cfg: ImputeConfig) -> int:
     if "stay" not in ds.dims:
         plan, chunk = series_layout(cfg, ds, load_denoiser(cfg.checkpoint, cfg.weights)[1])
         return -(-len(plan.times) // chunk)
-    return -(-len(_select(cfg, ds["observed_mask"])) // cfg.batch_size)
+    return -(-len(_select(cfg, ds)) // cfg.batch_size)
 
 
-def _select(cfg: ImputeConfig, observed: xr.DataArray) -> np.ndarray:
-    """Positions of the selected stays; ``observed`` (the store's lazy mask) is reduced chunk by
-    chunk, never read whole."""
+def _select(cfg: ImputeConfig, ds: xr.Dataset) -> np.ndarray:
+    """Positions of the selected stays: from the store's per-stay flags, or its lazy mask
+    reduced chunk by chunk (never read whole) for a store ingested before the flags."""
     if cfg.split == "all":
-        idx = np.arange(observed.shape[0])
+        idx = np.arange(ds.sizes["stay"])
     else:
-        idx = np.sort(getattr(csdi_stay_split(observed, cfg.fold), cfg.split))
+        idx = np.sort(getattr(csdi_stay_split(ds, cfg.fold), cfg.split))
     return idx[: cfg.max_stays] if cfg.max_stays else idx
 
 
@@ -159,7 +159,7 @@ def run_imputation(cfg: ImputeConfig, progress: bool = True) -> dict[str, Any]:
         return run_series_imputation(cfg, ds, denoiser, tcfg, meta, device, progress)
     _check_inputs(cfg, ds, meta)
     observed = ds["observed_mask"]  # lazy: read by chunks and selections only
-    idx = _select(cfg, observed)
+    idx = _select(cfg, ds)
     if len(idx) == 0:
         raise ValueError(
             f"{cfg.data}: no stays selected (split {cfg.split!r}, max_stays {cfg.max_stays})"

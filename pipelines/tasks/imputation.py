@@ -57,7 +57,7 @@ def imputation_batch(data):
 
 
 def _stay_datasets(data, ds):
-    split = csdi_stay_split(ds["observed_mask"], data.fold)  # reduced chunk by chunk
+    split = csdi_stay_split(ds, data.fold)  # stored flags, or the mask chunk by chunk
     train = SampleWindows(data.store, "stay", VARIABLES, indices=limit(split.train, data.max_samples))  # fmt: skip
     valid = SampleWindows(data.store, "stay", VARIABLES, indices=split.valid) if len(split.valid) else None  # fmt: skip
     return train, valid, store_metadata(ds, VARIABLES)

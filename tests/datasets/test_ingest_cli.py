@@ -121,6 +121,9 @@ def test_real_physionet_ingest(shared_data: Path, tmp_path: Path) -> None:
     print(f"PhysioNet set-a missing ratio {missing:.3f}")
     assert 0.75 < missing < 0.85
     assert "2797 train / 401 valid / 799 test" in ds.attrs["split"]
+    flags = ds["stay_has_data"].values.astype(bool)  # the stored split needs no scan of the mask
+    assert flags.sum() == 3997
+    np.testing.assert_array_equal(flags, ds["observed_mask"].values.reshape(4000, -1).any(1))
     item = SampleWindows(out, "stay", ["values", "observed_mask"])[0]
     assert item["values"].shape == (48, 35)
 

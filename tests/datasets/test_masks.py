@@ -149,3 +149,26 @@ def test_stay_split_of_a_lazy_mask_equals_the_numpy_one(tmp_path) -> None:
         np.testing.assert_array_equal(
             stays_with_data(lazy, block_bytes=block), observed.reshape(40, -1).any(1)
         )
+
+
+def test_stay_split_reads_the_stored_flags_not_the_mask(tmp_path) -> None:
+    import xarray as xr
+
+    from stdiff.datasets.errors import DataError
+    from stdiff.datasets.splits import HAS_DATA, csdi_stay_split
+
+    rng = np.random.default_rng(3)
+    observed = (rng.random((30, 4, 3)) < 0.2).astype(np.uint8)
+    observed[[0, 11, 29]] = 0
+    has = observed.reshape(30, -1).any(1).astype(np.uint8)
+    ds = xr.Dataset({"observed_mask": (("stay", "time", "feature"), observed),
+                     HAS_DATA: ("stay", has)})  # fmt: skip
+    want = csdi_stay_split(observed, 1)
+    without_mask = ds.drop_vars("observed_mask")  # the flags alone suffice: nothing is scanned
+    without_mask = without_mask.assign_coords(stay=np.arange(30))
+    for got in (csdi_stay_split(ds, 1), csdi_stay_split(without_mask, 1),
+                csdi_stay_split(ds.drop_vars(HAS_DATA), 1)):  # fmt: skip
+        for part in ("train", "valid", "test"):
+            np.testing.assert_array_equal(getattr(got, part), getattr(want, part))
+    with pytest.raises(DataError, match=r"stay_has_data.*ingest the source again"):
+        csdi_stay_split(ds.drop_vars(HAS_DATA).assign({HAS_DATA: ("other", has)}), 0)
