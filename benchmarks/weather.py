@@ -17,6 +17,7 @@ go to ``benchmarks/figures/``.
 from __future__ import annotations
 
 import argparse
+import inspect
 import resource
 import shutil
 import sys
@@ -27,9 +28,10 @@ import numpy as np
 import torch
 import xarray as xr
 
-from benchmarks.report import machine, write_section
+from benchmarks.report import emit_section, machine, write_section
 from stdiff.datasets.store import open_store
 from stdiff.datasets.weather import latitude_weights
+from stdiff.diffusion.samplers import get_sampler
 from stdiff.pipelines.jobs.forecast import ForecastConfig, parse_inits, run_forecast
 from stdiff.pipelines.jobs.score import (
     ScoreConfig,
@@ -48,9 +50,29 @@ def _fmt(xs: list[float]) -> str:
     return " / ".join(f"{x:.2f}" for x in xs)
 
 
-def run(args) -> str:
+def parse_few(spec: str) -> dict:
+    """``SAMPLER:STEPS[:churn=C,noise_inflation=S]``, e.g. ``dpmpp_2s:2`` (3 evaluations per
+    member step, GenCast's churn) or ``dpmpp_2m:4:churn=0`` (4, a pure ODE ensemble)."""
+    sampler, steps, *rest = spec.split(":")
+    kw: dict = {"sampler": sampler, "steps": int(steps)}
+    for item in filter(None, ",".join(rest).split(",")):
+        key, value = item.split("=")
+        if key not in ("churn", "noise_inflation"):
+            raise SystemExit(f"--few {spec}: {key} is not churn or noise_inflation")
+        kw[key] = float(value)
+    fn_params = inspect.signature(get_sampler(sampler).fn).parameters
+    if "s_churn" not in fn_params:  # an ODE or SDE solver without churn: no GenCast options
+        kw["options"] = {}
+        if kw.pop("churn", 0) or kw.pop("noise_inflation", 1.0) != 1.0:
+            raise SystemExit(f"--few {spec}: {sampler} has no churn or noise inflation")
+    kw["evals"] = get_sampler(sampler).evals(int(steps))
+    return kw
+
+
+def run(args) -> tuple[str, str]:
     torch.set_num_threads(args.threads)
-    init = [f"2014-01-01T00/{args.last_init}/{args.every}"]
+    init = [f"{args.first_init}/{args.last_init}/{args.every}"]
+    few = {spec: parse_few(spec) for spec in args.few}
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
         kw = {"data": str(args.store), "init": init, "lead": args.lead, "device": "cpu"}
@@ -60,15 +82,24 @@ def run(args) -> str:
         det = run_forecast(ForecastConfig(checkpoint=str(args.deterministic), out=str(tmp / "det.zarr"), **kw),
                            progress=False)  # fmt: skip
         peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-        scores = run_scoring(ScoreConfig({"ensemble": ens["out"], "deterministic": det["out"]}, str(args.store),
-                                         str(tmp / "scores"), args.climatology))  # fmt: skip
+        systems = {"ensemble": ens["out"], "deterministic": det["out"]}
+        cost = {"ensemble": ens["seconds_per_member_step"]}
+        for i, (spec, opts) in enumerate(few.items()):
+            cfg = {k: v for k, v in opts.items() if k != "evals"}
+            r = run_forecast(ForecastConfig(checkpoint=str(args.ensemble), out=str(tmp / f"few{i}.zarr"),
+                                            members=args.members, member_batch=args.members, **cfg, **kw),
+                             progress=False)  # fmt: skip
+            systems[spec], cost[spec] = r["out"], r["seconds_per_member_step"]
+        scores = run_scoring(
+            ScoreConfig(systems, str(args.store), str(tmp / "scores"), args.climatology)
+        )
         FIGURES.mkdir(parents=True, exist_ok=True)
         for png in ("scores_vs_lead.png", "rank_histogram.png", "case_maps.png"):
             shutil.copy(tmp / "scores" / png, FIGURES / f"weather_{png}")
     hours = scores["lead_hours"]
     s = scores["scores"]["air"]
     rows = [
-        f"Forecasts: {scores['inits']} initial times (00 UTC, 2014-01-01 to {args.last_init}, every "
+        f"Forecasts: {scores['inits']} initial times (00 UTC, {args.first_init} to {args.last_init}, every "
         f"{args.every}), leads {hours[0]:g}-{hours[-1]:g} h, {args.members} members. Leads in the "
         f"columns: {' / '.join(f'{h:g}' for h in hours)} h.",
         "",
@@ -114,6 +145,27 @@ def run(args) -> str:
         "Plots: `benchmarks/figures/weather_case_maps.png` (truth / ensemble mean / spread), "
         "`weather_scores_vs_lead.png`, `weather_rank_histogram.png`.",
     ]
+    return "\n".join(rows), few_table(s, few, cost, hours, args) if few else ""
+
+
+def few_table(s: dict, few: dict, cost: dict, hours: list, args) -> str:
+    """Few-evaluation ensembles of the same checkpoint against its 39-evaluation sampler, scored
+    together on the same initial times."""
+    rows = [
+        f"The ensemble checkpoint sampled with at most 4 network evaluations per member step, against "
+        f"GenCast's sampler (DPM-Solver++(2S), 20 levels, churn: 39 evaluations), {args.members} members, "
+        f"the same {len(hours)} leads ({hours[0]:g}-{hours[-1]:g} h) and "
+        "initial times as the section above, scored in the same run. Columns by lead.",
+        "",
+        "| sampler | evals per member step | s per member step | CRPS (K) | ensemble-mean RMSE (K) | spread-skill |",
+        "|---|---|---|---|---|---|",
+        f"| dpmpp_2s:20 (GenCast, default) | 39 | {cost['ensemble']:.3f} | {_fmt(s['ensemble']['crps'])} | "
+        f"{_fmt(s['ensemble']['rmse'])} | {_fmt(s['ensemble']['spread_skill'])} |",
+    ]  # fmt: skip
+    for spec, opts in few.items():
+        f = s[spec]
+        rows.append(f"| {spec} | {opts['evals']} | {cost[spec]:.3f} | {_fmt(f['crps'])} | "
+                    f"{_fmt(f['rmse'])} | {_fmt(f['spread_skill'])} |")  # fmt: skip
     return "\n".join(rows)
 
 
@@ -131,7 +183,7 @@ def baselines(args) -> str:
     """Persistence and climatology on the benchmark's initial times and leads, scored with the
     area weights and with the pole-closed weights they replace (no checkpoint needed)."""
     data = open_store(args.store)
-    inits = parse_inits([f"2014-01-01T00/{args.last_init}/{args.every}"], str(args.store))
+    inits = parse_inits([f"{args.first_init}/{args.last_init}/{args.every}"], str(args.store))
     hours = np.arange(6, float(args.lead.rstrip("h")) + 1, 6)
     leads = (hours * 3600).astype("timedelta64[s]").astype("timedelta64[ns]")
     fc = xr.Dataset(coords={"init_time": inits, "lead_time": leads})
@@ -140,7 +192,7 @@ def baselines(args) -> str:
     systems = {"persistence": persistence(data, fc, "air").load(),
                "climatology": climatology(data, fc, "air", list(args.climatology), 15)}  # fmt: skip
     rows = [
-        f"{len(inits)} initial times (00 UTC, 2014-01-01 to {args.last_init}, every {args.every}), "
+        f"{len(inits)} initial times (00 UTC, {args.first_init} to {args.last_init}, every {args.every}), "
         f"leads {hours[0]:g}-{hours[-1]:g} h every 6 h; climatology from {args.climatology[0]} to "
         f"{args.climatology[1]} (15-day window). NCEP's 15N row holds "
         f"{float(latitude_weights(data['lat']).sel(lat=15.0)) / data.sizes['lat']:.1%} of the "
@@ -186,6 +238,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--members", type=int, default=8)
     ap.add_argument("--lead", default="72h")
     ap.add_argument("--every", default="240h")
+    ap.add_argument("--first-init", default="2014-01-01T00")
     ap.add_argument("--last-init", default="2014-12-27T00")
     ap.add_argument("--climatology", nargs=2, default=["2013-01-01", "2013-11-30"])
     ap.add_argument("--threads", type=int, default=2)
@@ -194,6 +247,8 @@ def main(argv: list[str] | None = None) -> None:
         "--cost-only", action="store_true", help="only time a short forecast (quiet machine)"
     )
     ap.add_argument("--cost-inits", type=int, default=2)
+    ap.add_argument("--few", nargs="*", default=[], metavar="SAMPLER:STEPS[:churn=C,...]",
+                    help="also the ensemble with these few-step samplers (section weather-few-step)")  # fmt: skip
     ap.add_argument(
         "--baselines-only",
         action="store_true",
@@ -206,6 +261,7 @@ def main(argv: list[str] | None = None) -> None:
     tag = {"baselines": "weather-baselines", "cost": "weather-cost", "run": "weather"}[mode]
     begin, end = f"<!-- BEGIN {tag} -->", f"<!-- END {tag} -->"
     body = {"baselines": baselines, "cost": cost, "run": run}[mode](args)
+    body, few = body if isinstance(body, tuple) else (body, "")
     cmd = " ".join([".venv/bin/python -m benchmarks.weather", *(argv or sys.argv[1:])])
     title = {"baselines": "baselines and latitude weights", "cost": "cost on a quiet machine",
              "run": "ensemble forecasts"}[mode]  # fmt: skip
@@ -213,6 +269,9 @@ def main(argv: list[str] | None = None) -> None:
     print(section)
     if args.write:
         write_section(args.write, section, begin, end)
+    if few:
+        emit_section("weather-few-step", "Weather, NCEP air temperature: ensembles in <= 4 "
+                     "evaluations per member step", f"`{cmd}`", few, args.write)  # fmt: skip
 
 
 if __name__ == "__main__":
