@@ -17,7 +17,6 @@ go to ``benchmarks/figures/``.
 from __future__ import annotations
 
 import argparse
-import inspect
 import resource
 import shutil
 import sys
@@ -60,11 +59,6 @@ def parse_few(spec: str) -> dict:
         if key not in ("churn", "noise_inflation"):
             raise SystemExit(f"--few {spec}: {key} is not churn or noise_inflation")
         kw[key] = float(value)
-    fn_params = inspect.signature(get_sampler(sampler).fn).parameters
-    if "s_churn" not in fn_params:  # an ODE or SDE solver without churn: no GenCast options
-        kw["options"] = {}
-        if kw.pop("churn", 0) or kw.pop("noise_inflation", 1.0) != 1.0:
-            raise SystemExit(f"--few {spec}: {sampler} has no churn or noise inflation")
     kw["evals"] = get_sampler(sampler).evals(int(steps))
     return kw
 

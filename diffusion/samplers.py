@@ -353,16 +353,21 @@ def steps_for_evals(name: str, evals: int) -> int:
     return n
 
 
-def check_options(name: str, options: dict[str, Any]) -> None:
-    """Raise ``ValueError`` naming the valid options when ``options`` has an unknown key."""
+def option_names(name: str) -> list[str]:
+    """The keyword options the sampler ``name`` takes (e.g. ``s_churn`` for ``heun``)."""
     fn = get_sampler(name).fn
     params = inspect.signature(fn).parameters
     fixed = fn.keywords if isinstance(fn, partial) else {}
-    valid = [
+    return [
         p
         for p, v in params.items()
         if v.kind is inspect.Parameter.KEYWORD_ONLY and p not in ("generator", "callback", *fixed)
     ]
+
+
+def check_options(name: str, options: dict[str, Any]) -> None:
+    """Raise ``ValueError`` naming the valid options when ``options`` has an unknown key."""
+    valid = option_names(name)
     bad = sorted(set(options) - set(valid))
     if bad:
         raise ValueError(f"sampler {name!r}: unknown option(s) {bad}; valid options are {valid}")

@@ -9,6 +9,7 @@ gives its sample dump; the runner claims and locks the run folder, builds the de
 
 from __future__ import annotations
 
+import math
 import os
 import shutil
 import warnings
@@ -240,6 +241,30 @@ def checkpoint_folder(checkpoint: str | Path) -> Path:
 # energy's gradient (MALA) and IDDPM variances through ``predict``, which a clip of D would make
 # inconsistent with D, so those stay unclipped
 CLIPPED_KINDS = ("score", "consistency")
+
+
+def check_sampling(tcfg: TrainJobConfig, sampler: str | None, steps: int, checkpoint: Any,
+                   sigma_max: float | None = None, trained_sigma: float | None = None) -> None:  # fmt: skip
+    """Refuse (one line naming the flags) a sampler that does not fit how the checkpoint was
+    trained: a ``loop.objective: crps`` generator is one evaluation at its training level
+    (``--sampler consistency --steps 1``, and a forecast's ``sigma_max`` equal to it);
+    ``sampler`` None: the job has no sampler (reconstruction's solvers), refused for it."""
+    if tcfg.loop.objective != "crps":
+        return
+    if sampler is None:
+        raise ValueError(f"{checkpoint}: a loop.objective: crps generator is not a diffusion "
+                         "prior for this job; use a checkpoint trained with objective denoise")  # fmt: skip
+    if sampler != "consistency" or steps != 1:
+        raise ValueError(f"{checkpoint}: trained with loop.objective: crps (a one-evaluation "
+                         f"generator); sample it with --sampler consistency --steps 1, not "
+                         f"{sampler} with {steps} step(s)")  # fmt: skip
+    if (
+        sigma_max is not None
+        and trained_sigma is not None
+        and not math.isclose(sigma_max, trained_sigma, rel_tol=1e-6)
+    ):
+        raise ValueError(f"{checkpoint}: the crps generator was trained at sigma {trained_sigma:g}; "
+                         f"sigma_max must equal it, not {sigma_max:g}")  # fmt: skip
 
 
 def load_denoiser(

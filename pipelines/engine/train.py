@@ -32,7 +32,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from stdiff.datasets.atomic import atomic_path
 from stdiff.diffusion.conditioning import Condition
-from stdiff.diffusion.losses import Weighting, denoising_loss, regression_loss
+from stdiff.diffusion.losses import Weighting, crps_loss, denoising_loss, regression_loss
 from stdiff.diffusion.precond import Denoiser
 from stdiff.diffusion.rng import member_seed
 from stdiff.diffusion.schedules import NoiseSchedule
@@ -121,7 +121,9 @@ class LoopConfig:
     diffusers' EMAModel), so early EMA weights are not dominated by the initialisation; without
     it 0.999 keeps ``0.999**s`` of the initial weights (22 % after 1,500 steps).
 
-    ``objective``: ``denoise``; ``regression`` (the deterministic baseline); ``autoencoder`` (a
+    ``objective``: ``denoise``; ``regression`` (the deterministic baseline); ``crps`` (a
+    one-evaluation generator trained on the fair CRPS of two members, FGN's idea,
+    ``diffusion.losses.crps_loss``; sampled with ``--sampler consistency --steps 1``); ``autoencoder`` (a
     ``KLAutoencoder`` with ``kl_weight``, ``pipelines.engine.latent``); ``hybrid`` (IDDPM's
     ``L_simple + vlb_weight * L_vlb`` for ``model.kind: learned_variance``).
 
@@ -136,7 +138,7 @@ class LoopConfig:
     ema_warmup: bool = True
     cfg_dropout: float = 0.0
     weighting: Weighting = "native"
-    objective: Literal["denoise", "regression", "autoencoder", "hybrid"] = "denoise"
+    objective: Literal["denoise", "regression", "crps", "autoencoder", "hybrid"] = "denoise"
     kl_weight: float = 1e-6
     vlb_weight: float = 0.001
     log_every: int = 50
@@ -419,9 +421,12 @@ def dry_run(denoiser: Denoiser, dataset: Dataset, to_batch, loss_fn, device: tor
 
 
 def _loss(forward, denoiser, x0, cond, mask, gen, *, schedule, loop: LoopConfig) -> torch.Tensor:
-    """The training objective: denoising, or (``regression``) the deterministic baseline's MSE."""
+    """The training objective: denoising, (``regression``) the deterministic baseline's MSE, or
+    (``crps``) the one-evaluation generator's fair CRPS."""
     if loop.objective == "regression":
         return regression_loss(forward, x0, _sigma_max(schedule), cond, mask=mask)
+    if loop.objective == "crps":
+        return crps_loss(forward, x0, _sigma_max(schedule), cond, mask=mask, generator=gen)
     return denoising_loss(
         forward, x0, schedule, cond, mask=mask, weighting=loop.weighting, generator=gen,
         precond=denoiser.precond,

@@ -98,6 +98,10 @@ def run_distillation(cfg: DistillConfig) -> dict[str, Any]:
     teacher, tcfg, meta = load_denoiser(cfg.teacher, cfg.weights, device=str(device))
     if cfg.store is not None:
         tcfg = replace(tcfg, data=replace(tcfg.data, store=cfg.store))
+    if tcfg.loop.objective in ("regression", "crps"):
+        raise ValueError(
+            f"{cfg.teacher}: cannot distil a loop.objective: {tcfg.loop.objective} model"
+        )
     if tcfg.model.kind not in ("score", "learned_variance"):
         raise ValueError(f"{cfg.teacher}: cannot distil a {tcfg.model.kind!r} model")
     schedule = teacher.schedule

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -41,12 +41,12 @@ from stdiff.datasets.regions import RegionStore
 from stdiff.datasets.store import open_store, require_kind, stdiff_version
 from stdiff.diffusion.losses import regression_predict
 from stdiff.diffusion.rng import member_generators
-from stdiff.diffusion.samplers import check_options, sample
+from stdiff.diffusion.samplers import check_options, get_sampler, option_names, sample
 from stdiff.diffusion.schedules import karras_sigmas
 from stdiff.pipelines.engine.config import at_least_one, to_dict
 from stdiff.pipelines.engine.device import DeviceName, autocast, resolve_device
 from stdiff.pipelines.engine.progress import progress_bar
-from stdiff.pipelines.engine.runner import clip_report, load_denoiser
+from stdiff.pipelines.engine.runner import check_sampling, clip_report, load_denoiser
 from stdiff.pipelines.tasks import require_job
 from stdiff.pipelines.tasks.forecast import (
     TimeStep,
@@ -107,7 +107,7 @@ class ForecastConfig:
     sigma_min: float = 0.03
     sigma_max: float = 80.0
     rho: float = 7.0
-    options: dict[str, Any] = field(default_factory=lambda: dict(GENCAST_OPTIONS))
+    options: dict[str, Any] | None = None  # None: GenCast's churn where the sampler takes it
     churn: float | None = None
     noise_inflation: float | None = None
     seed: int = 0
@@ -119,7 +119,12 @@ class ForecastConfig:
     chunks: list[int] | None = None
 
     def __post_init__(self) -> None:
-        check_options(self.sampler, self.sampler_options())  # also refuses an unknown sampler
+        get_sampler(self.sampler)  # refuses an unknown sampler, naming the known ones
+        knobs = [k for k in ("churn", "noise_inflation") if getattr(self, k) is not None]
+        if knobs and "s_churn" not in option_names(self.sampler):
+            raise ValueError(f"{', '.join(knobs)}: sampler {self.sampler!r} has no churn or noise "
+                             "inflation; use dpmpp_2s or heun, or leave them unset")  # fmt: skip
+        check_options(self.sampler, self.sampler_options())
         for name in ("churn", "noise_inflation"):
             if (value := getattr(self, name)) is not None and value < 0:
                 raise ValueError(f"{name} must be >= 0, got {value}")
@@ -135,7 +140,12 @@ class ForecastConfig:
     def sampler_options(self) -> dict[str, Any]:
         """``options`` with ``churn`` / ``noise_inflation`` applied where given."""
         knobs = {"s_churn": self.churn, "s_noise": self.noise_inflation}
-        return {**self.options, **{k: v for k, v in knobs.items() if v is not None}}
+        if self.options is None:
+            takes = option_names(self.sampler)
+            base = {k: v for k, v in GENCAST_OPTIONS.items() if k in takes}
+        else:
+            base = self.options
+        return {**base, **{k: v for k, v in knobs.items() if v is not None}}
 
 
 def _every(text: str, step: TimeStep | None) -> pd.Timedelta | pd.DateOffset:
@@ -194,6 +204,8 @@ def _prepare(cfg: ForecastConfig, ds: xr.Dataset, device: torch.device) -> _Job:
         cfg.checkpoint, cfg.weights, device=str(device), clip=cfg.clip_x0
     )
     require_job(tcfg.data.task, "forecast", cfg.checkpoint)
+    trained_sigma = float(denoiser.schedule.discretize(1)[0])
+    check_sampling(tcfg, cfg.sampler, cfg.steps, cfg.checkpoint, cfg.sigma_max, trained_sigma)
     if "weather" not in meta:
         raise ValueError(f"{cfg.checkpoint}: the checkpoint has no weather layout; train it again")
     layout = WeatherLayout(**meta["weather"])

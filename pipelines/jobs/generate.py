@@ -33,7 +33,7 @@ from stdiff.diffusion.schedules import Spacing
 from stdiff.pipelines.engine.config import at_least_one, to_dict
 from stdiff.pipelines.engine.device import DeviceName, autocast, resolve_device
 from stdiff.pipelines.engine.latent import codec_from_metadata
-from stdiff.pipelines.engine.runner import clip_report, load_denoiser
+from stdiff.pipelines.engine.runner import check_sampling, clip_report, load_denoiser
 from stdiff.pipelines.tasks import require_job
 
 
@@ -82,6 +82,7 @@ def run_generation(cfg: GenerateConfig) -> dict[str, Any]:
         cfg.checkpoint, cfg.weights, device=str(device), clip=cfg.clip_x0
     )
     require_job(tcfg.data.task, "generate", cfg.checkpoint)
+    check_sampling(tcfg, cfg.sampler, cfg.steps, cfg.checkpoint)
     labels = _labels(cfg, int(getattr(denoiser.net, "num_classes", 0)))
     sizes = meta.get("sizes") or _sizes(tcfg)
     shape = tuple(int(sizes[d]) for d in ("channel", "y", "x"))

@@ -43,7 +43,7 @@ from stdiff.datasets.splits import csdi_stay_split
 from stdiff.datasets.store import open_store
 from stdiff.pipelines.engine.device import resolve_device
 from stdiff.pipelines.engine.progress import progress_bar
-from stdiff.pipelines.engine.runner import clip_report, load_denoiser
+from stdiff.pipelines.engine.runner import check_sampling, clip_report, load_denoiser
 from stdiff.pipelines.jobs.impute_core import (
     QUANTILES,
     ImputeConfig,
@@ -152,6 +152,7 @@ def run_imputation(cfg: ImputeConfig, progress: bool = True) -> dict[str, Any]:
         cfg.checkpoint, cfg.weights, device=str(device), clip=cfg.clip_x0
     )
     require_job(tcfg.data.task, "impute", cfg.checkpoint)
+    check_sampling(tcfg, cfg.sampler, cfg.steps, cfg.checkpoint)
     denoiser.schedule.discretize(cfg.steps, cfg.spacing)  # a bad step count fails before any work
     ds = open_store(cfg.data)
     if "values" in ds and "stay" not in ds.dims:  # one long series (per-station tables)

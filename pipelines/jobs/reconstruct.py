@@ -52,7 +52,7 @@ from stdiff.diffusion.operators import Blur, Downsample, FourierMask, Mask, Rado
 from stdiff.diffusion.rng import member_generators, member_seed
 from stdiff.pipelines.engine.config import at_least_one, to_dict
 from stdiff.pipelines.engine.device import DeviceName, resolve_device
-from stdiff.pipelines.engine.runner import clip_report, load_denoiser
+from stdiff.pipelines.engine.runner import check_sampling, clip_report, load_denoiser
 from stdiff.pipelines.metrics.images import psnr, ssim
 from stdiff.pipelines.tasks import require_job
 
@@ -345,6 +345,7 @@ def run_reconstruction(cfg: ReconstructConfig, progress: bool = False) -> dict[s
         cfg.checkpoint, cfg.weights, device=str(device), clip=cfg.clip_x0
     )
     require_job(tcfg.data.task, "reconstruct", cfg.checkpoint)
+    check_sampling(tcfg, None, 0, cfg.checkpoint)
     idx, truth_np, labels = _images(cfg, meta)
     op = build_operator(cfg, idx, truth_np.shape)
     masks = op.mask[:, 0].numpy() if isinstance(op, Mask) else None

@@ -139,8 +139,13 @@ def test_dispersion_knobs_are_the_sampler_options(tmp_path: Path, trained) -> No
         got[name] = xr.open_zarr(r["out"])["air"].values
     np.testing.assert_array_equal(got["knobs"], got["options"])
     assert np.abs(got["knobs"] - got["default"]).max() > 1e-3
-    with pytest.raises(ValueError, match="unknown option"):
+    with pytest.raises(ValueError, match="churn: sampler 'euler' has no churn"):
         ForecastConfig(out="x", sampler="euler", options={}, churn=1.0, **kw)
+    with pytest.raises(ValueError, match="unknown option"):
+        ForecastConfig(out="x", sampler="euler", options={"s_churn": 1.0}, **kw)
+    # GenCast's churn by default only where the sampler takes it
+    assert ForecastConfig(out="x", **kw).sampler_options() == GENCAST_OPTIONS
+    assert ForecastConfig(out="x", **{**kw, "sampler": "dpmpp_2m"}).sampler_options() == {}
     with pytest.raises(ValueError, match="noise_inflation must be >= 0"):
         ForecastConfig(out="x", noise_inflation=-1.0, **kw)
 
@@ -368,3 +373,34 @@ def test_score_refusals(tmp_path: Path, trained) -> None:
     res = CliRunner().invoke(app, [*base[:2], f"m={tmp_path / 'nothing.zarr'}", *base[3:]])
     assert res.exit_code == 2 and "nothing.zarr: not a zarr store" in res.output
     assert not (tmp_path / "s").exists()
+
+
+def test_crps_generator_forecasts_in_one_evaluation(tmp_path: Path) -> None:
+    """``loop.objective: crps`` trains a one-evaluation generator; it forecasts with ``--sampler
+    consistency --steps 1`` (members differ, one network call each) and refuses any other
+    sampler, another sigma_max, distillation and reconstruction, with one line."""
+    from stdiff.pipelines.jobs.distill import DistillConfig, run_distillation
+
+    store = _store(tmp_path / "grid.zarr")
+    job = _job(tmp_path / "gen", store, "crps")
+    job["loop"].update(steps=6, checkpoint_every=6, val_every=6)
+    (tmp_path / "gen.yaml").write_text(yaml.safe_dump(job))
+    res = CliRunner().invoke(app, ["train", "--config", str(tmp_path / "gen.yaml")])
+    assert res.exit_code == 0, res.output
+    kw = {"checkpoint": str(tmp_path / "gen"), "data": str(store), "init": ["2013-03-10T06"],
+          "lead": "12h", "members": 4, "device": "cpu"}  # fmt: skip
+    r = run_forecast(ForecastConfig(out=str(tmp_path / "f.zarr"), sampler="consistency", steps=1,
+                                    **kw), False)  # fmt: skip
+    air = xr.open_zarr(r["out"])["air"].values  # (init, member, lead, lat, lon)
+    assert np.isfinite(air).all() and air.std(axis=1).min() > 0
+    again = run_forecast(ForecastConfig(out=str(tmp_path / "g.zarr"), sampler="consistency",
+                                        steps=1, **kw), False)  # fmt: skip
+    np.testing.assert_array_equal(xr.open_zarr(again["out"])["air"].values, air)
+    with pytest.raises(ValueError, match="sample it with --sampler consistency --steps 1"):
+        run_forecast(ForecastConfig(out=str(tmp_path / "h.zarr"), **kw), False)
+    with pytest.raises(ValueError, match="sigma_max must equal it"):
+        run_forecast(ForecastConfig(out=str(tmp_path / "h.zarr"), sampler="consistency",
+                                    steps=1, sigma_max=40.0, **kw), False)  # fmt: skip
+    with pytest.raises(ValueError, match=r"cannot distil a loop\.objective: crps"):
+        run_distillation(DistillConfig(teacher=str(tmp_path / "gen"), out=str(tmp_path / "d")))
+    assert not (tmp_path / "h.zarr").exists() and not (tmp_path / "d").exists()
