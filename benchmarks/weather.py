@@ -63,6 +63,9 @@ def parse_few(spec: str) -> dict:
     return kw
 
 
+GEN = "crps generator (`--generator`)"
+
+
 def run(args) -> tuple[str, str]:
     torch.set_num_threads(args.threads)
     init = [f"{args.first_init}/{args.last_init}/{args.every}"]
@@ -84,6 +87,12 @@ def run(args) -> tuple[str, str]:
                                             members=args.members, member_batch=args.members, **cfg, **kw),
                              progress=False)  # fmt: skip
             systems[spec], cost[spec] = r["out"], r["seconds_per_member_step"]
+        if args.generator:  # a loop.objective: crps checkpoint: one evaluation per member step
+            few[GEN] = {"evals": 1}
+            r = run_forecast(ForecastConfig(checkpoint=str(args.generator), out=str(tmp / "gen.zarr"),
+                                            members=args.members, member_batch=args.members,
+                                            sampler="consistency", steps=1, **kw), progress=False)  # fmt: skip
+            systems[GEN], cost[GEN] = r["out"], r["seconds_per_member_step"]
         scores = run_scoring(
             ScoreConfig(systems, str(args.store), str(tmp / "scores"), args.climatology)
         )
@@ -139,7 +148,9 @@ def run(args) -> tuple[str, str]:
         "Plots: `benchmarks/figures/weather_case_maps.png` (truth / ensemble mean / spread), "
         "`weather_scores_vs_lead.png`, `weather_rank_histogram.png`.",
     ]
-    return "\n".join(rows), few_table(s, few, cost, hours, args) if few else ""
+    return "\n".join(rows), few_table(
+        s, few, cost, hours, args
+    ) if few else ""  # few: --few, --generator
 
 
 def few_table(s: dict, few: dict, cost: dict, hours: list, args) -> str:
@@ -149,7 +160,10 @@ def few_table(s: dict, few: dict, cost: dict, hours: list, args) -> str:
         f"The ensemble checkpoint sampled with at most 4 network evaluations per member step, against "
         f"GenCast's sampler (DPM-Solver++(2S), 20 levels, churn: 39 evaluations), {args.members} members, "
         f"the same {len(hours)} leads ({hours[0]:g}-{hours[-1]:g} h) and "
-        "initial times as the section above, scored in the same run. Columns by lead.",
+        "initial times as the section above, scored in the same run. Columns by lead."
+        + (f" The last row is another checkpoint, `{args.generator}`: the same backbone trained as a "
+           "one-evaluation generator on the fair CRPS (`loop.objective: crps`) for the same number of "
+           "network passes, sampled with `--sampler consistency --steps 1`." if GEN in few else ""),
         "",
         "| sampler | evals per member step | s per member step | CRPS (K) | ensemble-mean RMSE (K) | spread-skill |",
         "|---|---|---|---|---|---|",
@@ -241,6 +255,9 @@ def main(argv: list[str] | None = None) -> None:
         "--cost-only", action="store_true", help="only time a short forecast (quiet machine)"
     )
     ap.add_argument("--cost-inits", type=int, default=2)
+    ap.add_argument(
+        "--generator", type=Path, help="a loop.objective: crps checkpoint, scored with --few"
+    )
     ap.add_argument("--few", nargs="*", default=[], metavar="SAMPLER:STEPS[:churn=C,...]",
                     help="also the ensemble with these few-step samplers (section weather-few-step)")  # fmt: skip
     ap.add_argument(
