@@ -84,6 +84,12 @@ RECON_ROWS: list[tuple[str, str, str, dict]] = [
     ("super-resolution x4 (brain): data consistency, DDPM 50", BRAIN, "superres", {"factor": 4}),
     ("inpaint thick (brain): RePaint 50 steps, jump 5, 5 resamples", BRAIN, "inpaint",
      {"steps": 50, "jump_length": 5, "resample": 5}),
+    ("inpaint thick (brain): DiffPIR 100 steps (lam 7, mix 0.3)", BRAIN, "inpaint",
+     {"method": "diffpir", "steps": 100}),
+    ("inpaint thick (brain): DiffPIR 100 steps (lam 7, mix 1)", BRAIN, "inpaint",
+     {"method": "diffpir", "steps": 100, "mix": 1.0}),
+    ("CT 15 views: DiffPIR 100 steps (lam 7, mix 0.3)", BRAIN, "ct",
+     {"views": 15, "method": "diffpir", "steps": 100}),
 ]  # fmt: skip
 BASELINES = {"inpaint": "biharmonic", "outpaint": "biharmonic", "superres": "bicubic",
              "mri": "zero-filled", "ct": "FBP (iradon, ramp)", "deblur": "blurred input"}  # fmt: skip
