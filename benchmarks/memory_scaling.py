@@ -313,7 +313,8 @@ def main(argv: list[str] | None = None) -> int:
         "(`--eval-ratio 0`): no scan at all.\n\n" + "\n".join(lines)
     )
     cmd = ("`python -m benchmarks.memory_scaling --code WORKTREE_OF_5f4f2b4 --write BENCHMARKS.md`"
-           " then `... --kind weather --steps 2 --write BENCHMARKS.md`")  # fmt: skip
+           " then `... --kind weather --steps 2 --write BENCHMARKS.md`, `... --eval-ratio 0 "
+           "--fractions 1 10 --write BENCHMARKS.md`")  # fmt: skip
     emit_section("memory-scaling", "Peak memory against store size", cmd, body, args.write)
     return 0
 
