@@ -81,18 +81,16 @@ def run(args) -> tuple[str, str]:
         peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         systems = {"ensemble": ens["out"], "deterministic": det["out"]}
         cost = {"ensemble": ens["seconds_per_member_step"]}
-        for i, (spec, opts) in enumerate(few.items()):
-            cfg = {k: v for k, v in opts.items() if k != "evals"}
-            r = run_forecast(ForecastConfig(checkpoint=str(args.ensemble), out=str(tmp / f"few{i}.zarr"),
-                                            members=args.members, member_batch=args.members, **cfg, **kw),
-                             progress=False)  # fmt: skip
-            systems[spec], cost[spec] = r["out"], r["seconds_per_member_step"]
         if args.generator:  # a loop.objective: crps checkpoint: one evaluation per member step
-            few[GEN] = {"evals": 1}
-            r = run_forecast(ForecastConfig(checkpoint=str(args.generator), out=str(tmp / "gen.zarr"),
-                                            members=args.members, member_batch=args.members,
-                                            sampler="consistency", steps=1, **kw), progress=False)  # fmt: skip
-            systems[GEN], cost[GEN] = r["out"], r["seconds_per_member_step"]
+            few[GEN] = {"checkpoint": str(args.generator), "sampler": "consistency", "steps": 1,
+                        "evals": 1}  # fmt: skip
+        for i, (spec, opts) in enumerate(few.items()):
+            cfg = {"checkpoint": str(args.ensemble)} | {
+                k: v for k, v in opts.items() if k != "evals"
+            }
+            r = run_forecast(ForecastConfig(out=str(tmp / f"few{i}.zarr"), members=args.members,
+                                            member_batch=args.members, **cfg, **kw), progress=False)  # fmt: skip
+            systems[spec], cost[spec] = r["out"], r["seconds_per_member_step"]
         scores = run_scoring(
             ScoreConfig(systems, str(args.store), str(tmp / "scores"), args.climatology)
         )
@@ -148,9 +146,8 @@ def run(args) -> tuple[str, str]:
         "Plots: `benchmarks/figures/weather_case_maps.png` (truth / ensemble mean / spread), "
         "`weather_scores_vs_lead.png`, `weather_rank_histogram.png`.",
     ]
-    return "\n".join(rows), few_table(
-        s, few, cost, hours, args
-    ) if few else ""  # few: --few, --generator
+    few_rows = few_table(s, few, cost, hours, args) if few else ""  # --few, --generator
+    return "\n".join(rows), few_rows
 
 
 def few_table(s: dict, few: dict, cost: dict, hours: list, args) -> str:
