@@ -6,6 +6,11 @@
   ``--sampler ddim --steps N --spacing uniform_t``.
 * ``consistency``: one consistency model in ``OUT/consistency`` (``model.kind: consistency``),
   sampled with ``--sampler consistency --steps 1`` (or 2, 4 with ``--spacing uniform_t``).
+* ``crps``: the teacher's network, fine-tuned on the data as a one-evaluation generator with the
+  fair CRPS of two members (``loop.objective: crps``, :func:`diffusion.losses.crps_loss`), in
+  ``OUT/crps``; sampled with ``--sampler consistency --steps 1``. No teacher calls: the teacher
+  is the starting point, whose prediction at the top noise level is already the conditional
+  mean, and the CRPS teaches it to spread its members by the noise.
 
 Every student is trained on the teacher's own training data (its checkpoint names the store) with
 the same task rules (labels, CSDI target masks), so ``stdiff generate/impute --checkpoint
@@ -31,6 +36,7 @@ from stdiff.diffusion.distill import (
     consistency_loss,
     progressive_loss,
 )
+from stdiff.diffusion.losses import crps_loss
 from stdiff.diffusion.rng import member_seed
 from stdiff.pipelines.engine.checkpoint import latest_checkpoint
 from stdiff.pipelines.engine.config import at_least_one, to_dict
@@ -42,7 +48,7 @@ from stdiff.pipelines.engine.train import LoopConfig, OptimConfig, train
 @dataclass(frozen=True)
 class DistillConfig:
     """teacher: a training run folder (or ``step_*`` checkpoint); out: the students' folder;
-    method: ``progressive`` or ``consistency``; teacher_steps / min_steps: the progressive stages
+    method: ``progressive``, ``consistency`` or ``crps``; teacher_steps / min_steps: the progressive stages
     (powers of two apart); stage_steps: optimiser steps per stage (or of consistency training);
     levels, distance: consistency distillation's grid size N and metric; store: the training
     store when it moved since the teacher was trained; optim, loop: as in training (``loop.steps``
@@ -50,7 +56,7 @@ class DistillConfig:
 
     teacher: str
     out: str
-    method: Literal["progressive", "consistency"] = "progressive"
+    method: Literal["progressive", "consistency", "crps"] = "progressive"
     teacher_steps: int = 16
     min_steps: int = 1
     stage_steps: int = 500
@@ -102,7 +108,9 @@ def run_distillation(cfg: DistillConfig) -> dict[str, Any]:
         raise ValueError(
             f"{cfg.teacher}: cannot distil a loop.objective: {tcfg.loop.objective} model"
         )
-    if tcfg.model.kind not in ("score", "learned_variance"):
+    if tcfg.model.kind not in ("score", "learned_variance") or (
+        cfg.method == "crps" and tcfg.model.kind != "score"
+    ):
         raise ValueError(f"{cfg.teacher}: cannot distil a {tcfg.model.kind!r} model")
     schedule = teacher.schedule
     if cfg.method == "consistency":
@@ -119,28 +127,14 @@ def run_distillation(cfg: DistillConfig) -> dict[str, Any]:
     students, start = [], time.perf_counter()
     stages = progressive_stages(cfg) if cfg.method == "progressive" else [0]
     for k, n in enumerate(stages):
-        frozen = teacher.eval().requires_grad_(False)  # loaded fresh: no copy needed
-        name = f"steps_{n}" if n else "consistency"
+        name = f"steps_{n}" if n else cfg.method
         run_dir = out / name
-        if cfg.method == "progressive":
-            student = copy.deepcopy(teacher).train().requires_grad_(True)
-            sampling = {"sampler": "ddim", "steps": n, "spacing": "uniform_t"}
+        student, sampling, loss_fn = _student(cfg, teacher, n, device, sd)
 
-            def loss_fn(fwd, den, x0, cond, mask, gen, n=n, frozen=frozen):
-                return progressive_loss(fwd, frozen, x0, schedule, n, cond, mask=mask,
-                                        sigma_data=sd, generator=gen)  # fmt: skip
-        else:
-            student = ConsistencyDenoiser(copy.deepcopy(teacher.net), teacher.precond, schedule)
-            student = student.to(device).train().requires_grad_(True)
-            grid = consistency_grid(schedule, cfg.levels)
-            sampling = {"sampler": "consistency", "steps": 1, "spacing": "uniform_t"}
-
-            def loss_fn(fwd, den, x0, cond, mask, gen, frozen=frozen, grid=grid):
-                return consistency_loss(fwd, frozen, x0, grid, cond, mask=mask,
-                                        distance=cfg.distance, generator=gen)  # fmt: skip
-
-        kind = "consistency" if n == 0 else tcfg.model.kind
+        kind = "consistency" if cfg.method == "consistency" else tcfg.model.kind
         scfg = replace(tcfg, out=str(run_dir), model=replace(tcfg.model, kind=kind))
+        if cfg.method == "crps":  # so that the jobs sample it as one (runner.check_sampling)
+            scfg = replace(scfg, loop=replace(scfg.loop, objective="crps"))
         info = {"method": cfg.method, "teacher": str(meta["checkpoint"]), **sampling}
         if not _stage_done(run_dir, cfg.stage_steps):
             train(
@@ -171,3 +165,36 @@ def run_distillation(cfg: DistillConfig) -> dict[str, Any]:
     }
     write_json(out / "distill.json", summary)
     return summary
+
+
+def _student(cfg: DistillConfig, teacher, n: int, device, sd: float):
+    """The student to train (a fresh module), how it is sampled, and its loss: progressive
+    stage ``n``, the consistency model, or the CRPS generator."""
+    schedule = teacher.schedule
+    frozen = teacher.eval().requires_grad_(False)  # loaded fresh: no copy needed
+    if cfg.method == "progressive":
+        student = copy.deepcopy(teacher).train().requires_grad_(True)
+
+        def loss_fn(fwd, den, x0, cond, mask, gen):
+            return progressive_loss(fwd, frozen, x0, schedule, n, cond, mask=mask,
+                                    sigma_data=sd, generator=gen)  # fmt: skip
+
+        return student, {"sampler": "ddim", "steps": n, "spacing": "uniform_t"}, loss_fn
+    if cfg.method == "crps":  # unclipped: a clip would stop the gradient of the spread
+        student = load_denoiser(cfg.teacher, cfg.weights, device=str(device), clip=False)[0]
+        top = float(schedule.discretize(1)[0])  # as training's loop.objective: crps
+
+        def loss_fn(fwd, den, x0, cond, mask, gen):
+            return crps_loss(fwd, x0, top, cond, mask=mask, generator=gen)
+
+        sampling = {"sampler": "consistency", "steps": 1, "spacing": "default"}
+        return student.train().requires_grad_(True), sampling, loss_fn
+    student = ConsistencyDenoiser(copy.deepcopy(teacher.net), teacher.precond, schedule)
+    grid = consistency_grid(schedule, cfg.levels)
+
+    def loss_fn(fwd, den, x0, cond, mask, gen):
+        return consistency_loss(fwd, frozen, x0, grid, cond, mask=mask,
+                                distance=cfg.distance, generator=gen)  # fmt: skip
+
+    sampling = {"sampler": "consistency", "steps": 1, "spacing": "uniform_t"}
+    return student.to(device).train().requires_grad_(True), sampling, loss_fn

@@ -80,6 +80,31 @@ def test_consistency_distillation_cli(image_model, tmp_path):
     _generate(tmp_path, tmp_path / "students/consistency", "consistency", 2)
 
 
+def test_crps_distillation_cli_fine_tunes_the_teacher_into_a_one_evaluation_generator(
+    image_model, tmp_path
+):
+    """``method: crps`` starts from the teacher's weights, trains on the fair CRPS and is sampled
+    in one evaluation (members differ); any other sampler is refused in one line."""
+    run, _ = image_model
+    cfg = _distill_cfg(tmp_path, run, method="crps", stage_steps=3)
+    res = _invoke("distill", "--config", str(cfg))
+    assert res.exit_code == 0, res.output
+    assert "students/crps: sample with --sampler consistency --steps 1" in res.output
+    den, tcfg, meta = load_denoiser(tmp_path / "students/crps")
+    assert tcfg.loop.objective == "crps" and tcfg.model.kind == "score"
+    assert meta["distilled"]["method"] == "crps"
+    teacher = load_denoiser(run)[0].net.state_dict()
+    moved = [k for k, v in den.net.state_dict().items() if not torch.equal(v, teacher[k])]
+    assert moved  # fine-tuned, from the teacher's weights (same names and shapes)
+    images = _generate(tmp_path, tmp_path / "students/crps", "consistency", 1)
+    assert np.abs(images[0] - images[1]).max() > 0
+    bad = _invoke("generate", "--checkpoint", str(tmp_path / "students/crps"), "--out",
+                  str(tmp_path / "bad.zarr"), "--n", "2", "--set", "sampler=ddim",
+                  "--set", "steps=4", "--set", "device=cpu")  # fmt: skip
+    assert bad.exit_code == 2 and "--sampler consistency --steps 1" in bad.output, bad.output
+    assert not (tmp_path / "bad.zarr").exists()
+
+
 @pytest.mark.parametrize(
     ("extra", "message"),
     [({"teacher_steps": 6, "min_steps": 4}, "power of two"),
