@@ -158,6 +158,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--section", default="beijing-prior", help="--prior: the section's name")
     ap.add_argument("--distill", type=Path, metavar="RUN",
                     help="a consistency student of RUN against RUN's samplers")  # fmt: skip
+    ap.add_argument("--method", choices=["consistency", "crps"], default="consistency",
+                    help="--distill: the student's kind")  # fmt: skip
     ap.add_argument("--no-teacher", action="store_true", help="--distill: the student rows only")
     ap.add_argument("--reuse-none", type=Path, help="--prior none: this run instead of training")
     ap.add_argument("--peer", type=Path, metavar="IMPUTED",

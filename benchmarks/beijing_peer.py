@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import time
+from pathlib import Path
 
 import numpy as np
 import xarray as xr
@@ -31,6 +32,8 @@ from stdiff.datasets.store import open_store
 from stdiff.datasets.windows import window_starts
 from stdiff.pipelines.jobs.impute_core import score_imputation
 from stdiff.pipelines.metrics.scores import CSDI_QUANTILES, interval_quantiles
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def _windows(out: xr.Dataset):
@@ -103,51 +106,67 @@ def _score(out: xr.Dataset, samples: np.ndarray, mean, std) -> dict:
 
 
 def few_step_section(a) -> None:
-    """Issue 20's 1-2 evaluation imputation: a consistency student distilled from the Beijing
-    checkpoint ``a.distill`` (``stdiff distill --method consistency``, ``a.steps`` steps at
+    """Issue 20's 1-2 evaluation imputation: a student distilled from the Beijing checkpoint
+    ``a.distill`` (``stdiff distill --method consistency`` or ``crps``, ``a.steps`` steps at
     batch 16, the teacher's own data and masks) against the teacher's samplers, all imputing
     the same test period with the same hidden points and members."""
     from stdiff.pipelines.jobs.distill import run_distillation
-    from stdiff.pipelines.jobs.impute import ImputeConfig, run_imputation
 
-    out = a.work / "distill_cd"
+    out = a.work / {"consistency": "distill_cd", "crps": "distill_crps"}[a.method]
     cfg = load_distill(a, out)
     t0 = time.perf_counter()
     run_distillation(cfg)
     distill_s = time.perf_counter() - t0
     store = cfg_store(a.distill)
-    runs = [("teacher", str(a.distill), "ddpm", 50, "default"),
-            ("teacher", str(a.distill), "dpmpp_2m_sde", 10, "default"),
-            ("teacher", str(a.distill), "dpmpp_2m_sde", 4, "default"),
-            ("consistency student", str(out / "consistency"), "consistency", 1, "default"),
-            ("consistency student", str(out / "consistency"), "consistency", 2, "uniform_t")]  # fmt: skip
-    lines = ["| model | sampler | evaluations | CRPS | MAE (ug/m3) | 90 % coverage | impute s |",
-             "|---|---|---|---|---|---|---|"]  # fmt: skip
+    student = str(out / a.method)
+    runs = [("teacher", str(a.distill), "ddpm", 50, "default", a.members),
+            ("teacher", str(a.distill), "dpmpp_2m_sde", 10, "default", a.members),
+            ("teacher", str(a.distill), "dpmpp_2m_sde", 4, "default", a.members)]  # fmt: skip
+    if a.method == "consistency":
+        runs += [("consistency student", student, "consistency", 1, "default", a.members),
+                 ("consistency student", student, "consistency", 2, "uniform_t", a.members)]  # fmt: skip
+    else:  # one evaluation per sample: more samples are affordable, for the intervals
+        runs += [("crps student", student, "consistency", 1, "default", m)
+                 for m in (a.members, 5 * a.members)]  # fmt: skip
     if a.no_teacher:  # the teacher's rows are in the section of an earlier distillation
         runs = [r for r in runs if r[0] != "teacher"]
-    for who, ckpt, sampler, steps, spacing in runs:
-        icfg = ImputeConfig(checkpoint=ckpt, data=store, sampler=sampler, steps=steps,
-                            spacing=spacing, members=a.members, eval_ratio=a.eval_ratio,
-                            period=a.period.split(":"), overwrite=True,
-                            out=str(a.work / f"few_{sampler}_{steps}.zarr"))  # fmt: skip
-        r = run_imputation(icfg, progress=False)
-        m = r["metrics"]
-        lines.append(f"| {who} | {sampler} {steps} | {r['evals']} | {m['crps_physical']:.3f} | "
-                     f"{m['mae_physical']:.2f} | {m['cover_90']:.2f} | {r['seconds']:.0f} |")  # fmt: skip
+    lines = ["| model | sampler | evaluations | samples | CRPS | MAE (ug/m3) | 90 % coverage "
+             "| impute s |", "|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    for who, ckpt, sampler, steps, spacing, members in runs:
+        lines.append(_few_row(a, store, who, ckpt, sampler, steps, spacing, members))
         print(lines[-1], flush=True)
-    body = (f"Teacher `{a.distill}` (CSDI, v-prediction, 400 steps); student: consistency "
-            f"distillation, {cfg.levels} levels, {cfg.distance}, {a.steps} steps at batch 16 "
-            f"({distill_s / 60:.0f} min on a shared CPU). Imputation of {a.period}, "
-            f"{a.eval_ratio:.0%} of the observed values hidden (the same points in every row), "
-            f"{a.members} samples, central stitching.\n\n" + "\n".join(lines))  # fmt: skip
-    cmd = (
-        f"`python -m benchmarks.beijing --distill {a.distill} --steps {a.steps} "
-        f"--members {a.members} --work {a.work}" + (" --no-teacher`" if a.no_teacher else "`")
-    )
-    name = "beijing-few-step" + (f"-{a.steps}" if a.no_teacher else "")
+    how = (f"consistency distillation, {cfg.levels} levels, {cfg.distance}"
+           if a.method == "consistency" else "the teacher fine-tuned on the fair CRPS of two "
+           "members (`configs/distill_beijing_crps.yaml`)")  # fmt: skip
+    body = (f"Teacher `{a.distill}` (CSDI, v-prediction, 400 steps); student: {how}, {a.steps} "
+            f"steps at batch 16 ({distill_s / 60:.0f} min on a shared CPU). Imputation of "
+            f"{a.period}, {a.eval_ratio:.0%} of the observed values hidden (the same points in "
+            "every row), central stitching.\n\n" + "\n".join(lines))  # fmt: skip
+    cmd = (f"`python -m benchmarks.beijing --distill {a.distill} --method {a.method} "
+           f"--steps {a.steps} --members {a.members} --work {a.work}"
+           + (" --no-teacher`" if a.no_teacher else "`"))  # fmt: skip
+    name = {"consistency": "beijing-few-step", "crps": "beijing-crps-distill"}[a.method]
     title = "Beijing: imputation in 1-2 evaluations (issue 20)"
-    emit_section(name, title + (f", {a.steps} distillation steps" if a.no_teacher else ""), cmd,
-                 body, a.write)  # fmt: skip
+    if a.method == "consistency" and a.no_teacher:
+        name, title = f"{name}-{a.steps}", f"{title}, {a.steps} distillation steps"
+    if a.method == "crps":
+        title = "Beijing: the CSDI model fine-tuned on the CRPS, one evaluation (issue 20)"
+    emit_section(name, title, cmd, body, a.write)
+
+
+def _few_row(a, store, who, ckpt, sampler, steps, spacing, members) -> str:
+    from stdiff.pipelines.jobs.impute import ImputeConfig, run_imputation
+
+    icfg = ImputeConfig(checkpoint=ckpt, data=store, sampler=sampler, steps=steps,
+                        spacing=spacing, members=members, eval_ratio=a.eval_ratio,
+                        period=a.period.split(":"), overwrite=True,
+                        out=str(a.work / f"few_{sampler}_{steps}_{members}.zarr"))  # fmt: skip
+    r = run_imputation(icfg, progress=False)
+    m = r["metrics"]
+    return (
+        f"| {who} | {sampler} {steps} | {r['evals']} | {members} | {m['crps_physical']:.3f} "
+        f"| {m['mae_physical']:.2f} | {m['cover_90']:.2f} | {r['seconds']:.0f} |"
+    )
 
 
 def cfg_store(run) -> str:
@@ -158,9 +177,14 @@ def cfg_store(run) -> str:
 
 
 def load_distill(a, out):
+    from stdiff.pipelines.engine.config import load_config
     from stdiff.pipelines.engine.train import LoopConfig, OptimConfig
     from stdiff.pipelines.jobs.distill import DistillConfig
 
+    if a.method == "crps":  # the shipped config, with this run's teacher, folder and budget
+        over = {"teacher": str(a.distill), "out": str(out), "stage_steps": a.steps,
+                "loop.progress": False}  # fmt: skip
+        return load_config(REPO / "configs/distill_beijing_crps.yaml", DistillConfig, over)
     return DistillConfig(
         teacher=str(a.distill), out=str(out), method="consistency", levels=18,
         distance="pseudo_huber", stage_steps=a.steps, seed=0,

@@ -63,7 +63,7 @@ def parse_few(spec: str) -> dict:
     return kw
 
 
-GEN = "crps generator (`--generator`)"
+GEN = "crps generator"  # the rows of --generator checkpoints start with it
 
 
 def run(args) -> tuple[str, str]:
@@ -81,9 +81,9 @@ def run(args) -> tuple[str, str]:
         peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         systems = {"ensemble": ens["out"], "deterministic": det["out"]}
         cost = {"ensemble": ens["seconds_per_member_step"]}
-        if args.generator:  # a loop.objective: crps checkpoint: one evaluation per member step
-            few[GEN] = {"checkpoint": str(args.generator), "sampler": "consistency", "steps": 1,
-                        "evals": 1}  # fmt: skip
+        for path in args.generator:  # loop.objective: crps checkpoints: one evaluation a step
+            few[f"{GEN} `{path}`"] = {"checkpoint": str(path), "sampler": "consistency",
+                                     "steps": 1, "evals": 1}  # fmt: skip
         for i, (spec, opts) in enumerate(few.items()):
             cfg = {"checkpoint": str(args.ensemble)} | {
                 k: v for k, v in opts.items() if k != "evals"
@@ -158,9 +158,11 @@ def few_table(s: dict, few: dict, cost: dict, hours: list, args) -> str:
         f"GenCast's sampler (DPM-Solver++(2S), 20 levels, churn: 39 evaluations), {args.members} members, "
         f"the same {len(hours)} leads ({hours[0]:g}-{hours[-1]:g} h) and "
         "initial times as the section above, scored in the same run. Columns by lead."
-        + (f" The last row is another checkpoint, `{args.generator}`: the same backbone trained as a "
-           "one-evaluation generator on the fair CRPS (`loop.objective: crps`) for the same number of "
-           "network passes, sampled with `--sampler consistency --steps 1`." if GEN in few else ""),
+        + (" The rows of a `crps generator` are other checkpoints of the same backbone, "
+           "one-evaluation generators on the fair CRPS of two members (`loop.objective: crps`, "
+           "or `stdiff distill --method crps` from a diffusion checkpoint; their configs give "
+           "the training budget), sampled with `--sampler consistency --steps 1`."
+           if args.generator else ""),
         "",
         "| sampler | evals per member step | s per member step | CRPS (K) | ensemble-mean RMSE (K) | spread-skill |",
         "|---|---|---|---|---|---|",
@@ -252,9 +254,9 @@ def main(argv: list[str] | None = None) -> None:
         "--cost-only", action="store_true", help="only time a short forecast (quiet machine)"
     )
     ap.add_argument("--cost-inits", type=int, default=2)
-    ap.add_argument(
-        "--generator", type=Path, help="a loop.objective: crps checkpoint, scored with --few"
-    )
+    ap.add_argument("--generator", type=Path, nargs="*", default=[],
+                    help="loop.objective: crps checkpoints, scored with --few")  # fmt: skip
+    ap.add_argument("--few-section", default="weather-few-step", help="--few's section name")
     ap.add_argument("--few", nargs="*", default=[], metavar="SAMPLER:STEPS[:churn=C,...]",
                     help="also the ensemble with these few-step samplers (section weather-few-step)")  # fmt: skip
     ap.add_argument(
@@ -278,7 +280,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.write:
         write_section(args.write, section, begin, end)
     if few:
-        emit_section("weather-few-step", "Weather, NCEP air temperature: ensembles in <= 4 "
+        emit_section(args.few_section, "Weather, NCEP air temperature: ensembles in <= 4 "
                      "evaluations per member step", f"`{cmd}`", few, args.write)  # fmt: skip
 
 
