@@ -284,24 +284,35 @@ def paper(args, data: Data, tmp: Path) -> str:
 
 
 def samplers(args, data: Data, tmp: Path) -> str:
+    """Every checkpoint with every sampler it takes; a one-evaluation generator
+    (``loop.objective: crps``) takes only ``consistency:1``, and is compared with the first row
+    of the checkpoint before it (its teacher, listed first)."""
+    from stdiff.pipelines.engine.runner import check_sampling, load_denoiser
+
     torch.set_num_threads(args.threads)
     rows = [
         "| checkpoint | weights | sampler | evals | CRPS | vs first row | MAE | RMSE "
         "| 50 / 90 % coverage | wall |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
+    first = None
     for i, ckpt in enumerate(args.checkpoint):
-        first = None
-        for sampler, steps in args.samplers:
+        tcfg = load_denoiser(ckpt)[1]
+        for k, (sampler, steps) in enumerate(args.samplers):
+            try:
+                check_sampling(tcfg, sampler, steps, ckpt)
+            except ValueError:
+                continue
             r = _ours(ckpt, data, args.stays, args.samples, 0.1, sampler, steps,
                       tmp / f"s{i}_{sampler}_{steps}.zarr", args.weights)  # fmt: skip
             m = r["metrics"]
-            first = m["crps"] if first is None else first
+            first = m["crps"] if k == 0 or first is None else first
             rows.append(
                 f"| {ckpt.name} | {args.weights} | {sampler} | {r['evals']} | {m['crps']:.3f} | "
                 f"{m['crps'] / first - 1:+.1%} | {m['mae']:.3f} | {m['rmse']:.3f} | "
                 f"{m['cover_50']:.2f} / {m['cover_90']:.2f} | {r['seconds']:.0f} s |"
             )
+            print(rows[-1], flush=True)
     return "\n".join(rows)
 
 
