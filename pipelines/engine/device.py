@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import functools
 from typing import Literal
 
 import torch
@@ -29,3 +31,23 @@ def autocast(device: torch.device, enabled: bool = True) -> contextlib.AbstractC
     if device.type == "cuda" and enabled:
         return torch.autocast("cuda", dtype=torch.bfloat16)
     return contextlib.nullcontext()
+
+
+@functools.cache
+def _libc_trim():
+    """glibc's ``malloc_trim``, or None (another C library, another OS)."""
+    try:
+        return ctypes.CDLL("libc.so.6").malloc_trim
+    except (OSError, AttributeError):
+        return None
+
+
+def trim_host_memory() -> None:
+    """Give the C heap's free pages back to the OS (glibc ``malloc_trim``). On the CPU, a long
+    sampling job frees and re-allocates activations of many sizes; glibc keeps what it freed
+    and its resident memory grew without bound (a year of 8-member NCEP forecasts: 17.7 GB,
+    against 0.5 GB with a trim per rollout step). Jobs call this once per unit of work (a
+    rollout step, a chunk of windows, a batch of images); no-op where glibc is absent."""
+    trim = _libc_trim()
+    if trim is not None:
+        trim(0)

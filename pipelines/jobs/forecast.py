@@ -44,7 +44,7 @@ from stdiff.diffusion.rng import member_generators
 from stdiff.diffusion.samplers import check_options, get_sampler, option_names, sample
 from stdiff.diffusion.schedules import karras_sigmas
 from stdiff.pipelines.engine.config import at_least_one, to_dict
-from stdiff.pipelines.engine.device import DeviceName, autocast, resolve_device
+from stdiff.pipelines.engine.device import DeviceName, autocast, resolve_device, trim_host_memory
 from stdiff.pipelines.engine.progress import progress_bar
 from stdiff.pipelines.engine.runner import check_sampling, clip_report, load_denoiser
 from stdiff.pipelines.tasks import require_job
@@ -301,6 +301,7 @@ def _rollout(cfg: ForecastConfig, job: _Job, history: np.ndarray, init: np.datet
             new = states[:, -1] + r * scale if lay.residual else r
             states = torch.cat([states[:, 1:], new[:, None]], dim=1)
             out[a : a + len(ids), k - 1] = (new * std + mean).cpu().numpy()
+            trim_host_memory()  # else glibc's heap grows with every step on the CPU
     return out
 
 

@@ -22,7 +22,7 @@ from stdiff.diffusion.rng import member_generators
 from stdiff.diffusion.samplers import check_options, get_sampler, sample
 from stdiff.diffusion.schedules import SPACINGS, Spacing
 from stdiff.pipelines.engine.config import at_least_one, to_dict
-from stdiff.pipelines.engine.device import DeviceName, autocast
+from stdiff.pipelines.engine.device import DeviceName, autocast, trim_host_memory
 from stdiff.pipelines.metrics.scores import (
     CSDI_QUANTILES,
     ensemble_quantiles,
@@ -187,6 +187,7 @@ def draw_members(
                     **cfg.options,
                 )
             parts.append(x.float())
+            trim_host_memory()  # else glibc's heap grows with every call on the CPU
         out.append(torch.cat(parts).reshape(b, c, *shape))
     return torch.cat(out, 1)
 

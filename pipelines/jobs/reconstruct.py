@@ -51,7 +51,7 @@ from stdiff.diffusion.inverse import InverseConfig, solve, summarize
 from stdiff.diffusion.operators import Blur, Downsample, FourierMask, Mask, Radon
 from stdiff.diffusion.rng import member_generators, member_seed
 from stdiff.pipelines.engine.config import at_least_one, to_dict
-from stdiff.pipelines.engine.device import DeviceName, resolve_device
+from stdiff.pipelines.engine.device import DeviceName, resolve_device, trim_host_memory
 from stdiff.pipelines.engine.runner import check_sampling, clip_report, load_denoiser
 from stdiff.pipelines.metrics.images import psnr, ssim
 from stdiff.pipelines.tasks import require_job
@@ -363,6 +363,7 @@ def run_reconstruction(cfg: ReconstructConfig, progress: bool = False) -> dict[s
         sl = slice(c * cfg.batch_size, min(len(idx), (c + 1) * cfg.batch_size))
         if not store.write(c, _batch(cfg, job, sl), {"image": sl}):
             break  # an identical run published the output meanwhile
+        trim_host_memory()  # else glibc's heap grows with every batch on the CPU
         if progress:
             print(f"  {sl.stop}/{len(idx)} images", flush=True)
     result: dict[str, Any] = {"out": cfg.out, "images": len(idx), "computed": todo,
