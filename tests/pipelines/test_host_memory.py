@@ -1,5 +1,5 @@
 """``trim_host_memory``: the jobs' guard against glibc's heap growing through long CPU sampling
-runs (BENCHMARKS memory notes: NCEP forecasts reached 17.7 GB without it)."""
+runs (BENCHMARKS weather-crps-distill: NCEP forecasts passed 17.7 GB without it)."""
 
 from __future__ import annotations
 
