@@ -424,16 +424,17 @@ def _loss(forward, denoiser, x0, cond, mask, gen, *, schedule, loop: LoopConfig)
     """The training objective: denoising, (``regression``) the deterministic baseline's MSE, or
     (``crps``) the one-evaluation generator's fair CRPS."""
     if loop.objective == "regression":
-        return regression_loss(forward, x0, _sigma_max(schedule), cond, mask=mask)
+        return regression_loss(forward, x0, top_sigma(schedule), cond, mask=mask)
     if loop.objective == "crps":
-        return crps_loss(forward, x0, _sigma_max(schedule), cond, mask=mask, generator=gen)
+        return crps_loss(forward, x0, top_sigma(schedule), cond, mask=mask, generator=gen)
     return denoising_loss(
         forward, x0, schedule, cond, mask=mask, weighting=loop.weighting, generator=gen,
         precond=denoiser.precond,
     )  # fmt: skip
 
 
-def _sigma_max(schedule: NoiseSchedule) -> float:
+def top_sigma(schedule: NoiseSchedule) -> float:
+    """The schedule's top level, where the regression baseline and the CRPS generator are evaluated."""
     return float(schedule.discretize(1)[0])
 
 

@@ -42,14 +42,14 @@ from stdiff.pipelines.engine.checkpoint import latest_checkpoint
 from stdiff.pipelines.engine.config import at_least_one, to_dict
 from stdiff.pipelines.engine.device import DeviceName, resolve_device
 from stdiff.pipelines.engine.runner import load_denoiser, task_data
-from stdiff.pipelines.engine.train import LoopConfig, OptimConfig, train
+from stdiff.pipelines.engine.train import LoopConfig, OptimConfig, top_sigma, train
 
 
 @dataclass(frozen=True)
 class DistillConfig:
     """teacher: a training run folder (or ``step_*`` checkpoint); out: the students' folder;
-    method: ``progressive``, ``consistency`` or ``crps``; teacher_steps / min_steps: the progressive stages
-    (powers of two apart); stage_steps: optimiser steps per stage (or of consistency training);
+    method: ``progressive``, ``consistency`` or ``crps``; teacher_steps / min_steps: the
+    progressive stages (powers of two apart); stage_steps: optimiser steps per stage (or of consistency training);
     levels, distance: consistency distillation's grid size N and metric; store: the training
     store when it moved since the teacher was trained; optim, loop: as in training (``loop.steps``
     is set from ``stage_steps``)."""
@@ -182,7 +182,7 @@ def _student(cfg: DistillConfig, teacher, n: int, device, sd: float):
         return student, {"sampler": "ddim", "steps": n, "spacing": "uniform_t"}, loss_fn
     if cfg.method == "crps":  # unclipped: a clip would stop the gradient of the spread
         student = load_denoiser(cfg.teacher, cfg.weights, device=str(device), clip=False)[0]
-        top = float(schedule.discretize(1)[0])  # as training's loop.objective: crps
+        top = top_sigma(schedule)  # as training's loop.objective: crps
 
         def loss_fn(fwd, den, x0, cond, mask, gen):
             return crps_loss(fwd, x0, top, cond, mask=mask, generator=gen)

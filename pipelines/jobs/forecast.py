@@ -47,6 +47,7 @@ from stdiff.pipelines.engine.config import at_least_one, to_dict
 from stdiff.pipelines.engine.device import DeviceName, autocast, resolve_device, trim_host_memory
 from stdiff.pipelines.engine.progress import progress_bar
 from stdiff.pipelines.engine.runner import check_sampling, clip_report, load_denoiser
+from stdiff.pipelines.engine.train import top_sigma
 from stdiff.pipelines.tasks import require_job
 from stdiff.pipelines.tasks.forecast import (
     TimeStep,
@@ -204,7 +205,7 @@ def _prepare(cfg: ForecastConfig, ds: xr.Dataset, device: torch.device) -> _Job:
         cfg.checkpoint, cfg.weights, device=str(device), clip=cfg.clip_x0
     )
     require_job(tcfg.data.task, "forecast", cfg.checkpoint)
-    trained_sigma = float(denoiser.schedule.discretize(1)[0])
+    trained_sigma = top_sigma(denoiser.schedule)
     check_sampling(tcfg, cfg.sampler, cfg.steps, cfg.checkpoint, cfg.sigma_max, trained_sigma)
     if "weather" not in meta:
         raise ValueError(f"{cfg.checkpoint}: the checkpoint has no weather layout; train it again")
