@@ -101,7 +101,11 @@ def _stage_done(run_dir: Path, steps: int) -> bool:
 def run_distillation(cfg: DistillConfig) -> dict[str, Any]:
     """Run every stage (skipping finished ones); returns and writes ``OUT/distill.json``."""
     device = resolve_device(cfg.device)
-    teacher, tcfg, meta = load_denoiser(cfg.teacher, cfg.weights, device=str(device))
+    # a CRPS student starts from the teacher's weights unclipped: a clip would stop the gradient
+    # of the spread (the teacher is not called)
+    teacher, tcfg, meta = load_denoiser(
+        cfg.teacher, cfg.weights, device=str(device), clip=cfg.method != "crps"
+    )
     if cfg.store is not None:
         tcfg = replace(tcfg, data=replace(tcfg.data, store=cfg.store))
     if tcfg.loop.objective in ("regression", "crps"):
@@ -180,8 +184,8 @@ def _student(cfg: DistillConfig, teacher, n: int, device, sd: float):
                                     sigma_data=sd, generator=gen)  # fmt: skip
 
         return student, {"sampler": "ddim", "steps": n, "spacing": "uniform_t"}, loss_fn
-    if cfg.method == "crps":  # unclipped: a clip would stop the gradient of the spread
-        student = load_denoiser(cfg.teacher, cfg.weights, device=str(device), clip=False)[0]
+    if cfg.method == "crps":
+        student = copy.deepcopy(teacher)
         top = top_sigma(schedule)  # as training's loop.objective: crps
 
         def loss_fn(fwd, den, x0, cond, mask, gen):
