@@ -145,8 +145,14 @@ def crps_loss(
     s = torch.full((2 * b,), float(sigma), device=x0.device, dtype=x0.dtype)
     two = None if cond is None else Condition.cat([cond, cond], [b, b])
     pred = denoiser(float(sigma) * z, s, two)
-    dt = torch.promote_types(pred.dtype, torch.float32)
-    x1, x2, y = pred[:b].to(dt), pred[b:].to(dt), x0.to(dt)
+    return fair_crps(pred[:b], pred[b:], x0, mask)
+
+
+def fair_crps(x1: Tensor, x2: Tensor, y: Tensor, mask: Tensor | None = None) -> Tensor:
+    """The fair CRPS of the two-member ensemble ``{x1, x2}`` against ``y``, per value, averaged
+    where ``mask`` is 1: ``1/2 (|x1 - y| + |x2 - y|) - 1/2 |x1 - x2|`` (in float32 at least)."""
+    dt = torch.promote_types(x1.dtype, torch.float32)
+    x1, x2, y = x1.to(dt), x2.to(dt), y.to(dt)
     return masked_mean(0.5 * ((x1 - y).abs() + (x2 - y).abs() - (x1 - x2).abs()), mask)
 
 

@@ -10,7 +10,10 @@
   fair CRPS of two members (``loop.objective: crps``, :func:`diffusion.losses.crps_loss`), in
   ``OUT/crps``; sampled with ``--sampler consistency --steps 1``. No teacher calls: the teacher
   is the starting point, whose prediction at the top noise level is already the conditional
-  mean, and the CRPS teaches it to spread its members by the noise.
+  mean, and the CRPS teaches it to spread its members by the noise. With ``rollout: N``
+  (forecast teachers) the two members are rolled out ``N`` steps, each conditioned on its own
+  states, and scored at every step (``tasks.forecast.rollout_crps_loss``); the teacher may then
+  be a CRPS generator already (a second, rollout stage).
 
 Every student is trained on the teacher's own training data (its checkpoint names the store) with
 the same task rules (labels, CSDI target masks), so ``stdiff generate/impute --checkpoint
@@ -43,6 +46,8 @@ from stdiff.pipelines.engine.config import at_least_one, to_dict
 from stdiff.pipelines.engine.device import DeviceName, resolve_device
 from stdiff.pipelines.engine.runner import load_denoiser, task_data
 from stdiff.pipelines.engine.train import LoopConfig, OptimConfig, top_sigma, train
+from stdiff.pipelines.tasks import get_task
+from stdiff.pipelines.tasks.forecast import rollout_crps_loss
 
 
 @dataclass(frozen=True)
@@ -50,9 +55,10 @@ class DistillConfig:
     """teacher: a training run folder (or ``step_*`` checkpoint); out: the students' folder;
     method: ``progressive``, ``consistency`` or ``crps``; teacher_steps / min_steps: the
     progressive stages (powers of two apart); stage_steps: optimiser steps per stage (or of consistency training);
-    levels, distance: consistency distillation's grid size N and metric; store: the training
-    store when it moved since the teacher was trained; optim, loop: as in training (``loop.steps``
-    is set from ``stage_steps``)."""
+    levels, distance: consistency distillation's grid size N and metric; rollout: the CRPS
+    method's autoregressive steps per target (forecast teachers; 1: one step from true states);
+    store: the training store when it moved since the teacher was trained; optim, loop: as in
+    training (``loop.steps`` is set from ``stage_steps``)."""
 
     teacher: str
     out: str
@@ -62,6 +68,7 @@ class DistillConfig:
     stage_steps: int = 500
     levels: int = 18
     distance: Distance = "pseudo_huber"
+    rollout: int = 1
     store: str | None = None
     weights: Literal["ema", "model"] = "ema"
     seed: int = 0
@@ -72,7 +79,9 @@ class DistillConfig:
     loop: LoopConfig = field(default_factory=lambda: LoopConfig(checkpoint_every=250))
 
     def __post_init__(self) -> None:
-        at_least_one(self, "teacher_steps", "min_steps", "stage_steps")
+        at_least_one(self, "teacher_steps", "min_steps", "stage_steps", "rollout")
+        if self.rollout > 1 and self.method != "crps":
+            raise ValueError(f"rollout={self.rollout} needs method: crps, got {self.method}")
         if self.method == "progressive":
             ratio = self.teacher_steps / self.min_steps
             if self.teacher_steps <= self.min_steps or ratio != 2 ** round(math.log2(ratio)):
@@ -108,7 +117,8 @@ def run_distillation(cfg: DistillConfig) -> dict[str, Any]:
     )
     if cfg.store is not None:
         tcfg = replace(tcfg, data=replace(tcfg.data, store=cfg.store))
-    if tcfg.loop.objective in ("regression", "crps"):
+    crps_stage = tcfg.loop.objective == "crps" and cfg.method == "crps" and cfg.rollout > 1
+    if tcfg.loop.objective in ("regression", "crps") and not crps_stage:
         raise ValueError(
             f"{cfg.teacher}: cannot distil a loop.objective: {tcfg.loop.objective} model"
         )
@@ -119,7 +129,7 @@ def run_distillation(cfg: DistillConfig) -> dict[str, Any]:
     schedule = teacher.schedule
     if cfg.method == "consistency":
         consistency_grid(schedule, cfg.levels)  # a bad grid fails before any work
-    data = task_data(tcfg)
+    data, layout = _data(cfg, tcfg)
     train_ds, val_ds, to_batch, store_meta = data.train, data.valid, data.to_batch, data.metadata
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -133,13 +143,15 @@ def run_distillation(cfg: DistillConfig) -> dict[str, Any]:
     for k, n in enumerate(stages):
         name = f"steps_{n}" if n else cfg.method
         run_dir = out / name
-        student, sampling, loss_fn = _student(cfg, teacher, n, device, sd)
+        student, sampling, loss_fn = _student(cfg, teacher, n, device, sd, layout)
 
         kind = "consistency" if cfg.method == "consistency" else tcfg.model.kind
         scfg = replace(tcfg, out=str(run_dir), model=replace(tcfg.model, kind=kind))
         if cfg.method == "crps":  # so that the jobs sample it as one (runner.check_sampling)
             scfg = replace(scfg, loop=replace(scfg.loop, objective="crps"))
         info = {"method": cfg.method, "teacher": str(meta["checkpoint"]), **sampling}
+        if cfg.rollout > 1:
+            info["rollout"] = cfg.rollout
         if not _stage_done(run_dir, cfg.stage_steps):
             train(
                 student,
@@ -171,9 +183,20 @@ def run_distillation(cfg: DistillConfig) -> dict[str, Any]:
     return summary
 
 
-def _student(cfg: DistillConfig, teacher, n: int, device, sd: float):
+def _data(cfg: DistillConfig, tcfg):
+    """The teacher's training data, and (``rollout > 1``) the forecast layout of the rollout."""
+    if cfg.rollout == 1:
+        return task_data(tcfg), None
+    if tcfg.data.task != "forecast":
+        raise ValueError(f"rollout: {cfg.rollout} needs a forecast teacher (data.task: "
+                         f"forecast); {cfg.teacher} is data.task: {tcfg.data.task}; "
+                         "set rollout: 1")  # fmt: skip
+    return get_task("forecast").rollout_data(tcfg.data, cfg.rollout)
+
+
+def _student(cfg: DistillConfig, teacher, n: int, device, sd: float, layout=None):
     """The student to train (a fresh module), how it is sampled, and its loss: progressive
-    stage ``n``, the consistency model, or the CRPS generator."""
+    stage ``n``, the consistency model, or the CRPS generator (rolled out over ``layout``)."""
     schedule = teacher.schedule
     frozen = teacher.eval().requires_grad_(False)  # loaded fresh: no copy needed
     if cfg.method == "progressive":
@@ -191,6 +214,8 @@ def _student(cfg: DistillConfig, teacher, n: int, device, sd: float):
         def loss_fn(fwd, den, x0, cond, mask, gen):
             return crps_loss(fwd, x0, top, cond, mask=mask, generator=gen)
 
+        if cfg.rollout > 1:
+            loss_fn = rollout_crps_loss(layout, top)
         sampling = {"sampler": "consistency", "steps": 1, "spacing": "default"}
         return student.train().requires_grad_(True), sampling, loss_fn
     student = ConsistencyDenoiser(copy.deepcopy(teacher.net), teacher.precond, schedule)

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import re
 import warnings
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any, Literal
 
 import numpy as np
@@ -33,6 +33,8 @@ from stdiff.datasets.store import open_store, require_kind
 from stdiff.datasets.weather import calendar_features, is_global_lon, static_fields
 from stdiff.datasets.windows import ForecastWindows
 from stdiff.diffusion.conditioning import Condition
+from stdiff.diffusion.losses import fair_crps
+from stdiff.diffusion.rng import randn_like
 from stdiff.pipelines.tasks.base import TaskData, store_metadata
 
 NUM_SCALARS = 5  # lead (days), hour sin/cos, day-of-year sin/cos
@@ -330,6 +332,54 @@ def forecast_batch(layout: WeatherLayout, times: np.ndarray, leads: list[int]):
     return to_batch
 
 
+def rollout_batch(layout: WeatherLayout, times: np.ndarray, steps: int):
+    """``to_batch`` for autoregressive training on ``ForecastWindows`` items with leads
+    ``1..steps``: ``x0`` ``(B, steps, C, H, W)`` the true normalised states at each step, and the
+    first step's condition whose ``scalars`` are ``(B, steps, 5)``: each step's lead (one model
+    step) and calendar. Read by :func:`rollout_crps_loss`."""
+    static = layout.static()
+
+    def to_batch(batch: dict, gen: torch.Generator):
+        ctx, target = batch["context"], batch["target"]  # (B, ctx, C, H, W), (B, steps, C, H, W)
+        b = ctx.shape[0]
+        when = times[batch["time"].cpu().numpy()[:, None] + np.arange(1, steps + 1)[None]]
+        scal = time_scalars(when.ravel(), np.full(when.size, layout.step_hours))
+        cond = condition(ctx, static, scal[:b])
+        return target, replace(cond, scalars=scal.view(b, steps, -1).to(ctx.device)), None
+
+    return to_batch
+
+
+def rollout_crps_loss(layout: WeatherLayout, sigma: float):
+    """The fair CRPS of two members rolled out autoregressively (FGN's and GenCast's rollout
+    fine-tuning, here for a one-evaluation generator ``x = D(sigma z; sigma, cond)``): each member
+    starts from the true history, draws its own noise at every step and is conditioned on its
+    own previous states; the loss is the two-member CRPS of each step's state against the truth,
+    in the residual units of one-step training (``/ layout.scale``), averaged over the steps, with
+    gradients through the whole rollout. With one step it equals ``crps_loss``."""
+    n_hist = layout.context * layout.num_channels
+
+    def loss_fn(fwd, den, x0, cond, mask, gen):
+        b, steps = x0.shape[:2]
+        scale = layout.scale(x0.device)
+        hist = cond.context[:, :n_hist].unflatten(1, (layout.context, layout.num_channels))
+        hist, static = torch.cat([hist, hist]), torch.cat([cond.context[:, n_hist:]] * 2)
+        drop = None if cond.drop is None else torch.cat([cond.drop, cond.drop])
+        s = torch.full((2 * b,), float(sigma), device=x0.device, dtype=x0.dtype)
+        total = x0.new_zeros(())
+        for k in range(steps):
+            c = Condition(context=torch.cat([hist.flatten(1, 2), static], 1),
+                          scalars=torch.cat([cond.scalars[:, k]] * 2), drop=drop)  # fmt: skip
+            z = torch.cat([randn_like(x0[:, k], gen), randn_like(x0[:, k], gen)])
+            pred = fwd(float(sigma) * z, s, c)
+            state = hist[:, -1] + pred * scale if layout.residual else pred
+            total = total + fair_crps(state[:b] / scale, state[b:] / scale, x0[:, k] / scale, mask)
+            hist = torch.cat([hist[:, 1:], state[:, None].to(hist.dtype)], 1)
+        return total / steps
+
+    return loss_fn
+
+
 def _period(ds, period: list[str] | None, name: str) -> np.ndarray:
     """Positions on the store's time axis inside the inclusive ``[start, end]`` dates."""
     if not period:
@@ -385,6 +435,15 @@ class ForecastTask:
         )
         meta = {**store_metadata(ds, layout.variables), "weather": layout.to_dict()}
         return TaskData(train, valid, forecast_batch(layout, times, data.leads), meta)
+
+    def rollout_data(self, data, steps: int) -> tuple[TaskData, WeatherLayout]:
+        """:meth:`datasets` for autoregressive training over ``steps`` model steps (leads
+        ``1..steps``, :func:`rollout_batch`), and the layout for :func:`rollout_crps_loss`."""
+        full = self.datasets(replace(data, leads=list(range(1, steps + 1))))
+        layout = WeatherLayout(**full.metadata["weather"])
+        times = open_store(data.store)["time"].values
+        to_batch = rollout_batch(layout, times, steps)
+        return replace(full, to_batch=to_batch), layout
 
     def sample_dump(self, data, model, seed, items):
         return None  # forecasts are drawn and plotted by `stdiff forecast`

@@ -404,3 +404,30 @@ def test_crps_generator_forecasts_in_one_evaluation(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match=r"cannot distil a loop\.objective: crps"):
         run_distillation(DistillConfig(teacher=str(tmp_path / "gen"), out=str(tmp_path / "d")))
     assert not (tmp_path / "h.zarr").exists() and not (tmp_path / "d").exists()
+
+
+def test_rollout_crps_distillation_forecasts_in_one_evaluation(tmp_path: Path, trained) -> None:
+    """``stdiff distill --method crps`` with ``rollout: 3`` fine-tunes a forecast model on the
+    CRPS of members rolled out 3 steps; the student forecasts in one evaluation, and a CRPS
+    generator may be fine-tuned again on a longer rollout (a second stage)."""
+    store, ens, _ = trained
+    out = tmp_path / "roll"
+    cfg = {"teacher": str(ens), "out": str(out), "method": "crps", "rollout": 3,
+           "stage_steps": 2, "device": "cpu", "loop": {"batch_size": 4, "progress": False}}  # fmt: skip
+    (tmp_path / "d.yaml").write_text(yaml.safe_dump(cfg))
+    res = CliRunner().invoke(app, ["distill", "--config", str(tmp_path / "d.yaml")])
+    assert res.exit_code == 0, res.output
+    info = json.loads((out / "distill.json").read_text())["students"][0]
+    assert info["rollout"] == 3 and info["sampler"] == "consistency"
+    recs = [json.loads(ln) for ln in (out / "crps/metrics.jsonl").read_text().splitlines()]
+    assert all(np.isfinite(r["loss"]) for r in recs if "loss" in r)
+    kw = {"data": str(store), "init": ["2013-03-10T06"], "lead": "18h", "members": 3,
+          "device": "cpu", "sampler": "consistency", "steps": 1}  # fmt: skip
+    r = run_forecast(ForecastConfig(checkpoint=str(out / "crps"), out=str(tmp_path / "f.zarr"),
+                                    **kw), False)  # fmt: skip
+    air = xr.open_zarr(r["out"])["air"].values
+    assert np.isfinite(air).all() and air.std(axis=1).min() > 0
+    cfg.update(teacher=str(out / "crps"), out=str(tmp_path / "roll2"), rollout=2)
+    (tmp_path / "d2.yaml").write_text(yaml.safe_dump(cfg))
+    res = CliRunner().invoke(app, ["distill", "--config", str(tmp_path / "d2.yaml")])
+    assert res.exit_code == 0, res.output

@@ -109,7 +109,9 @@ def test_crps_distillation_cli_fine_tunes_the_teacher_into_a_one_evaluation_gene
     ("extra", "message"),
     [({"teacher_steps": 6, "min_steps": 4}, "power of two"),
      ({"teacher": "/nonexistent/run"}, "checkpoint not found"),
-     ({"method": "consistency", "levels": 1}, "levels must be at least 2")],
+     ({"method": "consistency", "levels": 1}, "levels must be at least 2"),
+     ({"method": "consistency", "rollout": 2}, "rollout=2 needs method: crps"),
+     ({"method": "crps", "rollout": 2}, "needs a forecast teacher (data.task: forecast)")],
 )  # fmt: skip
 def test_distill_bad_input_is_one_line_and_writes_nothing(image_model, tmp_path, extra, message):
     run, _ = image_model
