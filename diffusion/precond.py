@@ -27,6 +27,7 @@ from typing import Literal, get_args
 
 import torch
 from torch import Tensor, nn
+from torch.nn import functional as F
 
 from stdiff.diffusion.conditioning import Condition
 from stdiff.diffusion.schedules import DiscreteSchedule, NoiseSchedule
@@ -120,6 +121,42 @@ class Denoiser(nn.Module):
         c_skip, c_out, c_in = self.precond.coefficients(s)
         out = self.net(c_in * x, self.c_noise(s.reshape(-1)), cond)
         return c_skip * x + c_out * out.to(x.dtype)
+
+
+def pool_noise(x: Tensor, pool: int) -> Tensor:
+    """``(B, C, H, W)`` ``x`` summed over ``pool x pool`` blocks (the last ones may be smaller),
+    divided by the square root of each block's size and repeated over it: white noise becomes
+    block-constant noise of the same variance, ``ceil(H/pool) * ceil(W/pool)`` values a channel."""
+    if x.dim() != 4:
+        raise ValueError(f"model.noise_pool needs gridded (B, C, H, W) inputs, got shape "
+                         f"{tuple(x.shape)}; set model.noise_pool: 0")  # fmt: skip
+    h, w = x.shape[-2:]
+    ones = torch.ones(1, 1, h, w, device=x.device, dtype=x.dtype)
+    total = F.avg_pool2d(x, pool, pool, ceil_mode=True, divisor_override=1)
+    count = F.avg_pool2d(ones, pool, pool, ceil_mode=True, divisor_override=1)
+    return F.interpolate(total / count.sqrt(), scale_factor=pool, mode="nearest")[..., :h, :w]
+
+
+class NoisePool:
+    """Low-dimensional input noise for a one-evaluation CRPS generator (``model.noise_pool``):
+    the denoiser's input ``x = sigma z`` is :func:`pool_noise`-ed before anything sees it, so
+    members differ by coherent, large-scale perturbations rather than per-pixel ones. FGN (Alet
+    et al. 2025) feeds a 32-dimensional noise vector to the network's layers so that a model
+    trained on marginal CRPS still draws spatially coherent members; this is that idea at the
+    input. Installed as a forward pre-hook, so training and sampling see the same noise; it has
+    no parameters (checkpoints record only ``model.noise_pool``)."""
+
+    def __init__(self, pool: int) -> None:
+        self.pool = pool
+
+    def __call__(self, module: nn.Module, args: tuple, kwargs: dict):
+        if args:
+            return (pool_noise(args[0], self.pool), *args[1:]), kwargs
+        return args, {**kwargs, "x": pool_noise(kwargs["x"], self.pool)}
+
+    def attach(self, denoiser: nn.Module) -> NoisePool:
+        denoiser.register_forward_pre_hook(self, with_kwargs=True)
+        return self
 
 
 class X0Clip:

@@ -18,7 +18,13 @@ from typing import Any, Literal
 import torch
 
 from stdiff.diffusion.nets.init import build_seeded
-from stdiff.diffusion.precond import Denoiser, NoiseConditioning, Preconditioning, Prediction
+from stdiff.diffusion.precond import (
+    Denoiser,
+    NoiseConditioning,
+    NoisePool,
+    Preconditioning,
+    Prediction,
+)
 
 # name -> (module, factory); factories take the keyword parameters of ``model.params``
 NETS: dict[str, tuple[str, str]] = {
@@ -55,7 +61,9 @@ class ModelConfig:
     """net: a name in ``NETS``; params: its constructor arguments; the parameterisation;
     kind: how the network becomes a denoiser (``KINDS``): ``score`` (the usual), ``energy`` (the
     gradient of a scalar energy, ``diffusion.energy``), ``learned_variance`` (IDDPM's extra
-    variance channels, ``diffusion.variance``), ``consistency`` (a distilled consistency model)."""
+    variance channels, ``diffusion.variance``), ``consistency`` (a distilled consistency model);
+    noise_pool: a one-evaluation CRPS generator's input noise made block-constant over
+    ``noise_pool`` x ``noise_pool`` grid cells (:class:`diffusion.precond.NoisePool`; 0: white)."""
 
     net: str
     params: dict[str, Any] = field(default_factory=dict)
@@ -63,10 +71,14 @@ class ModelConfig:
     sigma_data: float = 0.5
     noise_conditioning: NoiseConditioning = "log_sigma"
     kind: Literal["score", "energy", "learned_variance", "consistency"] = "score"
+    noise_pool: int = 0
 
     def __post_init__(self) -> None:
         if self.net not in NETS:
             raise ValueError(f"net {self.net!r} is not known; choose one of {sorted(NETS)}")
+        if self.noise_pool < 0 or self.noise_pool == 1:
+            raise ValueError(f"model.noise_pool must be 0 (white noise) or at least 2, got "
+                             f"{self.noise_pool}")  # fmt: skip
 
 
 def make_denoiser(m: ModelConfig, net: torch.nn.Module, schedule) -> Denoiser:
@@ -74,7 +86,10 @@ def make_denoiser(m: ModelConfig, net: torch.nn.Module, schedule) -> Denoiser:
     module, cls = KINDS[m.kind]
     denoiser_cls = getattr(importlib.import_module(module), cls)
     pre = Preconditioning(m.prediction, m.sigma_data, m.noise_conditioning)
-    return denoiser_cls(net, pre, schedule)
+    denoiser = denoiser_cls(net, pre, schedule)
+    if m.noise_pool:
+        NoisePool(m.noise_pool).attach(denoiser)
+    return denoiser
 
 
 def build_net(name: str, params: dict[str, Any], seed: int) -> torch.nn.Module:

@@ -56,6 +56,9 @@ class TrainJobConfig:
 
     def __post_init__(self) -> None:
         get_task(self.data.task).validate(self.data)  # an unknown task is refused here too
+        if self.model.noise_pool and self.loop.objective != "crps":
+            raise ValueError(f"model.noise_pool is the input noise of a one-evaluation generator; "
+                             f"it needs loop.objective: crps, not {self.loop.objective}")  # fmt: skip
 
 
 def init_distributed(device: torch.device) -> torch.device:

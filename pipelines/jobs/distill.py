@@ -40,6 +40,7 @@ from stdiff.diffusion.distill import (
     progressive_loss,
 )
 from stdiff.diffusion.losses import crps_loss
+from stdiff.diffusion.precond import NoisePool
 from stdiff.diffusion.rng import member_seed
 from stdiff.pipelines.engine.checkpoint import latest_checkpoint
 from stdiff.pipelines.engine.config import at_least_one, to_dict
@@ -57,6 +58,8 @@ class DistillConfig:
     progressive stages (powers of two apart); stage_steps: optimiser steps per stage (or of consistency training);
     levels, distance: consistency distillation's grid size N and metric; rollout: the CRPS
     method's autoregressive steps per target (forecast teachers; 1: one step from true states);
+    noise_pool: the CRPS student's ``model.noise_pool`` (block-constant input noise; None: the
+    teacher's);
     store: the training store when it moved since the teacher was trained; optim, loop: as in
     training (``loop.steps`` is set from ``stage_steps``)."""
 
@@ -69,6 +72,7 @@ class DistillConfig:
     levels: int = 18
     distance: Distance = "pseudo_huber"
     rollout: int = 1
+    noise_pool: int | None = None
     store: str | None = None
     weights: Literal["ema", "model"] = "ema"
     seed: int = 0
@@ -82,6 +86,8 @@ class DistillConfig:
         at_least_one(self, "teacher_steps", "min_steps", "stage_steps", "rollout")
         if self.rollout > 1 and self.method != "crps":
             raise ValueError(f"rollout={self.rollout} needs method: crps, got {self.method}")
+        if self.noise_pool is not None and self.method != "crps":
+            raise ValueError(f"noise_pool needs method: crps, got {self.method}")
         if self.method == "progressive":
             ratio = self.teacher_steps / self.min_steps
             if self.teacher_steps <= self.min_steps or ratio != 2 ** round(math.log2(ratio)):
@@ -122,6 +128,9 @@ def run_distillation(cfg: DistillConfig) -> dict[str, Any]:
         raise ValueError(
             f"{cfg.teacher}: cannot distil a loop.objective: {tcfg.loop.objective} model"
         )
+    if tcfg.model.noise_pool and cfg.noise_pool not in (None, tcfg.model.noise_pool):
+        raise ValueError(f"noise_pool: {cfg.noise_pool}: the teacher {cfg.teacher} draws "
+                         f"model.noise_pool: {tcfg.model.noise_pool}; leave noise_pool unset")  # fmt: skip
     if tcfg.model.kind not in ("score", "learned_variance") or (
         cfg.method == "crps" and tcfg.model.kind != "score"
     ):
@@ -143,12 +152,10 @@ def run_distillation(cfg: DistillConfig) -> dict[str, Any]:
     for k, n in enumerate(stages):
         name = f"steps_{n}" if n else cfg.method
         run_dir = out / name
-        student, sampling, loss_fn = _student(cfg, teacher, n, device, sd, layout)
+        new_pool = 0 if tcfg.model.noise_pool else (cfg.noise_pool or 0)
+        student, sampling, loss_fn = _student(cfg, teacher, n, device, sd, layout, new_pool)
 
-        kind = "consistency" if cfg.method == "consistency" else tcfg.model.kind
-        scfg = replace(tcfg, out=str(run_dir), model=replace(tcfg.model, kind=kind))
-        if cfg.method == "crps":  # so that the jobs sample it as one (runner.check_sampling)
-            scfg = replace(scfg, loop=replace(scfg.loop, objective="crps"))
+        scfg = _student_config(cfg, tcfg, run_dir)
         info = {"method": cfg.method, "teacher": str(meta["checkpoint"]), **sampling}
         if cfg.rollout > 1:
             info["rollout"] = cfg.rollout
@@ -183,6 +190,16 @@ def run_distillation(cfg: DistillConfig) -> dict[str, Any]:
     return summary
 
 
+def _student_config(cfg: DistillConfig, tcfg, run_dir: Path):
+    """The student's job config: the teacher's, with the student's model kind, noise pool and
+    (CRPS) ``loop.objective: crps`` so that the jobs sample it as one (runner.check_sampling)."""
+    kind = "consistency" if cfg.method == "consistency" else tcfg.model.kind
+    pool = tcfg.model.noise_pool if cfg.noise_pool is None else cfg.noise_pool
+    loop = replace(tcfg.loop, objective="crps") if cfg.method == "crps" else tcfg.loop
+    model = replace(tcfg.model, kind=kind, noise_pool=pool)
+    return replace(tcfg, out=str(run_dir), model=model, loop=loop)
+
+
 def _data(cfg: DistillConfig, tcfg):
     """The teacher's training data, and (``rollout > 1``) the forecast layout of the rollout."""
     if cfg.rollout == 1:
@@ -194,7 +211,7 @@ def _data(cfg: DistillConfig, tcfg):
     return get_task("forecast").rollout_data(tcfg.data, cfg.rollout)
 
 
-def _student(cfg: DistillConfig, teacher, n: int, device, sd: float, layout=None):
+def _student(cfg: DistillConfig, teacher, n: int, device, sd: float, layout=None, new_pool=0):
     """The student to train (a fresh module), how it is sampled, and its loss: progressive
     stage ``n``, the consistency model, or the CRPS generator (rolled out over ``layout``)."""
     schedule = teacher.schedule
@@ -216,6 +233,8 @@ def _student(cfg: DistillConfig, teacher, n: int, device, sd: float, layout=None
 
         if cfg.rollout > 1:
             loss_fn = rollout_crps_loss(layout, top)
+        if new_pool:  # a teacher with model.noise_pool has its hook already (copied)
+            NoisePool(new_pool).attach(student)
         sampling = {"sampler": "consistency", "steps": 1, "spacing": "default"}
         return student.train().requires_grad_(True), sampling, loss_fn
     student = ConsistencyDenoiser(copy.deepcopy(teacher.net), teacher.precond, schedule)

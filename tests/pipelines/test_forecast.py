@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 import xarray as xr
 import yaml
 from typer.testing import CliRunner
@@ -17,6 +18,8 @@ from typer.testing import CliRunner
 from stdiff.cli import app
 from stdiff.datasets.splits import normalization_stats, time_split
 from stdiff.datasets.store import attach_stats, open_store, write_store
+from stdiff.diffusion.conditioning import Condition
+from stdiff.pipelines.engine.runner import load_denoiser
 from stdiff.pipelines.jobs.forecast import (
     GENCAST_OPTIONS,
     ForecastConfig,
@@ -427,7 +430,17 @@ def test_rollout_crps_distillation_forecasts_in_one_evaluation(tmp_path: Path, t
                                     **kw), False)  # fmt: skip
     air = xr.open_zarr(r["out"])["air"].values
     assert np.isfinite(air).all() and air.std(axis=1).min() > 0
-    cfg.update(teacher=str(out / "crps"), out=str(tmp_path / "roll2"), rollout=2)
+    cfg.update(teacher=str(out / "crps"), out=str(tmp_path / "roll2"), rollout=2, noise_pool=2)
     (tmp_path / "d2.yaml").write_text(yaml.safe_dump(cfg))
     res = CliRunner().invoke(app, ["distill", "--config", str(tmp_path / "d2.yaml")])
     assert res.exit_code == 0, res.output
+    den, tcfg, _ = load_denoiser(tmp_path / "roll2/crps")  # its input noise: 2x2 blocks
+    assert tcfg.model.noise_pool == 2 and tcfg.loop.objective == "crps"
+    seen = []
+    den.net.register_forward_pre_hook(lambda mod, args: seen.append(args[0]))
+    x = 80.0 * torch.randn(2, 1, 7, 10, generator=torch.Generator().manual_seed(0))
+    cond = Condition(context=torch.zeros(2, den.net.context_channels, 7, 10),
+                     scalars=torch.zeros(2, 5))  # fmt: skip
+    den(x, torch.full((2,), 80.0), cond)
+    blocks = seen[0][..., :6, :10].unflatten(-2, (3, 2)).unflatten(-1, (5, 2))
+    assert (blocks - blocks[..., :1, :, :1]).abs().max() < 1e-6 and seen[0].std() > 0.5

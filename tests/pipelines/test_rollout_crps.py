@@ -1,16 +1,20 @@
 """The autoregressive (rollout) CRPS of a one-evaluation forecast generator
 (``tasks.forecast.rollout_crps_loss``): one step is the single-step CRPS exactly, and on a
-Gaussian AR(1) process, whose k-step marginals are known, its minimiser is the true process."""
+Gaussian AR(1) process, whose k-step marginals are known, its value is the closed form and its
+minimiser is the true process. And the generator's block-constant input noise
+(``model.noise_pool``) against a brute-force version."""
 
 from __future__ import annotations
 
 import math
 from dataclasses import replace
 
+import pytest
 import torch
 
 from stdiff.diffusion.conditioning import Condition
 from stdiff.diffusion.losses import crps_loss
+from stdiff.diffusion.precond import pool_noise
 from stdiff.pipelines.tasks.forecast import WeatherLayout, condition, rollout_crps_loss
 
 
@@ -105,3 +109,31 @@ def test_rollout_crps_value_is_the_closed_form_of_free_running_members() -> None
         d2 = (a_m**k - a**k) ** 2
         exact += math.sqrt(2 / math.pi) * (math.sqrt(d2 + v + w) - math.sqrt(2 * v) / 2) / steps
     assert abs(float(loss) - exact) < 0.004 * exact, (float(loss), exact)
+
+
+def test_pool_noise_is_block_sums_over_root_size_brute_force() -> None:
+    """``pool_noise`` against loops: each value is its block's sum over the root of the block's
+    size (edge blocks smaller), so white noise keeps unit variance, one value per block."""
+    x = torch.randn(3, 2, 7, 10, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    got = pool_noise(x, 3)
+    want = torch.empty_like(x)
+    for i in range(0, 7, 3):
+        for j in range(0, 10, 3):
+            block = x[..., i : i + 3, j : j + 3]
+            n = block.shape[-1] * block.shape[-2]
+            want[..., i : i + 3, j : j + 3] = (block.sum((-2, -1)) / math.sqrt(n))[..., None, None]
+    torch.testing.assert_close(got, want)
+    big = pool_noise(torch.randn(20000, 1, 7, 10, generator=torch.Generator().manual_seed(1)), 3)
+    assert (big.var(0) - 1).abs().max() < 0.05  # every cell, edge blocks included
+
+
+def test_noise_pool_is_refused_outside_crps_generators() -> None:
+    from stdiff.pipelines.engine.models import ModelConfig
+    from stdiff.pipelines.jobs.distill import DistillConfig
+
+    with pytest.raises(ValueError, match="noise_pool must be 0"):
+        ModelConfig(net="dit_custom", noise_pool=1)
+    with pytest.raises(ValueError, match="noise_pool needs method: crps"):
+        DistillConfig(teacher="t", out="o", method="consistency", noise_pool=4)
+    with pytest.raises(ValueError, match=r"needs gridded \(B, C, H, W\) inputs"):
+        pool_noise(torch.zeros(2, 3, 4), 2)
