@@ -123,18 +123,7 @@ def run_distillation(cfg: DistillConfig) -> dict[str, Any]:
     )
     if cfg.store is not None:
         tcfg = replace(tcfg, data=replace(tcfg.data, store=cfg.store))
-    crps_stage = tcfg.loop.objective == "crps" and cfg.method == "crps" and cfg.rollout > 1
-    if tcfg.loop.objective in ("regression", "crps") and not crps_stage:
-        raise ValueError(
-            f"{cfg.teacher}: cannot distil a loop.objective: {tcfg.loop.objective} model"
-        )
-    if tcfg.model.noise_pool and cfg.noise_pool not in (None, tcfg.model.noise_pool):
-        raise ValueError(f"noise_pool: {cfg.noise_pool}: the teacher {cfg.teacher} draws "
-                         f"model.noise_pool: {tcfg.model.noise_pool}; leave noise_pool unset")  # fmt: skip
-    if tcfg.model.kind not in ("score", "learned_variance") or (
-        cfg.method == "crps" and tcfg.model.kind != "score"
-    ):
-        raise ValueError(f"{cfg.teacher}: cannot distil a {tcfg.model.kind!r} model")
+    _check_teacher(cfg, tcfg)
     schedule = teacher.schedule
     if cfg.method == "consistency":
         consistency_grid(schedule, cfg.levels)  # a bad grid fails before any work
@@ -152,9 +141,8 @@ def run_distillation(cfg: DistillConfig) -> dict[str, Any]:
     for k, n in enumerate(stages):
         name = f"steps_{n}" if n else cfg.method
         run_dir = out / name
-        new_pool = 0 if tcfg.model.noise_pool else (cfg.noise_pool or 0)
+        new_pool = 0 if tcfg.model.noise_pool else (cfg.noise_pool or 0)  # else copied hook
         student, sampling, loss_fn = _student(cfg, teacher, n, device, sd, layout, new_pool)
-
         scfg = _student_config(cfg, tcfg, run_dir)
         info = {"method": cfg.method, "teacher": str(meta["checkpoint"]), **sampling}
         if cfg.rollout > 1:
@@ -188,6 +176,23 @@ def run_distillation(cfg: DistillConfig) -> dict[str, Any]:
     }
     write_json(out / "distill.json", summary)
     return summary
+
+
+def _check_teacher(cfg: DistillConfig, tcfg) -> None:
+    """Refuse teachers that cannot be distilled this way: regression models, CRPS generators
+    (except for a CRPS rollout stage), kinds other than score models, another noise pool."""
+    crps_stage = tcfg.loop.objective == "crps" and cfg.method == "crps" and cfg.rollout > 1
+    if tcfg.loop.objective in ("regression", "crps") and not crps_stage:
+        raise ValueError(
+            f"{cfg.teacher}: cannot distil a loop.objective: {tcfg.loop.objective} model"
+        )
+    if tcfg.model.noise_pool and cfg.noise_pool not in (None, tcfg.model.noise_pool):
+        raise ValueError(f"noise_pool: {cfg.noise_pool}: the teacher {cfg.teacher} draws "
+                         f"model.noise_pool: {tcfg.model.noise_pool}; leave noise_pool unset")  # fmt: skip
+    if tcfg.model.kind not in ("score", "learned_variance") or (
+        cfg.method == "crps" and tcfg.model.kind != "score"
+    ):
+        raise ValueError(f"{cfg.teacher}: cannot distil a {tcfg.model.kind!r} model")
 
 
 def _student_config(cfg: DistillConfig, tcfg, run_dir: Path):
