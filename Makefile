@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.stdiff-installed
 OUT ?= outputs/quickstart
 
-.PHONY: test demo toy lint format grib bench bench-imputation bench-weather gpu-check clean-venv
+.PHONY: test demo toy lint format grib bench bench-imputation bench-weather bench-weather-generators gpu-check clean-venv
 
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -55,6 +55,15 @@ bench-weather: $(STAMP)
 	$(VENV)/bin/stdiff train --config configs/train_ncep_dit.yaml
 	$(VENV)/bin/stdiff train --config configs/train_ncep_det.yaml
 	$(PY) -m benchmarks.weather --ensemble outputs/train_ncep_dit --deterministic outputs/train_ncep_det --write BENCHMARKS.md
+
+# After bench-weather: the one-evaluation CRPS generator (block input noise, then 8-step rollouts)
+# against the 39-evaluation sampler, about 45 minutes on 2 CPU cores.
+bench-weather-generators: $(STAMP)
+	$(VENV)/bin/stdiff distill --config configs/distill_ncep_pool.yaml
+	$(VENV)/bin/stdiff distill --config configs/distill_ncep_pool_rollout.yaml
+	$(PY) -m benchmarks.weather --ensemble outputs/train_ncep_dit --deterministic outputs/train_ncep_det --threads 1 \
+		--generator outputs/distill_ncep_pool/crps outputs/distill_ncep_pool_rollout/crps \
+		--few-section weather-crps-generators --write BENCHMARKS.md
 
 # On a GPU machine (torch, timm, einops suffice; no venv needed): CUDA checks, DiT/CSDI/forecast
 # throughput, written into BENCHMARKS.md. About 6-8 minutes on one H100/H200.
