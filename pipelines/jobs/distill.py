@@ -141,9 +141,10 @@ def run_distillation(cfg: DistillConfig) -> dict[str, Any]:
     for k, n in enumerate(stages):
         name = f"steps_{n}" if n else cfg.method
         run_dir = out / name
-        new_pool = 0 if tcfg.model.noise_pool else (cfg.noise_pool or 0)  # else copied hook
-        student, sampling, loss_fn = _student(cfg, teacher, n, device, sd, layout, new_pool)
         scfg = _student_config(cfg, tcfg, run_dir)
+        # a teacher drawing the same pool already has the hook, and its copy keeps it
+        new_pool = 0 if scfg.model.noise_pool == tcfg.model.noise_pool else scfg.model.noise_pool
+        student, sampling, loss_fn = _student(cfg, teacher, n, device, sd, layout, new_pool)
         info = {"method": cfg.method, "teacher": str(meta["checkpoint"]), **sampling}
         if cfg.rollout > 1:
             info["rollout"] = cfg.rollout
