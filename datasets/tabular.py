@@ -12,7 +12,10 @@ Layouts
 Times are parsed with :func:`pandas.to_datetime` unless the column is already numeric (then they are
 kept as numbers, e.g. hours).  Time-zone-aware times are converted to naive UTC.  The format is
 chosen by extension: ``.csv``/``.txt`` (comma-separated) and ``.tsv`` (tab), optionally compressed
-(``.gz``, ``.bz2``, ``.xz``, ``.zip``, ``.zst``), and ``.parquet``/``.pq``.
+(``.gz``, ``.bz2``, ``.xz``, ``.zip``, ``.zst``), and ``.parquet``/``.pq``.  Spreadsheet exports
+read as they are (:func:`_read_text`): ``;``, tab or ``|`` separators when the header holds no
+comma, decimal commas in ``;`` tables, UTF-8 with or without a BOM, UTF-16 with a BOM, else
+Windows-1252.  Infinite values (and numbers beyond float32) are refused, never stored.
 
 Evaluation targets (``target_mask``)
 ------------------------------------
@@ -43,6 +46,7 @@ Every fault raises :class:`~datasets.errors.DataError` with one line naming the 
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -177,11 +181,11 @@ def _read(path: Path) -> pd.DataFrame:
     if not path.is_file():
         raise DataError(path, "no such file")
     try:
-        if kind in _PARQUET:
-            frame = pd.read_parquet(path)
-        else:
-            frame = pd.read_csv(path, sep=_CSV[kind], low_memory=False)
-    except (ValueError, OSError, UnicodeDecodeError, pd.errors.ParserError) as exc:
+        frame = pd.read_parquet(path) if kind in _PARQUET else _read_text(path, _CSV[kind])
+    except UnicodeDecodeError as exc:
+        raise DataError(path, f"cannot read as CSV: not UTF-8, UTF-16 or Windows-1252 text (byte "
+                        f"{exc.object[exc.start]:#04x} at offset {exc.start})") from None  # fmt: skip
+    except (ValueError, OSError, pd.errors.ParserError) as exc:
         what = "Parquet" if kind in _PARQUET else "CSV"
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise DataError(path, f"cannot read as {what} ({first})") from None
@@ -192,6 +196,49 @@ def _read(path: Path) -> pd.DataFrame:
     if len(frame) == 0:
         raise DataError(path, "the table has no rows")
     return frame
+
+
+_DECIMAL_COMMA = r"\s*[+-]?\d+,\d+\s*"
+_INTEGER = r"\s*[+-]?\d+\s*"
+
+
+def _read_text(path: Path, sep: str) -> pd.DataFrame:
+    """A delimited text table as spreadsheets export it: UTF-8 (a BOM allowed), UTF-16 with its
+    BOM, else Windows-1252 (Latin-1 and its superset; undecodable bytes still fail); a file
+    whose header holds no ``sep`` but ``;``, tab or ``|`` is split on that instead; a ``;``
+    table whose text columns are all decimal-comma numbers (``1,5``) is read with ``decimal=","``."""
+    with open(path, "rb") as fh:
+        head = fh.read(2)
+    utf16 = head in (b"\xff\xfe", b"\xfe\xff")
+    for enc in ("utf-16",) if utf16 else ("utf-8-sig", "cp1252"):
+        try:
+            frame = pd.read_csv(path, sep=sep, low_memory=False, encoding=enc)
+            break
+        except UnicodeDecodeError:
+            if enc != "utf-8-sig":
+                raise
+    if frame.shape[1] == 1:
+        header = str(frame.columns[0])
+        other = next((c for c in (";", "\t", "|") if c != sep and c in header), None)
+        if other is not None:
+            sep = other
+            frame = pd.read_csv(path, sep=sep, low_memory=False, encoding=enc)
+    if sep == ";" and _decimal_comma(frame):
+        frame = pd.read_csv(path, sep=sep, low_memory=False, encoding=enc, decimal=",")
+    return frame
+
+
+def _decimal_comma(frame: pd.DataFrame) -> bool:
+    """Whether some text column holds decimal-comma numbers and nothing but numbers."""
+    found = False
+    for name in frame.select_dtypes(include=["object", "string"]).columns:
+        cells = frame[name].dropna().astype(str)
+        comma = cells.str.fullmatch(_DECIMAL_COMMA)
+        if comma.any():
+            if not (comma | cells.str.fullmatch(_INTEGER)).all():
+                return False
+            found = True
+    return found
 
 
 def _columns(frame: pd.DataFrame) -> str:
@@ -215,7 +262,9 @@ def _times(path: Path, column: str, series: pd.Series) -> np.ndarray:
     parsed = None
     for fmt in (None, "mixed"):  # one inferred format (fast), else element by element
         try:
-            parsed = pd.to_datetime(text, format=fmt)
+            with warnings.catch_warnings():  # pandas warns when it falls back to dateutil
+                warnings.simplefilter("ignore", UserWarning)
+                parsed = pd.to_datetime(text, format=fmt)
             break
         except (ValueError, TypeError, OverflowError):
             continue
@@ -234,19 +283,35 @@ def _times(path: Path, column: str, series: pd.Series) -> np.ndarray:
 
 
 def _numeric(path: Path, name: str, series: pd.Series) -> np.ndarray:
+    """A value column as float32, NaN = missing; refuses text and values that are infinite
+    (``inf`` cells, or beyond float32's range) naming the first bad row."""
     if pd.api.types.is_bool_dtype(series):
         return series.to_numpy(np.float32)
     if pd.api.types.is_numeric_dtype(series):
-        return series.to_numpy(np.float32, na_value=np.nan)
-    coerced = pd.to_numeric(series, errors="coerce")
-    bad = coerced.isna().to_numpy() & series.notna().to_numpy()
-    bad &= series.astype(str).str.strip().ne("").to_numpy()
-    if bad.any():
-        row = int(np.flatnonzero(bad)[0])
+        values = series.to_numpy(np.float64, na_value=np.nan)
+    else:
+        coerced = pd.to_numeric(series, errors="coerce")
+        bad = coerced.isna().to_numpy() & series.notna().to_numpy()
+        bad &= series.astype(str).str.strip().ne("").to_numpy()
+        if bad.any():
+            row = int(np.flatnonzero(bad)[0])
+            raise DataError(
+                path, f"{name!r} holds a non-number {series.iloc[row]!r} (data row {row + 1})"
+            )
+        values = coerced.to_numpy(np.float64, na_value=np.nan)
+    with np.errstate(over="ignore"):
+        out = values.astype(np.float32)
+    infinite = np.isinf(out)
+    if infinite.any():
+        row = int(np.flatnonzero(infinite)[0])
+        cell = series.iloc[row]
+        why = "an infinite value" if np.isinf(values[row]) else "a number beyond float32's range"
         raise DataError(
-            path, f"{name!r} holds a non-number {series.iloc[row]!r} (data row {row + 1})"
+            path,
+            f"{name!r} holds {why}, {str(cell)!r} (data row {row + 1}); leave the cell "
+            "empty if it is missing",
         )
-    return coerced.to_numpy(np.float32, na_value=np.nan)
+    return out
 
 
 def _show(t: object) -> str:

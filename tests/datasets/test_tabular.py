@@ -244,3 +244,56 @@ def test_other_faults(tmp_path):
         r"hole\.csv: target row without a value \(data row 2\)", hole, layout="long", targets="t"
     )
     _raises(r"layout: must be 'wide' or 'long'", wide, layout="tall")
+
+
+# --------------------------------------------------------------------------- spreadsheet exports
+
+
+def test_spreadsheet_exports_read_as_the_comma_file(tmp_path):
+    """The same table exported as ';' with decimal commas, ';' with dots, tabs in a .csv,
+    UTF-16 with its BOM (Excel's "Unicode text"), Windows-1252 and UTF-8 with a BOM all give
+    the values of the plain comma-separated file; a header with an accent keeps it."""
+    rows = [("2024-01-01 00:00", 1.5, None), ("2024-01-01 01:00", None, 2.0),
+            ("2024-01-01 02:00", 3.25, 4.0)]  # fmt: skip
+
+    def table(sep: str, dec: str = ".", b: str = "b") -> str:
+        cell = lambda v: "" if v is None else f"{v:g}".replace(".", dec)  # noqa: E731
+        return "".join(sep.join(r) + "\n" for r in [("time", "a", b)] +
+                       [(t, cell(a), cell(c)) for t, a, c in rows])  # fmt: skip
+
+    want = load_table(_write(tmp_path / "plain.csv", table(",")))
+    cases = {"semi_comma.csv": table(";", ","), "semi_dot.csv": table(";"),
+             "tabs.csv": table("\t"), "bars.txt": table("|")}  # fmt: skip
+    for name, text in cases.items():
+        got = load_table(_write(tmp_path / name, text))
+        np.testing.assert_array_equal(got["values"].values, want["values"].values, name)
+        np.testing.assert_array_equal(got.time.values, want.time.values, err_msg=name)
+    accent = table("\t", b="b\u00e9")
+    for name, data in {"u16.txt": accent.encode("utf-16"),
+                       "win.csv": accent.encode("cp1252"),
+                       "bom.csv": accent.encode("utf-8-sig")}.items():  # fmt: skip
+        (tmp_path / name).write_bytes(data)
+        got = load_table(tmp_path / name)
+        assert list(got.feature.values) == ["a", "b\u00e9"], name
+        np.testing.assert_array_equal(got["values"].values, want["values"].values, name)
+
+
+def test_mixed_decimal_marks_and_binary_files_are_refused(tmp_path):
+    """Decimal commas are taken only when every text cell of such a column is a number:
+    a ';' table mixing '1,5' and a word keeps the text and is refused naming a cell."""
+    mixed = _write(tmp_path / "mixed.csv", "time;a\n0;1,5\n1;lots\n")
+    _raises(r"mixed\.csv: column 'a' holds text \(e\.g\. '1,5'\)", mixed)
+    (tmp_path / "blob.csv").write_bytes(bytes(range(256)) * 4)
+    _raises(r"blob\.csv: cannot read as CSV: not UTF-8, UTF-16 or Windows-1252 text \(byte "
+            r"0x81 at offset 129\)", tmp_path / "blob.csv")  # fmt: skip
+
+
+def test_infinite_values_are_refused(tmp_path):
+    inf = _write(tmp_path / "inf.csv", "time,a\n0,1\n1,-inf\n")
+    _raises(r"inf\.csv: 'a' holds an infinite value, '-inf' \(data row 2\); leave the cell "
+            "empty if it is missing", inf)  # fmt: skip
+    big = _write(tmp_path / "big.csv", "time,a\n0,1e39\n1,2\n")
+    _raises(r"big\.csv: 'a' holds a number beyond float32's range, '1e\+39' \(data row 1\)",
+            big)  # fmt: skip
+    text = _write(tmp_path / "text.csv", "time,a\n0,x\n1,Infinity\n")
+    _raises(r"text\.csv: 'a' holds a non-number 'x'", text)
