@@ -171,7 +171,18 @@ def _images_dataset(
     classes: Sequence[str],
     **attrs: object,
 ) -> xr.Dataset:
-    """Assemble the canonical images dataset from (sample, channel, y, x) arrays."""
+    """Assemble the canonical images dataset from (sample, channel, y, x) arrays; refuses an
+    empty set and pixels that are NaN or infinite (naming the first such sample)."""
+    if image.shape[0] == 0:
+        raise DataError(source, "no images (0 samples)")
+    if image.dtype.kind == "f":
+        bad = ~np.isfinite(image).reshape(image.shape[0], -1).all(1)
+        if bad.any():
+            raise DataError(
+                source,
+                f"{int(bad.sum())} image(s) hold NaN or infinite pixels (the first is "
+                f"sample {int(np.flatnonzero(bad)[0])}); images must be finite",
+            )
     return xr.Dataset(
         {
             "image": (("sample", "channel", "y", "x"), image),

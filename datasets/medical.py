@@ -92,6 +92,13 @@ def load_nifti(path: str | Path, *, axis: str = "axial") -> xr.Dataset:
         data = canon.get_fdata(dtype=np.float32)
     except read_errors as err:
         raise DataError(path, f"cannot read the voxel data ({_why(err)})") from err
+    bad = int(data.size - np.count_nonzero(np.isfinite(data)))
+    if bad:
+        raise DataError(
+            path,
+            f"{bad} voxel(s) are NaN or infinite (e.g. outside a brain mask); set them to "
+            "the background value (often 0) before ingesting",
+        )
     order = _NIFTI_AXES[axis]
     voxel = nib.affines.voxel_sizes(canon.affine)
     return xr.Dataset(

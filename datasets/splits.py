@@ -10,8 +10,10 @@
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
+import dask
 import numpy as np
 import xarray as xr
 
@@ -159,7 +161,18 @@ def normalization_stats(
             diff = da.diff("time")
             dstd = diff.std([d for d in diff.dims if d not in keep_dims], skipna=True)
             out[f"{name}_diff_std"] = dstd.where(dstd > 0, 1.0)
-    stats = xr.Dataset(out).compute().astype(np.float32)
+    infinite = {n: np.isinf(ds[n]).sum() for n in variables if ds[n].dtype.kind == "f"}
+    with warnings.catch_warnings():  # the std of data holding inf warns before the refusal
+        warnings.simplefilter("ignore", RuntimeWarning)
+        stats, counts = dask.compute(xr.Dataset(out), infinite)  # one pass over the data
+    bad = {n: int(c) for n, c in counts.items() if int(c)}
+    if bad:
+        raise DataError(
+            ds.attrs.get("source", "dataset"),
+            f"infinite values in {bad} (variable: count); "
+            "store missing values as NaN or leave them out",
+        )
+    stats = stats.astype(np.float32)
     stats.attrs["normalization"] = f"statistics of the training split only ({split.describe()})"
     return stats
 

@@ -92,6 +92,54 @@ def test_bad_input_one_line_no_store(tmp_path: Path, make, kind: str, match: str
     assert not out.exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".o.zarr")]
 
 
+def _inf_weather(p: Path) -> Path:
+    """The test period (not the training one) holds one infinite value."""
+    ds = xr.open_dataset(_weather_file(p))
+    ds["t"][-1, 0, 0] = np.inf
+    ds.to_netcdf(p / "inf.nc", engine="h5netcdf")
+    return p / "inf.nc"
+
+
+def _weather_file(p: Path) -> Path:
+    time = pd.date_range("2013-12-01", periods=40, freq="6h")
+    ds = xr.Dataset({"t": (("time", "lat", "lon"), np.full((40, 4, 6), 270.0, np.float32))},
+                    coords={"time": time, "lat": [30.0, 40, 50, 60], "lon": np.arange(6.0) * 50})  # fmt: skip
+    ds.to_netcdf(p / "w.nc", engine="h5netcdf")
+    return p / "w.nc"
+
+
+def _nan_npz(p: Path) -> Path:
+    images = np.zeros((4, 8, 8), np.float32)
+    images[2, 3, 3] = np.nan
+    np.savez(p / "nan.npz", x=images, y=np.arange(4))
+    return p / "nan.npz"
+
+
+def _nan_nifti(p: Path) -> Path:
+    import nibabel as nib
+
+    vol = np.ones((6, 6, 4), np.float32)
+    vol[0] = np.nan
+    nib.save(nib.Nifti1Image(vol, np.eye(4)), p / "masked.nii.gz")
+    return p / "masked.nii.gz"
+
+
+@pytest.mark.parametrize(
+    ("make", "kind", "match"),
+    [
+        (_inf_weather, "weather", "inf.nc: infinite values in {'t': 1} (variable: count)"),
+        (_nan_npz, "images", "nan.npz: 1 image(s) hold NaN or infinite pixels (the first is sample 2)"),
+        (_nan_nifti, "medical", "masked.nii.gz: 24 voxel(s) are NaN or infinite"),
+        (lambda p: (p / "inf.csv").write_text("time,a\n0,1\n1,inf\n") and p / "inf.csv",
+         "timeseries", "'a' holds an infinite value, 'inf' (data row 2)"),
+    ],
+)  # fmt: skip
+def test_non_finite_values_are_refused(tmp_path: Path, make, kind: str, match: str) -> None:
+    """NaN is a missing value only where the format has missing values (series, grids);
+    infinities never are, and images and volumes must be finite: one line, no store."""
+    test_bad_input_one_line_no_store(tmp_path, make, kind, match)
+
+
 def test_real_ncep_ingest(shared_data: Path, tmp_path: Path) -> None:
     out = tmp_path / "air.zarr"
     res = _run(
