@@ -69,7 +69,10 @@ def world(tmp_path_factory, trained_csdi, image_model, weather_builders) -> dict
     (root / "bad.yaml").write_text("out: [unclosed\n")
     (root / "empty.yaml").write_text("")
     (root / "latin1.yaml").write_bytes("out: caf\xe9\n".encode("latin-1"))
-    (root / "latin1.csv").write_bytes("time,caf\xe9\n2013-01-01,1\n".encode("latin-1"))
+    # Windows-1252 is read (spreadsheet exports); bytes it does not define are not text
+    (root / "undecodable.csv").write_bytes(b"time,caf\x81\x8d\n2013-01-01,1\n")
+    (root / "infinite.csv").write_text("time,a\n2013-01-01,1\n2013-01-02,inf\n")
+    np.savez(root / "nanimages.npz", x=np.full((3, 4, 4), np.nan, np.float32), y=np.arange(3))
     (root / "corrupt.zarr").mkdir()
     (root / "corrupt.zarr" / "zarr.json").write_text('{"zarr_format": 3, "node_type": ')
     _zero_size_nifti(root / "zero.nii.gz")
@@ -156,7 +159,9 @@ CASES: list[tuple[str, list[str], str]] = [
     ("ingest-npz-volumes", ["ingest", "{root}/vol3d.npz", "--kind", "images", "--labels-key", "none", "--out", "{root}/o.zarr"], "vol3d.npz"),
     ("ingest-zero-size-nifti", ["ingest", "{root}/zero.nii.gz", "--kind", "medical", "--out", "{root}/o.zarr"], "zero.nii.gz"),
     ("ingest-coarsen-not-divisor", ["ingest", "{grid}", "--kind", "weather", "--coarsen", "5", "--out", "{root}/o.zarr"], "--coarsen"),
-    ("ingest-latin1-csv", ["ingest", "{root}/latin1.csv", "--kind", "timeseries", "--out", "{root}/o.zarr"], "latin1.csv"),
+    ("ingest-undecodable-csv", ["ingest", "{root}/undecodable.csv", "--kind", "timeseries", "--out", "{root}/o.zarr"], "undecodable.csv"),
+    ("ingest-infinite-csv", ["ingest", "{root}/infinite.csv", "--kind", "timeseries", "--out", "{root}/o.zarr"], "infinite.csv"),
+    ("ingest-nan-images", ["ingest", "{root}/nanimages.npz", "--kind", "images", "--out", "{root}/o.zarr"], "nanimages.npz"),
     ("ingest-corrupt-zarr", ["ingest", "{root}/corrupt.zarr", "--kind", "weather", "--out", "{root}/o.zarr"], "corrupt.zarr"),
     ("ingest-out-is-source", ["ingest", "{grid}", "--kind", "weather", "--out", "{grid}"], "--out"),
     ("ingest-out-other-ingest", ["ingest", "{grid}", "--kind", "weather", "--out", "{stays}"], "--overwrite"),
@@ -174,6 +179,7 @@ CASES: list[tuple[str, list[str], str]] = [
     ("train-unknown-key", ["train", "--config", "{root}/job.yaml", "--set", "colour=red"], "colour"),
     ("train-unknown-nested-key", ["train", "--config", "{root}/job.yaml", "--set", "loop.stepz=3"], "stepz"),
     ("train-batch-0", ["train", "--config", "{root}/job.yaml", "--set", "loop.batch_size=0"], "batch_size"),
+    ("train-batch-above-split", ["train", "--config", "{root}/job.yaml", "--set", "loop.batch_size=100000"], "batch_size"),
     ("train-checkpoint-every-0", ["train", "--config", "{root}/job.yaml", "--set", "loop.checkpoint_every=0"], "checkpoint_every"),
     ("train-steps-negative", ["train", "--config", "{root}/job.yaml", "--set", "loop.steps=-5"], "steps"),
     ("train-log-every-negative", ["train", "--config", "{root}/job.yaml", "--set", "loop.log_every=-1"], "log_every"),

@@ -103,4 +103,19 @@ def build_net(name: str, params: dict[str, Any], seed: int) -> torch.nn.Module:
         return build_seeded(lambda: fn(**params), seed)
     except (TypeError, ValueError, AssertionError, RuntimeError, ZeroDivisionError) as e:
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ValueError(f"model.params for net {name!r}: {msg}") from None
+        raise ValueError(f"model.params for net {name!r}: {_explain(fn, msg)}") from None
+
+
+def _explain(fn, msg: str) -> str:
+    """A constructor's TypeError in the config's words: the missing or unknown key, and the
+    keys the net takes."""
+    import inspect
+    import re
+
+    keys = [k for k, p in inspect.signature(fn).parameters.items()
+            if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)]  # fmt: skip
+    if (m := re.search(r"missing \d+ required positional arguments?: (.+)$", msg)) is not None:
+        return f"{m.group(1).replace(' and ', ', ')} required; it takes {keys}"
+    if (m := re.search(r"unexpected keyword argument '(\w+)'", msg)) is not None:
+        return f"{m.group(1)!r} is not one of its parameters {keys}"
+    return msg

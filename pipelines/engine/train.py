@@ -186,7 +186,8 @@ class StepBatches(Sampler[list[int]]):
     ) -> None:
         if n < batch_size * world:
             raise ValueError(
-                f"dataset of {n} samples is smaller than one global batch ({batch_size * world})"
+                f"the training split holds {n} samples, fewer than one global batch "
+                f"({batch_size * world}): set loop.batch_size to at most {n // world}"
             )
         self.n, self.bs, self.seed, self.start, self.rank, self.world = (
             n,
