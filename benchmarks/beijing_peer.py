@@ -138,8 +138,10 @@ def few_step_section(a) -> None:
     how = (f"consistency distillation, {cfg.levels} levels, {cfg.distance}"
            if a.method == "consistency" else "the teacher fine-tuned on the fair CRPS of two "
            "members (`configs/distill_beijing_crps.yaml`)")  # fmt: skip
-    body = (f"Teacher `{a.distill}` (CSDI, v-prediction, 400 steps); student: {how}, {a.steps} "
-            f"steps at batch 16 ({distill_s / 60:.0f} min on a shared CPU). Imputation of "
+    took = (f"{distill_s / 60:.0f} min on a shared CPU" if distill_s > 60
+            else "trained before this run, its stage found finished")  # fmt: skip
+    body = (f"Teacher `{a.distill}` (CSDI, v-prediction, {_trained_steps(a.distill)} steps); "
+            f"student: {how}, {a.steps} steps at batch 16 ({took}). Imputation of "
             f"{a.period}, {a.eval_ratio:.0%} of the observed values hidden (the same points in "
             "every row), central stitching.\n\n" + "\n".join(lines))  # fmt: skip
     cmd = (f"`python -m benchmarks.beijing --distill {a.distill} --method {a.method} "
@@ -167,6 +169,13 @@ def _few_row(a, store, who, ckpt, sampler, steps, spacing, members) -> str:
         f"| {who} | {sampler} {steps} | {r['evals']} | {members} | {m['crps_physical']:.3f} "
         f"| {m['mae_physical']:.2f} | {m['cover_90']:.2f} | {r['seconds']:.0f} |"
     )
+
+
+def _trained_steps(run) -> int:
+    """The step of a training run's latest checkpoint."""
+    from stdiff.pipelines.engine.checkpoint import latest_checkpoint
+
+    return int(latest_checkpoint(Path(run)).name.split("_")[-1])
 
 
 def cfg_store(run) -> str:

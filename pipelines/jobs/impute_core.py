@@ -63,6 +63,9 @@ class ImputeConfig:
     (windows of L steps tile the series, then a window around every seam re-draws the steps
     near it, each member conditioned on its own values on both sides; on Beijing at 400
     training steps it was worse than ``central``: BENCHMARKS.md);
+    link_members: before publishing, relabel each window's members so that member ``m``
+    continues member ``m`` of the window before with the least squared step (every step keeps
+    its values and scores; ``central`` and ``forecast`` series, ``pipelines.jobs.impute_link``);
     batch_size: windows per batch; use_targets: the store's ``target_mask`` are the evaluation
     points (eval_ratio must then be 0); eval_pattern: ``random`` hides single values, ``block``
     gaps of ``eval_block`` consecutive steps of one feature (a sensor outage) until about
@@ -93,6 +96,7 @@ class ImputeConfig:
     window: int | None = None
     stride: int | None = None
     stitch: Literal["central", "seamless"] = "central"
+    link_members: bool = True
     period: list[str] | None = None
     max_steps: int | None = None
     use_targets: bool = True
@@ -192,11 +196,19 @@ def draw_members(
     return torch.cat(out, 1)
 
 
-def publish(store, out: Path, cfg, meta, result, scored: bool, mean, std) -> dict[str, Any]:
+def publish(
+    store, out: Path, cfg, meta, result, scored: bool, mean, std, link: bool = False
+) -> dict[str, Any]:
     """Score (when there are evaluation points), stamp provenance and publish the output store
-    once every chunk is done; ``metrics.json`` beside it. Returns ``result`` completed."""
+    once every chunk is done; ``metrics.json`` beside it. ``link``: first relabel the members
+    of a stitched series across window changes (``pipelines.jobs.impute_link``). Returns
+    ``result`` completed."""
 
     def prepare(path: Path) -> None:
+        if link:
+            from stdiff.pipelines.jobs.impute_link import link_members
+
+            link_members(path, std)
         if scored:
             result["metrics"] = score_imputation(xr.open_zarr(path, consolidated=False), mean, std)
         finish_store(path, cfg, meta, result)

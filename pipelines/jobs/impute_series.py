@@ -14,8 +14,11 @@ The selected time steps (the store's ``split``, a ``period``, or both) are cover
 * ``impute`` mode, ``stitch: central`` (the default): the windows start ``stride`` steps apart (by default
   ``L // 2``), and each time step is taken from the window in which it is most central (ties:
   the earlier window), so no step is imputed twice and none at a window's ragged edge when a
-  more central window exists; members of neighbouring windows are independent draws, so a
-  member jumps where the windows meet (quantiles are unaffected).
+  more central window exists; members of neighbouring windows are independent draws, so
+  before publishing each window's members are relabelled to continue the previous window's
+  with the least squared step (``link_members``, :mod:`pipelines.jobs.impute_link`; every
+  step keeps its values, so the scores do not change; without it a member jumps where the
+  windows meet).
 * In both, a run shorter than ``L`` is imputed in one window reaching into its neighbours, which
   are then conditioned on as they are observed.
 * ``forecast`` mode: the selected steps are cut into blocks of ``horizon`` steps; each block is
@@ -50,6 +53,7 @@ import torch
 import xarray as xr
 
 from stdiff.datasets.errors import DataError
+from stdiff.datasets.outputs import check_budget
 from stdiff.datasets.regions import RegionStore
 from stdiff.datasets.splits import SERIES_SPLIT_CODES
 from stdiff.datasets.windows import contiguous_runs
@@ -400,6 +404,15 @@ def _seam_conditions(plan, seams, tiles, tile_draws, raw, cond, mean, std) -> tu
     return x, cm
 
 
+def _check_budget(cfg, plan: SeriesPlan, k: int) -> None:
+    """Refuse before any work an output larger than the free disk (the samples twice while the
+    members are linked) or batches of windows larger than the memory."""
+    members = cfg.members * (2 if cfg.link_members else 1)
+    disk = len(plan.times) * (members + len(QUANTILES) + 5) * k * 4
+    memory = cfg.batch_size * plan.length * cfg.members * k * 4 * 4
+    check_budget(cfg.out, disk, memory, "--members / batch_size")
+
+
 def run_series_imputation(cfg, ds, denoiser, tcfg, meta, device, progress=True) -> dict[str, Any]:
     """The series job (see the module docstring); called by ``run_imputation`` for a store with
     dims ``(time, feature)``. Returns the same summary as for stays, with ``windows`` and
@@ -415,6 +428,7 @@ def run_series_imputation(cfg, ds, denoiser, tcfg, meta, device, progress=True) 
     raw = ds["values"].values.astype(np.float32)  # (T, K), NaN = missing
     mean = np.asarray(meta["stats"]["values_mean"], dtype=np.float32)
     std = np.asarray(meta["stats"]["values_std"], dtype=np.float32)
+    _check_budget(cfg, plan, ds.sizes["feature"])
     n_chunks = -(-len(plan.times) // chunk)
     bad = [c for c in cfg.chunks or [] if not 0 <= c < n_chunks]
     if bad:
@@ -442,4 +456,5 @@ def run_series_imputation(cfg, ds, denoiser, tcfg, meta, device, progress=True) 
         "device": str(device), "chunks": n_chunks, "computed": todo, "pending": store.pending(),
     }  # fmt: skip
     clip_report(denoiser, cfg.checkpoint, result)
-    return publish(store, out, cfg, meta, result, bool(hidden.any()), mean, std)
+    link = cfg.link_members and plan.seam is None and len(plan.starts) > 1 and cfg.members > 1
+    return publish(store, out, cfg, meta, result, bool(hidden.any()), mean, std, link)

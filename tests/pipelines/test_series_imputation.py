@@ -19,6 +19,7 @@ from typer.testing import CliRunner
 from stdiff.cli import app
 from stdiff.datasets.store import open_store, write_store
 from stdiff.datasets.windows import SeriesWindows, window_starts
+from stdiff.pipelines.jobs.impute_link import LINKED, OLD
 from stdiff.pipelines.jobs.impute_series import (
     block_eval_mask,
     forecast_plan,
@@ -285,6 +286,35 @@ def test_block_evaluation_hides_outages(series_run, tmp_path: Path) -> None:
     assert not (ev & ~obs).any() and ev.sum() >= int(obs.sum() * 0.1)
 
 
+def test_impute_links_members_without_changing_a_score(series_run, tmp_path) -> None:
+    """Through the CLI on the stations store: linked and unlinked outputs hold the same values
+    at every step and the same metrics; the step where the window changes shrinks."""
+    store, run = series_run
+    sets = ("eval_ratio=0.2", "max_steps=120", "members=8", "batch_size=2")
+    a = _impute(store, run, tmp_path / "l.zarr", *sets)
+    b = _impute(store, run, tmp_path / "u.zarr", *sets, "link_members=false")
+    assert a.exit_code == b.exit_code == 0, a.output + b.output
+    linked, plain = (xr.open_zarr(tmp_path / f"{n}.zarr") for n in "lu")
+    s, u = linked["samples"].values, plain["samples"].values
+    np.testing.assert_array_equal(np.sort(s, 0), np.sort(u, 0))
+    assert not np.array_equal(s, u)
+    assert "member_order" in linked["samples"].attrs
+    assert {p.name for p in (tmp_path / "l.zarr").iterdir()}.isdisjoint({LINKED, OLD})
+    ma, mb = (json.loads((tmp_path / f"{n}.zarr.metrics.json").read_text())["metrics"]
+              for n in "lu")  # fmt: skip
+    assert ma == mb
+    ws = linked["window_start"].values
+    change = ws[1:] != ws[:-1]
+    free = (linked["cond_mask"].values[1:] == 0) & (linked["cond_mask"].values[:-1] == 0)
+    std = np.nanstd(linked["values"].values, 0)
+
+    def seam_step(x):
+        d = np.abs(np.diff(x, axis=1)) / std
+        return d[:, change[:, None] & free].mean()
+
+    assert seam_step(s) < 0.8 * seam_step(u), (seam_step(s), seam_step(u))
+
+
 # --------------------------------------------------------------------------- seamless stitching
 
 
@@ -338,7 +368,8 @@ def test_seamless_imputation_is_chunk_invariant_and_keeps_the_tiles(series_run, 
     sets = ("eval_ratio=0.2", "max_steps=60", "stitch=seamless")
     a = _impute(store, run, tmp_path / "a.zarr", *sets, "batch_size=1")
     b = _impute(store, run, tmp_path / "b.zarr", *sets, "batch_size=4")
-    c = _impute(store, run, tmp_path / "c.zarr", *sets[:2], "stitch=central", f"stride={WINDOW}")
+    c = _impute(store, run, tmp_path / "c.zarr", *sets[:2], "stitch=central", f"stride={WINDOW}",
+                "link_members=false")  # fmt: skip
     assert a.exit_code == b.exit_code == c.exit_code == 0, a.output + b.output + c.output
     sa, sb, sc = (xr.open_zarr(tmp_path / f"{n}.zarr") for n in "abc")
     np.testing.assert_allclose(sa["samples"].values, sb["samples"].values, rtol=1e-5, atol=1e-5)
