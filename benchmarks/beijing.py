@@ -238,7 +238,8 @@ def main(argv: list[str] | None = None) -> None:
         "absolute error over that sum).\n\n" + "\n".join(lines) + "\n"
     )
     (a.work / "scores.json").write_text(json.dumps(rows, indent=1, default=float))
-    cmd = (f"`python -m benchmarks.beijing --steps {a.steps} --period {a.period} "
+    work = "" if a.work == Path("outputs/bench_beijing") else f"--work {a.work} "
+    cmd = (f"`python -m benchmarks.beijing {work}--steps {a.steps} --period {a.period} "
            f"--members {a.members} --sampler {a.sampler} --eval-block {a.eval_block} "
            f"--stitch {' '.join(a.stitch)}`")  # fmt: skip
     name = f"beijing_block{a.eval_block}" if a.eval_block else "beijing"
