@@ -269,6 +269,9 @@ def check_budget(out: str | Path, disk_bytes: float, memory_bytes: float, what: 
     the flags that set the size (``--members, batch_size``)."""
     folder = next((p for p in Path(out).absolute().parents if p.exists()), Path("/"))
     free = shutil.disk_usage(folder).free
+    if free == 0:
+        raise ValueError(f"--out {out}: {folder} has no free space (or is a read-only or "
+                         "virtual file system); choose another --out")  # fmt: skip
     if disk_bytes > free:
         raise ValueError(
             f"{what}: the output would need {_gb(disk_bytes)} but {folder} has {_gb(free)} free; "

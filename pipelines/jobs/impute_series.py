@@ -179,17 +179,28 @@ def select_steps(cfg, ds: xr.Dataset) -> np.ndarray:
             raise DataError(cfg.data, "the store has no split; use split=all or ingest it again")
         keep &= ds["split"].values == SERIES_SPLIT_CODES[cfg.split]
     if cfg.period:
-        if len(cfg.period) != 2:
-            raise ValueError(f"period must be [start, end], got {cfg.period}")
+        start, end = _period(cfg.period)
         t = ds.indexes["time"]
-        end = np.datetime64(cfg.period[1]) + np.timedelta64(1, "D")
-        keep &= np.asarray((t >= np.datetime64(cfg.period[0])) & (t < end))
+        keep &= np.asarray((t >= start) & (t < end + np.timedelta64(1, "D")))
     pos = np.flatnonzero(keep)
     pos = pos[: cfg.max_steps] if cfg.max_steps else pos
     if len(pos) == 0:
         raise ValueError(f"{cfg.data}: no time steps selected (split {cfg.split!r}, period "
                          f"{cfg.period}, max_steps {cfg.max_steps})")  # fmt: skip
     return pos
+
+
+def _period(period) -> tuple[np.datetime64, np.datetime64]:
+    """``[start, end]`` (inclusive dates) parsed, or a one-line error naming the key."""
+    if len(period) != 2:
+        raise ValueError(f"period must be [start, end], got {period}")
+    try:
+        start, end = (np.datetime64(str(d)) for d in period)
+    except ValueError:
+        raise ValueError(f"period {list(period)}: dates must read like 2016-03-01") from None
+    if start > end:
+        raise ValueError(f"period {list(period)}: the start is after the end")
+    return start, end
 
 
 def eval_points(cfg, ds: xr.Dataset, plan: SeriesPlan, observed: np.ndarray) -> np.ndarray:

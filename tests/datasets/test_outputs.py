@@ -187,6 +187,9 @@ def test_budget_refuses_outputs_larger_than_the_disk_or_memory(tmp_path: Path) -
         check_budget(tmp_path / "o.zarr", 1e18, 1e6, "--members")
     with pytest.raises(ValueError, match="in memory"):
         check_budget(tmp_path / "o.zarr", 1e6, 1e18, "--members")
+    if Path("/proc").is_dir():  # a virtual file system reports no free space
+        with pytest.raises(ValueError, match=r"--out /proc/o\.zarr: /proc has no free space"):
+            check_budget("/proc/o.zarr", 1e3, 1e3, "--members")
 
 
 def test_stamp_marks_a_store(tmp_path: Path) -> None:

@@ -268,6 +268,15 @@ def test_chunks_are_planned_resumed_and_published_once(series_run, tmp_path: Pat
     assert xr.open_zarr(cfg.out)["samples"].notnull().all()
 
 
+def test_bad_periods_name_the_key(series_run, tmp_path: Path) -> None:
+    store, run = series_run
+    for period, say in (("[2014-02-10,2014-02-01]", "the start is after the end"),
+                        ("[soon,later]", "dates must read like 2016-03-01")):  # fmt: skip
+        res = _impute(store, run, tmp_path / "p.zarr", f"period={period}")
+        assert res.exit_code == 2 and say in res.output, res.output
+        assert not (tmp_path / "p.zarr").exists()
+
+
 def test_block_evaluation_hides_outages(series_run, tmp_path: Path) -> None:
     observed = np.random.default_rng(1).random((300, 5)) < 0.9
     hidden = block_eval_mask(observed, 0.2, 24, np.random.RandomState(0))
