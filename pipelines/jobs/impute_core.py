@@ -224,12 +224,16 @@ def publish(
     return result
 
 
-def check_budget_of(cfg: ImputeConfig, rows: int, cells: int) -> None:
+def check_budget_of(
+    cfg: ImputeConfig, rows: int, cells: int, batch_cells: int | None = None, copies: int = 1
+) -> None:
     """Refuse before any work an output larger than the free disk or batches larger than the
-    memory: samples and quantiles on disk, about four copies of a batch's samples in memory."""
-    per_row = (cfg.members + len(QUANTILES) + 5) * cells * 4
-    batch = min(rows, cfg.batch_size) * cfg.members * cells * 4 * 4
-    check_budget(cfg.out, rows * per_row, batch, "--members / batch_size")
+    memory: ``copies`` of the samples and the quantiles on disk (``rows`` x ``cells`` values
+    each), about four copies of a batch's samples in memory (``batch_cells`` values per
+    member; default: ``batch_size`` rows)."""
+    per_row = (cfg.members * copies + len(QUANTILES) + 5) * cells * 4
+    batch = min(rows, cfg.batch_size) * cells if batch_cells is None else batch_cells
+    check_budget(cfg.out, rows * per_row, batch * cfg.members * 4 * 4, "--members / batch_size")
 
 
 def fingerprint(cfg: ImputeConfig, meta: dict[str, Any]) -> str:

@@ -53,7 +53,6 @@ import torch
 import xarray as xr
 
 from stdiff.datasets.errors import DataError
-from stdiff.datasets.outputs import check_budget
 from stdiff.datasets.regions import RegionStore
 from stdiff.datasets.splits import SERIES_SPLIT_CODES
 from stdiff.datasets.windows import contiguous_runs
@@ -61,6 +60,7 @@ from stdiff.pipelines.engine.progress import progress_bar
 from stdiff.pipelines.engine.runner import clip_report
 from stdiff.pipelines.jobs.impute_core import (
     QUANTILES,
+    check_budget_of,
     draw_members,
     evals_of,
     fingerprint,
@@ -415,15 +415,6 @@ def _seam_conditions(plan, seams, tiles, tile_draws, raw, cond, mean, std) -> tu
     return x, cm
 
 
-def _check_budget(cfg, plan: SeriesPlan, k: int) -> None:
-    """Refuse before any work an output larger than the free disk (the samples twice while the
-    members are linked) or batches of windows larger than the memory."""
-    members = cfg.members * (2 if cfg.link_members else 1)
-    disk = len(plan.times) * (members + len(QUANTILES) + 5) * k * 4
-    memory = cfg.batch_size * plan.length * cfg.members * k * 4 * 4
-    check_budget(cfg.out, disk, memory, "--members / batch_size")
-
-
 def run_series_imputation(cfg, ds, denoiser, tcfg, meta, device, progress=True) -> dict[str, Any]:
     """The series job (see the module docstring); called by ``run_imputation`` for a store with
     dims ``(time, feature)``. Returns the same summary as for stays, with ``windows`` and
@@ -439,7 +430,9 @@ def run_series_imputation(cfg, ds, denoiser, tcfg, meta, device, progress=True) 
     raw = ds["values"].values.astype(np.float32)  # (T, K), NaN = missing
     mean = np.asarray(meta["stats"]["values_mean"], dtype=np.float32)
     std = np.asarray(meta["stats"]["values_std"], dtype=np.float32)
-    _check_budget(cfg, plan, ds.sizes["feature"])
+    k = ds.sizes["feature"]  # the samples twice on disk while the members are linked
+    check_budget_of(cfg, len(plan.times), k, cfg.batch_size * plan.length * k,
+                    2 if cfg.link_members else 1)  # fmt: skip
     n_chunks = -(-len(plan.times) // chunk)
     bad = [c for c in cfg.chunks or [] if not 0 <= c < n_chunks]
     if bad:
