@@ -212,18 +212,15 @@ def _read_text(path: Path, sep: str) -> pd.DataFrame:
     utf16 = head in (b"\xff\xfe", b"\xfe\xff")
     for enc in ("utf-16",) if utf16 else ("utf-8-sig", "cp1252"):
         try:
+            header = pd.read_csv(path, sep=sep, nrows=0, encoding=enc).columns  # the first line
+            if len(header) == 1:
+                sep = next((c for c in (";", "\t", "|") if c != sep and c in header[0]), sep)
             frame = pd.read_csv(path, sep=sep, low_memory=False, encoding=enc)
             break
         except UnicodeDecodeError:
             if enc != "utf-8-sig":
                 raise
-    if frame.shape[1] == 1:
-        header = str(frame.columns[0])
-        other = next((c for c in (";", "\t", "|") if c != sep and c in header), None)
-        if other is not None:
-            sep = other
-            frame = pd.read_csv(path, sep=sep, low_memory=False, encoding=enc)
-    if sep == ";" and _decimal_comma(frame):
+    if sep == ";" and _decimal_comma(frame):  # the only second read
         frame = pd.read_csv(path, sep=sep, low_memory=False, encoding=enc, decimal=",")
     return frame
 
