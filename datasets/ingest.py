@@ -80,6 +80,7 @@ class IngestOptions:
     images_key: str | None = None
     labels_key: str | None = None
     split: Literal["auto", "train", "test"] = "auto"
+    fill_nan: Literal["error", "mean"] = "error"
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -96,6 +97,12 @@ class IngestOptions:
             raise ValueError(f"coarsen must be a positive integer, got {self.coarsen}")
         if self.split not in ("auto", "train", "test"):
             raise ValueError(f"split={self.split!r} is not valid; choose one of auto, train, test")
+        if self.fill_nan not in ("error", "mean"):
+            raise ValueError(
+                f"--fill-nan {self.fill_nan!r} is not valid; choose one of error, mean"
+            )
+        if self.fill_nan != "error" and self.kind != "weather":
+            raise ValueError(f"--fill-nan applies to --kind weather grids, not {self.kind}")
         if self.categorical not in ("error", "drop", "onehot"):
             raise ValueError(
                 f"--categorical {self.categorical!r} is not valid; choose one of error, drop, onehot"
@@ -124,14 +131,15 @@ def _fraction_split(n: int, dim: str) -> Split:
     return Split(dim, np.arange(a), np.arange(a, b), np.arange(b, n))
 
 
-def _weather(source: str, opt: IngestOptions) -> tuple[xr.Dataset, Split, list[str]]:
-    from stdiff.datasets.weather import coarsen, open_weather
+def _weather(source: str | list[str], opt: IngestOptions) -> tuple[xr.Dataset, Split, list[str]]:
+    from stdiff.datasets.weather import coarsen, grid_dims, open_weather
 
     ds = open_weather(
         source,
         variables=list(opt.variables) if opt.variables else None,
         levels=list(opt.levels) if opt.levels else None,
     )
+    ds = grid_dims(ds, ds.attrs["source"])
     if opt.coarsen > 1:
         ds = coarsen(ds, opt.coarsen)
     if opt.train_period and opt.test_period:
@@ -298,11 +306,13 @@ def load_source(
     sources = _sources(source)
     if opt.kind == "timeseries":
         return _timeseries(sources, opt)
+    if opt.kind == "weather":  # several files: combined along time
+        return _weather(sources if len(sources) > 1 else sources[0], opt)
     if len(sources) > 1:
-        raise ValueError(f"several inputs are read as per-station tables only, not {opt.kind}")
+        raise ValueError(
+            f"several inputs are read as weather files or per-station tables, not {opt.kind}"
+        )
     source = sources[0]
-    if opt.kind == "weather":
-        return _weather(source, opt)
     if opt.kind == "images":
         return _images(source, opt), None, []
     ds = _medical(source, opt)
@@ -347,11 +357,24 @@ def ingest(
             if "target_mask" in ds
             else ds
         )
-        stats = normalization_stats(seen, names, split, time_differences=opt.kind == "weather")
+        weather = opt.kind == "weather"
+        stats = normalization_stats(seen, names, split, time_differences=weather, count_nan=weather)
+        if weather:
+            from stdiff.datasets.weather import fill_nan
+
+            ds = fill_nan(ds, stats, opt.fill_nan)
         ds = attach_stats(ds, stats)
         ds.attrs["split"] = split.describe()
     ds.attrs.setdefault("source", ", ".join(_sources(source)))
     ds.attrs["kind"] = opt.kind
     written = write_store(ds, out, content_hash=h, progress=progress)
     dims = ", ".join(f"{d}={n}" for d, n in ds.sizes.items())
-    return IngestResult(out, written, time.perf_counter() - start, f"{out}: {opt.kind} ({dims})")
+    filled = ds.attrs.get("filled_nan", {})
+    note = "".join(
+        f"; {v}: {f['values']} NaN set to its training mean"
+        + (f" ({f['always_missing_cells']} cells missing at every time)" * bool(
+            f["always_missing_cells"]))
+        for v, f in filled.items()
+    )  # fmt: skip
+    summary = f"{out}: {opt.kind} ({dims}){note}"
+    return IngestResult(out, written, time.perf_counter() - start, summary)

@@ -141,11 +141,15 @@ def normalization_stats(
     *,
     keep_dims: tuple[str, ...] = ("feature", "level"),
     time_differences: bool = False,
+    count_nan: bool = False,
 ) -> xr.Dataset:
     """Mean and std of each variable over the training positions (NaN-aware), per ``keep_dims``.
 
     Returns variables ``<var>_mean`` and ``<var>_std`` (and ``<var>_diff_std``, the std of
     one-step time differences, for residual forecasting). A zero std is replaced by 1.
+    ``count_nan``: also count, in the same pass, each variable's NaNs and its cells NaN at
+    every time (a land or sea mask), as ``attrs["nan_counts"]`` ``{name: [nans,
+    always_nan_cells]}`` (gridded data: ``datasets.weather.fill_nan``).
     """
     train = ds.isel({split.dim: split.train})
     out = {}
@@ -161,10 +165,17 @@ def normalization_stats(
             diff = da.diff("time")
             dstd = diff.std([d for d in diff.dims if d not in keep_dims], skipna=True)
             out[f"{name}_diff_std"] = dstd.where(dstd > 0, 1.0)
-    infinite = {n: np.isinf(ds[n]).sum() for n in variables if ds[n].dtype.kind == "f"}
+    floats = [n for n in variables if ds[n].dtype.kind == "f"]
+    infinite = {n: np.isinf(ds[n]).sum() for n in floats}
+    nans = {}
+    if count_nan:
+        for n in floats:
+            isnan = np.isnan(ds[n])
+            always = isnan.all("time") if "time" in isnan.dims else isnan
+            nans[n] = (isnan.sum(), always.sum())
     with warnings.catch_warnings():  # the std of data holding inf warns before the refusal
         warnings.simplefilter("ignore", RuntimeWarning)
-        stats, counts = dask.compute(xr.Dataset(out), infinite)  # one pass over the data
+        stats, counts, nans = dask.compute(xr.Dataset(out), infinite, nans)  # one pass
     bad = {n: int(c) for n, c in counts.items() if int(c)}
     if bad:
         raise DataError(
@@ -173,6 +184,8 @@ def normalization_stats(
             "store missing values as NaN or leave them out",
         )
     stats = stats.astype(np.float32)
+    if count_nan:
+        stats.attrs["nan_counts"] = {n: [int(a), int(b)] for n, (a, b) in nans.items()}
     stats.attrs["normalization"] = f"statistics of the training split only ({split.describe()})"
     return stats
 

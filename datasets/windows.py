@@ -199,13 +199,21 @@ class ForecastWindows(Dataset):
         pos = np.arange(ds.sizes["time"]) if times is None else np.asarray(times)
         inside = set(pos.tolist())
         lo, hi = 1 - context, max(leads)
+        run = regular_runs(ds["time"].values)
         self.anchors = np.array(
-            [t for t in pos if t + lo in inside and t + hi in inside], dtype=np.int64
+            [
+                t
+                for t in pos
+                if t + lo in inside and t + hi in inside and run[t + lo] == run[t + hi]
+            ],
+            dtype=np.int64,
         )
         if len(self.anchors) == 0:
+            gaps = int(run[-1]) if len(run) else 0
             raise DataError(
                 store,
-                f"no window of context {context} and leads {list(leads)} fits the given times",
+                f"no window of context {context} and leads {list(leads)} fits the given times"
+                + (f" (the time axis has {gaps} gap(s); windows do not straddle one)" * (gaps > 0)),
             )
         self.stats = {v: _stats(ds, v) for v in self.variables} if normalize else {}
         prepare = {v: Prepare(self.stats.get(v), spatial=2, channels=True) for v in self.variables}
@@ -308,6 +316,20 @@ class SampleWindows(Dataset):
         out = xr.DataArray(arr, dims=(member_dim or "member", *da.dims), attrs=da.attrs)
         ds = xr.Dataset({name: out}, coords=tmpl.coords, attrs=tmpl.attrs)
         return ds.isel({"member": 0}) if member_dim is None else ds
+
+
+def regular_runs(times: np.ndarray) -> np.ndarray:
+    """For each time, the number of gaps before it: a gap is a step more than 1.5 times, or
+    less than half, the median step (a missing day in 6-hourly data, 29 February dropped from
+    a converted ``noleap`` calendar; calendar months of 28-31 days are regular). Positions with
+    equal numbers lie in one regular run, so a window whose ends share it has no gap inside."""
+    t = np.asarray(times)
+    if t.size < 3 or t.dtype.kind != "M":
+        return np.zeros(t.size, dtype=np.int64)
+    step = np.diff(t).astype("timedelta64[s]").astype(np.float64)
+    med = float(np.median(step))
+    gap = (step > 1.5 * med) | (step < 0.5 * med)
+    return np.concatenate([[0], np.cumsum(gap)]).astype(np.int64)
 
 
 def contiguous_runs(positions: np.ndarray) -> list[tuple[int, int]]:

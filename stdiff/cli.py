@@ -195,6 +195,13 @@ def ingest(
         str,
         typer.Option(help="Images: auto (the source's), or train / test for every image."),
     ] = "auto",
+    fill_nan: Annotated[
+        str,
+        typer.Option(
+            help="Weather: NaN at some times: error, or mean (the variable's training mean). "
+            "Cells NaN at every time (a land mask) always take the mean."
+        ),
+    ] = "error",
     progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
     overwrite: Annotated[
         bool, typer.Option(help="Replace an earlier ingest of other data at --out.")
@@ -230,6 +237,7 @@ def ingest(
             images_key=images_key,
             labels_key=labels_key,
             split=split,  # type: ignore[arg-type]
+            fill_nan=fill_nan,  # type: ignore[arg-type]
         )
         result = run_ingest(
             source[0] if len(source) == 1 else source,

@@ -39,6 +39,7 @@ from stdiff.datasets.errors import DataError
 from stdiff.datasets.outputs import check_budget, claim_store
 from stdiff.datasets.regions import RegionStore
 from stdiff.datasets.store import open_store, require_kind, stdiff_version
+from stdiff.datasets.windows import regular_runs
 from stdiff.diffusion.losses import regression_predict
 from stdiff.diffusion.rng import member_generators
 from stdiff.diffusion.samplers import check_options, get_sampler, option_names, sample
@@ -223,11 +224,12 @@ def _prepare(cfg: ForecastConfig, ds: xr.Dataset, device: torch.device) -> _Job:
             cfg.data,
             f"initial time(s) {bad} are not times of the data ({times[0]} .. {times[-1]}, one every {layout.step.describe()})",
         )
-    short = pos < layout.context - 1
+    run = regular_runs(ds["time"].values)
+    short = (pos < layout.context - 1) | (run[pos] != run[np.maximum(pos - layout.context + 1, 0)])
     if short.any():
         raise DataError(
             cfg.data,
-            f"initial time {str(inits[short][0])[:16]} lacks its {layout.context - 1} previous state(s)",
+            f"initial time {str(inits[short][0])[:16]} lacks its {layout.context - 1} previous state(s) one step apart",
         )
     regression = tcfg.loop.objective == "regression"
     return _Job(
