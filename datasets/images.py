@@ -65,7 +65,7 @@ _IDX_DTYPES: dict[int, str] = {
     0x0E: ">f8",
 }
 _SPLITS = {"train": 0, "test": 1, "valid": 2}
-_IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg"}
+_IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp")
 
 
 # --------------------------------------------------------------------------------------------- idx
@@ -327,53 +327,42 @@ def load_image_folder(
     folder: str | Path,
     *,
     size: int | tuple[int, int] | None = None,
-    mode: str = "L",
+    mode: str = "auto",
     split: int | str = "train",
 ) -> xr.Dataset:
-    """PNG/JPEG images in class sub-folders (``folder/<class>/<image>``) as one dataset.
+    """PNG/JPEG/TIFF/BMP images in class sub-folders (``folder/<class>/<image>``) as one
+    dataset, or the images directly in a folder without sub-folders as unlabelled (label 0,
+    class ``unlabelled``).
 
     Class names are the sub-folder names, sorted; label ``k`` is the ``k``-th name (kept in attrs
     ``classes``). Files inside a class folder are read in sorted order; names starting with "."
-    and files of other suffixes are ignored. ``mode`` is ``"L"`` (grey, 1 channel) or ``"RGB"``
-    (3 channels). ``size`` (an int or ``(height, width)``) resizes every image (Lanczos);
-    without it all images must share the first image's size. Every image lands in ``split``.
+    and files of other suffixes are ignored. ``mode`` is ``"L"`` (grey, 1 channel), ``"RGB"``
+    (3 channels) or ``"auto"`` (RGB when any image has colour, else grey; an alpha channel is
+    dropped). Images of more than 8 bits (16-bit PNG or TIFF, float TIFF) keep their values as
+    float32, one channel. ``size`` (an int or ``(height, width)``) resizes every image
+    (Lanczos); without it all images must share the first image's size. Every image lands in
+    ``split``.
     """
     folder = Path(folder)
-    if mode not in ("L", "RGB"):
-        raise DataError(folder, f"mode must be 'L' or 'RGB', not {mode!r}")
+    if mode not in ("L", "RGB", "auto"):
+        raise DataError(folder, f"mode must be 'L', 'RGB' or 'auto', not {mode!r}")
     if not folder.is_dir():
         raise DataError(folder, "not a folder")
-    from PIL import Image, UnidentifiedImageError
-
     code = _split_code(split, folder)
     target = _pil_size(size)
     class_dirs = sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not class_dirs and _image_files(folder):  # a flat folder: unlabelled images
+        class_dirs = [folder]
     if not class_dirs:
-        raise DataError(folder, "no class sub-folders (expected folder/<class>/<image>.png)")
+        raise DataError(
+            folder, "no images (expected folder/<image>.png, or folder/<class>/<image>.png)"
+        )
     arrays: list[np.ndarray] = []
     labels: list[int] = []
     first: tuple[Path, tuple[int, int]] | None = None
     for k, class_dir in enumerate(class_dirs):
-        files = sorted(
-            p
-            for p in class_dir.iterdir()
-            if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in _IMAGE_SUFFIXES
-        )
-        for file in files:
-            try:
-                with Image.open(file) as im:
-                    im.load()
-                    im = im.convert(mode)
-                    if target is not None and im.size != target:
-                        im = im.resize(target, Image.Resampling.LANCZOS)
-                    arr = np.asarray(im, dtype=np.uint8)
-            except (
-                UnidentifiedImageError,
-                Image.DecompressionBombError,
-                OSError,
-                ValueError,
-            ) as err:
-                raise DataError(file, f"not a readable image ({_why(err)})") from err
+        for file in _image_files(class_dir):
+            arr = _read_image(file, mode, target)
             hw = arr.shape[:2]
             if first is None:
                 first = (file, hw)
@@ -381,20 +370,70 @@ def load_image_folder(
                 raise DataError(
                     file,
                     f"image is {hw[0]}x{hw[1]} (height x width) but {first[0].name} is "
-                    f"{first[1][0]}x{first[1][1]}; pass size= to resize",
+                    f"{first[1][0]}x{first[1][1]}; resize them to one size first (or pass "
+                    "size= to datasets.images.load_image_folder)",
                 )
-            arrays.append(arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1))
+            arrays.append(arr)
             labels.append(k)
     if not arrays:
-        raise DataError(folder, "no .png/.jpg/.jpeg images in the class sub-folders")
-    image = np.stack(arrays)
+        raise DataError(folder, f"no {'/'.join(_IMAGE_SUFFIXES)} images in the class sub-folders")
     label = np.asarray(labels, np.int64)
     return _images_dataset(
-        image,
+        _stack_images(arrays, folder),
         label,
         np.full(label.shape, code, np.int8),
         source=folder,
-        classes=[d.name for d in class_dirs],
+        classes=["unlabelled"] if class_dirs == [folder] else [d.name for d in class_dirs],
+    )
+
+
+_COLOUR_MODES = ("RGB", "RGBA", "P", "PA", "CMYK", "YCbCr", "LAB", "HSV", "RGBX", "RGBa")
+
+
+def _read_image(file: Path, mode: str, target: tuple[int, int] | None) -> np.ndarray:
+    """One image: uint8 ``(H, W)`` or ``(H, W, 3)`` in ``mode`` (``auto``: as the file has it),
+    or float32 ``(H, W)`` for more than 8 bits per pixel (``I;16``, ``I``, ``F``)."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(file) as im:
+            im.load()
+            deep = im.mode in ("I", "F") or im.mode.startswith("I;16")
+            if deep and mode == "RGB":
+                raise DataError(file, f"a {im.mode} image (more than 8 bits) has no colour")
+            if deep:
+                im = im.convert("F")
+            else:
+                im = im.convert(mode if mode != "auto" else "RGB" if im.mode in _COLOUR_MODES
+                                else "L")  # fmt: skip
+            if target is not None and im.size != target:
+                im = im.resize(target, Image.Resampling.LANCZOS)
+            return np.asarray(im, dtype=np.float32 if deep else np.uint8)
+    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, ValueError) as err:
+        if isinstance(err, DataError):
+            raise
+        raise DataError(file, f"not a readable image ({_why(err)})") from err
+
+
+def _stack_images(arrays: list[np.ndarray], folder: Path) -> np.ndarray:
+    """``(sample, channel, y, x)``: grey images repeated to 3 channels when others have colour;
+    float32 throughout when any image has more than 8 bits (which refuse colour)."""
+    colour = any(a.ndim == 3 for a in arrays)
+    deep = any(a.dtype == np.float32 for a in arrays)
+    if colour and deep:
+        raise DataError(folder, "colour images mixed with images of more than 8 bits")
+    if colour:
+        arrays = [a if a.ndim == 3 else np.repeat(a[..., None], 3, axis=2) for a in arrays]
+    out = np.stack([a.transpose(2, 0, 1) if a.ndim == 3 else a[None] for a in arrays])
+    return out.astype(np.float32) if deep else out
+
+
+def _image_files(folder: Path) -> list[Path]:
+    """The image files directly in ``folder``, sorted; hidden files and other suffixes left out."""
+    return sorted(
+        p
+        for p in folder.iterdir()
+        if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in _IMAGE_SUFFIXES
     )
 
 
@@ -470,15 +509,18 @@ def _npz_pairs(
         if _pick_key(keys, _IMAGE_KEYS) is None and (pairs := _split_pairs(keys)):
             return [(i, None if labels_key else lab, code) for i, lab, code in pairs]
     ik = images_key if images_key is not None else _pick_key(keys, _IMAGE_KEYS)
+    if ik is None and len(keys) == 1:  # np.savez(path, array): one array, ``arr_0``
+        ik = keys[0]
     lk = labels_key if labels_key is not None else _pick_key(keys, _LABEL_KEYS)
-    if ik is None or lk is None:
-        missing = [] if ik else ["images (images|x|data or <split>_images|x_<split>)"]
-        missing += [] if lk else ["labels (labels|y|targets)"]
+    if ik is None:
         raise DataError(
             path,
-            f"no {' or '.join(missing)} key; keys present: {sorted(keys)}; name them with "
-            f"--images-key / --labels-key (--labels-key {NO_LABELS}: unlabelled images)",
+            f"no images (images|x|data or <split>_images|x_<split>) key; keys present: "
+            f"{sorted(keys)}; name them with --images-key (and --labels-key, or --labels-key "
+            f"{NO_LABELS}: unlabelled images)",
         )
+    if lk is None:  # no array holds labels: the images are unlabelled (label 0)
+        lk = NO_LABELS
     return [(ik, None if lk == NO_LABELS else lk, _split_of_key(ik))]
 
 
@@ -496,7 +538,8 @@ def load_npz(
     ``labels``/``y``/``targets``. Failing those, split-named pairs load together, train, test then
     validation (``split`` 2): MedMNIST's ``train_images``/``train_labels``, ``val_*``,
     ``test_*``, or Keras's ``x_train``/``y_train``, ``x_test``/``y_test``. ``images_key`` and
-    ``labels_key`` name one pair (``labels_key="none"``: unlabelled, label 0); its split is the
+    ``labels_key`` name one pair (``labels_key="none"``: unlabelled, label 0; also when no key
+    holds labels, and an archive of one array, e.g. ``arr_0``, is images); its split is the
     one its name says (``test_images`` -> test), else train. ``split`` ("train"/"test"/0/1) puts
     every sample in one split instead. Image layouts: see :func:`_to_sample_channel_y_x`. uint8
     images stay uint8, others become float32 (float32 throughout when the pairs' types differ).

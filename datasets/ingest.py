@@ -16,7 +16,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import xarray as xr
@@ -124,6 +124,15 @@ class IngestResult:
     written: bool
     seconds: float
     summary: str
+
+
+# options added after stores were made: hashed only when set, so earlier stores stay current
+_LATER_OPTIONS: dict[str, Any] = {"fill_nan": "error"}
+
+
+def _hashed(opt: IngestOptions) -> dict[str, Any]:
+    """The options that go into the content hash (see ``_LATER_OPTIONS``)."""
+    return {k: v for k, v in asdict(opt).items() if _LATER_OPTIONS.get(k, object()) != v}
 
 
 def _fraction_split(n: int, dim: str) -> Split:
@@ -339,7 +348,7 @@ def ingest(
     out = Path(out)
     claim_store(out, "ingest", [s for s in _sources(source) if "://" not in s], overwrite)
     extra = [f for f in (opt.targets, opt.site_coords) if f and Path(f).exists()]
-    h = content_hash([*_sources(source), *extra], asdict(opt))
+    h = content_hash([*_sources(source), *extra], _hashed(opt))
     if store_hash(out) == h:
         return IngestResult(
             out, False, time.perf_counter() - start, f"{out}: up to date (same input, same options)"

@@ -75,7 +75,20 @@ class ImagesTask:
         require_images_store(ds, data.store)
 
     def net_params(self, data, model) -> dict[str, Any]:
-        return dict(model.params)
+        """``in_channels`` follows the store's image channels (filled in when the config omits
+        it; a different value is refused, naming the key). Not for latent models, whose net
+        sees the codec's channels, nor for the autoencoder, which names its own."""
+        params = dict(model.params)
+        if data.latent or model.net not in ("dit", "dit_custom", "unet"):
+            return params
+        have = int(open_store(data.store).sizes["channel"])
+        given = params.setdefault("in_channels", have)
+        if given != have:
+            raise ValueError(
+                f"model.params.in_channels is {given} but the images of {data.store} have "
+                f"{have} channel(s); set model.params.in_channels={have} or leave it out"
+            )
+        return params
 
     def datasets(self, data) -> TaskData:
         ds = open_store(data.store)

@@ -193,18 +193,18 @@ def test_image_folder_png_jpeg(tmp_path):
     # PNG is lossless: the first image of each class comes back exactly
     np.testing.assert_array_equal(ds.image.values[0].transpose(1, 2, 0), written["cat"][0])
     np.testing.assert_array_equal(ds.image.values[2].transpose(1, 2, 0), written["dog"][0])
-    grey = load_image_folder(tmp_path / "imgs")
+    grey = load_image_folder(tmp_path / "imgs", mode="L")
     assert grey.image.shape == (5, 1, 6, 5)
     assert set(grey.split.values) == {0}
 
 
 def test_image_folder_sizes(tmp_path):
     make_image_folder(tmp_path / "imgs", {"a": [(6, 5), (6, 5)], "b": [(6, 5), (8, 8)]})
-    with pytest.raises(DataError, match=r"b/01\.jpg: image is 8x8 .* 00\.png is 6x5; pass size="):
+    with pytest.raises(DataError, match=r"b/01\.jpg: image is 8x8 .* 00\.png is 6x5; resize them"):
         load_image_folder(tmp_path / "imgs")
-    ds = load_image_folder(tmp_path / "imgs", size=(4, 3))
+    ds = load_image_folder(tmp_path / "imgs", size=(4, 3), mode="L")
     assert ds.image.shape == (4, 1, 4, 3)
-    assert load_image_folder(tmp_path / "imgs", size=7).image.shape == (4, 1, 7, 7)
+    assert load_image_folder(tmp_path / "imgs", size=7, mode="L").image.shape == (4, 1, 7, 7)
 
 
 def test_image_folder_errors(tmp_path):
@@ -213,7 +213,7 @@ def test_image_folder_errors(tmp_path):
     with pytest.raises(DataError, match=r"broken\.png: not a readable image"):
         load_image_folder(tmp_path / "imgs")
     (tmp_path / "flat").mkdir()
-    with pytest.raises(DataError, match="no class sub-folders"):
+    with pytest.raises(DataError, match="no images"):
         load_image_folder(tmp_path / "flat")
     with pytest.raises(DataError, match="mode must be"):
         load_image_folder(tmp_path / "imgs", mode="CMYK")
@@ -247,9 +247,7 @@ def test_npz_keys(tmp_path):
     ds = load_npz(tmp_path / "a.npz")
     assert ds.image.dtype == np.float32 and ds.sizes["sample"] == 4
     np.savez(tmp_path / "b.npz", pics=imgs, cls=np.arange(4))
-    with pytest.raises(
-        DataError, match=r"b\.npz: no images .* or labels .*keys present: \['cls', 'pics'\]"
-    ):
+    with pytest.raises(DataError, match=r"b\.npz: no images .*keys present: \['cls', 'pics'\]"):
         load_npz(tmp_path / "b.npz")
     assert load_npz(tmp_path / "b.npz", images_key="pics", labels_key="cls").sizes["sample"] == 4
     with pytest.raises(DataError, match="no key 'nope'; keys present"):
@@ -371,9 +369,47 @@ def test_npz_multilabel_and_unlabelled(tmp_path):
     ds = load_npz(tmp_path / "chest.npz", images_key="train_images", labels_key="none")
     assert ds.sizes["sample"] == 4 and set(ds["label"].values) == {0}
     assert load_npz(tmp_path / "chest.npz", labels_key="none").sizes["sample"] == 4
-    np.savez(tmp_path / "only.npz", images=imgs)
-    with pytest.raises(DataError, match=r"no labels .*\(--labels-key none: unlabelled"):
-        load_npz(tmp_path / "only.npz")
+    np.savez(tmp_path / "only.npz", images=imgs)  # no array holds labels: unlabelled
+    only = load_npz(tmp_path / "only.npz")
+    assert only.sizes["sample"] == 4 and set(only["label"].values) == {0}
+    np.savez(tmp_path / "one.npz", imgs)  # a single array, saved as ``arr_0``
+    np.testing.assert_array_equal(load_npz(tmp_path / "one.npz")["image"].values[:, 0], imgs)
+    np.savez(tmp_path / "two.npz", a=imgs, b=imgs)
+    with pytest.raises(DataError, match=r"no images .*keys present: \['a', 'b'\]"):
+        load_npz(tmp_path / "two.npz")
+
+
+def test_image_folder_flat_colour_and_deep(tmp_path):
+    """A flat folder is unlabelled; colour is kept when any image has it (grey ones repeated,
+    alpha dropped); 16-bit PNG and float TIFF keep their values as float32, not clipped to 8 bits."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    rgba = rng.integers(0, 256, (6, 5, 4), dtype=np.uint8)
+    grey = rng.integers(0, 256, (6, 5), dtype=np.uint8)
+    Image.fromarray(rgba).save(flat / "a.png")
+    Image.fromarray(grey).save(flat / "b.png")
+    (flat / "notes.txt").write_text("not an image")
+    ds = load_image_folder(flat)
+    assert ds.attrs["classes"] == ["unlabelled"] and ds["image"].shape == (2, 3, 6, 5)
+    np.testing.assert_array_equal(ds["image"].values[0].transpose(1, 2, 0), rgba[..., :3])
+    np.testing.assert_array_equal(ds["image"].values[1], np.stack([grey] * 3))
+    assert load_image_folder(flat, mode="L")["image"].shape == (2, 1, 6, 5)
+    deep = tmp_path / "deep"
+    deep.mkdir()
+    u16 = rng.integers(0, 65536, (6, 5)).astype(np.uint16)
+    f32 = rng.standard_normal((6, 5)).astype(np.float32)
+    Image.fromarray(u16).save(deep / "a.png")
+    Image.fromarray(f32).save(deep / "b.tif")
+    ds = load_image_folder(deep)
+    assert ds["image"].dtype == np.float32 and ds["image"].shape == (2, 1, 6, 5)
+    np.testing.assert_array_equal(ds["image"].values[0, 0], u16.astype(np.float32))
+    np.testing.assert_array_equal(ds["image"].values[1, 0], f32)
+    Image.fromarray(rgba).save(deep / "c.png")
+    with pytest.raises(DataError, match="colour images mixed with images of more than 8 bits"):
+        load_image_folder(deep)
 
 
 def test_test_split_alone(tmp_path, image_model):

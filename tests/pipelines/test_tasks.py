@@ -101,3 +101,18 @@ def test_a_new_task_is_one_module_and_one_registry_line(tmp_path, make_images, m
     assert gen.exit_code == 2 and "'denoise' task" in gen.output
     assert not (tmp_path / "g.zarr").exists()
     del sys.modules["denoise_task"]
+
+
+def test_image_channels_follow_the_store(tmp_path, make_images) -> None:
+    """``in_channels`` is filled in from the store's images, and a config that says otherwise
+    is refused naming the key (the network would fail on the first batch)."""
+    from stdiff.pipelines.engine.models import ModelConfig
+    from stdiff.pipelines.tasks.base import DataConfig
+
+    rgb = make_images(tmp_path / "rgb.zarr", np.zeros((8, 3, 8, 8), np.uint8), np.zeros(8))
+    data = DataConfig(store=str(rgb), task="images")
+    task = get_task("images")
+    params = task.net_params(data, ModelConfig(net="unet", params={"base_channels": 8}))
+    assert params["in_channels"] == 3
+    with pytest.raises(ValueError, match=r"model.params.in_channels is 1 .* have 3 channel"):
+        task.net_params(data, ModelConfig(net="dit_custom", params={"in_channels": 1}))
