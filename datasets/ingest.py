@@ -218,7 +218,7 @@ def _volume(p: Path, opt: IngestOptions) -> xr.Dataset | None:
     store), or None when ``p`` is none of these."""
     from stdiff.datasets import medical
 
-    if p.name.endswith((".nii", ".nii.gz")):
+    if p.name.lower().endswith((".nii", ".nii.gz", ".mgz", ".mgh")):
         return medical.load_nifti(p, axis=opt.axis)
     if p.is_dir() and (p / "zarr.json").is_file():
         from stdiff.datasets.store import open_store
@@ -292,7 +292,7 @@ def _medical(source: str, opt: IngestOptions) -> xr.Dataset:
     from stdiff.datasets import medical
 
     p = Path(source)
-    if p.name.endswith((".nii", ".nii.gz")):
+    if p.name.lower().endswith((".nii", ".nii.gz", ".mgz", ".mgh")):
         return medical.load_nifti(p, axis=opt.axis)
     return medical.load_dicom(p)
 

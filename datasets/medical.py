@@ -55,7 +55,8 @@ _NIFTI_AXES: dict[str, tuple[int, int, int]] = {
 
 
 def load_nifti(path: str | Path, *, axis: str = "axial") -> xr.Dataset:
-    """A 3-D NIfTI-1/2 volume (``.nii`` or ``.nii.gz``) as slices along ``axis``.
+    """A 3-D NIfTI-1/2 volume (``.nii`` or ``.nii.gz``; also FreeSurfer's MGH, ``.mgz`` /
+    ``.mgh``) as slices along ``axis``.
 
     The volume is reoriented with :func:`nibabel.as_closest_canonical` (RAS+) and read with
     ``get_fdata(dtype=float32)`` (scale slope/intercept applied). A 4-D file with a single volume
@@ -77,11 +78,17 @@ def load_nifti(path: str | Path, *, axis: str = "axial") -> xr.Dataset:
         img = nib.load(path)
     except read_errors as err:
         raise DataError(path, f"not a readable NIfTI file ({_why(err)})") from err
-    if not isinstance(img, nib.Nifti1Image | nib.Nifti2Image):
+    if not isinstance(img, nib.Nifti1Image | nib.Nifti2Image | nib.MGHImage):
         raise DataError(path, f"not a NIfTI image ({type(img).__name__})")
     shape = img.shape
     if len(shape) > 3 and all(s == 1 for s in shape[3:]):
         img = img.slicer[(..., *([0] * (len(shape) - 3)))]
+    elif len(shape) == 4:
+        raise DataError(
+            path,
+            f"a 4-D series of {shape[3]} volumes (fMRI, diffusion, multi-echo; shape {shape}); "
+            "save one 3-D volume first (nibabel: img.slicer[..., k])",
+        )
     elif len(shape) != 3:
         raise DataError(path, f"expected a 3-D volume, got shape {shape}")
     if 0 in img.shape:

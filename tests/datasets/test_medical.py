@@ -284,3 +284,26 @@ def test_dicom_display_transform(iop, expected):
 
     ds = xr.Dataset(attrs={"image_orientation_patient": [float(v) for v in iop]})
     assert display_transform(ds) == expected
+
+
+def test_mgh_volume_and_4d_series(tmp_path):
+    """FreeSurfer's .mgz reads like NIfTI (same voxels, same reorientation); a 4-D series of
+    several volumes is refused with the way out, through the CLI too."""
+    from typer.testing import CliRunner
+
+    from stdiff.cli import app
+
+    rng = np.random.default_rng(0)
+    vol = rng.random((6, 7, 5)).astype(np.float32)
+    aff = np.diag([-1.0, 1.0, 2.0, 1.0])
+    nib.save(nib.Nifti1Image(vol, aff), tmp_path / "v.nii.gz")
+    nib.save(nib.MGHImage(vol, aff), tmp_path / "v.mgz")
+    a, b = load_nifti(tmp_path / "v.nii.gz"), load_nifti(tmp_path / "v.mgz")
+    np.testing.assert_array_equal(a["image"].values, b["image"].values)
+    assert a.attrs["spacing_mm"] == b.attrs["spacing_mm"]
+    nib.save(nib.Nifti1Image(rng.random((6, 7, 5, 3)).astype(np.float32), aff), tmp_path / "f.nii")
+    with pytest.raises(DataError, match=r"f\.nii: a 4-D series of 3 volumes .*img\.slicer"):
+        load_nifti(tmp_path / "f.nii")
+    res = CliRunner().invoke(app, ["ingest", str(tmp_path / "v.mgz"), "--kind", "medical",
+                                   "--out", str(tmp_path / "m.zarr"), "--no-progress"])  # fmt: skip
+    assert res.exit_code == 0, res.output
