@@ -79,7 +79,7 @@ def test_nifti_errors(tmp_path, lps_volume):
         load_nifti(tmp_path / "short.nii")
     assert "\n" not in str(info.value)
     nib.save(nib.Nifti1Image(np.zeros((2, 2, 2, 3), np.float32), np.eye(4)), tmp_path / "4d.nii")
-    with pytest.raises(DataError, match=r"4d\.nii: expected a 3-D volume"):
+    with pytest.raises(DataError, match=r"4d\.nii: a 4-D series of 3 volumes"):
         load_nifti(tmp_path / "4d.nii")
 
 
