@@ -3,14 +3,18 @@
 Layouts
 -------
 * ``"wide"``: one row per timestamp, one column per variable (``time_column`` plus the variables).
-  Timestamps must be strictly increasing (no duplicates, no going back).
+  Rows in another order (newest first, shuffled) are sorted by time; a timestamp on two rows is
+  an error.
 * ``"long"``: one row per observation, columns ``time_column`` and ``long_columns`` =
   (variable name, value); rows may come in any order, the time axis is the sorted set of distinct
   times, features appear in order of first appearance (or in the order of ``variables``).  A
   duplicated (time, variable) pair is an error.
 
 Times are parsed with :func:`pandas.to_datetime` unless the column is already numeric (then they are
-kept as numbers, e.g. hours).  Time-zone-aware times are converted to naive UTC.  The format is
+kept as numbers, e.g. hours).  Time-zone-aware times are converted to naive UTC.  Numeric dates
+read month first (``01/02/2021``) are read day first instead when only that reading is in time
+order.  Without a ``time_column`` column, the one column with a usual name (``date``,
+``timestamp``, ``Date Time``) or else the only one naming date or time is taken.  The format is
 chosen by extension: ``.csv``/``.txt`` (comma-separated) and ``.tsv`` (tab), optionally compressed
 (``.gz``, ``.bz2``, ``.xz``, ``.zip``, ``.zst``), and ``.parquet``/``.pq``.  Spreadsheet exports
 read as they are (:func:`_read_text`): ``;``, tab or ``|`` separators when the header holds no
@@ -46,6 +50,7 @@ Every fault raises :class:`~datasets.errors.DataError` with one line naming the 
 
 from __future__ import annotations
 
+import re
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -276,7 +281,32 @@ def _times(path: Path, column: str, series: pd.Series) -> np.ndarray:
         )
     if isinstance(parsed.dtype, pd.DatetimeTZDtype):
         parsed = parsed.dt.tz_convert("UTC").dt.tz_localize(None)
-    return parsed.to_numpy("datetime64[ns]")
+    return _day_first(text, parsed.to_numpy("datetime64[ns]"))
+
+
+_NUMERIC_DATE = re.compile(r"\d{1,2}[/.\-]\d{1,2}[/.\-]\d{2,4}\b")
+
+
+def _monotonic(t: np.ndarray) -> bool:
+    return bool((t[1:] > t[:-1]).all() or (t[1:] < t[:-1]).all())
+
+
+def _day_first(text: pd.Series, parsed: np.ndarray) -> np.ndarray:
+    """Dates written ``31/12/2021`` or ``31.12.2021``: pandas reads ``01/02/2021`` month first,
+    so a day-first column comes out shuffled. When the month-first reading is not in time order
+    and the day-first one is, the day-first one is taken."""
+    if len(parsed) < 3 or _monotonic(parsed) or not _NUMERIC_DATE.match(str(text.iloc[0])):
+        return parsed
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            alt = pd.to_datetime(text, dayfirst=True, format="mixed")
+    except (ValueError, TypeError, OverflowError):
+        return parsed
+    if isinstance(alt.dtype, pd.DatetimeTZDtype):
+        alt = alt.dt.tz_convert("UTC").dt.tz_localize(None)
+    alt = alt.to_numpy("datetime64[ns]")
+    return alt if _monotonic(alt) else parsed
 
 
 def _numeric(path: Path, name: str, series: pd.Series) -> np.ndarray:
@@ -380,11 +410,19 @@ def encode_columns(
     if not text or categorical == "drop":
         return frame.drop(columns=text)
     if categorical == "error":
+        numeric = [c for c in frame.columns if c not in keep and c not in text]
+        long = len(text) == 1 and len(numeric) == 1 and frame[text[0]].nunique() > 1
         raise DataError(
             path,
             f"column {text[0]!r} holds text (e.g. {frame[text[0]].dropna().iloc[0]!r}); "
             "drop it (--drop-columns, --categorical drop) or one-hot encode it "
-            "(--categorical onehot)",
+            "(--categorical onehot)"
+            + (
+                f"; if each row is one observation (time, {text[0]}, {numeric[0]}), read it "
+                "with --layout long, its columns named variable and value"
+                if long
+                else ""
+            ),
         )
     out = {}
     for column in frame.columns:
@@ -407,7 +445,7 @@ def _prepare(path, frame, time_column, time_columns, drop_columns, categorical, 
         times = compose_time(path, frame, time_columns)
         frame = frame.drop(columns=list(time_columns)).assign(**{time_column: times})
     if time_column not in frame.columns:
-        raise DataError(path, f"no time column {time_column!r}; columns are {_columns(frame)}")
+        frame = frame.rename(columns={_guess_time_column(path, frame, time_column): time_column})
     if layout == "wide":
         keep = [time_column]
         frame = encode_columns(
@@ -416,6 +454,28 @@ def _prepare(path, frame, time_column, time_columns, drop_columns, categorical, 
     elif drop_columns or categorical != "error":
         raise DataError(path, "drop_columns and categorical apply to the wide layout only")
     return frame
+
+
+_TIME_NAMES = ("time", "date", "datetime", "timestamp", "date_time", "date time", "time_stamp",
+               "datetime_utc", "dt", "ds")  # fmt: skip
+
+
+def _guess_time_column(path: Path, frame: pd.DataFrame, time_column: str) -> str:
+    """The one column that names time when ``time_column`` is absent: a usual name (``date``,
+    ``timestamp``, ``Date Time``, ...), else the only column whose name holds date or time;
+    several or none are refused, naming the flag."""
+    names = [str(c) for c in frame.columns]
+    found = [c for c in names if c.strip().lower() in _TIME_NAMES]
+    found = found or [c for c in names if re.search(r"date|time", c, re.IGNORECASE)]
+    if len(found) == 1:
+        return found[0]
+    hint = (
+        f"; several could be: {', '.join(map(repr, found))}; name one with --time-column, or "
+        "compose date and time columns with --time-columns"
+        if found
+        else "; name it with --time-column"
+    )
+    raise DataError(path, f"no time column {time_column!r}; columns are {_columns(frame)}{hint}")
 
 
 # --------------------------------------------------------------------------- layouts
@@ -452,16 +512,20 @@ def _wide(path, frame, times, time_column, variables) -> _Table:
     for name in names:
         if name not in frame.columns or name == time_column:
             raise DataError(path, f"variable {name!r} is absent; columns are {_columns(frame)}")
-    if len(times) > 1:
-        step = times[1:] > times[:-1]
-        if not step.all():
-            k = int(np.flatnonzero(~step)[0])
-            fault = "duplicated" if times[k + 1] == times[k] else "not increasing"
+    if len(times) > 1 and not (times[1:] > times[:-1]).all():  # rows in another order: sorted
+        order = np.argsort(times, kind="stable")
+        ordered = times[order]
+        same = np.flatnonzero(ordered[1:] == ordered[:-1])
+        if same.size:
+            k = int(same[0])
+            rows = sorted(int(r) + 1 for r in order[k : k + 2])
             raise DataError(
                 path,
-                f"timestamps {fault}: {_show(times[k + 1])} follows {_show(times[k])} "
-                f"(data row {k + 2})",
+                f"timestamp {_show(ordered[k])} is on two rows (data rows {rows[0]} and "
+                f"{rows[1]}); keep one row per time (or use --layout long for one row per "
+                "observation)",
             )
+        frame, times = frame.iloc[order], ordered
     values = np.stack([_numeric(path, n, frame[n]) for n in names], axis=1)
     return _Table(path, times, [str(n) for n in names], values.astype(np.float32))
 

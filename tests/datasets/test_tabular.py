@@ -180,11 +180,18 @@ def test_unparseable_times(tmp_path):
     _raises(r"empty_time\.csv: time column 'time' is empty in data row 2", empty)
 
 
-def test_non_monotonic_and_duplicated_times(tmp_path):
-    back = _write(tmp_path / "back.csv", WIDE.replace("02:00", "00:30"))
-    _raises(r"back\.csv: timestamps not increasing: 2024-01-01 00:30:00 follows", back)
-    dup = _write(tmp_path / "dup.csv", WIDE.replace("02:00", "01:00"))
-    _raises(r"dup\.csv: timestamps duplicated: 2024-01-01 01:00:00 follows", dup)
+def test_unsorted_rows_are_sorted_and_duplicated_times_refused(tmp_path):
+    lines = WIDE.splitlines()
+    back = _write(
+        tmp_path / "back.csv", "\n".join([lines[0], *lines[:0:-1]]) + "\n"
+    )  # newest first
+    ds = load_table(back)
+    np.testing.assert_array_equal(ds["time"].values, TIMES)
+    np.testing.assert_array_equal(
+        ds["values"].values, load_table(_write(tmp_path / "w.csv", WIDE))["values"].values
+    )
+    dup = _write(tmp_path / "dup.csv", WIDE.replace("02:00", "00:00"))
+    _raises(r"dup\.csv: timestamp 2024-01-01 00:00:00 is on two rows \(data rows 1 and 3\)", dup)
     pair = _write(tmp_path / "pair.csv", "time,variable,value\n0,a,1\n1,a,2\n0,a,3\n")
     _raises(
         r"pair\.csv: duplicated \(time, variable\) pair \(0, 'a'\) \(data row 3\)",
@@ -297,3 +304,20 @@ def test_infinite_values_are_refused(tmp_path):
             big)  # fmt: skip
     text = _write(tmp_path / "text.csv", "time,a\n0,x\n1,Infinity\n")
     _raises(r"text\.csv: 'a' holds a non-number 'x'", text)
+
+
+def test_time_column_found_under_another_name_and_day_first_dates(tmp_path):
+    """``Date Time`` (Jena climate) or ``date`` is the time column when no ``time`` column exists;
+    dates written day first (31/12/2021) are read day first when only that reading is in order."""
+    named = _write(tmp_path / "n.csv", WIDE.replace("time,", "Date Time,"))
+    np.testing.assert_array_equal(load_table(named)["time"].values, TIMES)
+    two = _write(tmp_path / "two.csv", WIDE.replace("time,a,", "start_time,end_time,"))
+    _raises(r"two\.csv: no time column 'time'.*several could be: 'start_time', 'end_time'", two)
+    none = _write(tmp_path / "none.csv", WIDE.replace("time,", "when,"))
+    _raises(r"none\.csv: no time column 'time'.*name it with --time-column", none)
+    days = [f"{d:02d}/{m:02d}/2021 06:00" for m in (1, 2) for d in range(1, 29)]
+    text = "time,a\n" + "".join(f"{t},{i}\n" for i, t in enumerate(days))
+    ds = load_table(_write(tmp_path / "dayfirst.csv", text))
+    expect = pd.to_datetime(days, format="%d/%m/%Y %H:%M").to_numpy("datetime64[ns]")
+    np.testing.assert_array_equal(ds["time"].values, expect)
+    np.testing.assert_array_equal(ds["values"].values[:, 0], np.arange(56, dtype=np.float32))
