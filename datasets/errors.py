@@ -13,6 +13,11 @@ class DataError(ValueError):
         super().__init__(f"{where}: {what}")
 
 
+def one_line(err: BaseException) -> str:
+    """An exception as one line: ``Type: message`` with whitespace runs collapsed."""
+    return f"{type(err).__name__}: {' '.join(str(err).split())}"
+
+
 class StdiffWarning(UserWarning):
     """Something the user should know that does not stop the job (samples clipped to the data's
     range, ...); the CLI prints it as one ``stdiff: warning:`` line."""

@@ -24,12 +24,8 @@ import numpy as np
 import xarray as xr
 
 from stdiff.datasets.errors import DataError
-
-
-def _why(err: BaseException) -> str:
-    """The exception as one line: ``Type: message`` with whitespace runs collapsed."""
-    return f"{type(err).__name__}: {' '.join(str(err).split())}"
-
+from stdiff.datasets.errors import one_line as _why
+from stdiff.datasets.image_files import IMAGE_SUFFIXES, image_files, read_image, stack_images
 
 __all__ = [
     "DIGIT_CLASSES",
@@ -65,7 +61,6 @@ _IDX_DTYPES: dict[int, str] = {
     0x0E: ">f8",
 }
 _SPLITS = {"train": 0, "test": 1, "valid": 2}
-_IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp")
 
 
 # --------------------------------------------------------------------------------------------- idx
@@ -351,7 +346,7 @@ def load_image_folder(
     code = _split_code(split, folder)
     target = _pil_size(size)
     class_dirs = sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
-    if not class_dirs and _image_files(folder):  # a flat folder: unlabelled images
+    if not class_dirs and image_files(folder):  # a flat folder: unlabelled images
         class_dirs = [folder]
     if not class_dirs:
         raise DataError(
@@ -361,8 +356,8 @@ def load_image_folder(
     labels: list[int] = []
     first: tuple[Path, tuple[int, int]] | None = None
     for k, class_dir in enumerate(class_dirs):
-        for file in _image_files(class_dir):
-            arr = _read_image(file, mode, target)
+        for file in image_files(class_dir):
+            arr = read_image(file, mode, target)
             hw = arr.shape[:2]
             if first is None:
                 first = (file, hw)
@@ -376,64 +371,14 @@ def load_image_folder(
             arrays.append(arr)
             labels.append(k)
     if not arrays:
-        raise DataError(folder, f"no {'/'.join(_IMAGE_SUFFIXES)} images in the class sub-folders")
+        raise DataError(folder, f"no {'/'.join(IMAGE_SUFFIXES)} images in the class sub-folders")
     label = np.asarray(labels, np.int64)
     return _images_dataset(
-        _stack_images(arrays, folder),
+        stack_images(arrays, folder),
         label,
         np.full(label.shape, code, np.int8),
         source=folder,
         classes=["unlabelled"] if class_dirs == [folder] else [d.name for d in class_dirs],
-    )
-
-
-_COLOUR_MODES = ("RGB", "RGBA", "P", "PA", "CMYK", "YCbCr", "LAB", "HSV", "RGBX", "RGBa")
-
-
-def _read_image(file: Path, mode: str, target: tuple[int, int] | None) -> np.ndarray:
-    """One image: uint8 ``(H, W)`` or ``(H, W, 3)`` in ``mode`` (``auto``: as the file has it),
-    or float32 ``(H, W)`` for more than 8 bits per pixel (``I;16``, ``I``, ``F``)."""
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(file) as im:
-            im.load()
-            deep = im.mode in ("I", "F") or im.mode.startswith("I;16")
-            if deep and mode == "RGB":
-                raise DataError(file, f"a {im.mode} image (more than 8 bits) has no colour")
-            if deep:
-                im = im.convert("F")
-            else:
-                im = im.convert(mode if mode != "auto" else "RGB" if im.mode in _COLOUR_MODES
-                                else "L")  # fmt: skip
-            if target is not None and im.size != target:
-                im = im.resize(target, Image.Resampling.LANCZOS)
-            return np.asarray(im, dtype=np.float32 if deep else np.uint8)
-    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, ValueError) as err:
-        if isinstance(err, DataError):
-            raise
-        raise DataError(file, f"not a readable image ({_why(err)})") from err
-
-
-def _stack_images(arrays: list[np.ndarray], folder: Path) -> np.ndarray:
-    """``(sample, channel, y, x)``: grey images repeated to 3 channels when others have colour;
-    float32 throughout when any image has more than 8 bits (which refuse colour)."""
-    colour = any(a.ndim == 3 for a in arrays)
-    deep = any(a.dtype == np.float32 for a in arrays)
-    if colour and deep:
-        raise DataError(folder, "colour images mixed with images of more than 8 bits")
-    if colour:
-        arrays = [a if a.ndim == 3 else np.repeat(a[..., None], 3, axis=2) for a in arrays]
-    out = np.stack([a.transpose(2, 0, 1) if a.ndim == 3 else a[None] for a in arrays])
-    return out.astype(np.float32) if deep else out
-
-
-def _image_files(folder: Path) -> list[Path]:
-    """The image files directly in ``folder``, sorted; hidden files and other suffixes left out."""
-    return sorted(
-        p
-        for p in folder.iterdir()
-        if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in _IMAGE_SUFFIXES
     )
 
 

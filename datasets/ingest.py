@@ -141,7 +141,8 @@ def _fraction_split(n: int, dim: str) -> Split:
 
 
 def _weather(source: str | list[str], opt: IngestOptions) -> tuple[xr.Dataset, Split, list[str]]:
-    from stdiff.datasets.weather import coarsen, grid_dims, open_weather
+    from stdiff.datasets.weather import coarsen, open_weather
+    from stdiff.datasets.weather_ingest import grid_dims
 
     ds = open_weather(
         source,
@@ -369,7 +370,7 @@ def ingest(
         weather = opt.kind == "weather"
         stats = normalization_stats(seen, names, split, time_differences=weather, count_nan=weather)
         if weather:
-            from stdiff.datasets.weather import fill_nan
+            from stdiff.datasets.weather_ingest import fill_nan
 
             ds = fill_nan(ds, stats, opt.fill_nan)
         ds = attach_stats(ds, stats)

@@ -34,12 +34,7 @@ import numpy as np
 import xarray as xr
 
 from stdiff.datasets.errors import DataError
-
-
-def _why(err: BaseException) -> str:
-    """The exception as one line: ``Type: message`` with whitespace runs collapsed."""
-    return f"{type(err).__name__}: {' '.join(str(err).split())}"
-
+from stdiff.datasets.errors import one_line as _why
 
 __all__ = ["load_dicom", "load_nifti"]
 

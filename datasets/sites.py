@@ -39,11 +39,9 @@ from stdiff.datasets.tabular import (
     Categorical,
     _numeric,
     _read,
-    _show,
-    _times,
-    compose_time,
     encode_columns,
 )
+from stdiff.datasets.timecols import compose_time, parse_times, show_time
 
 __all__ = [
     "attach_site_coords",
@@ -106,7 +104,7 @@ def _frame(
         times = compose_time(path, frame, time_columns)
         frame = frame.drop(columns=list(time_columns))
     elif time_column in frame.columns:
-        times = pd.Series(_times(path, time_column, frame[time_column]), index=frame.index)
+        times = pd.Series(parse_times(path, time_column, frame[time_column]), index=frame.index)
         frame = frame.drop(columns=[time_column])
     else:
         columns = ", ".join(map(repr, frame.columns))
@@ -135,8 +133,8 @@ def _axis(times: np.ndarray, freq: str | None, where: Path) -> np.ndarray:
         raise DataError("freq", f"{freq!r} is not a pandas frequency ({exc})") from None
     off = ~np.isin(axis, grid)
     if off.any():
-        raise DataError(where, f"time {_show(axis[off][0])} is not on the {freq} grid from "
-                               f"{_show(axis[0])}")  # fmt: skip
+        raise DataError(where, f"time {show_time(axis[off][0])} is not on the {freq} grid from "
+                               f"{show_time(axis[0])}")  # fmt: skip
     return grid
 
 
@@ -209,7 +207,7 @@ def _pivot(frame: pd.DataFrame, names: list[str], axis: np.ndarray) -> xr.Datase
         raise DataError(
             frame[_FILE].iloc[row],
             f"station {frame['__station__'].iloc[row]!r} has two rows at "
-            f"{_show(frame['__time__'].iloc[row])}",
+            f"{show_time(frame['__time__'].iloc[row])}",
         )
     grid = np.full((len(axis), len(stations), len(names)), np.nan, dtype=np.float32)
     for k, name in enumerate(names):

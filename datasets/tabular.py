@@ -50,8 +50,6 @@ Every fault raises :class:`~datasets.errors.DataError` with one line naming the 
 
 from __future__ import annotations
 
-import re
-import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -62,13 +60,19 @@ import pandas as pd
 import xarray as xr
 
 from stdiff.datasets.errors import DataError
+from stdiff.datasets.timecols import (
+    columns_text,
+    compose_time,
+    guess_time_column,
+    parse_times,
+    show_time,
+)
 
 __all__ = ["Categorical", "compose_time", "encode_columns", "load_table"]
 
 _CSV = {".csv": ",", ".txt": ",", ".tsv": "\t"}
 _PARQUET = {".parquet", ".pq"}
 _COMPRESSION = {".gz", ".bz2", ".xz", ".zip", ".zst"}
-_TIME_PARTS = ("year", "month", "day", "hour", "minute", "second")
 Categorical = Literal["error", "drop", "onehot"]
 
 
@@ -243,72 +247,6 @@ def _decimal_comma(frame: pd.DataFrame) -> bool:
     return found
 
 
-def _columns(frame: pd.DataFrame) -> str:
-    return ", ".join(map(repr, frame.columns))
-
-
-def _times(path: Path, column: str, series: pd.Series) -> np.ndarray:
-    """Parse a time column (numeric kept as is, else datetimes), raising on any bad entry."""
-    if series.isna().any():
-        row = int(np.flatnonzero(series.isna().to_numpy())[0])
-        raise DataError(path, f"time column {column!r} is empty in data row {row + 1}")
-    if pd.api.types.is_bool_dtype(series):
-        raise DataError(path, f"time column {column!r} holds booleans, not times")
-    if pd.api.types.is_numeric_dtype(series):
-        return series.to_numpy()
-    if isinstance(series.dtype, pd.DatetimeTZDtype):
-        return series.dt.tz_convert("UTC").dt.tz_localize(None).to_numpy("datetime64[ns]")
-    if pd.api.types.is_datetime64_any_dtype(series):
-        return series.to_numpy("datetime64[ns]")
-    text = series.astype(str).str.strip()
-    parsed = None
-    for fmt in (None, "mixed"):  # one inferred format (fast), else element by element
-        try:
-            with warnings.catch_warnings():  # pandas warns when it falls back to dateutil
-                warnings.simplefilter("ignore", UserWarning)
-                parsed = pd.to_datetime(text, format=fmt)
-            break
-        except (ValueError, TypeError, OverflowError):
-            continue
-    if parsed is None:
-        parsed = pd.to_datetime(text, format="mixed", errors="coerce")
-        if not parsed.isna().any():  # pragma: no cover - coerce and raise disagree
-            raise DataError(path, f"time column {column!r} cannot be parsed")
-    if parsed.isna().any():
-        row = int(np.flatnonzero(parsed.isna().to_numpy())[0])
-        raise DataError(
-            path, f"time column {column!r}: cannot parse {text.iloc[row]!r} (data row {row + 1})"
-        )
-    if isinstance(parsed.dtype, pd.DatetimeTZDtype):
-        parsed = parsed.dt.tz_convert("UTC").dt.tz_localize(None)
-    return _day_first(text, parsed.to_numpy("datetime64[ns]"))
-
-
-_NUMERIC_DATE = re.compile(r"\d{1,2}[/.\-]\d{1,2}[/.\-]\d{2,4}\b")
-
-
-def _monotonic(t: np.ndarray) -> bool:
-    return bool((t[1:] > t[:-1]).all() or (t[1:] < t[:-1]).all())
-
-
-def _day_first(text: pd.Series, parsed: np.ndarray) -> np.ndarray:
-    """Dates written ``31/12/2021`` or ``31.12.2021``: pandas reads ``01/02/2021`` month first,
-    so a day-first column comes out shuffled. When the month-first reading is not in time order
-    and the day-first one is, the day-first one is taken."""
-    if len(parsed) < 3 or _monotonic(parsed) or not _NUMERIC_DATE.match(str(text.iloc[0])):
-        return parsed
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", UserWarning)
-            alt = pd.to_datetime(text, dayfirst=True, format="mixed")
-    except (ValueError, TypeError, OverflowError):
-        return parsed
-    if isinstance(alt.dtype, pd.DatetimeTZDtype):
-        alt = alt.dt.tz_convert("UTC").dt.tz_localize(None)
-    alt = alt.to_numpy("datetime64[ns]")
-    return alt if _monotonic(alt) else parsed
-
-
 def _numeric(path: Path, name: str, series: pd.Series) -> np.ndarray:
     """A value column as float32, NaN = missing; refuses text and values that are infinite
     (``inf`` cells, or beyond float32's range) naming the first bad row."""
@@ -341,42 +279,7 @@ def _numeric(path: Path, name: str, series: pd.Series) -> np.ndarray:
     return out
 
 
-def _show(t: object) -> str:
-    return str(pd.Timestamp(t)) if isinstance(t, np.datetime64) else str(t)
-
-
 # --------------------------------------------------------------------------- columns
-
-
-def compose_time(path: Path, frame: pd.DataFrame, columns: Sequence[str]) -> pd.Series:
-    """Datetimes from split integer columns in the order year, month, day[, hour[, minute[, second]]]."""
-    columns = list(columns)
-    if not 3 <= len(columns) <= len(_TIME_PARTS):
-        raise DataError(
-            path,
-            f"time_columns {columns} must name year, month, day[, hour[, minute[, second]]] "
-            "columns, in that order (3 to 6 columns)",
-        )
-    absent = [c for c in columns if c not in frame.columns]
-    if absent:
-        raise DataError(path, f"no time column {absent[0]!r}; columns are {_columns(frame)}")
-    parts = {}
-    for part, column in zip(_TIME_PARTS, columns, strict=False):
-        number = pd.to_numeric(frame[column], errors="coerce")
-        bad = number.isna() | (number != number.round())
-        if bad.any():
-            row = int(np.flatnonzero(bad.to_numpy())[0])
-            raise DataError(
-                path,
-                f"time column {column!r} ({part}) holds {frame[column].iloc[row]!r}, not an "
-                f"integer (data row {row + 1})",
-            )
-        parts[part] = number.astype(np.int64)
-    try:
-        return pd.to_datetime(pd.DataFrame(parts))
-    except (ValueError, OverflowError) as exc:
-        first = str(exc).strip().splitlines()[0]
-        raise DataError(path, f"cannot compose times from {columns} ({first})") from None
 
 
 def _is_text(series: pd.Series) -> bool:
@@ -404,7 +307,9 @@ def encode_columns(
         raise DataError("categorical", f"must be 'error', 'drop' or 'onehot', not {categorical!r}")
     absent = [c for c in drop_columns if c not in frame.columns]
     if absent:
-        raise DataError(path, f"cannot drop column {absent[0]!r}; columns are {_columns(frame)}")
+        raise DataError(
+            path, f"cannot drop column {absent[0]!r}; columns are {columns_text(frame)}"
+        )
     frame = frame.drop(columns=list(drop_columns))
     text = [c for c in frame.columns if c not in keep and _is_text(frame[c])]
     if not text or categorical == "drop":
@@ -445,7 +350,7 @@ def _prepare(path, frame, time_column, time_columns, drop_columns, categorical, 
         times = compose_time(path, frame, time_columns)
         frame = frame.drop(columns=list(time_columns)).assign(**{time_column: times})
     if time_column not in frame.columns:
-        frame = frame.rename(columns={_guess_time_column(path, frame, time_column): time_column})
+        frame = frame.rename(columns={guess_time_column(path, frame, time_column): time_column})
     if layout == "wide":
         keep = [time_column]
         frame = encode_columns(
@@ -454,28 +359,6 @@ def _prepare(path, frame, time_column, time_columns, drop_columns, categorical, 
     elif drop_columns or categorical != "error":
         raise DataError(path, "drop_columns and categorical apply to the wide layout only")
     return frame
-
-
-_TIME_NAMES = ("time", "date", "datetime", "timestamp", "date_time", "date time", "time_stamp",
-               "datetime_utc", "dt", "ds")  # fmt: skip
-
-
-def _guess_time_column(path: Path, frame: pd.DataFrame, time_column: str) -> str:
-    """The one column that names time when ``time_column`` is absent: a usual name (``date``,
-    ``timestamp``, ``Date Time``, ...), else the only column whose name holds date or time;
-    several or none are refused, naming the flag."""
-    names = [str(c) for c in frame.columns]
-    found = [c for c in names if c.strip().lower() in _TIME_NAMES]
-    found = found or [c for c in names if re.search(r"date|time", c, re.IGNORECASE)]
-    if len(found) == 1:
-        return found[0]
-    hint = (
-        f"; several could be: {', '.join(map(repr, found))}; name one with --time-column, or "
-        "compose date and time columns with --time-columns"
-        if found
-        else "; name it with --time-column"
-    )
-    raise DataError(path, f"no time column {time_column!r}; columns are {_columns(frame)}{hint}")
 
 
 # --------------------------------------------------------------------------- layouts
@@ -492,8 +375,8 @@ def _grid(
     target_column: str | None,
 ) -> _Table:
     if time_column not in frame.columns:
-        raise DataError(path, f"no time column {time_column!r}; columns are {_columns(frame)}")
-    times = _times(path, time_column, frame[time_column])
+        raise DataError(path, f"no time column {time_column!r}; columns are {columns_text(frame)}")
+    times = parse_times(path, time_column, frame[time_column])
     if layout == "wide":
         table = _wide(path, frame, times, time_column, variables)
     else:
@@ -511,7 +394,7 @@ def _wide(path, frame, times, time_column, variables) -> _Table:
         raise DataError(path, f"no variable columns besides the time column {time_column!r}")
     for name in names:
         if name not in frame.columns or name == time_column:
-            raise DataError(path, f"variable {name!r} is absent; columns are {_columns(frame)}")
+            raise DataError(path, f"variable {name!r} is absent; columns are {columns_text(frame)}")
     if len(times) > 1 and not (times[1:] > times[:-1]).all():  # rows in another order: sorted
         order = np.argsort(times, kind="stable")
         ordered = times[order]
@@ -521,7 +404,7 @@ def _wide(path, frame, times, time_column, variables) -> _Table:
             rows = sorted(int(r) + 1 for r in order[k : k + 2])
             raise DataError(
                 path,
-                f"timestamp {_show(ordered[k])} is on two rows (data rows {rows[0]} and "
+                f"timestamp {show_time(ordered[k])} is on two rows (data rows {rows[0]} and "
                 f"{rows[1]}); keep one row per time (or use --layout long for one row per "
                 "observation)",
             )
@@ -535,7 +418,7 @@ def _long(path, frame, times, time_column, variables, long_columns, target_colum
     for column in (var_col, val_col):
         if column not in frame.columns:
             raise DataError(
-                path, f"no column {column!r} for the long layout; columns are {_columns(frame)}"
+                path, f"no column {column!r} for the long layout; columns are {columns_text(frame)}"
             )
     if frame[var_col].isna().any():
         row = int(np.flatnonzero(frame[var_col].isna().to_numpy())[0])
@@ -574,7 +457,7 @@ def _long(path, frame, times, time_column, variables, long_columns, target_colum
         dup = int(rows[np.flatnonzero(twice)[1]])  # the second row of the first repeated cell
         raise DataError(
             path,
-            f"duplicated (time, variable) pair ({_show(times[dup])}, {var_names[dup]!r}) "
+            f"duplicated (time, variable) pair ({show_time(times[dup])}, {var_names[dup]!r}) "
             f"(data row {dup + 1})",
         )
     values = np.full(len(axis) * len(names), np.nan, dtype=np.float32)
@@ -612,7 +495,7 @@ def _pair(first: _Table, second: _Table) -> tuple[_Table, _Table]:
         raise DataError(
             second.path,
             f"times differ from those of {first.path} at row {k + 1} "
-            f"({_show(second.times[k])} vs {_show(first.times[k])})",
+            f"({show_time(second.times[k])} vs {show_time(first.times[k])})",
         )
     a, b = ~np.isnan(first.values), ~np.isnan(second.values)
     if (a & ~b).any() and (b & ~a).any():
@@ -628,7 +511,7 @@ def _pair(first: _Table, second: _Table) -> tuple[_Table, _Table]:
         t, f = (int(i[0]) for i in np.nonzero(differ))
         raise DataError(
             second.path,
-            f"value of {first.features[f]!r} at {_show(first.times[t])} differs from "
+            f"value of {first.features[f]!r} at {show_time(first.times[t])} differs from "
             f"{first.path} ({second.values[t, f]} vs {first.values[t, f]})",
         )
     return ground, reduced

@@ -1,0 +1,143 @@
+"""The time column of a table (``datasets.tabular``, ``datasets.sites``): parsing it (numbers
+kept, datetimes in UTC, numeric dates read day first when only that reading is in order),
+composing it from year / month / day columns, and finding it under another name."""
+
+from __future__ import annotations
+
+import re
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from stdiff.datasets.errors import DataError
+
+_TIME_PARTS = ("year", "month", "day", "hour", "minute", "second")
+
+
+def columns_text(frame: pd.DataFrame) -> str:
+    """The columns of ``frame`` for a message: ``'time', 'a', 'b'``."""
+    return ", ".join(map(repr, frame.columns))
+
+
+def parse_times(path: Path, column: str, series: pd.Series) -> np.ndarray:
+    """Parse a time column (numeric kept as is, else datetimes), raising on any bad entry."""
+    if series.isna().any():
+        row = int(np.flatnonzero(series.isna().to_numpy())[0])
+        raise DataError(path, f"time column {column!r} is empty in data row {row + 1}")
+    if pd.api.types.is_bool_dtype(series):
+        raise DataError(path, f"time column {column!r} holds booleans, not times")
+    if pd.api.types.is_numeric_dtype(series):
+        return series.to_numpy()
+    if isinstance(series.dtype, pd.DatetimeTZDtype):
+        return series.dt.tz_convert("UTC").dt.tz_localize(None).to_numpy("datetime64[ns]")
+    if pd.api.types.is_datetime64_any_dtype(series):
+        return series.to_numpy("datetime64[ns]")
+    text = series.astype(str).str.strip()
+    parsed = None
+    for fmt in (None, "mixed"):  # one inferred format (fast), else element by element
+        try:
+            with warnings.catch_warnings():  # pandas warns when it falls back to dateutil
+                warnings.simplefilter("ignore", UserWarning)
+                parsed = pd.to_datetime(text, format=fmt)
+            break
+        except (ValueError, TypeError, OverflowError):
+            continue
+    if parsed is None:
+        parsed = pd.to_datetime(text, format="mixed", errors="coerce")
+        if not parsed.isna().any():  # pragma: no cover - coerce and raise disagree
+            raise DataError(path, f"time column {column!r} cannot be parsed")
+    if parsed.isna().any():
+        row = int(np.flatnonzero(parsed.isna().to_numpy())[0])
+        raise DataError(
+            path, f"time column {column!r}: cannot parse {text.iloc[row]!r} (data row {row + 1})"
+        )
+    if isinstance(parsed.dtype, pd.DatetimeTZDtype):
+        parsed = parsed.dt.tz_convert("UTC").dt.tz_localize(None)
+    return _day_first(text, parsed.to_numpy("datetime64[ns]"))
+
+
+_NUMERIC_DATE = re.compile(r"\d{1,2}[/.\-]\d{1,2}[/.\-]\d{2,4}\b")
+
+
+def _monotonic(t: np.ndarray) -> bool:
+    return bool((t[1:] > t[:-1]).all() or (t[1:] < t[:-1]).all())
+
+
+def _day_first(text: pd.Series, parsed: np.ndarray) -> np.ndarray:
+    """Dates written ``31/12/2021`` or ``31.12.2021``: pandas reads ``01/02/2021`` month first,
+    so a day-first column comes out shuffled. When the month-first reading is not in time order
+    and the day-first one is, the day-first one is taken."""
+    if len(parsed) < 3 or _monotonic(parsed) or not _NUMERIC_DATE.match(str(text.iloc[0])):
+        return parsed
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            alt = pd.to_datetime(text, dayfirst=True, format="mixed")
+    except (ValueError, TypeError, OverflowError):
+        return parsed
+    if isinstance(alt.dtype, pd.DatetimeTZDtype):
+        alt = alt.dt.tz_convert("UTC").dt.tz_localize(None)
+    alt = alt.to_numpy("datetime64[ns]")
+    return alt if _monotonic(alt) else parsed
+
+
+def show_time(t: object) -> str:
+    return str(pd.Timestamp(t)) if isinstance(t, np.datetime64) else str(t)
+
+
+def compose_time(path: Path, frame: pd.DataFrame, columns: Sequence[str]) -> pd.Series:
+    """Datetimes from split integer columns in the order year, month, day[, hour[, minute[, second]]]."""
+    columns = list(columns)
+    if not 3 <= len(columns) <= len(_TIME_PARTS):
+        raise DataError(
+            path,
+            f"time_columns {columns} must name year, month, day[, hour[, minute[, second]]] "
+            "columns, in that order (3 to 6 columns)",
+        )
+    absent = [c for c in columns if c not in frame.columns]
+    if absent:
+        raise DataError(path, f"no time column {absent[0]!r}; columns are {columns_text(frame)}")
+    parts = {}
+    for part, column in zip(_TIME_PARTS, columns, strict=False):
+        number = pd.to_numeric(frame[column], errors="coerce")
+        bad = number.isna() | (number != number.round())
+        if bad.any():
+            row = int(np.flatnonzero(bad.to_numpy())[0])
+            raise DataError(
+                path,
+                f"time column {column!r} ({part}) holds {frame[column].iloc[row]!r}, not an "
+                f"integer (data row {row + 1})",
+            )
+        parts[part] = number.astype(np.int64)
+    try:
+        return pd.to_datetime(pd.DataFrame(parts))
+    except (ValueError, OverflowError) as exc:
+        first = str(exc).strip().splitlines()[0]
+        raise DataError(path, f"cannot compose times from {columns} ({first})") from None
+
+
+_TIME_NAMES = ("time", "date", "datetime", "timestamp", "date_time", "date time", "time_stamp",
+               "datetime_utc", "dt", "ds")  # fmt: skip
+
+
+def guess_time_column(path: Path, frame: pd.DataFrame, time_column: str) -> str:
+    """The one column that names time when ``time_column`` is absent: a usual name (``date``,
+    ``timestamp``, ``Date Time``, ...), else the only column whose name holds date or time;
+    several or none are refused, naming the flag."""
+    names = [str(c) for c in frame.columns]
+    found = [c for c in names if c.strip().lower() in _TIME_NAMES]
+    found = found or [c for c in names if re.search(r"date|time", c, re.IGNORECASE)]
+    if len(found) == 1:
+        return found[0]
+    hint = (
+        f"; several could be: {', '.join(map(repr, found))}; name one with --time-column, or "
+        "compose date and time columns with --time-columns"
+        if found
+        else "; name it with --time-column"
+    )
+    raise DataError(
+        path, f"no time column {time_column!r}; columns are {columns_text(frame)}{hint}"
+    )
