@@ -216,6 +216,11 @@ class X0Clip:
             self._calls.append((sigma, bad.sum(), torch.tensor(out.numel())))
         return torch.minimum(torch.maximum(out, lo), hi)
 
+    def clamp(self, x: Tensor) -> Tensor:
+        """``x`` (channels along ``dim``) inside the range, without counting anything."""
+        lo, hi = self._bounds(x)
+        return torch.minimum(torch.maximum(x, lo), hi)
+
     def attach(self, denoiser: nn.Module) -> X0Clip:
         """Clip ``denoiser``'s outputs from now on; returns self."""
         self._handle = denoiser.register_forward_hook(self)

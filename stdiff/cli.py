@@ -9,6 +9,7 @@ from typing import Annotated
 
 import typer
 
+from stdiff.cli_calibrate import calibrate
 from stdiff.cliargs import csv_flag, fail, job_config, pair_flag, period_flag, set_overrides
 from stdiff.help import epilog
 
@@ -565,12 +566,11 @@ def info(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = 
     if as_json:
         typer.echo(json.dumps(data, indent=2))
         return
-    typer.echo("schedules:   " + ", ".join(data["schedules"]))
-    typer.echo("samplers:    " + ", ".join(data["samplers"]))
-    typer.echo("predictions: " + ", ".join(data["predictions"]))
-    typer.echo("weightings:  " + ", ".join(data["weightings"]))
-    typer.echo("model kinds: " + ", ".join(data["model_kinds"]))
-    typer.echo("nets:        " + ", ".join(data["nets"]))
+    for key, names in data.items():
+        typer.echo(f"{key.replace('_', ' ') + ':':<13}" + ", ".join(names))
+
+
+app.command()(calibrate)
 
 
 def main(argv: list[str] | None = None) -> int:

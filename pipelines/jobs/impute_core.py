@@ -69,7 +69,10 @@ class ImputeConfig:
     batch_size: windows per batch; use_targets: the store's ``target_mask`` are the evaluation
     points (eval_ratio must then be 0); eval_pattern: ``random`` hides single values, ``block``
     gaps of ``eval_block`` consecutive steps of one feature (a sensor outage) until about
-    ``eval_ratio`` of the observed values are hidden."""
+    ``eval_ratio`` of the observed values are hidden; spread: each window's members are moved
+    about their mean by this factor once drawn, ``mean + spread (x - mean)`` at every value
+    (kept in the training range when clip_x0), a calibration fitted on held-out data with
+    ``stdiff calibrate`` (``pipelines.metrics.calibration``); 1: the samples as drawn."""
 
     checkpoint: str
     data: str
@@ -103,6 +106,7 @@ class ImputeConfig:
     eval_pattern: Literal["random", "block"] = "random"
     eval_block: int = 24
     clip_x0: bool = True  # clip predictions to the training data's range (engine.runner)
+    spread: float = 1.0
     overwrite: bool = False
 
     def __post_init__(self) -> None:
@@ -118,6 +122,8 @@ class ImputeConfig:
         for name in ("window", "stride", "max_steps"):
             if getattr(self, name) is not None:
                 at_least_one(self, name)
+        if not (np.isfinite(self.spread) and 0.0 < self.spread <= 100.0):
+            raise ValueError(f"spread must be in (0, 100], got {self.spread}")
         if not 0.0 <= self.eval_ratio < 1.0:
             raise ValueError(f"eval_ratio must be in [0, 1), got {self.eval_ratio}")
         if self.mode == "forecast" and self.horizon < 1:
@@ -193,7 +199,20 @@ def draw_members(
             parts.append(x.float())
             trim_host_memory()  # else glibc's heap grows with every call on the CPU
         out.append(torch.cat(parts).reshape(b, c, *shape))
-    return torch.cat(out, 1)
+    return spread_members(torch.cat(out, 1), cfg.spread, getattr(denoiser, "x0_clip", None))
+
+
+def spread_members(x: torch.Tensor, spread: float, clip=None) -> torch.Tensor:
+    """``(B, members, L, K)`` samples moved about their members' mean by ``spread`` (given
+    entries, equal in every member, stay), then kept in ``clip``'s range (``X0Clip``)."""
+    if spread == 1.0 or x.shape[1] < 2:
+        return x
+    mean = x.mean(1, keepdim=True)
+    x = mean + spread * (x - mean)
+    if clip is None:
+        return x
+    b, m = x.shape[:2]
+    return clip.clamp(x.reshape(b * m, *x.shape[2:])).reshape(x.shape)
 
 
 def publish(
