@@ -15,6 +15,7 @@ drawn with a spread already applies it: the factor reported is the product of bo
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -55,7 +56,9 @@ def held_out_points(path: Path) -> tuple[np.ndarray, np.ndarray, float]:
     observed = ds["observed_mask"].transpose(*dims).values.astype(bool)
     k = dims.index("feature")
     other = tuple(i for i in range(len(dims)) if i != k)
-    std = np.nanstd(np.where(observed, values, np.nan), axis=other)
+    with warnings.catch_warnings():  # a feature never observed here: its scale is 1
+        warnings.simplefilter("ignore", RuntimeWarning)
+        std = np.nanstd(np.where(observed, values, np.nan), axis=other)
     std = np.where(np.isfinite(std) & (std > 0), std, 1.0)
     scale = np.broadcast_to(np.expand_dims(std, other), mask.shape)[mask]
     samples = ds["samples"].transpose(*dims, "member").values[mask] / scale[:, None]
