@@ -15,6 +15,7 @@ their draws: the differences are the calibration's alone.
 from __future__ import annotations
 
 import argparse
+import shlex
 import tempfile
 from pathlib import Path
 
@@ -100,8 +101,8 @@ def main(argv: list[str] | None = None) -> None:
         + "\n"
         + "\n".join(rows)
     )
-    cmd = "`.venv/bin/python -m benchmarks.calibration " + " ".join(argv or [])
-    emit_section(a.name, a.title, cmd.rstrip() + "`", body, a.write)
+    cmd = f"`.venv/bin/python -m benchmarks.calibration {shlex.join(argv or [])}`"
+    emit_section(a.name, a.title, cmd, body, a.write)
 
 
 if __name__ == "__main__":
