@@ -59,6 +59,18 @@ class Model:
         self._expect("impute")
         return _run(ImputeConfig, run_imputation, self, data, out, options, progress)
 
+    def calibrate(self, data: Data, *, target: str = "coverage", level: float = 0.9,
+                  progress: bool = True, **options: Any) -> dict[str, Any]:  # fmt: skip
+        """The spread factor fitted on an imputation of held-out ``data`` (``stdiff calibrate``;
+        options as :meth:`impute`, e.g. ``split="valid", eval_ratio=0.1``): impute new data with
+        ``spread=result["spread"]``."""
+        from stdiff.pipelines.jobs.calibrate import calibrate_spread
+
+        with tempfile.TemporaryDirectory() as tmp:
+            out = Path(tmp) / "held_out.zarr"
+            self.impute(data, out=out, progress=progress, **options)
+            return calibrate_spread(out, target, level)  # type: ignore[arg-type]
+
     def forecast(self, data: Data, *, init: str | list[str], out: str | Path | None = None,
                  progress: bool = True, **options: Any) -> xr.Dataset:  # fmt: skip
         """An ensemble rolled out from ``init`` (ISO times, ``START/END/EVERY`` or ``latest``).

@@ -86,6 +86,12 @@ def test_spread_in_impute_and_calibrate_cli(tmp_path: Path, trained_csdi) -> Non
     fit = json.loads((tmp_path / "s.json").read_text())
     assert f"--set spread={fit['spread']:.3f}" in res.output
     assert fit["crps_after"] <= fit["crps_before"] + 1e-12 and fit["members"] == 6
+    import stdiff
+
+    api = stdiff.load(run).calibrate(store, target="crps", progress=False, sampler="ddpm",
+                                     steps=4, members=6, eval_ratio=0.2, split="all",
+                                     clip_x0=False)  # fmt: skip
+    assert api["spread"] == fit["spread"] and api["cover_after"] == fit["cover_after"]
     res = CliRunner().invoke(app, ["calibrate", "--imputation", str(tmp_path / "b.zarr")])
     assert res.exit_code == 0, res.output  # b applies 1.5 already: the same total factor
     assert float(res.output.split()[1]) == pytest.approx(fit["spread"], rel=2e-3)
