@@ -16,7 +16,8 @@ back (``ds.set_index(feature=["station", "variable"]).unstack("feature")``).
 
 The time axis is the sorted union of every site's times; with ``freq`` (a pandas frequency such as
 ``"1h"``) it is the full regular grid from the first to the last time, and a time off that grid
-is an error. A (station, variable) pair without a single value is left out and listed in the
+is an error (one table without stations too: the steps it lacks become empty rows). A
+(station, variable) pair without a single value is left out and listed in the
 attribute ``empty_features``. Text columns are refused, dropped or one-hot encoded
 (``categorical``; :func:`datasets.tabular.encode_columns`), so every site gets the same
 categories. A site with two rows at one time is an error naming its file.
@@ -277,11 +278,14 @@ def load_series(
     one = len(files) == 1
     site = station_column or ("station" if one and _has_column(files[0], "station") else None)
     if one and (targets or layout == "long" or site is None):
-        if freq:
-            raise DataError(files[0], "freq applies to per-station files (or a station column)")
-        return load_table(files[0], time_column=time_column, layout=layout, variables=variables,
-                          targets=targets, time_columns=time_columns, drop_columns=drop_columns,
-                          categorical=categorical)  # fmt: skip
+        ds = load_table(files[0], time_column=time_column, layout=layout, variables=variables,
+                        targets=targets, time_columns=time_columns, drop_columns=drop_columns,
+                        categorical=categorical)  # fmt: skip
+        if not freq:
+            return ds
+        grid = _axis(ds["time"].values, freq, files[0])  # the missing steps become empty rows
+        fill = {"values": np.nan, "observed_mask": 0, "target_mask": 0}
+        return ds.reindex(time=grid, fill_value={k: v for k, v in fill.items() if k in ds})
     if targets or layout == "long":
         raise DataError(files[0], "targets and the long layout apply to one table file")
     return load_sites(files, time_column=time_column, time_columns=time_columns,

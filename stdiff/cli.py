@@ -162,7 +162,7 @@ def ingest(
         str, typer.Option(help="Tables, text columns: error | drop | onehot.")
     ] = "error",
     freq: Annotated[
-        str | None, typer.Option(help="Per-station tables: regular time grid, e.g. 1h.")
+        str | None, typer.Option(help="Tables: regular time grid, e.g. 1h (lacking steps: empty).")
     ] = None,
     site_coords: Annotated[
         str | None,

@@ -186,3 +186,23 @@ def test_beijing_folder(tmp_path: Path, shared_data: Path) -> None:
     np.testing.assert_allclose(ds["values"].values[:, k], raw["PM2.5"].to_numpy(np.float32))
     month = pd.DatetimeIndex(ds.time.values).month
     assert (ds["split"].values == 2).sum() == np.isin(month, [3, 6, 9, 12]).sum()
+
+
+def test_one_table_on_a_regular_grid(tmp_path) -> None:
+    """``--freq`` puts a single table on the full grid: the hours it lacks become empty rows
+    (missing, never observed) instead of neighbours; a time off the grid is refused."""
+    from stdiff.datasets.sites import load_series
+
+    t = pd.date_range("2021-01-01", periods=10, freq="1h")
+    keep = [0, 1, 2, 6, 7, 8, 9]
+    frame = pd.DataFrame({"time": t[keep], "a": np.arange(7.0)})
+    frame.to_csv(tmp_path / "gap.csv", index=False)
+    ds = load_series([tmp_path / "gap.csv"], freq="1h")
+    assert (ds["time"].values == t.values).all()
+    np.testing.assert_array_equal(ds["observed_mask"].values[:, 0], np.isin(range(10), keep))
+    np.testing.assert_array_equal(ds["values"].values[keep, 0], np.arange(7.0))
+    assert np.isnan(ds["values"].values[3:6, 0]).all() and ds["observed_mask"].dtype == np.uint8
+    late = frame.iloc[2:].assign(time=t[keep][2:] + pd.Timedelta(minutes=7))
+    pd.concat([frame.iloc[:2], late]).to_csv(tmp_path / "off.csv", index=False)
+    with pytest.raises(DataError, match=r"off\.csv: time .* is not on the 1h grid"):
+        load_series([tmp_path / "off.csv"], freq="1h")
