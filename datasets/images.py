@@ -365,8 +365,8 @@ def load_image_folder(
                 raise DataError(
                     file,
                     f"image is {hw[0]}x{hw[1]} (height x width) but {first[0].name} is "
-                    f"{first[1][0]}x{first[1][1]}; resize them to one size first (or pass "
-                    "size= to datasets.images.load_image_folder)",
+                    f"{first[1][0]}x{first[1][1]}; resize them to one size (stdiff ingest "
+                    "--image-size N, or size= in datasets.images.load_image_folder)",
                 )
             arrays.append(arr)
             labels.append(k)

@@ -50,7 +50,8 @@ class IngestOptions:
     ``datasets.sites``); site_coords (per-station files: a CSV ``station, lat, lon``, stored as
     ``lat`` / ``lon`` along ``feature``, the side information of a geographic prior); train_period / test_period or test_months / valid_months (the time split
     of a table series, ``datasets.splits.series_split``);
-    axis (NIfTI slicing axis); image_size / window (a volume ingested as ``images``: slice size
+    axis (NIfTI slicing axis); resize_images (image folders: every image to image_size x
+    image_size); image_size / window (a volume ingested as ``images``: slice size
     and intensity window, ``"LO,HI"``, a preset of ``datasets.slices.WINDOWS`` or ``"auto"``);
     images_key / labels_key (NPZ arrays; ``labels_key="none"``: unlabelled images);
     split (images: ``auto`` keeps the source's split, ``train``/``test`` puts every image there).
@@ -81,6 +82,7 @@ class IngestOptions:
     labels_key: str | None = None
     split: Literal["auto", "train", "test"] = "auto"
     fill_nan: Literal["error", "mean"] = "error"
+    resize_images: bool = False
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -127,7 +129,7 @@ class IngestResult:
 
 
 # options added after stores were made: hashed only when set, so earlier stores stay current
-_LATER_OPTIONS: dict[str, Any] = {"fill_nan": "error"}
+_LATER_OPTIONS: dict[str, Any] = {"fill_nan": "error", "resize_images": False}
 
 
 def _hashed(opt: IngestOptions) -> dict[str, Any]:
@@ -281,7 +283,8 @@ def _images(source: str, opt: IngestOptions) -> xr.Dataset:
     if p.is_dir() and any(q.name.endswith(("idx3-ubyte", "idx3-ubyte.gz")) for q in p.iterdir()):
         return images.load_mnist_folder(p, split=split)
     if p.is_dir():
-        return images.load_image_folder(p, split=split or "train")
+        size = opt.image_size if opt.resize_images else None
+        return images.load_image_folder(p, size=size, split=split or "train")
     raise DataError(
         p,
         "expected an .npz file, a NIfTI volume, a DICOM file or series folder, a --kind medical "

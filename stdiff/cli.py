@@ -178,8 +178,12 @@ def ingest(
     ] = None,
     axis: Annotated[str, typer.Option(help="NIfTI slicing axis.")] = "axial",
     image_size: Annotated[
-        int, typer.Option(help="A volume (NIfTI, DICOM) as --kind images: slice size in pixels.")
-    ] = 64,
+        int | None,
+        typer.Option(
+            help="--kind images: a volume's slice size (default 64), or N to resize "
+            "folder images to N x N."
+        ),
+    ] = None,
     window: Annotated[
         str,
         typer.Option(
@@ -197,11 +201,7 @@ def ingest(
         typer.Option(help="Images: auto (the source's), or train / test for every image."),
     ] = "auto",
     fill_nan: Annotated[
-        str,
-        typer.Option(
-            help="Weather: NaN at some times: error, or mean (the variable's training mean). "
-            "Cells NaN at every time (a land mask) always take the mean."
-        ),
+        str, typer.Option(help="Weather NaN at some times: error | mean (the training mean).")
     ] = "error",
     progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
     overwrite: Annotated[
@@ -233,7 +233,8 @@ def ingest(
             test_months=csv_flag(test_months, int),
             valid_months=csv_flag(valid_months, int),
             axis=axis,  # type: ignore[arg-type]
-            image_size=image_size,
+            image_size=image_size or 64,
+            resize_images=image_size is not None,
             window=window,
             images_key=images_key,
             labels_key=labels_key,

@@ -447,3 +447,18 @@ def test_test_split_alone(tmp_path, image_model):
     (folder / "t10k-images-idx3-ubyte.gz").unlink()
     with pytest.raises(DataError, match=r"no train-\* or t10k-\* idx files"):
         load_mnist_folder(folder)
+
+
+def test_cli_resizes_a_folder_of_mixed_sizes(tmp_path):
+    """Without --image-size a folder of mixed sizes is refused naming the flag; with it every
+    image is resized (and a volume's default slice size is unchanged)."""
+    from stdiff.datasets.store import open_store
+
+    make_image_folder(tmp_path / "imgs", {"a": [(6, 5), (6, 5)], "b": [(6, 5), (8, 8)]})
+    res = _ingest(tmp_path / "imgs", "--kind", "images", "--out", tmp_path / "o.zarr")
+    assert res.exit_code == 2 and "--image-size N" in res.output
+    assert not (tmp_path / "o.zarr").exists()
+    res = _ingest(tmp_path / "imgs", "--kind", "images", "--image-size", 7, "--out",
+                  tmp_path / "o.zarr")  # fmt: skip
+    assert res.exit_code == 0, res.output
+    assert open_store(tmp_path / "o.zarr")["image"].shape == (4, 3, 7, 7)
