@@ -289,6 +289,13 @@ CASES: list[tuple[str, list[str], str]] = [
     ("score-out-is-data", ["score", "--forecast", "a={stays}", "--data", "{grid}", "--out", "{grid}"], "--out"),
     ("score-duplicate-name", ["score", "--forecast", "a={stays}", "--forecast", "a={grid}", "--data", "{grid}", "--out", "{root}/s"], "a"),
     ("score-climatology-period", ["score", "--forecast", "a={stays}", "--data", "{grid}", "--out", "{root}/s", "--climatology-period", "2013"], "--climatology-period"),
+    # --- calibrate
+    ("calibrate-missing", ["calibrate", "--imputation", "{root}/nothere.zarr"], "nothere.zarr"),
+    ("calibrate-not-imputation", ["calibrate", "--imputation", "{grid}"], "grid.zarr"),
+    ("calibrate-csv", ["calibrate", "--imputation", "{root}/words.csv"], "words.csv"),
+    ("calibrate-target", ["calibrate", "--imputation", "{grid}", "--target", "sharpness"], "--target"),
+    ("calibrate-out-is-folder", ["calibrate", "--imputation", "{grid}", "--out", "{root}/emptydir"], "emptydir"),
+    ("impute-spread-negative", ["impute", "--checkpoint", "{csdi}", "--data", "{stays}", "--out", "{root}/o.zarr", "--set", "spread=-1"], "spread"),
     # --- the rest
     ("distill-config-missing", ["distill", "--config", "{root}/nothere.yaml"], "nothere.yaml"),
     ("serve-config-missing", ["serve", "--config", "{root}/nothere.yaml", "--check"], "nothere.yaml"),
