@@ -207,10 +207,22 @@ def load_dicom(path: str | Path) -> xr.Dataset:
         raise DataError(path, "no such file or folder")
 
     datasets = [_read_dicom(f) for f in files]
-    uids = {str(d.get("SeriesInstanceUID", "")) for d in datasets}
-    if len(uids) > 1:
-        shown = ", ".join(sorted(uids)[:3])
-        raise DataError(path, f"{len(uids)} series in one folder (SeriesInstanceUID {shown}...)")
+    uids = [str(d.get("SeriesInstanceUID", "")) for d in datasets]
+    if len(set(uids)) > 1:
+        count = {u: uids.count(u) for u in dict.fromkeys(uids)}
+        label = {
+            u: str(d.get("SeriesDescription", "")).strip()
+            for u, d in zip(uids, datasets, strict=True)
+        }
+        shown = "; ".join(
+            f"{u} ({n} file{'s' * (n > 1)}{', ' + repr(label[u]) if label[u] else ''})"
+            for u, n in sorted(count.items(), key=lambda kv: -kv[1])[:4]
+        )
+        raise DataError(
+            path,
+            f"{len(count)} series in one folder ({shown}); put each series in its own folder "
+            "and ingest that one",
+        )
 
     arrays = [_pixels(d, f) for d, f in zip(datasets, files, strict=True)]
     if len(arrays) == 1 and arrays[0].ndim == 3:  # one multi-frame file
