@@ -100,4 +100,6 @@ def _check(samples: np.ndarray, truth: np.ndarray, level: float) -> tuple[np.nda
         raise ValueError(f"level must be in (0, 1), got {level}")
     if not (np.isfinite(x).all() and np.isfinite(y).all()):
         raise ValueError("samples and truth must be finite")
+    if not (x != x[:, :1]).any():
+        raise ValueError("the members are identical at every point: there is no spread to fit")
     return x, y

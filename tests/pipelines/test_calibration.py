@@ -60,6 +60,8 @@ def test_gaussian_closed_form() -> None:
     assert interval_cover(spread_about_mean(x, s * 0.99), y, 0.9) < 0.9
     with pytest.raises(ValueError, match="at least 2 members"):
         fit_spread(x[:, :1], y)
+    with pytest.raises(ValueError, match="no spread to fit"):
+        fit_spread(np.zeros((5, 3)), np.ones(5))
 
 
 def _impute(store: Path, run: Path, out: Path, *extra: str):
