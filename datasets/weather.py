@@ -36,7 +36,10 @@ _ALIASES: dict[str, tuple[str, ...]] = {
     "time": ("time", "valid_time", "times", "t"),
     "lat": ("lat", "latitude", "lats", "nav_lat", "fnocy", "grid_yt", "y"),
     "lon": ("lon", "longitude", "lons", "nav_lon", "fnocx", "grid_xt", "x"),
-    "level": ("level", "lev", "plev", "isobaricinhpa", "pressure_level", "pressure", "levels"),
+    "level": tuple(
+        "level lev plev isobaricinhpa pressure_level pressure levels depth deptht olevel "
+        "model_level hybrid".split()
+    ),
 }
 # CF hints (``standard_name`` / ``units`` / ``axis``) for coordinates with unusual names.
 _CF_HINTS: dict[str, tuple[set[str], set[str], str]] = {
@@ -303,19 +306,15 @@ def _standard_calendar(ds: xr.Dataset, where: str) -> xr.Dataset:
     if not isinstance(index, xr.CFTimeIndex):
         return ds
     cal = str(index.calendar)
+    align = "date" if cal == "360_day" else None
     try:
-        out = ds.convert_calendar(
-            "proleptic_gregorian", dim="time", align_on="date" if cal == "360_day" else None,
-            use_cftime=False,
-        )  # fmt: skip
+        out = ds.convert_calendar("proleptic_gregorian", align_on=align, use_cftime=False)
     except (ValueError, TypeError, OverflowError) as err:
         raise DataError(
             where,
             f"times in the {cal!r} calendar cannot be put on the standard calendar "
             f"({_one_line(err)}); keep the years 1678-2261 or convert the times first",
         ) from err
-    if out.sizes["time"] == 0:
-        raise DataError(where, f"no time of the {cal!r} calendar exists on the standard one")
     out.attrs["calendar_converted_from"] = cal
     return out
 
@@ -384,7 +383,7 @@ def canonicalize(ds: xr.Dataset, where: str, require_time: bool = True) -> xr.Da
     """Rename, order and decode ``ds`` into the canonical weather form (see module docstring).
 
     Dims/coords named e.g. latitude/LAT/y/FNOCY/nav_lat, longitude/x/FNOCX, TIME/valid_time/t,
-    lev/plev/isobaricInhPa/pressure_level become ``lat, lon, time, level``; lat ascending; lon
+    lev/plev/isobaricInhPa/pressure_level/depth become ``lat, lon, time, level``; lat ascending; lon
     mapped to [0, 360) (a regional grid crossing 0 to negative western longitudes, so it stays
     contiguous) and rolled into order; packed integers decoded (scale_factor/add_offset)
     and data variables cast to float32 keeping ``units``; bounds/helper variables (those without

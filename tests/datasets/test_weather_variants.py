@@ -141,3 +141,23 @@ def test_windows_and_forecasts_do_not_straddle_a_gap(tmp_path: Path) -> None:
         span = np.diff(times[t - 1 : t + 2]).astype("timedelta64[h]").astype(int)
         assert (span == 6).all()
     assert len(w) == len(times) - 1 - 1 - 2  # no anchor at 0 or the last step, two at the gap
+
+
+def test_ocean_depth_levels_with_a_sea_floor(tmp_path: Path) -> None:
+    """An ocean model's ``depth`` is the level axis; cells below the sea floor (NaN at every
+    time on the deepest level only) take that level's own training mean."""
+    rng = np.random.default_rng(3)
+    v = (280 + rng.standard_normal((len(TIMES), 2, LAT.size, LON.size))).astype(np.float32)
+    v[:, 1, 0, :] = np.nan  # the deep level is absent along the first latitude row
+    ds = xr.Dataset(
+        {"thetao": (("time", "depth", "lat", "lon"), v)},
+        coords={"time": TIMES, "depth": [5.0, 500.0], "lat": LAT, "lon": LON},
+    )
+    ds.to_netcdf(tmp_path / "ocean.nc")
+    res = _ingest(tmp_path / "ocean.nc", "--out", tmp_path / "o.zarr")
+    assert res.exit_code == 0, res.output
+    out = open_store(tmp_path / "o.zarr")
+    assert out["thetao"].dims == ("time", "level", "lat", "lon")
+    filled = out["thetao"].values[:, 1, 2, :]  # latitude 40 is the last row once ascending
+    np.testing.assert_allclose(filled, float(out["thetao_mean"].values[1]), rtol=1e-6)
+    np.testing.assert_array_equal(out["thetao"].values[:, 0, 2, :], v[:, 0, 0, :])
