@@ -13,15 +13,17 @@ a no-op that reads nothing but the input bytes. Statistics come from the trainin
 from __future__ import annotations
 
 import time
+import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
+import pandas as pd
 import xarray as xr
 
-from stdiff.datasets.errors import DataError
+from stdiff.datasets.errors import DataError, StdiffWarning
 from stdiff.datasets.outputs import claim_store
 from stdiff.datasets.splits import (
     HAS_DATA,
@@ -211,9 +213,28 @@ def _timeseries(sources: list[str], opt: IngestOptions) -> tuple[xr.Dataset, Spl
         from stdiff.datasets.sites import attach_site_coords
 
         ds = attach_site_coords(ds, opt.site_coords)
+    _warn_irregular(ds["time"].values, ", ".join(sources))
     split = series_split(ds, train_period=opt.train_period, test_period=opt.test_period,
                          test_months=opt.test_months, valid_months=opt.valid_months)  # fmt: skip
     return ds.assign(split=split_variable(split, ds.sizes["time"])), split, ["values"]
+
+
+def _warn_irregular(times: np.ndarray, where: str) -> None:
+    """One ``stdiff: warning:`` line when a series' steps are irregular: its windows take rows
+    as steps (``--freq`` puts it on a regular grid, with empty rows where it has none)."""
+    from stdiff.datasets.windows import regular_runs
+
+    gaps = int(regular_runs(times)[-1]) if len(times) else 0
+    if gaps:
+        hours = pd.Timedelta(np.median(np.diff(times))) / pd.Timedelta(hours=1)
+        warnings.warn(
+            StdiffWarning(
+                f"{where}: the time axis has {gaps} gap(s) or irregular step(s) (median step "
+                f"{hours:g} h); windows take rows as steps: pass --freq "
+                "(e.g. 1h) for a regular grid"
+            ),
+            stacklevel=2,
+        )
 
 
 def _volume(p: Path, opt: IngestOptions) -> xr.Dataset | None:

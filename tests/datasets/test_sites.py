@@ -206,3 +206,21 @@ def test_one_table_on_a_regular_grid(tmp_path) -> None:
     pd.concat([frame.iloc[:2], late]).to_csv(tmp_path / "off.csv", index=False)
     with pytest.raises(DataError, match=r"off\.csv: time .* is not on the 1h grid"):
         load_series([tmp_path / "off.csv"], freq="1h")
+
+
+def test_irregular_series_warns_unless_on_a_grid(tmp_path) -> None:
+    """A table whose steps are irregular is stored as it is, with a warning naming --freq."""
+    import warnings
+
+    from stdiff.datasets.errors import StdiffWarning
+    from stdiff.datasets.ingest import IngestOptions, ingest
+
+    t = pd.date_range("2021-01-01", periods=40, freq="1h").delete([10, 11, 12])
+    pd.DataFrame({"time": t, "a": np.arange(37.0)}).to_csv(tmp_path / "g.csv", index=False)
+    with pytest.warns(
+        StdiffWarning, match=r"g\.csv: the time axis has 1 gap.*median step 1 h.*--freq"
+    ):
+        ingest(tmp_path / "g.csv", tmp_path / "a.zarr", IngestOptions(kind="timeseries"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", StdiffWarning)
+        ingest(tmp_path / "g.csv", tmp_path / "b.zarr", IngestOptions(kind="timeseries", freq="1h"))
