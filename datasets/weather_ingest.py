@@ -35,7 +35,8 @@ def fill_nan(ds: xr.Dataset, stats: xr.Dataset, mode: str) -> xr.Dataset:
     cells NaN at every time (SST over land, a regional mask) take the variable's training mean,
     as do NaNs at some times with ``mode="mean"``; with ``mode="error"`` those are refused (a
     forecast model needs every cell of its input). What was filled goes into
-    ``attrs["filled_nan"]``."""
+    ``attrs["filled_nan"]``, and the always-missing cells into ``<name>_filled`` (1 there), which
+    ``stdiff score`` leaves out of its area means."""
     where = str(ds.attrs.get("source", "dataset"))
     counts = stats.attrs.pop("nan_counts", {})
     filled: dict[str, dict[str, int]] = {}
@@ -54,6 +55,11 @@ def fill_nan(ds: xr.Dataset, stats: xr.Dataset, mode: str) -> xr.Dataset:
         mean = stats[f"{name}_mean"]
         if bool(np.isnan(mean.values).any()):
             raise DataError(where, f"variable {name} has no value in the training period")
+        if always:  # where the source has no value at all: scores leave these cells out
+            mask = ds[name].isnull().all("time") if "time" in ds[name].dims else ds[name].isnull()
+            ds[f"{name}_filled"] = mask.astype(np.uint8).assign_attrs(
+                long_name=f"1 where {name} is NaN at every time in the source (filled)"
+            )
         ds[name] = ds[name].fillna(mean.astype(np.float32))
         filled[name] = {"values": int(total), "always_missing_cells": int(always)}
     if filled:

@@ -165,7 +165,7 @@ def score_system(
         late = np.flatnonzero(hours >= rank_from)
         late = late if len(late) else np.arange(len(hours))  # short forecasts: every lead
         keep, t = fc.isel(lead_time=late), truth.isel(lead_time=late)
-        out["rank_histogram"] = rank_histogram(keep, t, xr.ones_like(t)).tolist()
+        out["rank_histogram"] = rank_histogram(keep, t, xr.ones_like(t) * (weights > 0)).tolist()
     else:
         abs_err = abs(fc1 - truth)
         out["crps"] = abs_err.weighted(weights).mean(["lat", "lon"]).mean("init_time")
@@ -219,10 +219,12 @@ def run_scoring(cfg: ScoreConfig) -> dict[str, Any]:
         systems["persistence"] = persistence(data, ref, v).load()
         systems["climatology"] = climatology(data, ref, v, period, cfg.window_days)
         levels = truth["level"].values.tolist() if "level" in truth.dims else [None]
+        filled = data.get(f"{v}_filled")  # cells with no data in the source (ingest filled them)
         for lev in levels:  # one entry per variable and level: "t@850"
             key, pick = (v, {}) if lev is None else (f"{v}@{lev:g}", {"level": lev})
+            w = weights if filled is None else weights * (1 - filled.sel(pick).astype(float))
             result["scores"][key] = {
-                n: score_system(f.sel(pick), truth.sel(pick), weights, cfg.rank_from_hours)
+                n: score_system(f.sel(pick), truth.sel(pick), w, cfg.rank_from_hours)
                 for n, f in systems.items()
             }
     out = Path(cfg.out)

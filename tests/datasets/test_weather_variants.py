@@ -161,3 +161,33 @@ def test_ocean_depth_levels_with_a_sea_floor(tmp_path: Path) -> None:
     filled = out["thetao"].values[:, 1, 2, :]  # latitude 40 is the last row once ascending
     np.testing.assert_allclose(filled, float(out["thetao_mean"].values[1]), rtol=1e-6)
     np.testing.assert_array_equal(out["thetao"].values[:, 0, 2, :], v[:, 0, 0, :])
+
+
+def test_scores_leave_out_the_filled_land(tmp_path: Path) -> None:
+    """SST over land is filled at ingest and marked in ``sst_filled``; ``stdiff score`` leaves
+    those cells out, so a forecast that is 1 K off at sea and 100 K off on land scores RMSE 1."""
+    import json
+
+    sst = _grid("sst", times=pd.date_range("2020-01-01", periods=80, freq="6h"))
+    sst["sst"][:, 0, 1] = np.nan
+    sst.to_netcdf(tmp_path / "sst.nc")
+    assert _ingest(tmp_path / "sst.nc", "--out", tmp_path / "sst.zarr").exit_code == 0
+    data = open_store(tmp_path / "sst.zarr")
+    land = data["sst_filled"].values.astype(bool)
+    assert land.sum() == 1 and land[2, 1]  # ascending latitudes: row 0 -> 2
+    inits = np.array(["2020-01-15T00", "2020-01-16T00"], dtype="datetime64[ns]")
+    leads = pd.to_timedelta([6, 12], "h").values
+    valid = xr.DataArray(inits[:, None] + leads[None, :], dims=("time", "prediction_timedelta"))
+    fc = data["sst"].sel(time=valid).values + 1.0
+    fc[..., land] += 99.0
+    xr.Dataset(
+        {"sst": (("time", "prediction_timedelta", "lat", "lon"), fc)},
+        coords={"time": inits, "prediction_timedelta": leads, "lat": data["lat"].values,
+                "lon": data["lon"].values},
+    ).to_zarr(tmp_path / "det.zarr")  # fmt: skip
+    res = CliRunner().invoke(app, ["score", "--forecast", f"det={tmp_path / 'det.zarr'}", "--data",
+                                   str(tmp_path / "sst.zarr"), "--out", str(tmp_path / "s")])  # fmt: skip
+    assert res.exit_code == 0, res.output
+    s = json.loads((tmp_path / "s/scores.json").read_text())["scores"]["sst"]["det"]
+    np.testing.assert_allclose(s["rmse"], 1.0, atol=1e-5)
+    np.testing.assert_allclose(s["crps"], 1.0, atol=1e-5)
