@@ -12,8 +12,8 @@ Layouts
 
 Times are parsed with :func:`pandas.to_datetime` unless the column is already numeric (then they are
 kept as numbers, e.g. hours).  Time-zone-aware times are converted to naive UTC.  Numeric dates
-read month first (``01/02/2021``) are read day first instead when only that reading is in time
-order.  Without a ``time_column`` column, the one column with a usual name (``date``,
+(``01/02/2021``) are read day first when a first field exceeds 12, or, all being ambiguous,
+when only that reading is in time order; both orders in one column are refused.  Without a ``time_column`` column, the one column with a usual name (``date``,
 ``timestamp``, ``Date Time``) or else the only one naming date or time is taken.  The format is
 chosen by extension: ``.csv``/``.txt`` (comma-separated) and ``.tsv`` (tab), optionally compressed
 (``.gz``, ``.bz2``, ``.xz``, ``.zip``, ``.zst``), and ``.parquet``/``.pq``.  Spreadsheet exports

@@ -56,7 +56,7 @@ def parse_times(path: Path, column: str, series: pd.Series) -> np.ndarray:
         )
     if isinstance(parsed.dtype, pd.DatetimeTZDtype):
         parsed = parsed.dt.tz_convert("UTC").dt.tz_localize(None)
-    return _day_first(text, parsed.to_numpy("datetime64[ns]"))
+    return _day_first(path, column, text, parsed.to_numpy("datetime64[ns]"))
 
 
 _NUMERIC_DATE = re.compile(r"\d{1,2}[/.\-]\d{1,2}[/.\-]\d{2,4}\b")
@@ -66,22 +66,36 @@ def _monotonic(t: np.ndarray) -> bool:
     return bool((t[1:] > t[:-1]).all() or (t[1:] < t[:-1]).all())
 
 
-def _day_first(text: pd.Series, parsed: np.ndarray) -> np.ndarray:
-    """Dates written ``31/12/2021`` or ``31.12.2021``: pandas reads ``01/02/2021`` month first,
-    so a day-first column comes out shuffled. When the month-first reading is not in time order
-    and the day-first one is, the day-first one is taken."""
-    if len(parsed) < 3 or _monotonic(parsed) or not _NUMERIC_DATE.match(str(text.iloc[0])):
+def _day_first(path: Path, column: str, text: pd.Series, parsed: np.ndarray) -> np.ndarray:
+    """Dates written ``31/12/2021`` or ``31.12.2021``: pandas reads them month first whenever
+    its first entry allows it (``01/02/2021``), and element by element (a mix of both orders)
+    once one does not fit. So: a first field above 12 anywhere means day first for every entry,
+    a second field above 12 month first; when every entry is ambiguous, the day-first reading
+    is taken only if it alone is in time order."""
+    if len(parsed) < 2 or not _NUMERIC_DATE.match(str(text.iloc[0])):
+        return parsed
+    fields = text.str.extract(r"^\s*(\d{1,2})[/.\-](\d{1,2})[/.\-]")
+    if fields.isna().any().any():
+        return parsed  # not all numeric dates: pandas' reading stands
+    first, second = fields[0].astype(int), fields[1].astype(int)
+    if (first > 12).any() and (second > 12).any():
+        raise DataError(path, f"time column {column!r} mixes day-first and month-first dates "
+                              f"({text[first > 12].iloc[0]!r}, {text[second > 12].iloc[0]!r})")  # fmt: skip
+    if (second > 12).any() or (not (first > 12).any() and _monotonic(parsed)):
         return parsed
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)
-            alt = pd.to_datetime(text, dayfirst=True, format="mixed")
+            try:  # one format guessed day first, else entry by entry
+                alt = pd.to_datetime(text, dayfirst=True)
+            except ValueError:
+                alt = pd.to_datetime(text, dayfirst=True, format="mixed")
     except (ValueError, TypeError, OverflowError):
         return parsed
     if isinstance(alt.dtype, pd.DatetimeTZDtype):
         alt = alt.dt.tz_convert("UTC").dt.tz_localize(None)
     alt = alt.to_numpy("datetime64[ns]")
-    return alt if _monotonic(alt) else parsed
+    return alt if (first > 12).any() or _monotonic(alt) else parsed
 
 
 def show_time(t: object) -> str:

@@ -321,3 +321,25 @@ def test_time_column_found_under_another_name_and_day_first_dates(tmp_path):
     expect = pd.to_datetime(days, format="%d/%m/%Y %H:%M").to_numpy("datetime64[ns]")
     np.testing.assert_array_equal(ds["time"].values, expect)
     np.testing.assert_array_equal(ds["values"].values[:, 0], np.arange(56, dtype=np.float32))
+
+
+def test_day_first_dates_in_any_row_order(tmp_path):
+    """Shuffled day-first dates whose first row is ambiguous (11/01): pandas alone reads a mix
+    of both orders; a first field above 12 anywhere makes every entry day first. Month-first
+    dates stay month first, and a column holding both orders is refused."""
+    rng = np.random.default_rng(0)
+    days = [f"{d:02d}/{m:02d}/2021 06:00" for m in (1, 2) for d in range(1, 29)]
+    rows = [days[10]] + [days[i] for i in rng.permutation(56) if i != 10]  # 11/01 first
+    text = "time,a\n" + "".join(f"{t},{days.index(t)}\n" for t in rows)
+    ds = load_table(_write(tmp_path / "shuffled.csv", text))
+    expect = pd.to_datetime(days, format="%d/%m/%Y %H:%M").to_numpy("datetime64[ns]")
+    np.testing.assert_array_equal(ds["time"].values, expect)
+    np.testing.assert_array_equal(ds["values"].values[:, 0], np.arange(56, dtype=np.float32))
+    us = [f"{m:02d}/{d:02d}/2021" for m in (1, 2) for d in (3, 20)]
+    text = "time,a\n" + "".join(f"{t},{i}\n" for i, t in enumerate(reversed(us)))
+    got = load_table(_write(tmp_path / "us.csv", text))["time"].values
+    np.testing.assert_array_equal(
+        got, pd.to_datetime(us, format="%m/%d/%Y").to_numpy("datetime64[ns]")
+    )
+    mixed = _write(tmp_path / "mixed.csv", "time,a\n20/01/2021,1\n01/25/2021,2\n02/02/2021,3\n")
+    _raises(r"mixed\.csv: time column 'time' mixes day-first and month-first dates", mixed)
