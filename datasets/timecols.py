@@ -139,11 +139,14 @@ _TIME_NAMES = ("time", "date", "datetime", "timestamp", "date_time", "date time"
 
 def guess_time_column(path: Path, frame: pd.DataFrame, time_column: str) -> str:
     """The one column that names time when ``time_column`` is absent: a usual name (``date``,
-    ``timestamp``, ``Date Time``, ...), else the only column whose name holds date or time;
-    several or none are refused, naming the flag."""
+    ``timestamp``, ``Date Time``, ...), else the only column whose name holds date or time,
+    else the only column without a name whose entries are dates (an exported index, as in the
+    UCI electricity table); several or none are refused, naming the flag."""
     names = [str(c) for c in frame.columns]
     found = [c for c in names if c.strip().lower() in _TIME_NAMES]
     found = found or [c for c in names if re.search(r"date|time", c, re.IGNORECASE)]
+    blank = [c for c in names if not c.strip() or re.fullmatch(r"Unnamed: \d+", c)]
+    found = found or [c for c in blank if _dates(frame[c])]
     if len(found) == 1:
         return found[0]
     hint = (
@@ -155,3 +158,14 @@ def guess_time_column(path: Path, frame: pd.DataFrame, time_column: str) -> str:
     raise DataError(
         path, f"no time column {time_column!r}; columns are {columns_text(frame)}{hint}"
     )
+
+
+def _dates(column: pd.Series) -> bool:
+    """Whether the first entries of a text column all read as dates."""
+    head = column.dropna().head(20)
+    if head.empty or pd.api.types.is_numeric_dtype(head):
+        return False
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        parsed = pd.to_datetime(head.astype(str), format="mixed", errors="coerce")
+    return bool(parsed.notna().all())

@@ -313,6 +313,12 @@ def test_time_column_found_under_another_name_and_day_first_dates(tmp_path):
     np.testing.assert_array_equal(load_table(named)["time"].values, TIMES)
     two = _write(tmp_path / "two.csv", WIDE.replace("time,a,", "start_time,end_time,"))
     _raises(r"two\.csv: no time column 'time'.*several could be: 'start_time', 'end_time'", two)
+    index = _write(
+        tmp_path / "LD.txt", '"";"MT_001"\n"2011-01-01 00:15:00";1,5\n"2011-01-01 00:30:00";2,25\n'
+    )  # UCI electricity: an unnamed index column
+    ds = load_table(index)
+    assert ds["time"].values[1] == np.datetime64("2011-01-01T00:30")
+    np.testing.assert_array_equal(ds["values"].values[:, 0], [1.5, 2.25])
     none = _write(tmp_path / "none.csv", WIDE.replace("time,", "when,"))
     _raises(r"none\.csv: no time column 'time'.*name it with --time-column", none)
     days = [f"{d:02d}/{m:02d}/2021 06:00" for m in (1, 2) for d in range(1, 29)]
