@@ -14,7 +14,9 @@ Times are parsed with :func:`pandas.to_datetime` unless the column is already nu
 kept as numbers, e.g. hours).  Time-zone-aware times are converted to naive UTC.  Numeric dates
 (``01/02/2021``) are read day first when a first field exceeds 12, or, all being ambiguous,
 when only that reading is in time order; both orders in one column are refused.  Without a ``time_column`` column, the one column with a usual name (``date``,
-``timestamp``, ``Date Time``) or else the only one naming date or time is taken.  The format is
+``timestamp``, ``Date Time``), else the only one naming date or time, else an unnamed column of
+dates is taken; separate ``Date`` and ``Time`` columns are joined.  Empty trailing columns and
+rows (``a;b;;``, ``;;;``) are left out.  The format is
 chosen by extension: ``.csv``/``.txt`` (comma-separated) and ``.tsv`` (tab), optionally compressed
 (``.gz``, ``.bz2``, ``.xz``, ``.zip``, ``.zst``), and ``.parquet``/``.pq``.  Spreadsheet exports
 read as they are (:func:`_read_text`): ``;``, tab or ``|`` separators when the header holds no
@@ -63,9 +65,9 @@ from stdiff.datasets.errors import DataError
 from stdiff.datasets.timecols import (
     columns_text,
     compose_time,
-    guess_time_column,
     parse_times,
     show_time,
+    with_time_column,
 )
 
 __all__ = ["Categorical", "compose_time", "encode_columns", "load_table"]
@@ -349,8 +351,12 @@ def _prepare(path, frame, time_column, time_columns, drop_columns, categorical, 
             raise DataError(path, f"time_columns would replace the existing column {time_column!r}")
         times = compose_time(path, frame, time_columns)
         frame = frame.drop(columns=list(time_columns)).assign(**{time_column: times})
+    empty = [c for c in frame.columns if str(c).startswith("Unnamed: ") and frame[c].isna().all()]
+    frame = frame.drop(columns=empty)  # columns of trailing separators (``a;b;;``)
+    rows = np.flatnonzero(frame.notna().any(axis=1).to_numpy())
+    frame = frame.iloc[: rows[-1] + 1 if rows.size else 0]  # trailing empty rows (``;;;``)
     if time_column not in frame.columns:
-        frame = frame.rename(columns={guess_time_column(path, frame, time_column): time_column})
+        frame = with_time_column(path, frame, time_column)
     if layout == "wide":
         keep = [time_column]
         frame = encode_columns(

@@ -137,6 +137,26 @@ _TIME_NAMES = ("time", "date", "datetime", "timestamp", "date_time", "date time"
                "datetime_utc", "dt", "ds")  # fmt: skip
 
 
+def with_time_column(path: Path, frame: pd.DataFrame, time_column: str) -> pd.DataFrame:
+    """``frame`` with its time under ``time_column`` when that column is absent: a ``Date``
+    and a ``Time`` column joined (``10/03/2004`` + ``18.00.00``, UCI's air-quality table),
+    else the column :func:`guess_time_column` finds, renamed."""
+    lower = {str(c).strip().lower(): c for c in frame.columns}
+    if "date" in lower and "time" in lower:
+        clock = frame[lower["time"]].astype(str).str.strip()
+        clock = clock.str.replace(r"^(\d{1,2})\.(\d{2})(?:\.(\d{2}))?$", _colons, regex=True)
+        joined = frame[lower["date"]].astype(str).str.strip() + " " + clock
+        where = frame[lower["date"]].isna() | frame[lower["time"]].isna()
+        return frame.drop(columns=[lower["date"], lower["time"]]).assign(
+            **{time_column: joined.where(~where)}
+        )
+    return frame.rename(columns={guess_time_column(path, frame, time_column): time_column})
+
+
+def _colons(m: re.Match) -> str:
+    return ":".join(g for g in m.groups() if g is not None)
+
+
 def guess_time_column(path: Path, frame: pd.DataFrame, time_column: str) -> str:
     """The one column that names time when ``time_column`` is absent: a usual name (``date``,
     ``timestamp``, ``Date Time``, ...), else the only column whose name holds date or time,

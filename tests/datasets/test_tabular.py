@@ -349,3 +349,21 @@ def test_day_first_dates_in_any_row_order(tmp_path):
     )
     mixed = _write(tmp_path / "mixed.csv", "time,a\n20/01/2021,1\n01/25/2021,2\n02/02/2021,3\n")
     _raises(r"mixed\.csv: time column 'time' mixes day-first and month-first dates", mixed)
+
+
+def test_uci_air_quality_layout(tmp_path):
+    """UCI's air-quality export: ``;`` separators, decimal commas, day-first ``Date`` and a
+    ``Time`` written ``18.00.00`` in two columns, two empty trailing columns and empty trailing
+    rows. Date and Time are joined, the empty columns and rows are left out."""
+    text = (
+        "Date;Time;CO(GT);T;;\n"
+        "10/03/2004;18.00.00;2,6;13,6;;\n"
+        "10/03/2004;19.00.00;2;13,3;;\n"
+        "13/03/2004;20.00.00;2,2;11,9;;\n"
+        ";;;;;\n;;;;;\n"
+    )
+    ds = load_table(_write(tmp_path / "AirQualityUCI.csv", text))
+    assert list(ds["feature"].values) == ["CO(GT)", "T"]
+    expect = ["2004-03-10T18:00", "2004-03-10T19:00", "2004-03-13T20:00"]
+    np.testing.assert_array_equal(ds["time"].values, np.array(expect, dtype="datetime64[ns]"))
+    np.testing.assert_allclose(ds["values"].values, [[2.6, 13.6], [2.0, 13.3], [2.2, 11.9]])
