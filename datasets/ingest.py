@@ -74,6 +74,7 @@ class IngestOptions:
     drop_columns: tuple[str, ...] = ()
     categorical: Literal["error", "drop", "onehot"] = "error"
     freq: str | None = None
+    missing_values: tuple[float, ...] = ()
     site_coords: str | None = None
     test_months: tuple[int, ...] | None = None
     valid_months: tuple[int, ...] | None = None
@@ -112,7 +113,7 @@ class IngestOptions:
                 f"--categorical {self.categorical!r} is not valid; choose one of error, drop, onehot"
             )
         table = ("time_columns", "station_column", "drop_columns", "freq", "test_months",
-                 "valid_months", "site_coords")  # fmt: skip
+                 "valid_months", "site_coords", "missing_values")  # fmt: skip
         given = [k for k in table if getattr(self, k)]
         if given and self.kind != "timeseries":
             flag = "--" + given[0].replace("_", "-")
@@ -131,7 +132,7 @@ class IngestResult:
 
 
 # options added after stores were made: hashed only when set, so earlier stores stay current
-_LATER_OPTIONS: dict[str, Any] = {"fill_nan": "error", "resize_images": False}
+_LATER_OPTIONS: dict[str, Any] = {"fill_nan": "error", "resize_images": False, "missing_values": ()}
 
 
 def _hashed(opt: IngestOptions) -> dict[str, Any]:
@@ -187,8 +188,9 @@ def _timeseries(sources: list[str], opt: IngestOptions) -> tuple[xr.Dataset, Spl
                 "PhysioNet splits by stay (CSDI's folds, --fold); train/test periods and months "
                 "apply to weather and table series"
             )
-        if opt.site_coords:
-            raise ValueError("--site-coords applies to per-station tables, not PhysioNet stays")
+        if opt.site_coords or opt.missing_values:
+            flag = "--site-coords" if opt.site_coords else "--missing-values"
+            raise ValueError(f"{flag} applies to tables, not PhysioNet stays")
         from stdiff.datasets.physionet import load_physionet2012
 
         ds = load_physionet2012(Path(sources[0]), progress=True)
@@ -213,10 +215,24 @@ def _timeseries(sources: list[str], opt: IngestOptions) -> tuple[xr.Dataset, Spl
         from stdiff.datasets.sites import attach_site_coords
 
         ds = attach_site_coords(ds, opt.site_coords)
+    if opt.missing_values:
+        ds = _mark_missing(ds, opt.missing_values)
     _warn_irregular(ds["time"].values, ", ".join(sources))
     split = series_split(ds, train_period=opt.train_period, test_period=opt.test_period,
                          test_months=opt.test_months, valid_months=opt.valid_months)  # fmt: skip
     return ds.assign(split=split_variable(split, ds.sizes["time"])), split, ["values"]
+
+
+def _mark_missing(ds: xr.Dataset, sentinels: tuple[float, ...]) -> xr.Dataset:
+    """Values equal to a sentinel (``-200``, ``-999``: a table's code for "no measurement")
+    become missing: NaN, neither observed nor a target."""
+    values = ds["values"].values
+    bad = np.isin(values, np.asarray(sentinels, dtype=values.dtype))
+    out = ds.assign(values=(ds["values"].dims, np.where(bad, np.nan, values), ds["values"].attrs))
+    for m in ("observed_mask", "target_mask"):
+        if m in ds:
+            out[m] = ds[m].where(~bad, 0).astype(np.uint8)
+    return out
 
 
 def _warn_irregular(times: np.ndarray, where: str) -> None:

@@ -3,13 +3,12 @@ user's input are printed as one line naming the file or parameter, with a non-ze
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from stdiff.cli_calibrate import calibrate
+from stdiff.cli_more import calibrate, info
 from stdiff.cliargs import csv_flag, fail, job_config, pair_flag, period_flag, set_overrides
 from stdiff.help import epilog
 
@@ -173,6 +172,9 @@ def ingest(
     test_months: Annotated[
         str | None, typer.Option(help="Table series: test months, e.g. 3,6,9,12 (CSDI AQI-36).")
     ] = None,
+    missing_values: Annotated[
+        str | None, typer.Option(help="Tables: values meaning missing, e.g. -200,-999.")
+    ] = None,
     valid_months: Annotated[
         str | None, typer.Option(help="Table series: validation months, e.g. 1.")
     ] = None,
@@ -232,6 +234,7 @@ def ingest(
             site_coords=site_coords,
             test_months=csv_flag(test_months, int),
             valid_months=csv_flag(valid_months, int),
+            missing_values=csv_flag(missing_values, float) or (),
             axis=axis,  # type: ignore[arg-type]
             image_size=image_size or 64,
             resize_images=image_size is not None,
@@ -544,33 +547,7 @@ def score(
     typer.echo(f"scores and plots in {out}")
 
 
-@app.command()
-def info(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False) -> None:
-    """List the registered schedules, samplers, parameterisations and loss weightings."""
-    from stdiff.diffusion.losses import WEIGHTINGS
-    from stdiff.diffusion.precond import PREDICTIONS
-    from stdiff.diffusion.samplers import SAMPLERS
-    from stdiff.diffusion.schedules import SCHEDULES
-    from stdiff.pipelines.engine.models import KINDS, NETS
-
-    data = {
-        "schedules": sorted(SCHEDULES),
-        "samplers": {
-            k: {"stochastic": v.stochastic, "evals_for_10_steps": v.evals(10) if v.evals else None}
-            for k, v in SAMPLERS.items()
-        },
-        "predictions": list(PREDICTIONS),
-        "weightings": list(WEIGHTINGS),
-        "model_kinds": list(KINDS),
-        "nets": sorted(NETS),
-    }
-    if as_json:
-        typer.echo(json.dumps(data, indent=2))
-        return
-    for key, names in data.items():
-        typer.echo(f"{key.replace('_', ' ') + ':':<13}" + ", ".join(names))
-
-
+app.command()(info)
 app.command()(calibrate)
 
 

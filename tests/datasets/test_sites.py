@@ -224,3 +224,24 @@ def test_irregular_series_warns_unless_on_a_grid(tmp_path) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("error", StdiffWarning)
         ingest(tmp_path / "g.csv", tmp_path / "b.zarr", IngestOptions(kind="timeseries", freq="1h"))
+
+
+def test_sentinel_missing_values(tmp_path) -> None:
+    """``--missing-values -200`` (UCI air quality's code for no measurement): those values are
+    missing, not numbers; the flag is refused for grids."""
+    from stdiff.datasets.store import open_store
+
+    t = pd.date_range("2004-03-10T18", periods=4, freq="1h")
+    pd.DataFrame(
+        {"time": t, "co": [2.6, -200.0, 2.2, 1.9], "t": [13.6, 13.3, -200.0, 11.0]}
+    ).to_csv(tmp_path / "aq.csv", index=False)
+    res = CliRunner().invoke(app, ["ingest", str(tmp_path / "aq.csv"), "--kind", "timeseries",
+                                   "--out", str(tmp_path / "aq.zarr"), "--missing-values=-200,-999",
+                                   "--no-progress"])  # fmt: skip
+    assert res.exit_code == 0, res.output
+    ds = open_store(tmp_path / "aq.zarr")
+    np.testing.assert_array_equal(ds["observed_mask"].values, [[1, 1], [0, 1], [1, 0], [1, 1]])
+    assert np.isnan(ds["values"].values[1, 0]) and float(ds["values_mean"].values[0]) > 0
+    res = CliRunner().invoke(app, ["ingest", str(tmp_path / "aq.csv"), "--kind", "weather",
+                                   "--out", str(tmp_path / "w.zarr"), "--missing-values", "-200"])  # fmt: skip
+    assert res.exit_code == 2 and "--missing-values applies to --kind timeseries" in res.output

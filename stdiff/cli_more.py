@@ -1,7 +1,9 @@
-"""``stdiff calibrate`` (registered on the ``stdiff`` app in ``stdiff.cli``)."""
+"""``stdiff calibrate`` and ``stdiff info`` (registered on the ``stdiff`` app in ``stdiff.cli``,
+which keeps the other commands)."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Annotated
 
@@ -37,3 +39,29 @@ def calibrate(
         f"{r['cover_before']:.3f} -> {r['cover_after']:.3f}; impute with --set spread="
         f"{r['spread']:.3f}"
     )
+
+
+def info(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False) -> None:
+    """List the registered schedules, samplers, parameterisations and loss weightings."""
+    from stdiff.diffusion.losses import WEIGHTINGS
+    from stdiff.diffusion.precond import PREDICTIONS
+    from stdiff.diffusion.samplers import SAMPLERS
+    from stdiff.diffusion.schedules import SCHEDULES
+    from stdiff.pipelines.engine.models import KINDS, NETS
+
+    data = {
+        "schedules": sorted(SCHEDULES),
+        "samplers": {
+            k: {"stochastic": v.stochastic, "evals_for_10_steps": v.evals(10) if v.evals else None}
+            for k, v in SAMPLERS.items()
+        },
+        "predictions": list(PREDICTIONS),
+        "weightings": list(WEIGHTINGS),
+        "model_kinds": list(KINDS),
+        "nets": sorted(NETS),
+    }
+    if as_json:
+        typer.echo(json.dumps(data, indent=2))
+        return
+    for key, names in data.items():
+        typer.echo(f"{key.replace('_', ' ') + ':':<13}" + ", ".join(names))
