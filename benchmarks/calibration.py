@@ -20,32 +20,22 @@ import tempfile
 from pathlib import Path
 
 import torch
-import yaml
 
 from benchmarks.report import emit_section
+from stdiff.cliargs import set_overrides
+from stdiff.pipelines.engine.config import from_dict
 from stdiff.pipelines.jobs.calibrate import calibrate_spread
 from stdiff.pipelines.jobs.impute import ImputeConfig, run_imputation
 
 
-def _overrides(items: list[str]) -> dict:
-    out = {}
-    for item in items:
-        key, _, value = item.partition("=")
-        value = yaml.safe_load(value)
-        if isinstance(value, list):  # YAML reads 2016-03-01 as a date: keep dates as text
-            value = [v.isoformat() if hasattr(v, "isoformat") else v for v in value]
-        out[key] = value
-    return out
-
-
 def _impute(a, out: Path, members: int, extra: dict, spread: float = 1.0) -> dict:
     name, _, steps = a.sampler.partition(":")
-    cfg = ImputeConfig(
+    fields = dict(
         checkpoint=str(a.checkpoint), data=str(a.data), out=str(out), sampler=name,
         steps=int(steps), members=members, member_chunk=min(members, 50),
         eval_ratio=a.eval_ratio, spread=spread, overwrite=True, **extra,
     )  # fmt: skip
-    return run_imputation(cfg, progress=False)
+    return run_imputation(from_dict(ImputeConfig, fields, "calibration:"), progress=False)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -65,7 +55,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--write", type=Path)
     a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
-    fit, score = _overrides(a.fit), _overrides(a.score)
+    fit, score = set_overrides(a.fit), set_overrides(a.score)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for m in a.members:

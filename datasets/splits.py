@@ -147,9 +147,9 @@ def normalization_stats(
 
     Returns variables ``<var>_mean`` and ``<var>_std`` (and ``<var>_diff_std``, the std of
     one-step time differences, for residual forecasting). A zero std is replaced by 1.
-    ``count_nan``: also count, in the same pass, each variable's NaNs and its cells NaN at
-    every time (a land or sea mask), as ``attrs["nan_counts"]`` ``{name: [nans,
-    always_nan_cells]}`` (gridded data: ``datasets.weather.fill_nan``).
+    ``count_nan``: also count, in the same pass, each variable's NaNs and find its cells NaN
+    at every time (a land or sea mask), as ``attrs["nan_counts"]`` ``{name: [nans, mask]}``
+    (the mask a DataArray without ``time``; gridded data: ``datasets.weather_ingest.fill_nan``).
     """
     train = ds.isel({split.dim: split.train})
     out = {}
@@ -172,7 +172,7 @@ def normalization_stats(
         for n in floats:
             isnan = np.isnan(ds[n])
             always = isnan.all("time") if "time" in isnan.dims else isnan
-            nans[n] = (isnan.sum(), always.sum())
+            nans[n] = (isnan.sum(), always)
     with warnings.catch_warnings():  # the std of data holding inf warns before the refusal
         warnings.simplefilter("ignore", RuntimeWarning)
         stats, counts, nans = dask.compute(xr.Dataset(out), infinite, nans)  # one pass
@@ -185,7 +185,7 @@ def normalization_stats(
         )
     stats = stats.astype(np.float32)
     if count_nan:
-        stats.attrs["nan_counts"] = {n: [int(a), int(b)] for n, (a, b) in nans.items()}
+        stats.attrs["nan_counts"] = {n: [int(a), b] for n, (a, b) in nans.items()}
     stats.attrs["normalization"] = f"statistics of the training split only ({split.describe()})"
     return stats
 

@@ -40,9 +40,10 @@ def fill_nan(ds: xr.Dataset, stats: xr.Dataset, mode: str) -> xr.Dataset:
     where = str(ds.attrs.get("source", "dataset"))
     counts = stats.attrs.pop("nan_counts", {})
     filled: dict[str, dict[str, int]] = {}
-    for name, (total, always) in counts.items():
+    for name, (total, mask) in counts.items():
         if not total:
             continue
+        always = int(mask.sum())
         transient = total - always * ds[name].sizes.get("time", 1)
         if transient and mode == "error":
             share = 100.0 * transient / ds[name].size
@@ -56,7 +57,6 @@ def fill_nan(ds: xr.Dataset, stats: xr.Dataset, mode: str) -> xr.Dataset:
         if bool(np.isnan(mean.values).any()):
             raise DataError(where, f"variable {name} has no value in the training period")
         if always:  # where the source has no value at all: scores leave these cells out
-            mask = ds[name].isnull().all("time") if "time" in ds[name].dims else ds[name].isnull()
             ds[f"{name}_filled"] = mask.astype(np.uint8).assign_attrs(
                 long_name=f"1 where {name} is NaN at every time in the source (filled)"
             )
