@@ -49,15 +49,20 @@ def _fmt(xs: list[float]) -> str:
     return " / ".join(f"{x:.2f}" for x in xs)
 
 
+FEW_KEYS = ("churn", "noise_inflation", "spread", "sigma_max", "sigma_min", "rho")
+
+
 def parse_few(spec: str) -> dict:
-    """``SAMPLER:STEPS[:churn=C,noise_inflation=S]``, e.g. ``dpmpp_2s:2`` (3 evaluations per
-    member step, GenCast's churn) or ``dpmpp_2m:4:churn=0`` (4, a pure ODE ensemble)."""
+    """``SAMPLER:STEPS[:KEY=VALUE,...]`` with ``ForecastConfig``'s ``churn``, ``noise_inflation``,
+    ``spread``, ``sigma_max``, ``sigma_min`` or ``rho``, e.g. ``dpmpp_2s:2`` (3 evaluations per
+    member step, GenCast's churn) or ``dpmpp_2m:4:sigma_max=10,spread=1.2`` (4, an ODE ensemble
+    on other noise levels, inflated)."""
     sampler, steps, *rest = spec.split(":")
     kw: dict = {"sampler": sampler, "steps": int(steps)}
     for item in filter(None, ",".join(rest).split(",")):
         key, value = item.split("=")
-        if key not in ("churn", "noise_inflation"):
-            raise SystemExit(f"--few {spec}: {key} is not churn or noise_inflation")
+        if key not in FEW_KEYS:
+            raise SystemExit(f"--few {spec}: {key} is not one of {', '.join(FEW_KEYS)}")
         kw[key] = float(value)
     kw["evals"] = get_sampler(sampler).evals(int(steps))
     return kw

@@ -49,6 +49,7 @@ from stdiff.pipelines.engine.device import DeviceName, autocast, resolve_device,
 from stdiff.pipelines.engine.progress import progress_bar
 from stdiff.pipelines.engine.runner import check_sampling, clip_report, load_denoiser
 from stdiff.pipelines.engine.train import top_sigma
+from stdiff.pipelines.metrics.calibration import spread_members
 from stdiff.pipelines.tasks import require_job
 from stdiff.pipelines.tasks.forecast import (
     TimeStep,
@@ -95,7 +96,13 @@ class ForecastConfig:
     churn, noise_inflation: the two knobs of the ensemble's dispersion, the sampler's ``s_churn``
     (noise added back at each level in [s_tmin, s_tmax]) and ``s_noise`` (its inflation); None
     keeps ``options``' values (GenCast's 2.5 and 1.05). Raise them for an under-dispersed
-    ensemble (spread-skill below 1), lower them for an over-dispersed one."""
+    ensemble (spread-skill below 1), lower them for an over-dispersed one;
+    spread: multiplicative inflation of each step: every member's sampled step (the residual, or
+    the state of a direct model) is moved about the members' mean step by this factor,
+    ``mean + spread (r - mean)``, before it is added (the inflation of ensemble data
+    assimilation, here correcting a few-step sampler's under-dispersion; 1 leaves the members
+    independent). It couples the members of an initial time, which are rolled forward together
+    whatever ``member_batch``."""
 
     checkpoint: str
     data: str
@@ -112,6 +119,7 @@ class ForecastConfig:
     options: dict[str, Any] | None = None  # None: GenCast's churn where the sampler takes it
     churn: float | None = None
     noise_inflation: float | None = None
+    spread: float = 1.0
     seed: int = 0
     device: DeviceName = "auto"
     weights: Literal["ema", "model"] = "ema"
@@ -131,6 +139,8 @@ class ForecastConfig:
             if (value := getattr(self, name)) is not None and value < 0:
                 raise ValueError(f"{name} must be >= 0, got {value}")
         at_least_one(self, "members", "member_batch", "steps")
+        if not (np.isfinite(self.spread) and 0.0 < self.spread <= 100.0):
+            raise ValueError(f"spread must be in (0, 100], got {self.spread}")
         if not 0 < self.sigma_min < self.sigma_max:
             raise ValueError(
                 f"need 0 < sigma_min < sigma_max, got {self.sigma_min}, {self.sigma_max}"
@@ -276,7 +286,8 @@ def _template(job: _Job, ds: xr.Dataset, members: int, layout: str) -> xr.Datase
 @torch.no_grad()
 def _rollout(cfg: ForecastConfig, job: _Job, history: np.ndarray, init: np.datetime64, members: int,
              device: torch.device) -> np.ndarray:  # fmt: skip
-    """``(members, n_steps, C, H, W)`` physical states after ``init``."""
+    """``(members, n_steps, C, H, W)`` physical states after ``init``: all members go one step
+    at a time (``member_batch`` of them per network call), so ``spread`` sees them together."""
     lay = job.layout
     mean = torch.tensor(lay.mean, device=device)[:, None, None]
     std = torch.tensor(lay.std, device=device)[:, None, None]
@@ -286,12 +297,14 @@ def _rollout(cfg: ForecastConfig, job: _Job, history: np.ndarray, init: np.datet
     key = int(init.astype("datetime64[h]").astype(np.int64))  # hours since 1970
     sigmas = karras_sigmas(cfg.steps, cfg.sigma_min, cfg.sigma_max, cfg.rho)
     out = np.empty((members, job.n_steps, *history.shape[1:]), dtype=np.float32)
-    for a in range(0, members, cfg.member_batch):
-        ids = list(range(a, min(members, a + cfg.member_batch)))
-        states = hist0[None].expand(len(ids), *hist0.shape).clone()  # (M, ctx, C, H, W)
-        for k in range(1, job.n_steps + 1):
+    states = hist0[None].expand(members, *hist0.shape).clone()  # (M, ctx, C, H, W)
+    for k in range(1, job.n_steps + 1):
+        steps = []
+        for a in range(0, members, cfg.member_batch):
+            ids = list(range(a, min(members, a + cfg.member_batch)))
             valid = np.repeat(job.step.after(init, k), len(ids))
-            cond = condition(states, static, time_scalars(valid, np.full(len(ids), job.step.hours)))
+            cond = condition(states[a : a + len(ids)], static,
+                             time_scalars(valid, np.full(len(ids), job.step.hours)))  # fmt: skip
             shape = (len(ids), *hist0.shape[1:])
             with autocast(device, True):
                 if job.regression:
@@ -300,11 +313,14 @@ def _rollout(cfg: ForecastConfig, job: _Job, history: np.ndarray, init: np.datet
                     gens = member_generators(cfg.seed, ids, key, k, device=device)
                     r = sample(job.denoiser, shape, sigmas, cond, sampler=cfg.sampler,
                                generator=gens, device=device, **cfg.sampler_options())  # fmt: skip
-            r = r.float()
-            new = states[:, -1] + r * scale if lay.residual else r
-            states = torch.cat([states[:, 1:], new[:, None]], dim=1)
-            out[a : a + len(ids), k - 1] = (new * std + mean).cpu().numpy()
-            trim_host_memory()  # else glibc's heap grows with every step on the CPU
+            steps.append(r.float())
+        r = spread_members(
+            torch.cat(steps)[None], cfg.spread, getattr(job.denoiser, "x0_clip", None)
+        )[0]
+        new = states[:, -1] + r * scale if lay.residual else r
+        states = torch.cat([states[:, 1:], new[:, None]], dim=1)
+        out[:, k - 1] = (new * std + mean).cpu().numpy()
+        trim_host_memory()  # else glibc's heap grows with every step on the CPU
     return out
 
 
@@ -339,7 +355,8 @@ def run_forecast(cfg: ForecastConfig, progress: bool = True) -> dict[str, Any]:
                  3 * members * (job.n_steps + ctx) * state, "--members / --lead")  # fmt: skip
     t0 = time.perf_counter()
     fingerprint = json.dumps(
-        {**{k: v for k, v in to_dict(cfg).items() if k not in ("out", "device", "init", "overwrite", "chunks")},
+        {**{k: v for k, v in to_dict(cfg).items() if k not in ("out", "device", "init", "overwrite", "chunks")
+            and not (k == "spread" and v == 1.0)},  # a key added later: old runs resume
          "inits": [str(t) for t in job.inits], "store": ds.attrs.get("content_hash", ""),
          "checkpoint_id": job.checkpoint_id},
         sort_keys=True, default=str,

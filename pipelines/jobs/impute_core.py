@@ -23,6 +23,7 @@ from stdiff.diffusion.samplers import check_options, get_sampler, sample
 from stdiff.diffusion.schedules import SPACINGS, Spacing
 from stdiff.pipelines.engine.config import at_least_one, to_dict
 from stdiff.pipelines.engine.device import DeviceName, autocast, trim_host_memory
+from stdiff.pipelines.metrics.calibration import spread_members
 from stdiff.pipelines.metrics.scores import (
     CSDI_QUANTILES,
     ensemble_quantiles,
@@ -200,19 +201,6 @@ def draw_members(
             trim_host_memory()  # else glibc's heap grows with every call on the CPU
         out.append(torch.cat(parts).reshape(b, c, *shape))
     return spread_members(torch.cat(out, 1), cfg.spread, getattr(denoiser, "x0_clip", None))
-
-
-def spread_members(x: torch.Tensor, spread: float, clip=None) -> torch.Tensor:
-    """``(B, members, L, K)`` samples moved about their members' mean by ``spread`` (given
-    entries, equal in every member, stay), then kept in ``clip``'s range (``X0Clip``)."""
-    if spread == 1.0 or x.shape[1] < 2:
-        return x
-    mean = x.mean(1, keepdim=True)
-    x = mean + spread * (x - mean)
-    if clip is None:
-        return x
-    b, m = x.shape[:2]
-    return clip.clamp(x.reshape(b * m, *x.shape[2:])).reshape(x.shape)
 
 
 def publish(

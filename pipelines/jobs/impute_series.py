@@ -313,9 +313,7 @@ def series_layout(cfg, ds: xr.Dataset, tcfg) -> tuple[SeriesPlan, int]:
     windows of one chunk are drawn together), from the config and the checkpoint's window."""
     if cfg.max_stays:
         raise ValueError("max_stays applies to stays; a series selects steps with max_steps")
-    length = cfg.window or getattr(tcfg.data, "window", 0)
-    if length < 2:
-        raise ValueError(f"{cfg.checkpoint}: no window length; set window")
+    length = _window_length(cfg, ds, tcfg)
     pos = select_steps(cfg, ds)
     if cfg.stride is not None and cfg.stitch == "seamless":
         raise ValueError("stride applies to stitch: central (seamless windows tile the series)")
@@ -327,6 +325,27 @@ def series_layout(cfg, ds: xr.Dataset, tcfg) -> tuple[SeriesPlan, int]:
     else:
         plan, step = impute_plan(pos, ds.sizes["time"], length, stride), stride
     return plan, max(1, cfg.batch_size * step)
+
+
+def _window_length(cfg, ds: xr.Dataset, tcfg) -> int:
+    """The window ``L`` (``window``, else the checkpoint's ``data.window``), refused in one line
+    naming the key when it is below 2 or longer than the store's series."""
+    if cfg.window is not None and cfg.window < 2:
+        raise ValueError(f"window must be >= 2 steps, got {cfg.window}")
+    length = cfg.window or getattr(tcfg.data, "window", 0)
+    if length < 2:
+        raise ValueError(f"{cfg.checkpoint}: no window length; set window")
+    n_time = ds.sizes["time"]
+    if n_time < 2:
+        raise DataError(cfg.data, f"the series has {n_time} time step; imputing needs at least 2")
+    if length > n_time:
+        given = "window" if cfg.window else f"the checkpoint's data.window ({cfg.checkpoint})"
+        raise DataError(
+            cfg.data,
+            f"the series has {n_time} time steps, fewer than the window of {length} steps "
+            f"({given}); set window to at most {n_time} (e.g. --set window={n_time})",
+        )
+    return length
 
 
 def _draw_windows(denoiser, raw, cond, plan, idx, mean, std, cfg, device, times) -> tuple:

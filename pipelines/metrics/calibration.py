@@ -24,6 +24,7 @@ from __future__ import annotations
 from typing import Literal
 
 import numpy as np
+import torch
 from scipy.optimize import minimize_scalar
 
 Target = Literal["crps", "coverage"]
@@ -45,6 +46,19 @@ def spread_about_mean(samples: np.ndarray, s: float) -> np.ndarray:
     """``mean + s (x - mean)`` along the members (axis 1)."""
     mean = samples.mean(1, keepdims=True)
     return mean + s * (samples - mean)
+
+
+def spread_members(x: torch.Tensor, spread: float, clip=None) -> torch.Tensor:
+    """``(B, members, ...)`` samples moved about their members' mean by ``spread`` (given
+    entries, equal in every member, stay), then kept in ``clip``'s range (``X0Clip``)."""
+    if spread == 1.0 or x.shape[1] < 2:
+        return x
+    mean = x.mean(1, keepdim=True)
+    x = mean + spread * (x - mean)
+    if clip is None:
+        return x
+    b, m = x.shape[:2]
+    return clip.clamp(x.reshape(b * m, *x.shape[2:])).reshape(x.shape)
 
 
 def interval_cover(samples: np.ndarray, truth: np.ndarray, level: float) -> float:

@@ -153,6 +153,29 @@ def test_dispersion_knobs_are_the_sampler_options(tmp_path: Path, trained) -> No
         ForecastConfig(out="x", noise_inflation=-1.0, **kw)
 
 
+def test_spread_inflates_each_step_about_the_members_mean(tmp_path: Path, trained) -> None:
+    """``spread``: at the first step every member starts from the same state, so the inflated
+    members are exactly ``mean + S (x - mean)`` of the uninflated ones (clipping off); later
+    steps are inflated too, whatever ``member_batch``; a bad factor is refused."""
+    store, ens, _ = trained
+    kw = {"checkpoint": str(ens), "data": str(store), "init": ["2013-03-10T06"], "lead": "12h",
+          "members": 4, "steps": 3, "device": "cpu", "clip_x0": False}  # fmt: skip
+    got = {}
+    for name, extra in {"plain": {}, "wide": {"spread": 2.0},
+                        "wide_b1": {"spread": 2.0, "member_batch": 1}}.items():  # fmt: skip
+        r = run_forecast(ForecastConfig(out=str(tmp_path / f"{name}.zarr"), **kw, **extra), False)
+        got[name] = xr.open_zarr(r["out"], consolidated=False)["air"].values[0]  # (M, T, H, W)
+    plain, wide = got["plain"][:, 0].astype(np.float64), got["wide"][:, 0].astype(np.float64)
+    mean = plain.mean(0)
+    np.testing.assert_allclose(wide.mean(0), mean, atol=1e-3)
+    np.testing.assert_allclose(wide - mean, 2.0 * (plain - mean), atol=2e-3)
+    assert got["wide"][:, 1].std(0).mean() > 1.5 * got["plain"][:, 1].std(0).mean()
+    np.testing.assert_allclose(got["wide_b1"], got["wide"], rtol=1e-5, atol=1e-3)
+    for bad in (0.0, -1.0, float("nan"), 101.0):
+        with pytest.raises(ValueError, match="spread must be in"):
+            ForecastConfig(out="x", spread=bad, **kw)
+
+
 def test_bad_forecast_input_fails_before_work(tmp_path: Path, trained) -> None:
     store, ens, _ = trained
     out = tmp_path / "bad.zarr"
