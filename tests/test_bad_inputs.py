@@ -76,6 +76,10 @@ def world(tmp_path_factory, trained_csdi, image_model, weather_builders) -> dict
     (root / "corrupt.zarr").mkdir()
     (root / "corrupt.zarr" / "zarr.json").write_text('{"zarr_format": 3, "node_type": ')
     _zero_size_nifti(root / "zero.nii.gz")
+    for name, rows in (("short", 5), ("onestep", 1)):  # series with the stays' features f0..f3
+        _series_csv(root / f"{name}.csv", rows)
+        assert main(["ingest", str(root / f"{name}.csv"), "--kind", "timeseries", "--out",
+                     str(root / f"{name}.zarr"), "--no-progress"]) == 0  # fmt: skip
     job = yaml.safe_load((csdi / "job.yaml").read_text()) if (csdi / "job.yaml").exists() else None
     base = job or _csdi_job_yaml(csdi.parent / "job.yaml")
     base["out"] = str(root / "new_run")
@@ -83,6 +87,12 @@ def world(tmp_path_factory, trained_csdi, image_model, weather_builders) -> dict
     _damaged_checkpoints(root, csdi)
     return {"root": root, "stays": stays, "csdi": csdi, "images": images, "irun": irun,
             "grid": grid, "wrun": root / "wrun"}  # fmt: skip
+
+
+def _series_csv(path: Path, rows: int) -> None:
+    """A table of ``rows`` hourly steps of the four features the trained CSDI knows."""
+    lines = ["time,f0,f1,f2,f3"] + [f"2013-01-01T{h:02d}:00,{h},1,2,3" for h in range(rows)]
+    path.write_text("\n".join(lines) + "\n")
 
 
 def _zero_size_nifti(path: Path) -> None:
@@ -244,6 +254,9 @@ CASES: list[tuple[str, list[str], str]] = [
     ("impute-eval-ratio-2", ["impute", "--checkpoint", "{csdi}", "--data", "{stays}", "--out", "{root}/o.zarr", "--set", "eval_ratio=2"], "eval_ratio"),
     ("impute-bad-split", ["impute", "--checkpoint", "{csdi}", "--data", "{stays}", "--out", "{root}/o.zarr", "--set", "split=later"], "split"),
     ("impute-chunks-out-of-range", ["impute", "--checkpoint", "{csdi}", "--data", "{stays}", "--out", "{root}/o.zarr", "--set", "chunks=[99]"], "chunks"),
+    ("impute-window-longer-than-series", ["impute", "--checkpoint", "{csdi}", "--data", "{root}/short.zarr", "--out", "{root}/o.zarr", "--set", "window=8", "--set", "split=all"], "window=5"),
+    ("impute-series-of-one-step", ["impute", "--checkpoint", "{csdi}", "--data", "{root}/onestep.zarr", "--out", "{root}/o.zarr", "--set", "window=2", "--set", "split=all"], "onestep.zarr"),
+    ("impute-window-1", ["impute", "--checkpoint", "{csdi}", "--data", "{root}/short.zarr", "--out", "{root}/o.zarr", "--set", "window=1"], "window"),
     ("impute-config-missing", ["impute", "--checkpoint", "{csdi}", "--data", "{stays}", "--out", "{root}/o.zarr", "--config", "{root}/nothere.yaml"], "nothere.yaml"),
     ("impute-sampler-option", ["impute", "--checkpoint", "{csdi}", "--data", "{stays}", "--out", "{root}/o.zarr", "--set", "options.colour=1"], "colour"),
     # --- forecast

@@ -5,7 +5,7 @@ for stays, ``pipelines.jobs.impute_series`` for one long series)."""
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -73,7 +73,13 @@ class ImputeConfig:
     ``eval_ratio`` of the observed values are hidden; spread: each window's members are moved
     about their mean by this factor once drawn, ``mean + spread (x - mean)`` at every value
     (kept in the training range when clip_x0), a calibration fitted on held-out data with
-    ``stdiff calibrate`` (``pipelines.metrics.calibration``); 1: the samples as drawn."""
+    ``stdiff calibrate`` (``pipelines.metrics.calibration``); 1: the samples as drawn;
+    calibrate: fit ``spread`` first, in the same run: the job's keys changed by these (held-out
+    data: ``split``, ``period``, ``data``, ``eval_ratio``, ``eval_seed``, ...; plus the fit's
+    ``target``, ``coverage`` by default, and ``level``, 0.9) are imputed to a temporary store
+    with hidden values, the spread is fitted on them (``stdiff calibrate``) and the job runs
+    with it (``pipelines.jobs.calibrate.calibrated``; the config it records holds the fitted
+    ``spread``)."""
 
     checkpoint: str
     data: str
@@ -108,6 +114,7 @@ class ImputeConfig:
     eval_block: int = 24
     clip_x0: bool = True  # clip predictions to the training data's range (engine.runner)
     spread: float = 1.0
+    calibrate: dict[str, Any] | None = None
     overwrite: bool = False
 
     def __post_init__(self) -> None:
@@ -123,6 +130,8 @@ class ImputeConfig:
         for name in ("window", "stride", "max_steps"):
             if getattr(self, name) is not None:
                 at_least_one(self, name)
+        if self.window is not None and self.window < 2:
+            raise ValueError(f"window must be at least 2 steps, got {self.window}")
         if not (np.isfinite(self.spread) and 0.0 < self.spread <= 100.0):
             raise ValueError(f"spread must be in (0, 100], got {self.spread}")
         if not 0.0 <= self.eval_ratio < 1.0:
@@ -131,6 +140,43 @@ class ImputeConfig:
             raise ValueError("horizon must be at least 1 in forecast mode")
         if self.mode == "forecast" and self.eval_ratio:
             raise ValueError("eval_ratio applies to impute mode; forecast mode scores the horizon")
+        if self.calibrate is not None:
+            held_out_config(self)
+
+
+FIT_KEYS = {"target": "coverage", "level": 0.9}  # calibrate's keys that are not the job's
+SELECTION = ("data", "split", "fold", "period", "max_stays", "max_steps", "eval_ratio",
+             "eval_seed", "eval_pattern", "eval_block")  # fmt: skip
+
+
+def held_out_config(cfg: ImputeConfig) -> tuple[ImputeConfig, str, float]:
+    """The held-out imputation of ``cfg.calibrate``, its fit's target and level; refuses (one
+    line naming ``calibrate.KEY``) what cannot give a fit."""
+    opts = dict(cfg.calibrate or {})
+    target, level = (opts.pop(k, v) for k, v in FIT_KEYS.items())
+    if target not in ("crps", "coverage"):
+        raise ValueError(f"calibrate.target must be crps or coverage, got {target!r}")
+    if not isinstance(level, (int, float)) or not 0.0 < level < 1.0:
+        raise ValueError(f"calibrate.level must be in (0, 1), got {level!r}")
+    fixed = ("checkpoint", "out", "calibrate", "spread", "overwrite", "chunks", "mode", "horizon")
+    names = sorted({f.name for f in fields(ImputeConfig)} - set(fixed))
+    bad = sorted(set(opts) - set(names))
+    if bad:
+        raise ValueError(f"calibrate: unknown key(s) {bad}; valid keys are {names} and "
+                         f"{list(FIT_KEYS)}")  # fmt: skip
+    if cfg.mode != "impute":
+        raise ValueError("calibrate applies to impute mode (hidden values to fit the spread on)")
+    try:
+        held = replace(cfg, calibrate=None, spread=1.0, chunks=None, overwrite=False, **opts)
+    except ValueError as e:
+        raise ValueError(f"calibrate: {e}") from None
+    if held.eval_ratio == 0 and not held.use_targets:
+        raise ValueError("calibrate: the held-out imputation needs hidden values; set "
+                         "calibrate.eval_ratio (e.g. 0.1)")  # fmt: skip
+    if cfg.eval_ratio and all(getattr(held, k) == getattr(cfg, k) for k in SELECTION):
+        raise ValueError("calibrate: the held-out values are the ones this job scores; change "
+                         "calibrate.split, period, data or eval_seed")  # fmt: skip
+    return held, target, float(level)
 
 
 def check_features(cfg: ImputeConfig, ds: xr.Dataset, meta: dict[str, Any]) -> None:

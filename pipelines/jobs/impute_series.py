@@ -329,9 +329,7 @@ def series_layout(cfg, ds: xr.Dataset, tcfg) -> tuple[SeriesPlan, int]:
 
 def _window_length(cfg, ds: xr.Dataset, tcfg) -> int:
     """The window ``L`` (``window``, else the checkpoint's ``data.window``), refused in one line
-    naming the key when it is below 2 or longer than the store's series."""
-    if cfg.window is not None and cfg.window < 2:
-        raise ValueError(f"window must be >= 2 steps, got {cfg.window}")
+    naming the key when the checkpoint has none or it is longer than the store's series."""
     length = cfg.window or getattr(tcfg.data, "window", 0)
     if length < 2:
         raise ValueError(f"{cfg.checkpoint}: no window length; set window")
@@ -339,7 +337,7 @@ def _window_length(cfg, ds: xr.Dataset, tcfg) -> int:
     if n_time < 2:
         raise DataError(cfg.data, f"the series has {n_time} time step; imputing needs at least 2")
     if length > n_time:
-        given = "window" if cfg.window else f"the checkpoint's data.window ({cfg.checkpoint})"
+        given = "window" if cfg.window else f"data.window of {cfg.checkpoint}"
         raise DataError(
             cfg.data,
             f"the series has {n_time} time steps, fewer than the window of {length} steps "
