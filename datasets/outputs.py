@@ -246,17 +246,38 @@ class FolderLock:
         self.release()
 
 
-def _available_memory() -> int | None:
+def available_memory() -> int | None:
+    """Bytes of host memory available to a new allocation: MemAvailable, or less when a
+    container's memory limit (cgroup v2 ``memory.max``, v1 ``limit_in_bytes``) leaves less;
+    None if unknown."""
+    avail = None
     try:
         for line in Path("/proc/meminfo").read_text().splitlines():
             if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
+                avail = int(line.split()[1]) * 1024
     except (OSError, ValueError, IndexError):
         pass
-    try:
-        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError, AttributeError):
-        return None
+    if avail is None:
+        try:
+            avail = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        except (ValueError, OSError, AttributeError):
+            return None
+    limit = _cgroup_room()
+    return avail if limit is None else min(avail, limit)
+
+
+def _cgroup_room() -> int | None:
+    """The container's memory limit less what it uses, or None without a limit."""
+    for limit, usage in (("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),
+                         ("/sys/fs/cgroup/memory/memory.limit_in_bytes",
+                          "/sys/fs/cgroup/memory/memory.usage_in_bytes")):  # fmt: skip
+        try:
+            cap, used = Path(limit).read_text().strip(), Path(usage).read_text().strip()
+        except OSError:
+            continue
+        if cap.isdigit() and used.isdigit() and int(cap) < 2**60:
+            return max(0, int(cap) - int(used))
+    return None
 
 
 def _gb(n: float) -> str:
@@ -277,7 +298,7 @@ def check_budget(out: str | Path, disk_bytes: float, memory_bytes: float, what: 
             f"{what}: the output would need {_gb(disk_bytes)} but {folder} has {_gb(free)} free; "
             "lower them or choose another --out"
         )
-    avail = _available_memory()
+    avail = available_memory()
     if avail is not None and memory_bytes > 0.8 * avail:
         raise ValueError(
             f"{what}: the job would hold about {_gb(memory_bytes)} in memory at once, more than "

@@ -44,6 +44,13 @@ from stdiff.pipelines.engine.checkpoint import (
 )
 from stdiff.pipelines.engine.config import at_least_one, check_range
 from stdiff.pipelines.engine.device import autocast
+from stdiff.pipelines.engine.memory import (
+    SavedActivations,
+    allocation_limit,
+    check_step_memory,
+    is_allocation_error,
+    too_large,
+)
 from stdiff.pipelines.engine.parallel import (
     Sharding,
     check_shardable,
@@ -266,7 +273,7 @@ def train(
     denoiser.to(device)
     if loss_fn is None:
         loss_fn = partial(_loss, schedule=schedule, loop=loop)
-    dry_run(denoiser, dataset, to_batch, loss_fn, device)  # before the run folder exists
+    dry_run(denoiser, dataset, to_batch, loss_fn, device, loop)  # before the run folder exists
     run_dir.mkdir(parents=True, exist_ok=True)
     ema = (
         copy.deepcopy(denoiser)  # same class: energy / consistency / learned-variance wrappers
@@ -394,22 +401,37 @@ def _evaluate(
     return rec
 
 
-def dry_run(denoiser: Denoiser, dataset: Dataset, to_batch, loss_fn, device: torch.device) -> None:
-    """One loss evaluation on two items, without gradients: a network that does not fit the
-    data (sizes, channels, features) is refused as a config error before any folder exists."""
+def dry_run(
+    denoiser: Denoiser,
+    dataset: Dataset,
+    to_batch,
+    loss_fn,
+    device: torch.device,
+    loop: LoopConfig | None = None,
+) -> None:
+    """One loss evaluation on up to two items in training mode (under the training autocast),
+    without a backward pass: a network that does not fit the data (sizes, channels, features)
+    is refused as a config error, and (given ``loop``) a step of ``loop.batch_size`` samples
+    whose activations would not fit in memory is refused naming ``loop.batch_size``
+    (:mod:`pipelines.engine.memory`), both before any folder exists."""
     if len(dataset) == 0:
         raise ValueError("data: the training split is empty; check data.store and its periods")
-    items = [dataset[i] for i in range(min(2, len(dataset)))]
+    n = min(2, len(dataset), loop.batch_size if loop is not None else 2)
+    items = [dataset[i] for i in range(n)]
     was_training = denoiser.training
     gen = torch.Generator(device=device).manual_seed(0)
+    saved = SavedActivations(denoiser)
     try:
-        with torch.random.fork_rng(devices=[]):  # gradients on: energy models need them
+        forked = [device] if device.type == "cuda" else []  # dropout draws: no global RNG touched
+        with torch.random.fork_rng(devices=forked), saved:  # gradients on: energy models need them
             batch = _to(torch.utils.data.default_collate(items), device)
             x0, cond, mask = to_batch(batch, gen)
-            loss = loss_fn(denoiser.eval(), denoiser, x0, cond, mask, gen)
-    except (RuntimeError, ValueError, IndexError, TypeError, KeyError, ZeroDivisionError) as e:
-        if isinstance(e, torch.OutOfMemoryError):
-            raise
+            with autocast(device, loop is None or loop.amp), allocation_limit(device):
+                loss = loss_fn(denoiser.train(), denoiser, x0, cond, mask, gen).detach()
+    except (RuntimeError, ValueError, IndexError, TypeError, KeyError, ZeroDivisionError,
+            MemoryError) as e:  # fmt: skip
+        if is_allocation_error(e):
+            raise too_large(loop.batch_size if loop else n, n, device) from None
         first = next((ln for ln in str(e).splitlines() if ln.strip()), type(e).__name__)
         raise ValueError(
             f"model: the network does not run on this data ({type(e).__name__}: {first[:240]}); "
@@ -419,6 +441,8 @@ def dry_run(denoiser: Denoiser, dataset: Dataset, to_batch, loss_fn, device: tor
         denoiser.train(was_training)
     if not torch.isfinite(loss).all():
         raise ValueError("model: the first loss is not finite; check the data and model.params")
+    if loop is not None:
+        check_step_memory(saved.nbytes / n, loop.batch_size, denoiser, device)
 
 
 def _loss(forward, denoiser, x0, cond, mask, gen, *, schedule, loop: LoopConfig) -> torch.Tensor:

@@ -83,3 +83,67 @@ def test_overwrite_replaces_a_run_and_restores_it_on_failure(
     assert main(["train", "--config", str(bad), "--overwrite"]) == 0
     assert [p.name for p in (run / "checkpoints").iterdir()] == ["step_000000003"]
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+def test_a_step_too_large_for_memory_is_refused_naming_the_batch_size(
+    trained_csdi, tmp_path: Path, capsys, monkeypatch
+) -> None:
+    """The dry run measures what a step keeps for backward per sample; a batch whose step would
+    not fit in the free memory is refused before any folder exists, with the batch that fits
+    (a 1,200-column table under CSDI's feature attention was killed mid-step before)."""
+    import stdiff.pipelines.engine.memory as memory
+
+    _, job = _copy_run(trained_csdi, tmp_path)
+    cfg = yaml.safe_load(job.read_text())
+    cfg["out"] = str(tmp_path / "fresh")
+    job.write_text(yaml.safe_dump(cfg))
+    seen = {}
+    check = memory.check_step_memory
+
+    def measured(per_item, batch_size, module, device):
+        seen["per_item"] = per_item
+        seen["state"] = memory.STATE_COPIES * sum(p.nbytes for p in module.parameters())
+        return check(per_item, batch_size, module, device)
+
+    monkeypatch.setattr("stdiff.pipelines.engine.train.check_step_memory", measured)
+    assert main(["train", "--config", str(job), "--set", "loop.steps=1"]) == 0
+    per_sample = memory.STEP_OVERHEAD * seen["per_item"]
+    assert seen["per_item"] > 0
+    room = seen["state"] + int(5.5 * per_sample)  # room for the optimizer state and 5 samples
+    monkeypatch.setattr(memory, "free_memory", lambda device: room)
+    capsys.readouterr()
+    assert main(["train", "--config", str(job), "--set", f"out={tmp_path / 'big'}"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "loop.batch_size=16" in err and "at most 5" in err, err
+    assert not (tmp_path / "big").exists()
+
+
+def test_saved_activations_count_what_backward_keeps_without_the_weights() -> None:
+    import torch
+
+    from stdiff.pipelines.engine.memory import SavedActivations
+
+    lin = torch.nn.Linear(256, 256, bias=False)
+    x = torch.randn(64, 256)
+    with SavedActivations(lin) as saved:
+        y = torch.tanh(lin(x))  # linear keeps x (64 kB), tanh its output (64 kB); not the weight
+    assert saved.nbytes == 2 * 64 * 256 * 4 and y.requires_grad
+
+
+def test_allocation_limit_turns_an_impossible_allocation_into_an_error(monkeypatch) -> None:
+    import resource
+
+    import pytest
+    import torch
+
+    import stdiff.pipelines.engine.memory as memory
+
+    if not Path("/proc/self/status").exists():
+        pytest.skip("needs /proc (Linux)")
+    before = resource.getrlimit(resource.RLIMIT_AS)
+    monkeypatch.setattr(memory, "free_memory", lambda device: 256 * 2**20)
+    with pytest.raises((RuntimeError, MemoryError)) as err:
+        with memory.allocation_limit(torch.device("cpu")):
+            torch.empty(2**31, dtype=torch.uint8)  # 2 GiB of address space: refused, not touched
+    assert memory.is_allocation_error(err.value)
+    assert resource.getrlimit(resource.RLIMIT_AS) == before
