@@ -2,7 +2,8 @@
 
 Every loader returns dims ``sample, channel, y, x`` with variables
 
-* ``image`` uint8 (float32 where the source holds non-8-bit data),
+* ``image`` uint8 (float32 where the source holds non-8-bit data, with ``image_mean`` and
+  ``image_std`` (channel) mapping its pixel range onto [-1, 1], as 0..255 is for uint8),
 * ``label`` int64 (sample),
 * ``split`` int8 (sample), 0 = train, 1 = test, 2 = validation, with CF
   ``flag_values``/``flag_meanings`` attrs,
@@ -128,12 +129,28 @@ def _split_code(split: int | str, where: str | Path) -> int:
 
 
 def _as_image_dtype(arr: np.ndarray) -> np.ndarray:
-    """uint8 stays uint8 (bool becomes 0/1 uint8); anything else becomes float32."""
+    """uint8 stays uint8 (bool becomes 0/255 uint8, as a 1-bit PNG reads); anything else
+    becomes float32."""
     if arr.dtype == np.uint8:
         return arr
     if arr.dtype == np.bool_:
-        return arr.astype(np.uint8)
+        return arr.astype(np.uint8) * np.uint8(255)
     return arr.astype(np.float32)
+
+
+def _pixel_scale(image: np.ndarray) -> dict[str, tuple]:
+    """``image_mean`` / ``image_std`` (channel) of float images: the midpoint and half range of
+    each channel over all the images, so that ``(x - mean) / std`` spans [-1, 1] as uint8
+    pixels do with ``x / 127.5 - 1`` (a fixed pixel scale, like 0..255, not a statistic: every
+    split is inside it). A constant channel gets a half range of 1."""
+    lo = image.min(axis=(0, 2, 3)).astype(np.float64)
+    hi = image.max(axis=(0, 2, 3)).astype(np.float64)
+    half = np.where(hi > lo, (hi - lo) / 2, 1.0)
+    attrs = {"long_name": "pixel scale: (image - image_mean) / image_std spans [-1, 1]"}
+    return {
+        "image_mean": ("channel", ((hi + lo) / 2).astype(np.float32), attrs),
+        "image_std": ("channel", half.astype(np.float32), attrs),
+    }
 
 
 def _as_labels(labels: np.ndarray, n: int, where: str | Path) -> np.ndarray:
@@ -178,6 +195,7 @@ def _images_dataset(
                 f"{int(bad.sum())} image(s) hold NaN or infinite pixels (the first is "
                 f"sample {int(np.flatnonzero(bad)[0])}); images must be finite",
             )
+    scale = _pixel_scale(image) if image.dtype.kind == "f" else {}
     return xr.Dataset(
         {
             "image": (("sample", "channel", "y", "x"), image),
@@ -187,6 +205,7 @@ def _images_dataset(
                 split.astype(np.int8),
                 {"flag_values": [0, 1, 2], "flag_meanings": "train test valid"},
             ),
+            **scale,
         },
         attrs={"kind": "images", "source": str(source), "classes": list(classes), **attrs},
     )

@@ -6,7 +6,8 @@ a no-op that reads nothing but the input bytes. Statistics come from the trainin
 * weather: by time (``train_period``/``test_period``; default: the first 70 % of the time steps
   train, the last 20 % test, the 10 % between them validation);
 * PhysioNet: CSDI's 5-fold entity split (``fold``, seed 1); tables: first 70 % of time steps;
-* images: no statistics (uint8 images are scaled to [-1, 1] by the windows);
+* images: no statistics (uint8 images are scaled to [-1, 1] by the windows, float images by
+  the pixel range their loader records as ``image_mean`` / ``image_std``);
 * medical: statistics over all slices of the volume (one volume has no held-out split).
 """
 

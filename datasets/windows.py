@@ -279,8 +279,9 @@ class SampleWindows(Dataset):
         self.indices = np.arange(ds.sizes[dim]) if indices is None else np.asarray(indices)
         self.stats = {v: _stats(ds, v) for v in self.variables} if normalize else {}
         self.template = ds[self.variables]
-        prepare = {
-            v: Prepare(self.stats.get(v), fill=0.0, image=v == "image") for v in self.variables
+        prepare = {  # an image's statistics are per channel: (C,) over (C, y, x)
+            v: Prepare(self.stats.get(v), spatial=2 * (v == "image"), fill=0.0, image=v == "image")
+            for v in self.variables
         }
         self.arrays = ChunkCache(store, prepare, cache_bytes)
 

@@ -462,3 +462,40 @@ def test_cli_resizes_a_folder_of_mixed_sizes(tmp_path):
                   tmp_path / "o.zarr")  # fmt: skip
     assert res.exit_code == 0, res.output
     assert open_store(tmp_path / "o.zarr")["image"].shape == (4, 3, 7, 7)
+
+
+def test_bool_and_float_npz_images_reach_the_model_in_minus_one_to_one(tmp_path):
+    """Sizes and types of other people's arrays: a bool mask is 0/255 (as a 1-bit PNG reads;
+    it was 0/1, which uint8 scaling put at -1 and -0.99), and integer or float pixels (int32
+    CT numbers, float16, float64) carry their pixel range as ``image_mean``/``image_std``, so
+    the training windows see [-1, 1], not raw values (they trained at a loss of 2e6)."""
+    from stdiff.datasets.windows import SampleWindows
+
+    rng = np.random.default_rng(0)
+    cases = {
+        "bool": rng.random((6, 7, 9)) > 0.5,
+        "int32": rng.integers(-1000, 3000, (6, 7, 9)).astype(np.int32),
+        "float16": rng.random((6, 7, 9)).astype(np.float16),
+        "float64": 1e3 * rng.standard_normal((6, 7, 9)),
+    }
+    for name, arr in cases.items():
+        np.savez(tmp_path / f"{name}.npz", images=arr, labels=np.arange(6) % 2)
+        res = _ingest(
+            tmp_path / f"{name}.npz", "--kind", "images", "--out", tmp_path / f"{name}.zarr"
+        )
+        assert res.exit_code == 0, res.output
+        x = np.stack([w["image"].numpy() for w in SampleWindows(tmp_path / f"{name}.zarr", "sample", ["image"])])  # fmt: skip
+        assert x.shape == (6, 1, 7, 9) and x.min() == pytest.approx(-1, abs=1e-6), name
+        assert x.max() == pytest.approx(1, abs=1e-6), name
+        order = np.argsort(arr.astype(np.float64), axis=None, kind="stable")  # monotone mapping
+        assert (np.diff(x.reshape(-1)[order]) >= -1e-6).all(), name
+
+
+def test_a_constant_float_channel_keeps_a_unit_scale():
+    from stdiff.datasets.images import _pixel_scale
+
+    img = np.full((3, 2, 4, 4), 5.0, np.float32)
+    img[:, 1] = np.linspace(0, 10, 16).reshape(4, 4)
+    scale = _pixel_scale(img)
+    np.testing.assert_allclose(scale["image_mean"][1], [5.0, 5.0])
+    np.testing.assert_allclose(scale["image_std"][1], [1.0, 5.0])
