@@ -80,6 +80,9 @@ def world(tmp_path_factory, trained_csdi, image_model, weather_builders) -> dict
         _series_csv(root / f"{name}.csv", rows)
         assert main(["ingest", str(root / f"{name}.csv"), "--kind", "timeseries", "--out",
                      str(root / f"{name}.zarr"), "--no-progress"]) == 0  # fmt: skip
+    _one_step_grid(root / "onestep.nc")
+    assert main(["ingest", str(root / "onestep.nc"), "--kind", "weather", "--out",
+                 str(root / "onestep_grid.zarr"), "--no-progress"]) == 0  # fmt: skip
     job = yaml.safe_load((csdi / "job.yaml").read_text()) if (csdi / "job.yaml").exists() else None
     base = job or _csdi_job_yaml(csdi.parent / "job.yaml")
     base["out"] = str(root / "new_run")
@@ -93,6 +96,15 @@ def _series_csv(path: Path, rows: int) -> None:
     """A table of ``rows`` hourly steps of the four features the trained CSDI knows."""
     lines = ["time,f0,f1,f2,f3"] + [f"2013-01-01T{h:02d}:00,{h},1,2,3" for h in range(rows)]
     path.write_text("\n".join(lines) + "\n")
+
+
+def _one_step_grid(path: Path) -> None:
+    """A weather file of one time step (a single analysis someone wants to forecast from)."""
+    xr.Dataset(
+        {"air": (("time", "lat", "lon"), np.full((1, 3, 4), 280.0, np.float32), {"units": "K"})},
+        coords={"time": [np.datetime64("2013-01-01T00")], "lat": [40.0, 45, 50],
+                "lon": [0.0, 5, 10, 15]},
+    ).to_netcdf(path)  # fmt: skip
 
 
 def _zero_size_nifti(path: Path) -> None:
@@ -220,6 +232,7 @@ CASES: list[tuple[str, list[str], str]] = [
     ("train-out-existing-run", ["train", "--config", "{root}/job.yaml", "--set", "out={csdi}"], "--resume"),
     ("train-set-no-equals", ["train", "--config", "{root}/job.yaml", "--set", "loop.steps"], "--set"),
     ("train-set-bad-yaml", ["train", "--config", "{root}/job.yaml", "--set", "loop.steps=[1,"], "--set"),
+    ("train-weather-one-step", ["train", "--config", "{root}/wjob.yaml", "--set", "data.store={root}/onestep_grid.zarr", "--set", "out={root}/new_wrun"], "onestep_grid.zarr"),
     ("train-resume-missing", ["train", "--config", "{root}/job.yaml", "--resume", "{root}/nothere"], "nothere"),
     ("train-resume-empty", ["train", "--config", "{root}/job.yaml", "--resume", "{root}/emptydir"], "emptydir"),
     ("train-resume-truncated-optimizer", ["train", "--config", "{root}/job.yaml", "--resume", "{root}/ck_badopt"], "ck_badopt"),

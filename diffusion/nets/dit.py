@@ -47,15 +47,17 @@ DIT_NAMES: tuple[str, ...] = tuple(f"{s}/{p}" for s in DIT_CONFIGS for p in DIT_
 
 def pad_to_patch(x: Tensor, patch: int, periodic_lon: bool = False) -> Tensor:
     """Pad ``(B, C, H, W)`` at the bottom/right to multiples of ``patch``: reflect in y (H);
-    circular in x (W) when ``periodic_lon`` (column ``W + j`` is column ``j``), else reflect."""
+    circular in x (W) when ``periodic_lon`` (column ``W + j`` is column ``j mod W``), else
+    reflect. A side shorter than its padding (a 1x1 or 2x3 grid under patch 2 or 4), which
+    reflection cannot pad, repeats its edge instead."""
     h, w = x.shape[-2:]
     ph, pw = -h % patch, -w % patch
     if ph:
-        x = F.pad(x, (0, 0, 0, ph), mode="reflect")  # (B, C, H + ph, W)
-    if pw:
-        x = F.pad(
-            x, (0, pw, 0, 0), mode="circular" if periodic_lon else "reflect"
-        )  # (B, C, H', W')
+        x = F.pad(x, (0, 0, 0, ph), mode="reflect" if ph < h else "replicate")  # (B, C, H', W)
+    if pw and periodic_lon:
+        x = x[..., torch.arange(w + pw, device=x.device) % w]  # (B, C, H', W')
+    elif pw:
+        x = F.pad(x, (0, pw, 0, 0), mode="reflect" if pw < w else "replicate")  # (B, C, H', W')
     return x
 
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 import re
 import warnings
 from dataclasses import asdict, dataclass, replace
+from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
@@ -208,10 +209,16 @@ class WeatherLayout:
 
     @classmethod
     def from_store(
-        cls, ds: xr.Dataset, variables: list[str] | None, context: int = 2, residual: bool = True
+        cls,
+        ds: xr.Dataset,
+        variables: list[str] | None,
+        context: int = 2,
+        residual: bool = True,
+        where: str | Path | None = None,
     ) -> WeatherLayout:
-        """From a weather store of ``stdiff ingest`` (statistics stored beside the data)."""
-        where = ds.attrs.get("source", "weather store")
+        """From a weather store of ``stdiff ingest`` (statistics stored beside the data);
+        ``where`` (the store's path) is what its errors name."""
+        where = where or ds.attrs.get("source", "weather store")
         if variables is None:
             variables = [
                 v
@@ -417,12 +424,16 @@ class ForecastTask:
     def net_params(self, data, model) -> dict[str, Any]:
         """The DiT's channel counts follow from the data (filled in when the config omits them);
         circular longitude padding only for grids that go all the way round."""
-        layout = WeatherLayout.from_store(open_store(data.store), data.variables, data.context)
+        layout = WeatherLayout.from_store(
+            open_store(data.store), data.variables, data.context, where=data.store
+        )
         return {**layout.net_params(model.net == "autoencoder"), **model.params}
 
     def datasets(self, data) -> TaskData:
         ds = open_store(data.store)
-        layout = WeatherLayout.from_store(ds, data.variables, data.context, data.residual)
+        layout = WeatherLayout.from_store(
+            ds, data.variables, data.context, data.residual, where=data.store
+        )
         times = ds["time"].values
         kw = {"context": data.context, "leads": data.leads}
         pos = _period(ds, data.train_period, "train_period")

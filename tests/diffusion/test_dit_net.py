@@ -133,6 +133,27 @@ def test_pad_periodic_wraps_and_reflects() -> None:
     torch.testing.assert_close(pad_to_patch(x8, 4), pad_to_patch(x8, 4, True))
 
 
+def test_sides_shorter_than_their_padding_repeat_the_edge() -> None:
+    """A 1x1 grid (one station, one image pixel) or a 2x3 regional grid under patch 2-8: the
+    reflection cannot pad them (torch refused with a padding error that reached the user), so
+    the edge repeats; a periodic side wraps as often as needed."""
+    one = torch.randn(1, 2, 1, 1, generator=_gen(6))
+    p = pad_to_patch(one, 2)
+    assert p.shape == (1, 2, 2, 2) and (p == one).all()
+    x = torch.arange(6, dtype=torch.float32).reshape(1, 1, 2, 3)
+    wrapped = pad_to_patch(x, 8, periodic_lon=True)
+    assert wrapped.shape == (1, 1, 8, 8)
+    torch.testing.assert_close(wrapped[0, 0, 0], torch.tensor([0.0, 1, 2, 0, 1, 2, 0, 1]))
+    torch.testing.assert_close(wrapped[0, 0, 7], x[0, 0, 1, [0, 1, 2, 0, 1, 2, 0, 1]])
+    edge = pad_to_patch(x, 4)
+    torch.testing.assert_close(edge[0, 0, :2, 3], x[0, 0, :, 1])  # 1 < 3 columns: reflected
+    torch.testing.assert_close(edge[0, 0, 3, :3], x[0, 0, 1])  # 2 rows padding 2: repeated
+    for size, patch in (((1, 1), 2), ((2, 3), 4), ((7, 9), 8)):
+        net = _randomise_zero_layers(_tiny(patch_size=patch), seed=2)
+        xi = torch.randn(2, 2, *size, generator=_gen(7))
+        assert net(xi, torch.zeros(2)).shape == xi.shape
+
+
 def test_null_class_and_dropped_context() -> None:
     net = _randomise_zero_layers(_tiny(num_classes=3, context_channels=1), seed=6)
     g = _gen(7)
