@@ -27,6 +27,7 @@ import xarray as xr
 from stdiff.datasets.errors import DataError
 from stdiff.datasets.errors import one_line as _why
 from stdiff.datasets.image_files import IMAGE_SUFFIXES, image_files, read_image, stack_images
+from stdiff.datasets.store import float32_array
 
 __all__ = [
     "DIGIT_CLASSES",
@@ -135,7 +136,7 @@ def _as_image_dtype(arr: np.ndarray) -> np.ndarray:
         return arr
     if arr.dtype == np.bool_:
         return arr.astype(np.uint8) * np.uint8(255)
-    return arr.astype(np.float32)
+    return float32_array(arr)  # beyond float32's range: infinite, refused with the NaN
 
 
 def _pixel_scale(image: np.ndarray) -> dict[str, tuple]:
@@ -193,7 +194,8 @@ def _images_dataset(
             raise DataError(
                 source,
                 f"{int(bad.sum())} image(s) hold NaN or infinite pixels (the first is "
-                f"sample {int(np.flatnonzero(bad)[0])}); images must be finite",
+                f"sample {int(np.flatnonzero(bad)[0])}); images must be finite (pixels beyond "
+                "float32's range, about 3.4e38, are infinite here)",
             )
     scale = _pixel_scale(image) if image.dtype.kind == "f" else {}
     return xr.Dataset(

@@ -180,8 +180,8 @@ def normalization_stats(
     if bad:
         raise DataError(
             ds.attrs.get("source", "dataset"),
-            f"infinite values in {bad} (variable: count); "
-            "store missing values as NaN or leave them out",
+            f"infinite values in {bad} (variable: count); store missing values as NaN or "
+            "leave them out (numbers beyond float32's range, about 3.4e38, are infinite here)",
         )
     stats = stats.astype(np.float32)
     if count_nan:

@@ -16,6 +16,7 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
+import dask
 import numpy as np
 import xarray as xr
 
@@ -200,3 +201,19 @@ def attach_stats(ds: xr.Dataset, stats: xr.Dataset) -> xr.Dataset:
     return ds.assign({k: v.astype(np.float32) for k, v in stats.data_vars.items()}).assign_attrs(
         {"normalization": stats.attrs.get("normalization", "")}
     )
+
+
+def float32_array(a: np.ndarray) -> np.ndarray:
+    """``a`` as float32; numbers beyond its range become infinite without a numpy warning."""
+    with np.errstate(over="ignore", invalid="ignore"):  # beyond float32: inf, refused later
+        return a.astype(np.float32)
+
+
+def as_float32(da: xr.DataArray) -> xr.DataArray:
+    """``da`` as float32 (lazily when dask-backed), without numpy's overflow warning: numbers
+    beyond float32's range become infinite and the statistics pass refuses them in one line."""
+    if da.dtype == np.float32:
+        return da
+    if dask.is_dask_collection(da.data):
+        return da.copy(data=da.data.map_blocks(float32_array, dtype=np.float32))
+    return da.copy(data=float32_array(np.asarray(da.data)))

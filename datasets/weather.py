@@ -28,6 +28,7 @@ import numpy as np
 import xarray as xr
 
 from stdiff.datasets.errors import DataError
+from stdiff.datasets.store import as_float32
 
 Source = str | PathLike[str]
 
@@ -423,14 +424,14 @@ def canonicalize(ds: xr.Dataset, where: str, require_time: bool = True) -> xr.Da
     for name, da in ds.data_vars.items():
         if da.dtype.kind not in "fiub":
             raise DataError(where, f"variable {name} is not numeric ({da.dtype})")
-        ds[name] = da.astype(np.float32)
+        ds[name] = as_float32(da)
         ds[name].encoding = {}
     ds.attrs.update(kind="weather", source=where)
     return ds
 
 
 def _float32(ds: xr.Dataset) -> xr.Dataset:
-    return ds.assign({n: v.astype(np.float32) for n, v in ds.data_vars.items()})
+    return ds.assign({n: as_float32(v) for n, v in ds.data_vars.items()})
 
 
 def coarsen(

@@ -81,6 +81,8 @@ def world(tmp_path_factory, trained_csdi, image_model, weather_builders) -> dict
         assert main(["ingest", str(root / f"{name}.csv"), "--kind", "timeseries", "--out",
                      str(root / f"{name}.zarr"), "--no-progress"]) == 0  # fmt: skip
     _one_step_grid(root / "onestep.nc")
+    _one_step_grid(root / "huge.nc", 1e39)  # float64 beyond float32's range
+    np.savez(root / "huge.npz", images=np.full((2, 4, 4), 1e39), labels=np.zeros(2, int))
     assert main(["ingest", str(root / "onestep.nc"), "--kind", "weather", "--out",
                  str(root / "onestep_grid.zarr"), "--no-progress"]) == 0  # fmt: skip
     job = yaml.safe_load((csdi / "job.yaml").read_text()) if (csdi / "job.yaml").exists() else None
@@ -98,10 +100,10 @@ def _series_csv(path: Path, rows: int) -> None:
     path.write_text("\n".join(lines) + "\n")
 
 
-def _one_step_grid(path: Path) -> None:
+def _one_step_grid(path: Path, value: float = 280.0) -> None:
     """A weather file of one time step (a single analysis someone wants to forecast from)."""
     xr.Dataset(
-        {"air": (("time", "lat", "lon"), np.full((1, 3, 4), 280.0, np.float32), {"units": "K"})},
+        {"air": (("time", "lat", "lon"), np.full((1, 3, 4), value), {"units": "K"})},
         coords={"time": [np.datetime64("2013-01-01T00")], "lat": [40.0, 45, 50],
                 "lon": [0.0, 5, 10, 15]},
     ).to_netcdf(path)  # fmt: skip
@@ -184,6 +186,8 @@ CASES: list[tuple[str, list[str], str]] = [
     ("ingest-undecodable-csv", ["ingest", "{root}/undecodable.csv", "--kind", "timeseries", "--out", "{root}/o.zarr"], "undecodable.csv"),
     ("ingest-infinite-csv", ["ingest", "{root}/infinite.csv", "--kind", "timeseries", "--out", "{root}/o.zarr"], "infinite.csv"),
     ("ingest-nan-images", ["ingest", "{root}/nanimages.npz", "--kind", "images", "--out", "{root}/o.zarr"], "nanimages.npz"),
+    ("ingest-weather-beyond-float32", ["ingest", "{root}/huge.nc", "--kind", "weather", "--out", "{root}/o.zarr"], "huge.nc"),
+    ("ingest-images-beyond-float32", ["ingest", "{root}/huge.npz", "--kind", "images", "--out", "{root}/o.zarr"], "huge.npz"),
     ("ingest-corrupt-zarr", ["ingest", "{root}/corrupt.zarr", "--kind", "weather", "--out", "{root}/o.zarr"], "corrupt.zarr"),
     ("ingest-out-is-source", ["ingest", "{grid}", "--kind", "weather", "--out", "{grid}"], "--out"),
     ("ingest-out-other-ingest", ["ingest", "{grid}", "--kind", "weather", "--out", "{stays}"], "--overwrite"),
@@ -364,6 +368,19 @@ def test_console_script_in_a_subprocess(tmp_path: Path) -> None:
                          timeout=120)  # fmt: skip
     assert res.returncode == 2 and res.stderr.strip().count("\n") == 0, res.stderr
     assert not (tmp_path / "s").exists()
+
+
+def test_numbers_beyond_float32_are_one_line_in_a_subprocess(tmp_path: Path) -> None:
+    """Casting them to float32 made numpy print an overflow warning (two more stderr lines)
+    before the refusal; pytest's warning capture hides that in-process, a subprocess does not."""
+    _one_step_grid(tmp_path / "huge.nc", 1e39)
+    np.savez(tmp_path / "huge.npz", images=np.full((2, 4, 4), 1e39), labels=np.zeros(2, int))
+    for name, kind in (("huge.nc", "weather"), ("huge.npz", "images")):
+        res = subprocess.run([sys.executable, "-m", "stdiff", "ingest", str(tmp_path / name),
+                              "--kind", kind, "--out", str(tmp_path / "o.zarr")],
+                             capture_output=True, text=True, timeout=120)  # fmt: skip
+        assert res.returncode == 2 and res.stderr.strip().count("\n") == 0, res.stderr
+        assert name in res.stderr and "float32" in res.stderr and not (tmp_path / "o.zarr").exists()
 
 
 def test_internal_error_writes_its_traceback(tmp_path: Path, capsys, monkeypatch) -> None:
