@@ -81,6 +81,7 @@ def world(tmp_path_factory, trained_csdi, image_model, weather_builders) -> dict
         assert main(["ingest", str(root / f"{name}.csv"), "--kind", "timeseries", "--out",
                      str(root / f"{name}.zarr"), "--no-progress"]) == 0  # fmt: skip
     _one_step_grid(root / "onestep.nc")
+    _rows_of(grid, root / "grid5.zarr", 5)
     _one_step_grid(root / "huge.nc", 1e39)  # float64 beyond float32's range
     np.savez(root / "huge.npz", images=np.full((2, 4, 4), 1e39), labels=np.zeros(2, int))
     assert main(["ingest", str(root / "onestep.nc"), "--kind", "weather", "--out",
@@ -98,6 +99,13 @@ def _series_csv(path: Path, rows: int) -> None:
     """A table of ``rows`` hourly steps of the four features the trained CSDI knows."""
     lines = ["time,f0,f1,f2,f3"] + [f"2013-01-01T{h:02d}:00,{h},1,2,3" for h in range(rows)]
     path.write_text("\n".join(lines) + "\n")
+
+
+def _rows_of(store: Path, path: Path, rows: int) -> None:
+    """The first ``rows`` latitudes of a weather store: the same data on another grid."""
+    from stdiff.datasets.store import open_store, write_store
+
+    write_store(open_store(store).isel(lat=slice(0, rows)).load(), path, content_hash="rows")
 
 
 def _one_step_grid(path: Path, value: float = 280.0) -> None:
@@ -287,6 +295,7 @@ CASES: list[tuple[str, list[str], str]] = [
     ("forecast-lead-zero", ["forecast", "--checkpoint", "{wrun}", "--data", "{grid}", "--out", "{root}/f.zarr", "--init", "2013-02-05T00", "--lead", "0h"], "lead"),
     ("forecast-no-history", ["forecast", "--checkpoint", "{wrun}", "--data", "{grid}", "--out", "{root}/f.zarr", "--init", "2013-01-01T00"], "2013-01-01"),
     ("forecast-data-corrupt", ["forecast", "--checkpoint", "{wrun}", "--data", "{root}/corrupt.zarr", "--out", "{root}/f.zarr", "--init", "2013-02-05T00"], "corrupt.zarr"),
+    ("forecast-other-grid", ["forecast", "--checkpoint", "{wrun}", "--data", "{root}/grid5.zarr", "--out", "{root}/f.zarr", "--init", "2013-02-05T00"], "grid5.zarr"),
     ("forecast-bad-layout", ["forecast", "--checkpoint", "{wrun}", "--data", "{grid}", "--out", "{root}/f.zarr", "--init", "2013-02-05T00", "--layout", "grib"], "layout"),
     ("forecast-bad-sampler", ["forecast", "--checkpoint", "{wrun}", "--data", "{grid}", "--out", "{root}/f.zarr", "--init", "2013-02-05T00", "--set", "sampler=magic"], "magic"),
     ("forecast-sigmas", ["forecast", "--checkpoint", "{wrun}", "--data", "{grid}", "--out", "{root}/f.zarr", "--init", "2013-02-05T00", "--set", "sigma_min=5", "--set", "sigma_max=1"], "sigma"),

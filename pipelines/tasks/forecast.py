@@ -83,6 +83,12 @@ class TimeStep:
         return f"{self.hours:g} h"
 
 
+def _axis(values) -> str:
+    """A grid axis in a few words: ``37 values, -90..90``."""
+    v = np.asarray(values, dtype=float)
+    return f"{v.size} values, {v.min():g}..{v.max():g}" if v.size else "0 values"
+
+
 def infer_time_step(times: pd.DatetimeIndex, where: str = "data") -> TimeStep:
     """The step of regular ``times``: monthly, quarterly or yearly calendars (pandas'
     ``infer_freq``) as calendar steps, anything else as the first difference in hours."""
@@ -264,8 +270,13 @@ class WeatherLayout:
             raise DataError(
                 where, f"channels {other.channels} differ from the checkpoint's {self.channels}"
             )
+        fix = "give data on the model's grid (e.g. stdiff ingest --coarsen N) or train on this one"
         if len(self.lat) != len(other.lat) or not np.allclose(self.lat, other.lat):
-            raise DataError(where, "latitudes differ from the checkpoint's grid")
+            raise DataError(
+                where,
+                f"latitudes differ from the checkpoint's grid (here {_axis(other.lat)}; "
+                f"trained {_axis(self.lat)}); {fix}",
+            )
         if len(self.lon) != len(other.lon) or not np.allclose(self.lon, other.lon):
             same = len(self.lon) == len(other.lon) and np.allclose(
                 np.sort(np.mod(self.lon, 360)), np.sort(np.mod(other.lon, 360))
@@ -274,7 +285,7 @@ class WeatherLayout:
                 " (the same columns in another order: the model was trained on a store written "
                 "with another longitude convention; ingest the data with the same stdiff version)"
                 if same
-                else ""
+                else f" (here {_axis(other.lon)}; trained {_axis(self.lon)}); {fix}"
             )
             raise DataError(where, f"longitudes differ from the checkpoint's grid{hint}")
         if self.step_hours != other.step_hours or self.step_freq != other.step_freq:
