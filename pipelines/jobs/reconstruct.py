@@ -265,7 +265,10 @@ def build_operator(cfg: ReconstructConfig, idx: np.ndarray, shape: tuple[int, ..
     """The task's operator for images of ``shape`` (N, C, H, W); errors before any work."""
     h, w = shape[-2:]
     if h != w:
-        raise ValueError(f"{cfg.data}: images are {h}x{w}; reconstruct needs square images")
+        raise ValueError(
+            f"{cfg.data}: images are {h}x{w}; reconstruct needs square images (ingest an image "
+            f"folder or volume again with --image-size N, and train on that store)"
+        )
     op = OPERATORS[cfg.task](cfg, idx, h)
     if not isinstance(op, Mask):
         op.check(shape)

@@ -201,3 +201,14 @@ def test_normalisation_comes_from_the_checkpoint(image_model, tmp_path) -> None:
     assert res.exit_code == 0, res.output
     truth = xr.open_zarr(tmp_path / "f_out.zarr", consolidated=False)["truth"].values
     np.testing.assert_allclose(truth, x[:3], atol=1e-6)
+
+
+def test_non_square_images_are_refused_saying_how_to_square_them() -> None:
+    """A 7x9 store trains (the networks pad), but the operators need square images: one line
+    naming the store and the ingest flag that makes them square."""
+    from stdiff.pipelines.jobs.reconstruct import ReconstructConfig, build_operator
+
+    for task in ("inpaint", "superres", "mri", "ct"):
+        cfg = ReconstructConfig(checkpoint="run", data="wide.zarr", out="o.zarr", task=task)
+        with pytest.raises(ValueError, match=r"wide.zarr: images are 7x9; .*--image-size N"):
+            build_operator(cfg, np.arange(1), (1, 1, 7, 9))
