@@ -497,13 +497,13 @@ def forecast(
 ) -> None:
     """Roll an ensemble forward from initial times (GenCast's sampler by default; its dispersion
     with --set churn=X / --set noise_inflation=Y)."""
-    from stdiff.pipelines.engine.config import from_dict
+    from stdiff.pipelines.engine.config import from_dict, nested
     from stdiff.pipelines.jobs.forecast import ForecastConfig, run_forecast
 
     base = {"checkpoint": str(checkpoint), "data": str(data), "out": str(out), "init": init,
             "lead": lead, "members": members, "layout": layout, "overwrite": overwrite}  # fmt: skip
     try:
-        cfg = from_dict(ForecastConfig, {**base, **set_overrides(set_)}, "forecast:")
+        cfg = from_dict(ForecastConfig, nested({**base, **set_overrides(set_)}), "forecast:")
         r = run_forecast(cfg)
     except (ValueError, FloatingPointError) as e:  # DataError is a ValueError
         fail(str(e))

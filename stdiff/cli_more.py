@@ -17,8 +17,8 @@ def calibrate(
         Path, typer.Option(help="Output of stdiff impute on held-out data, with hidden values.")
     ],
     target: Annotated[
-        str, typer.Option(help="crps (the least CRPS) or coverage (nominal --level coverage).")
-    ] = "crps",
+        str, typer.Option(help="coverage (nominal --level coverage) or crps (the least CRPS).")
+    ] = "coverage",
     level: Annotated[float, typer.Option(help="Central interval for coverage.")] = 0.9,
     out: Annotated[Path | None, typer.Option(help="Also write the fit as JSON here.")] = None,
 ) -> None:

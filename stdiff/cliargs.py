@@ -25,12 +25,12 @@ def set_overrides(pairs: list[str] | None) -> dict:
 
 def job_config(cls, base: dict, set_: list[str] | None, config: Path | None, where: str):
     """A job config: ``--set`` over the command's options over the YAML file (when given)."""
-    from stdiff.pipelines.engine.config import from_dict, load_config
+    from stdiff.pipelines.engine.config import from_dict, load_config, nested
 
     overrides = {**base, **set_overrides(set_)}
     if config is not None:
         return load_config(config, cls, overrides)
-    return from_dict(cls, overrides, where)
+    return from_dict(cls, nested(overrides), where)
 
 
 def fail(message: str) -> None:

@@ -108,13 +108,22 @@ def load_config(path: str | Path, cls: type[T], overrides: dict[str, Any] | None
         raise ValueError(f"{path}: not valid YAML ({e})") from None
     if not isinstance(data, dict):
         raise ValueError(f"{path}: expected a mapping at the top level")
-    for key, value in (overrides or {}).items():
+    return from_dict(cls, nested(overrides or {}, data), f"{path}:")
+
+
+def nested(overrides: dict[str, Any], data: dict[str, Any] | None = None) -> dict[str, Any]:
+    """``data`` (a new mapping when None) with the dotted keys of ``overrides`` (``train.steps``,
+    ``calibrate.split``) set into its sections."""
+    data = {} if data is None else data
+    for key, value in overrides.items():
         node = data
         *parents, leaf = key.split(".")
         for p in parents:
             node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                raise ValueError(f"--set {key}: {p} is not a section")
         node[leaf] = value
-    return from_dict(cls, data, f"{path}:")
+    return data
 
 
 def at_least_one(cfg: Any, *names: str) -> None:

@@ -15,7 +15,10 @@ drawn with a spread already applies it: the factor reported is the product of bo
 from __future__ import annotations
 
 import json
+import tempfile
 import warnings
+from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +27,8 @@ import xarray as xr
 
 from stdiff.datasets.atomic import write_json
 from stdiff.datasets.errors import DataError
+from stdiff.datasets.store import open_store
+from stdiff.pipelines.jobs.impute_core import SELECTION, held_out_config
 from stdiff.pipelines.metrics.calibration import (
     Target,
     ensemble_crps,
@@ -96,3 +101,24 @@ def calibrate_spread(
     if out is not None:
         write_json(out, result)
     return result
+
+
+def calibrated(cfg: Any, run: Callable[..., dict], progress: bool = True) -> tuple[Any, dict]:
+    """``cfg`` (an ``ImputeConfig`` with ``calibrate``) with ``spread`` fitted on its held-out
+    imputation, which ``run`` (``run_imputation``) writes to a temporary store, removed after
+    the fit; and the fit's summary."""
+    held, target, level = held_out_config(cfg)
+    if held.eval_ratio == 0:  # the store's own evaluation points
+        has_targets = "target_mask" in open_store(held.data)
+        if not has_targets:
+            raise DataError(held.data, "has no target_mask to fit the spread on; set "
+                            "calibrate.eval_ratio (e.g. 0.1) to hide values")  # fmt: skip
+        if cfg.use_targets and all(getattr(held, k) == getattr(cfg, k) for k in SELECTION):
+            raise ValueError("calibrate: the held-out values are the ones this job scores "
+                             "(target_mask); change calibrate.period, split or data")  # fmt: skip
+    with tempfile.TemporaryDirectory(prefix="stdiff-calibrate-") as tmp:
+        held = replace(held, out=str(Path(tmp) / "held_out.zarr"))
+        run(held, progress)
+        fit = calibrate_spread(held.out, target, level)  # type: ignore[arg-type]
+    fit["imputation"] = f"held out: {json.dumps(cfg.calibrate, sort_keys=True, default=str)}"
+    return replace(cfg, spread=fit["spread"]), fit

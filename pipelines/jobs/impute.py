@@ -44,6 +44,7 @@ from stdiff.datasets.store import open_store
 from stdiff.pipelines.engine.device import resolve_device
 from stdiff.pipelines.engine.progress import progress_bar
 from stdiff.pipelines.engine.runner import check_sampling, clip_report, load_denoiser
+from stdiff.pipelines.jobs.calibrate import calibrated
 from stdiff.pipelines.jobs.impute_core import (
     QUANTILES,
     ImputeConfig,
@@ -145,8 +146,16 @@ def _template(ds: xr.Dataset, idx: np.ndarray, cfg: ImputeConfig) -> xr.Dataset:
 
 
 def run_imputation(cfg: ImputeConfig, progress: bool = True) -> dict[str, Any]:
-    """Run the job; returns ``{"out", "stays", "seconds", "evals", "metrics"?}``."""
+    """Run the job; returns ``{"out", "stays", "seconds", "evals", "metrics"?, "calibration"?}``
+    (with ``calibrate``: the spread is fitted on held-out data first, ``calibrated``)."""
     claim_store(cfg.out, "impute", [cfg.data, cfg.checkpoint], cfg.overwrite)
+    if cfg.calibrate is not None:  # the config keeps ``calibrate``, with the fitted spread
+        cfg, fit = calibrated(cfg, run_imputation, progress)
+        return {**_impute(cfg, progress), "calibration": fit}
+    return _impute(cfg, progress)
+
+
+def _impute(cfg: ImputeConfig, progress: bool) -> dict[str, Any]:
     device = resolve_device(cfg.device)
     denoiser, tcfg, meta = load_denoiser(
         cfg.checkpoint, cfg.weights, device=str(device), clip=cfg.clip_x0

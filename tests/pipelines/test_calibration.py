@@ -83,7 +83,7 @@ def test_spread_in_impute_and_calibrate_cli(tmp_path: Path, trained_csdi) -> Non
     np.testing.assert_allclose(b, ma + 1.5 * (a - ma), rtol=1e-4, atol=1e-4)
 
     res = CliRunner().invoke(app, ["calibrate", "--imputation", str(tmp_path / "a.zarr"),
-                                   "--out", str(tmp_path / "s.json")])  # fmt: skip
+                                   "--target", "crps", "--out", str(tmp_path / "s.json")])  # fmt: skip
     assert res.exit_code == 0, res.output
     fit = json.loads((tmp_path / "s.json").read_text())
     assert f"--set spread={fit['spread']:.3f}" in res.output
@@ -94,7 +94,8 @@ def test_spread_in_impute_and_calibrate_cli(tmp_path: Path, trained_csdi) -> Non
                                      steps=4, members=6, eval_ratio=0.2, split="all",
                                      clip_x0=False)  # fmt: skip
     assert api["spread"] == fit["spread"] and api["cover_after"] == fit["cover_after"]
-    res = CliRunner().invoke(app, ["calibrate", "--imputation", str(tmp_path / "b.zarr")])
+    res = CliRunner().invoke(app, ["calibrate", "--imputation", str(tmp_path / "b.zarr"),
+                                   "--target", "crps"])  # fmt: skip
     assert res.exit_code == 0, res.output  # b applies 1.5 already: the same total factor
     assert float(res.output.split()[1]) == pytest.approx(fit["spread"], rel=2e-3)
 
@@ -104,3 +105,34 @@ def test_spread_in_impute_and_calibrate_cli(tmp_path: Path, trained_csdi) -> Non
         assert res.exit_code == 2 and why in res.output and len(res.output.splitlines()) == 1
     res = _impute(store, run, tmp_path / "d.zarr", "--set", "spread=0")
     assert res.exit_code == 2 and "spread" in res.output and not (tmp_path / "d.zarr").exists()
+
+
+def test_calibrate_key_fits_then_imputes(tmp_path: Path, trained_csdi) -> None:
+    """``--set calibrate.KEY=...``: the held-out imputation, the fit and the job in one run,
+    the same spread as ``stdiff calibrate`` on that imputation, and nothing else left behind;
+    refusals name the key and create nothing."""
+    store, run = trained_csdi
+    held = ("--set", "eval_ratio=0.2", "--set", "split=all", "--set", "eval_seed=5")
+    assert _impute(store, run, tmp_path / "held.zarr", *held).exit_code == 0
+    res = CliRunner().invoke(app, ["calibrate", "--imputation", str(tmp_path / "held.zarr")])
+    assert res.exit_code == 0, res.output
+    expected = float(res.output.split()[1])
+    res = _impute(store, run, tmp_path / "job" / "x.zarr", "--set", "eval_ratio=0.2",
+                  "--set", "split=all", "--set", "calibrate.eval_ratio=0.2",
+                  "--set", "calibrate.eval_seed=5")  # fmt: skip
+    assert res.exit_code == 0, res.output
+    made = sorted(p.name for p in (tmp_path / "job").iterdir())
+    assert made == ["x.zarr", "x.zarr.metrics.json"]  # the held-out store is gone
+    config = json.loads(xr.open_zarr(tmp_path / "job" / "x.zarr").attrs["config"])
+    assert config["spread"] == pytest.approx(expected, rel=2e-3)
+    assert config["calibrate"] == {"eval_ratio": 0.2, "eval_seed": 5}
+    for extra, why in ((("--set", "calibrate.eval_ratio=0"), "calibrate.eval_ratio"),
+                       (("--set", "calibrate.target=mae"), "calibrate.target"),
+                       (("--set", "calibrate.stepz=3"), "stepz"),
+                       (("--set", "calibrate.eval_ratio=2"), "eval_ratio"),
+                       (("--set", "calibrate.eval_ratio=0.2"), "this job scores")):  # fmt: skip
+        bad = tmp_path / "bad" / "y.zarr"
+        res = _impute(store, run, bad, "--set", "eval_ratio=0.2", "--set", "split=all",
+                      "--set", "use_targets=false", *extra)  # fmt: skip
+        assert res.exit_code == 2 and why in res.output, (extra, res.output)
+        assert len(res.output.strip().splitlines()) == 1 and not bad.parent.exists()
