@@ -45,6 +45,11 @@ def fan_out_flow(job: str, params: Any, chunks_per_task: int = 1) -> dict[str, A
     if chunks_per_task < 1:
         raise ValueError(f"chunks_per_task must be at least 1, got {chunks_per_task}")
     cfg = job_config(job, params)
+    if getattr(cfg, "calibrate", None) is not None:  # fit the spread once, not in every task
+        from stdiff.pipelines.jobs.calibrate import calibrated
+        from stdiff.pipelines.jobs.impute import run_imputation
+
+        cfg = replace(calibrated(cfg, run_imputation, progress=False)[0], calibrate=None)
     n = plan_chunks(job, cfg)
     groups = [list(range(a, min(n, a + chunks_per_task))) for a in range(0, n, chunks_per_task)]
     futures = [chunk_task.with_options(task_run_name=f"{job}-chunks-{g[0]}").submit(job, cfg, g)

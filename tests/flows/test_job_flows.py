@@ -4,6 +4,7 @@ transient errors."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -198,8 +199,9 @@ def test_impute_fans_out_over_a_dask_cluster(harness, tmp_path: Path, trained_cs
     store, run = trained_csdi
     params = {"checkpoint": str(run), "data": str(store), "out": str(tmp_path / "fan.zarr"),
               "sampler": "dpmpp_2m", "steps": 4, "members": 3, "batch_size": 8, "split": "all",
-              "eval_ratio": 0.2, "device": "cpu"}  # fmt: skip
-    r = distributed_impute(params, n_workers=2)
+              "eval_ratio": 0.2, "device": "cpu",
+              "calibrate": {"eval_ratio": 0.2, "eval_seed": 7}}  # fmt: skip
+    r = distributed_impute(params, n_workers=2)  # the spread is fitted once, before the tasks
     assert r["computed"] == list(range(5)) and r["complete"]  # 40 stays / 8: five chunk tasks
     ref = run_imputation(
         ImputeConfig(**{**params, "out": str(tmp_path / "ref.zarr")}), progress=False
@@ -211,6 +213,8 @@ def test_impute_fans_out_over_a_dask_cluster(harness, tmp_path: Path, trained_cs
     # SIMD summation depends on the buffers' alignment, which differs between processes)
     assert r["metrics"]["crps"] == pytest.approx(ref["metrics"]["crps"], rel=1e-12, abs=0)
     assert Artifact.get("impute-fan-out") is not None
+    spread = json.loads(xr.open_zarr(tmp_path / "fan.zarr").attrs["config"])["spread"]
+    assert spread == ref["calibration"]["spread"] != 1.0
 
 
 def test_job_flows_load_their_config_from_yaml(harness, tmp_path: Path, trained_csdi) -> None:
