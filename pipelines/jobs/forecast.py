@@ -221,7 +221,9 @@ def _prepare(cfg: ForecastConfig, ds: xr.Dataset, device: torch.device) -> _Job:
     if "weather" not in meta:
         raise ValueError(f"{cfg.checkpoint}: the checkpoint has no weather layout; train it again")
     layout = WeatherLayout(**meta["weather"])
-    data_layout = WeatherLayout.from_store(ds, layout.variables, layout.context, layout.residual)
+    data_layout = WeatherLayout.from_store(
+        ds, layout.variables, layout.context, layout.residual, where=cfg.data
+    )
     layout.check(data_layout, cfg.data)
     step = layout.step.times(min(tcfg.data.leads))
     n_steps = lead_steps(cfg.lead, step, "--lead")
