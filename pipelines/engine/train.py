@@ -283,8 +283,10 @@ def train(
     )
     state = TrainState()
     ckpt = latest_checkpoint(resume) if resume else None
-    if resume and ckpt is None:
+    if resume and ckpt is None and Path(resume).resolve() != run_dir.resolve():
         raise ValueError(f"{resume}: no checkpoint to resume from")
+    # resuming this run's own folder, killed before its first checkpoint: it starts at step 0
+    # (its metrics are truncated below), exactly as the killed run began
     saved = load_training_checkpoint(ckpt) if ckpt is not None else None
     if saved is not None:  # into the full modules, before DDP or FSDP sees them
         load_weights(denoiser.net, saved["model"], ckpt)

@@ -54,6 +54,20 @@ def test_cut_last_metrics_line_does_not_block_resume(trained_csdi, tmp_path: Pat
     assert steps == sorted(steps) and steps[-1] == 64 and len(set(steps)) == len(steps)
 
 
+def test_resume_of_a_run_killed_before_its_first_checkpoint_starts_at_step_0(
+    trained_csdi, tmp_path: Path
+) -> None:
+    run, job = _copy_run(trained_csdi, tmp_path)
+    shutil.rmtree(run / "checkpoints")  # killed before the first checkpoint: metrics only
+    assert main(["train", "--config", str(job), "--resume", str(run)]) == 0
+    steps = [json.loads(ln)["step"] for ln in (run / "metrics.jsonl").read_text().splitlines()]
+    assert steps == sorted(steps) and steps[-1] == 64 and len(set(steps)) == len(steps)
+    assert (run / "checkpoints").is_dir()
+    other = tmp_path / "other"
+    other.mkdir()
+    assert main(["train", "--config", str(job), "--resume", str(other)]) == 2  # not this run's
+
+
 def test_fresh_run_failing_before_a_checkpoint_leaves_nothing(
     trained_csdi, tmp_path: Path, capsys
 ) -> None:
