@@ -28,7 +28,7 @@ import xarray as xr
 from stdiff.datasets.atomic import write_json
 from stdiff.datasets.errors import DataError
 from stdiff.datasets.store import open_store
-from stdiff.pipelines.jobs.impute_core import SELECTION, held_out_config
+from stdiff.pipelines.jobs.impute_core import held_out_config, same_points
 from stdiff.pipelines.metrics.calibration import (
     Target,
     ensemble_crps,
@@ -109,11 +109,10 @@ def calibrated(cfg: Any, run: Callable[..., dict], progress: bool = True) -> tup
     the fit; and the fit's summary."""
     held, target, level = held_out_config(cfg)
     if held.eval_ratio == 0:  # the store's own evaluation points
-        has_targets = "target_mask" in open_store(held.data)
-        if not has_targets:
+        if "target_mask" not in open_store(held.data):
             raise DataError(held.data, "has no target_mask to fit the spread on; set "
                             "calibrate.eval_ratio (e.g. 0.1) to hide values")  # fmt: skip
-        if cfg.use_targets and all(getattr(held, k) == getattr(cfg, k) for k in SELECTION):
+        if cfg.use_targets and same_points(held, cfg):
             raise ValueError("calibrate: the held-out values are the ones this job scores "
                              "(target_mask); change calibrate.period, split or data")  # fmt: skip
     with tempfile.TemporaryDirectory(prefix="stdiff-calibrate-") as tmp:

@@ -149,6 +149,11 @@ SELECTION = ("data", "split", "fold", "period", "max_stays", "max_steps", "eval_
              "eval_seed", "eval_pattern", "eval_block")  # fmt: skip
 
 
+def same_points(a: ImputeConfig, b: ImputeConfig) -> bool:
+    """Whether two jobs select the same data and hide the same values (``SELECTION``)."""
+    return all(getattr(a, k) == getattr(b, k) for k in SELECTION)
+
+
 def held_out_config(cfg: ImputeConfig) -> tuple[ImputeConfig, str, float]:
     """The held-out imputation of ``cfg.calibrate``, its fit's target and level; refuses (one
     line naming ``calibrate.KEY``) what cannot give a fit."""
@@ -173,7 +178,7 @@ def held_out_config(cfg: ImputeConfig) -> tuple[ImputeConfig, str, float]:
     if held.eval_ratio == 0 and not held.use_targets:
         raise ValueError("calibrate: the held-out imputation needs hidden values; set "
                          "calibrate.eval_ratio (e.g. 0.1)")  # fmt: skip
-    if cfg.eval_ratio and all(getattr(held, k) == getattr(cfg, k) for k in SELECTION):
+    if cfg.eval_ratio and same_points(held, cfg):
         raise ValueError("calibrate: the held-out values are the ones this job scores; change "
                          "calibrate.split, period, data or eval_seed")  # fmt: skip
     return held, target, float(level)
