@@ -35,11 +35,14 @@ from stdiff.pipelines.jobs.forecast import ForecastConfig, parse_inits, run_fore
 from stdiff.pipelines.jobs.score import (
     ScoreConfig,
     climatology,
+    open_forecast,
     persistence,
     run_scoring,
     score_system,
+    to_internal,
     truth_at,
 )
+from stdiff.pipelines.metrics.scores import fair_crps, paired_difference
 
 REPO = Path(__file__).resolve().parent.parent
 FIGURES = REPO / "benchmarks/figures"
@@ -49,21 +52,23 @@ def _fmt(xs: list[float]) -> str:
     return " / ".join(f"{x:.2f}" for x in xs)
 
 
-FEW_KEYS = ("churn", "noise_inflation", "spread", "sigma_max", "sigma_min", "rho")
+FEW_KEYS = ("churn", "noise_inflation", "spread", "sigma_max", "sigma_min", "rho", "seed")
 
 
 def parse_few(spec: str) -> dict:
     """``SAMPLER:STEPS[:KEY=VALUE,...]`` with ``ForecastConfig``'s ``churn``, ``noise_inflation``,
-    ``spread``, ``sigma_max``, ``sigma_min`` or ``rho``, e.g. ``dpmpp_2s:2`` (3 evaluations per
-    member step, GenCast's churn) or ``dpmpp_2m:4:sigma_max=10,spread=1.2`` (4, an ODE ensemble
-    on other noise levels, inflated)."""
+    ``spread``, ``sigma_max``, ``sigma_min``, ``rho`` or ``seed``, e.g. ``dpmpp_2s:2`` (3
+    evaluations per member step, GenCast's churn), ``dpmpp_2m:4:sigma_max=10,spread=1.2`` (4, an
+    ODE ensemble on other noise levels, inflated), ``dpmpp_2m:4:spread=1.15/1.3`` (a factor per
+    rollout step, the last kept) or ``dpmpp_2s:20:seed=1`` (the default sampler's other draws)."""
     sampler, steps, *rest = spec.split(":")
     kw: dict = {"sampler": sampler, "steps": int(steps)}
     for item in filter(None, ",".join(rest).split(",")):
         key, value = item.split("=")
         if key not in FEW_KEYS:
             raise SystemExit(f"--few {spec}: {key} is not one of {', '.join(FEW_KEYS)}")
-        kw[key] = float(value)
+        parts = [float(v) for v in value.split("/")]
+        kw[key] = int(parts[0]) if key == "seed" else parts if len(parts) > 1 else parts[0]
     kw["evals"] = get_sampler(sampler).evals(int(steps))
     return kw
 
@@ -99,6 +104,7 @@ def run(args) -> tuple[str, str]:
         scores = run_scoring(
             ScoreConfig(systems, str(args.store), str(tmp / "scores"), args.climatology)
         )
+        per_init = crps_per_init(systems, args.store) if few else {}
         FIGURES.mkdir(parents=True, exist_ok=True)
         for png in ("scores_vs_lead.png", "rank_histogram.png", "case_maps.png"):
             shutil.copy(tmp / "scores" / png, FIGURES / f"weather_{png}")
@@ -151,13 +157,37 @@ def run(args) -> tuple[str, str]:
         "Plots: `benchmarks/figures/weather_case_maps.png` (truth / ensemble mean / spread), "
         "`weather_scores_vs_lead.png`, `weather_rank_histogram.png`.",
     ]
-    few_rows = few_table(s, few, cost, hours, args) if few else ""  # --few, --generator
+    few_rows = few_table(s, few, cost, hours, args, per_init) if few else ""  # --few, --generator
     return "\n".join(rows), few_rows
 
 
-def few_table(s: dict, few: dict, cost: dict, hours: list, args) -> str:
+def crps_per_init(systems: dict[str, str], store: Path) -> dict[str, np.ndarray]:
+    """Each ensemble's area-weighted fair CRPS of air per initial time and lead."""
+    data = open_store(store)
+    weights, truth, out = latitude_weights(data["lat"]), None, {}
+    for name, path in systems.items():
+        fc = to_internal(open_forecast(path), data, path)
+        if "member" not in fc.dims or fc.sizes["member"] < 2:
+            continue
+        truth = truth_at(data, fc, "air").load() if truth is None else truth
+        crps = fair_crps(fc["air"].load(), truth, weights, time="-")  # keeps init_time
+        out[name] = crps.transpose("init_time", "lead_time").values
+    return out
+
+
+def _paired(per_init: dict, spec: str) -> str:
+    """``spec``'s CRPS against the 39-evaluation ensemble's, in %, with the 95 % t interval over
+    initial times; ``*`` where the interval excludes 0."""
+    ref = per_init["ensemble"]
+    mean, half = paired_difference(per_init[spec], ref)
+    scale = 100 / ref.mean(0)
+    return " / ".join(f"{m * c:+.1f}±{h * c:.1f}{'*' if abs(m) > h else ''}"
+                      for m, h, c in zip(mean, half, scale, strict=True))  # fmt: skip
+
+
+def few_table(s: dict, few: dict, cost: dict, hours: list, args, per_init: dict) -> str:
     """Few-evaluation ensembles of the same checkpoint against its 39-evaluation sampler, scored
-    together on the same initial times."""
+    together on the same initial times; the CRPS difference per lead with its 95 % interval."""
     rows = [
         f"The ensemble checkpoint sampled with at most 4 network evaluations per member step, against "
         f"GenCast's sampler (DPM-Solver++(2S), 20 levels, churn: 39 evaluations), {args.members} members, "
@@ -169,15 +199,19 @@ def few_table(s: dict, few: dict, cost: dict, hours: list, args) -> str:
            "the training budget), sampled with `--sampler consistency --steps 1`."
            if args.generator else ""),
         "",
-        "| sampler | evals per member step | s per member step | CRPS (K) | ensemble-mean RMSE (K) | spread-skill |",
-        "|---|---|---|---|---|---|",
+        " The CRPS difference is each row's against the first row's, in % of the first row's, "
+        "paired over initial times: mean ± the half-width of its 95 % Student-t interval, * where "
+        "the interval excludes 0.",
+        "",
+        "| sampler | evals per member step | s per member step | CRPS (K) | CRPS difference (%) | ensemble-mean RMSE (K) | spread-skill |",
+        "|---|---|---|---|---|---|---|",
         f"| dpmpp_2s:20 (GenCast, default) | 39 | {cost['ensemble']:.3f} | {_fmt(s['ensemble']['crps'])} | "
-        f"{_fmt(s['ensemble']['rmse'])} | {_fmt(s['ensemble']['spread_skill'])} |",
+        f"reference | {_fmt(s['ensemble']['rmse'])} | {_fmt(s['ensemble']['spread_skill'])} |",
     ]  # fmt: skip
     for spec, opts in few.items():
         f = s[spec]
         rows.append(f"| {spec} | {opts['evals']} | {cost[spec]:.3f} | {_fmt(f['crps'])} | "
-                    f"{_fmt(f['rmse'])} | {_fmt(f['spread_skill'])} |")  # fmt: skip
+                    f"{_paired(per_init, spec)} | {_fmt(f['rmse'])} | {_fmt(f['spread_skill'])} |")  # fmt: skip
     return "\n".join(rows)
 
 

@@ -102,7 +102,9 @@ class ForecastConfig:
     ``mean + spread (r - mean)``, before it is added (the inflation of ensemble data
     assimilation, here correcting a few-step sampler's under-dispersion; 1 leaves the members
     independent). It couples the members of an initial time, which are rolled forward together
-    whatever ``member_batch``."""
+    whatever ``member_batch``. A list gives a factor per rollout step, the last one kept for
+    the steps after it (``[1.15, 1.2, 1.3]``: less at the short leads, where a few-step sampler's
+    spread is nearer the error, more at the long ones)."""
 
     checkpoint: str
     data: str
@@ -119,7 +121,7 @@ class ForecastConfig:
     options: dict[str, Any] | None = None  # None: GenCast's churn where the sampler takes it
     churn: float | None = None
     noise_inflation: float | None = None
-    spread: float = 1.0
+    spread: float | list[float] = 1.0
     seed: int = 0
     device: DeviceName = "auto"
     weights: Literal["ema", "model"] = "ema"
@@ -139,8 +141,9 @@ class ForecastConfig:
             if (value := getattr(self, name)) is not None and value < 0:
                 raise ValueError(f"{name} must be >= 0, got {value}")
         at_least_one(self, "members", "member_batch", "steps")
-        if not (np.isfinite(self.spread) and 0.0 < self.spread <= 100.0):
-            raise ValueError(f"spread must be in (0, 100], got {self.spread}")
+        factors = self.spread if isinstance(self.spread, list | tuple) else [self.spread]
+        if not factors or not all(np.isfinite(f) and 0.0 < f <= 100.0 for f in factors):
+            raise ValueError(f"spread must be in (0, 100] (or a list of such), got {self.spread}")
         if not 0 < self.sigma_min < self.sigma_max:
             raise ValueError(
                 f"need 0 < sigma_min < sigma_max, got {self.sigma_min}, {self.sigma_max}"
@@ -148,6 +151,12 @@ class ForecastConfig:
         if not self.init:
             raise ValueError("init: give at least one initial time")
         parse_duration(self.lead, "--lead")  # the syntax; the model's step is checked later
+
+    def spread_at(self, k: int) -> float:
+        """The inflation factor of rollout step ``k`` (1-based)."""
+        if not isinstance(self.spread, list | tuple):
+            return float(self.spread)
+        return float(self.spread[min(k, len(self.spread)) - 1])
 
     def sampler_options(self) -> dict[str, Any]:
         """``options`` with ``churn`` / ``noise_inflation`` applied where given."""
@@ -317,7 +326,7 @@ def _rollout(cfg: ForecastConfig, job: _Job, history: np.ndarray, init: np.datet
                                generator=gens, device=device, **cfg.sampler_options())  # fmt: skip
             steps.append(r.float())
         r = spread_members(
-            torch.cat(steps)[None], cfg.spread, getattr(job.denoiser, "x0_clip", None)
+            torch.cat(steps)[None], cfg.spread_at(k), getattr(job.denoiser, "x0_clip", None)
         )[0]
         new = states[:, -1] + r * scale if lay.residual else r
         states = torch.cat([states[:, 1:], new[:, None]], dim=1)

@@ -191,7 +191,7 @@ def run_scoring(cfg: ScoreConfig) -> dict[str, Any]:
     data = open_store(cfg.data)
     require_kind(data, cfg.data, "weather", ())
     fcs = {
-        name: to_internal(_open_forecast(path), data, path) for name, path in cfg.forecasts.items()
+        name: to_internal(open_forecast(path), data, path) for name, path in cfg.forecasts.items()
     }
     ref = next(iter(fcs.values()))
     for name, fc in fcs.items():
@@ -258,7 +258,8 @@ def _climatology_period(cfg: ScoreConfig, data: xr.Dataset, fc: xr.Dataset) -> l
     return list(cfg.climatology_period)
 
 
-def _open_forecast(path: str) -> xr.Dataset:
+def open_forecast(path: str) -> xr.Dataset:
+    """A forecast store (zarr v2 or v3), or ``DataError`` naming it."""
     p = Path(path)
     if not (p / "zarr.json").is_file() and not (p / ".zgroup").is_file():
         raise DataError(p, "not a zarr store (no zarr.json or .zgroup); give a forecast store")

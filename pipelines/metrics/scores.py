@@ -22,6 +22,11 @@ over the ``time`` dim (initial times); every other dim (lead time, level, variab
   unbiased in the member count (Zamo & Naveau 2018; WB2's ``CRPS`` with ``fair=True``);
 * :func:`spread_skill_ratio`: ``sqrt((M + 1) / M) * sqrt(mean unbiased variance) / RMSE``,
   1 for a calibrated ensemble of any size (Fortin et al. 2014).
+
+:func:`paired_difference` compares two systems scored on the same cases (initial times): the
+mean of their per-case score differences and its Student-t interval, the paired test of WB2's
+significance statements (cases a few days apart are close to independent; nearer ones are not,
+and the interval is then too narrow).
 """
 
 from __future__ import annotations
@@ -184,3 +189,20 @@ def spread_skill_ratio(
     spread = np.sqrt(_space_time_mean(samples.var(member_dim, ddof=1), weights, space, time))
     skill = ensemble_mean_rmse(samples, truth, weights, member_dim, space, time)
     return np.sqrt((m + 1) / m) * spread / skill
+
+
+def paired_difference(
+    a: np.ndarray, b: np.ndarray, level: float = 0.95
+) -> tuple[np.ndarray, np.ndarray]:
+    """Mean of ``a - b`` over the first axis (paired cases) and the half-width of its central
+    ``level`` Student-t interval, per remaining entry (e.g. lead)."""
+    from scipy.stats import t as student_t
+
+    d = np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)
+    n = d.shape[0]
+    if n < 2:
+        raise ValueError("paired_difference needs at least 2 paired cases")
+    if not 0.0 < level < 1.0:
+        raise ValueError(f"level must be in (0, 1), got {level}")
+    half = student_t.ppf((1 + level) / 2, n - 1) * d.std(0, ddof=1) / np.sqrt(n)
+    return d.mean(0), half

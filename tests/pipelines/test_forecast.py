@@ -19,6 +19,7 @@ from stdiff.cli import app
 from stdiff.datasets.splits import normalization_stats, time_split
 from stdiff.datasets.store import attach_stats, open_store, write_store
 from stdiff.diffusion.conditioning import Condition
+from stdiff.pipelines.engine.config import from_dict
 from stdiff.pipelines.engine.runner import load_denoiser
 from stdiff.pipelines.jobs.forecast import (
     GENCAST_OPTIONS,
@@ -162,7 +163,8 @@ def test_spread_inflates_each_step_about_the_members_mean(tmp_path: Path, traine
           "members": 4, "steps": 3, "device": "cpu", "clip_x0": False}  # fmt: skip
     got = {}
     for name, extra in {"plain": {}, "wide": {"spread": 2.0},
-                        "wide_b1": {"spread": 2.0, "member_batch": 1}}.items():  # fmt: skip
+                        "wide_b1": {"spread": 2.0, "member_batch": 1},
+                        "per_step": {"spread": [2.0, 1.0]}}.items():  # fmt: skip
         r = run_forecast(ForecastConfig(out=str(tmp_path / f"{name}.zarr"), **kw, **extra), False)
         got[name] = xr.open_zarr(r["out"], consolidated=False)["air"].values[0]  # (M, T, H, W)
     plain, wide = got["plain"][:, 0].astype(np.float64), got["wide"][:, 0].astype(np.float64)
@@ -171,7 +173,12 @@ def test_spread_inflates_each_step_about_the_members_mean(tmp_path: Path, traine
     np.testing.assert_allclose(wide - mean, 2.0 * (plain - mean), atol=2e-3)
     assert got["wide"][:, 1].std(0).mean() > 1.5 * got["plain"][:, 1].std(0).mean()
     np.testing.assert_allclose(got["wide_b1"], got["wide"], rtol=1e-5, atol=1e-3)
-    for bad in (0.0, -1.0, float("nan"), 101.0):
+    # a factor per step: the first step is the inflated one, the second is not inflated again
+    np.testing.assert_allclose(got["per_step"][:, 0], got["wide"][:, 0], rtol=1e-5, atol=1e-3)
+    assert not np.allclose(got["per_step"][:, 1], got["wide"][:, 1], atol=1e-2)
+    cfg = from_dict(ForecastConfig, {"out": "x", **kw, "spread": [1.15, 1.3]})
+    assert [cfg.spread_at(k) for k in (1, 2, 3, 12)] == [1.15, 1.3, 1.3, 1.3]
+    for bad in (0.0, -1.0, float("nan"), 101.0, [], [1.2, 0.0]):
         with pytest.raises(ValueError, match="spread must be in"):
             ForecastConfig(out="x", spread=bad, **kw)
 

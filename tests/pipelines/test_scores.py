@@ -15,6 +15,7 @@ from stdiff.pipelines.metrics.scores import (
     fair_crps,
     interval_coverage,
     interval_quantiles,
+    paired_difference,
     point_errors,
     quantile_crps,
     quantile_crps_sum,
@@ -189,3 +190,24 @@ def test_fair_crps_is_unbiased_in_member_count() -> None:
         )
         ratio = float(spread_skill_ratio(samples, truth, w))
         assert ratio == pytest.approx(1.0, abs=0.03)
+
+
+def test_paired_difference_against_scipy_and_brute_force() -> None:
+    """The mean difference and its t interval per lead are scipy's paired t-test interval, and a
+    brute-force loop's mean; too few cases or a bad level are refused."""
+    from scipy.stats import ttest_rel
+
+    rng = np.random.default_rng(3)
+    a = rng.normal(1.0, 0.3, (37, 4))
+    b = a + rng.normal(0.05, 0.1, (37, 4))
+    mean, half = paired_difference(a, b, 0.9)
+    for j in range(4):
+        d = [a[i, j] - b[i, j] for i in range(37)]
+        assert math.isclose(mean[j], sum(d) / len(d), rel_tol=1e-12)
+        ci = ttest_rel(a[:, j], b[:, j]).confidence_interval(0.9)
+        assert math.isclose(mean[j] - half[j], ci.low, rel_tol=1e-9)
+        assert math.isclose(mean[j] + half[j], ci.high, rel_tol=1e-9)
+    with pytest.raises(ValueError, match="at least 2"):
+        paired_difference(a[:1], b[:1])
+    with pytest.raises(ValueError, match="level"):
+        paired_difference(a, b, 1.0)
