@@ -254,6 +254,33 @@ def _warn_irregular(times: np.ndarray, where: str) -> None:
         )
 
 
+def _warn_untrainable(stats: xr.Dataset, names: list[str], split: Split, where: str) -> None:
+    """One ``stdiff: warning:`` line when the training split leaves a variable (or some of its
+    features) without statistics: ``stdiff train`` refuses such a store, though a model trained
+    elsewhere can still impute or forecast it."""
+    empty = []
+    for name in names:
+        mean = stats[f"{name}_mean"]
+        if bool(mean.isnull().all()):
+            empty.append(name)
+        elif bool(mean.isnull().any()):
+            dim = mean.dims[0]
+            bad = mean[dim].values[np.asarray(mean.isnull()).reshape(-1)].tolist()
+            shown = ", ".join(map(str, bad[:5])) + (
+                f" and {len(bad) - 5} more" if len(bad) > 5 else ""
+            )
+            empty.append(f"{name} ({dim} {shown})")
+    if empty:
+        warnings.warn(
+            StdiffWarning(
+                f"{where}: no observed training value for {'; '.join(empty)} ({split.describe()}); "
+                "`stdiff train` will refuse this store: give more data, or set the split with "
+                "--train-period / --test-period (a model trained elsewhere can still use it)"
+            ),
+            stacklevel=2,
+        )
+
+
 def _volume(p: Path, opt: IngestOptions) -> xr.Dataset | None:
     """The medical volume at ``p`` (NIfTI, DICOM file or series folder, a ``--kind medical``
     store), or None when ``p`` is none of these."""
@@ -410,6 +437,7 @@ def ingest(
         )
         weather = opt.kind == "weather"
         stats = normalization_stats(seen, names, split, time_differences=weather, count_nan=weather)
+        _warn_untrainable(stats, names, split, ", ".join(_sources(source)))
         if weather:
             from stdiff.datasets.weather_ingest import fill_nan
 

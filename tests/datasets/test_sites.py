@@ -226,6 +226,42 @@ def test_irregular_series_warns_unless_on_a_grid(tmp_path) -> None:
         ingest(tmp_path / "g.csv", tmp_path / "b.zarr", IngestOptions(kind="timeseries", freq="1h"))
 
 
+def test_untrainable_split_warns_naming_the_variable(tmp_path) -> None:
+    """A one-row table (no training rows) or a column seen only after the training split is
+    stored, with one warning naming it and the way out; a trainable table gives none."""
+    import warnings
+
+    from stdiff.datasets.errors import StdiffWarning
+    from stdiff.datasets.ingest import IngestOptions, ingest
+
+    t = pd.date_range("2021-01-01", periods=10, freq="1D")
+    pd.DataFrame({"time": t[:1], "a": [1.0]}).to_csv(tmp_path / "one.csv", index=False)
+    late = np.where(np.arange(10) >= 8, np.arange(10.0), np.nan)
+    pd.DataFrame({"time": t, "a": np.arange(10.0), "b": late}).to_csv(
+        tmp_path / "late.csv", index=False
+    )
+    opt = IngestOptions(kind="timeseries")
+    with pytest.warns(
+        StdiffWarning,
+        match=r"one\.csv: no observed training value for values \(by time: 0 train.*--train-period",
+    ):
+        ingest(tmp_path / "one.csv", tmp_path / "one.zarr", opt)
+    with pytest.warns(StdiffWarning, match=r"late\.csv: .*values \(feature b\) \(by time: 7 train"):
+        ingest(tmp_path / "late.csv", tmp_path / "late.zarr", opt)
+    assert open_store(tmp_path / "late.zarr").sizes["time"] == 10
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", StdiffWarning)
+        ingest(
+            tmp_path / "late.csv",
+            tmp_path / "ok.zarr",
+            IngestOptions(
+                kind="timeseries",
+                train_period=("2021-01-01", "2021-01-09"),
+                test_period=("2021-01-10", "2021-01-10"),
+            ),
+        )
+
+
 def test_sentinel_missing_values(tmp_path) -> None:
     """``--missing-values -200`` (UCI air quality's code for no measurement): those values are
     missing, not numbers; the flag is refused for grids."""
