@@ -230,46 +230,46 @@ def _units(units: str) -> str:
     return f"{units} (a fixed window)" if units else "arbitrary units (a per-scan window)"
 
 
-def _masks(cfg: ReconstructConfig, idx: np.ndarray, size: int) -> np.ndarray:
+def _masks(cfg: ReconstructConfig, idx: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """(N, H, W) bool known-pixel masks, one per image (seeded by ``seed`` and the index)."""
     if cfg.task == "inpaint" and cfg.mask not in INPAINT_KINDS:
-        m = load_user_mask(cfg.mask, (size, size))
-        return np.broadcast_to(m, (len(idx), size, size))
+        m = load_user_mask(cfg.mask, size)
+        return np.broadcast_to(m, (len(idx), *size))
     kind = "frame" if cfg.task == "outpaint" else cfg.mask
     rng = [np.random.default_rng(member_seed(cfg.seed, 7, int(i))) for i in idx]
     return np.stack([inpaint_mask(kind, size, r) for r in rng])
 
 
-def _mri(cfg: ReconstructConfig, idx: np.ndarray, size: int):
+def _mri(cfg: ReconstructConfig, idx: np.ndarray, size: tuple[int, int]):
     rng = np.random.default_rng(member_seed(cfg.seed, 8))
-    cols = cartesian_mask(size, cfg.acceleration, kind=cfg.pattern, rng=rng)
+    cols = cartesian_mask(size[1], cfg.acceleration, kind=cfg.pattern, rng=rng)
     return FourierMask(torch.from_numpy(cols.astype(np.float32)))
 
 
-def _mask(cfg: ReconstructConfig, idx: np.ndarray, size: int):
+def _mask(cfg: ReconstructConfig, idx: np.ndarray, size: tuple[int, int]):
     return Mask(torch.from_numpy(_masks(cfg, idx, size)[:, None].astype(np.float32)))
 
 
-# --task -> the forward operator for square images of ``size`` pixels
+# --task -> the forward operator for images of ``size`` (H, W) pixels (CT: square ones)
 OPERATORS = {
     "inpaint": _mask,
     "outpaint": _mask,
     "superres": lambda cfg, idx, size: Downsample(cfg.factor),
     "deblur": lambda cfg, idx, size: Blur(cfg.blur_sigma),
     "mri": _mri,
-    "ct": lambda cfg, idx, size: Radon(size, n_views=cfg.views),
+    "ct": lambda cfg, idx, size: Radon(size[0], n_views=cfg.views),
 }
 
 
 def build_operator(cfg: ReconstructConfig, idx: np.ndarray, shape: tuple[int, ...]):
     """The task's operator for images of ``shape`` (N, C, H, W); errors before any work."""
     h, w = shape[-2:]
-    if h != w:
+    if h != w and cfg.task == "ct":
         raise ValueError(
-            f"{cfg.data}: images are {h}x{w}; reconstruct needs square images (ingest an image "
-            f"folder or volume again with --image-size N, and train on that store)"
+            f"{cfg.data}: images are {h}x{w}; CT reconstruction needs square images (ingest the "
+            f"volume again with --image-size N, and train on that store)"
         )
-    op = OPERATORS[cfg.task](cfg, idx, h)
+    op = OPERATORS[cfg.task](cfg, idx, (h, w))
     if not isinstance(op, Mask):
         op.check(shape)
     return op
