@@ -200,6 +200,11 @@ def _read(path: Path) -> pd.DataFrame:
         what = "Parquet" if kind in _PARQUET else "CSV"
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise DataError(path, f"cannot read as {what} ({first})") from None
+    if kind in _PARQUET and not isinstance(frame.index, pd.RangeIndex):
+        # a pandas index saved with the table (a DatetimeIndex, or time and station): columns
+        if isinstance(frame.index, pd.DatetimeIndex) and frame.index.name is None:
+            frame.index.name = "time"
+        frame = frame.reset_index()
     frame.columns = [str(c).strip() for c in frame.columns]
     if frame.columns.duplicated().any():
         dup = frame.columns[frame.columns.duplicated()][0]

@@ -98,6 +98,12 @@ def test_parquet_equals_csv(tmp_path):
     # string times in Parquet are parsed too
     pd.read_csv(csv).to_parquet(tmp_path / "s.pq")
     np.testing.assert_array_equal(load_table(tmp_path / "s.pq").time.values, TIMES)
+    # the times as the frame's (unnamed or named) index, as pandas users save METR-LA-like tables
+    for name in (None, "date"):
+        frame.set_index("time").rename_axis(name).to_parquet(tmp_path / "i.parquet")
+        c = load_table(tmp_path / "i.parquet")
+        np.testing.assert_array_equal(c["values"].values, a["values"].values)
+        np.testing.assert_array_equal(c.time.values, a.time.values)
 
 
 # --------------------------------------------------------------------------- the target pair
