@@ -41,12 +41,12 @@ def parse_times(path: Path, column: str, series: pd.Series) -> np.ndarray:
         try:
             with warnings.catch_warnings():  # pandas warns when it falls back to dateutil
                 warnings.simplefilter("ignore", UserWarning)
-                parsed = pd.to_datetime(text, format=fmt)
+                parsed = pd.to_datetime(text, format=fmt, utc=True)  # offsets may differ (DST)
             break
         except (ValueError, TypeError, OverflowError):
             continue
     if parsed is None:
-        parsed = pd.to_datetime(text, format="mixed", errors="coerce")
+        parsed = pd.to_datetime(text, format="mixed", errors="coerce", utc=True)
         if not parsed.isna().any():  # pragma: no cover - coerce and raise disagree
             raise DataError(path, f"time column {column!r} cannot be parsed")
     if parsed.isna().any():
@@ -87,9 +87,9 @@ def _day_first(path: Path, column: str, text: pd.Series, parsed: np.ndarray) -> 
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)
             try:  # one format guessed day first, else entry by entry
-                alt = pd.to_datetime(text, dayfirst=True)
+                alt = pd.to_datetime(text, dayfirst=True, utc=True)
             except ValueError:
-                alt = pd.to_datetime(text, dayfirst=True, format="mixed")
+                alt = pd.to_datetime(text, dayfirst=True, format="mixed", utc=True)
     except (ValueError, TypeError, OverflowError):
         return parsed
     if isinstance(alt.dtype, pd.DatetimeTZDtype):

@@ -373,3 +373,16 @@ def test_uci_air_quality_layout(tmp_path):
     expect = ["2004-03-10T18:00", "2004-03-10T19:00", "2004-03-13T20:00"]
     np.testing.assert_array_equal(ds["time"].values, np.array(expect, dtype="datetime64[ns]"))
     np.testing.assert_allclose(ds["values"].values, [[2.6, 13.6], [2.0, 13.3], [2.2, 11.9]])
+
+
+def test_offsets_that_change_with_daylight_saving_become_utc(tmp_path):
+    """A column whose UTC offset changes (+01:00 to +02:00 at a DST change) is one UTC axis,
+    hourly across the change, instead of pandas' 'Mixed timezones' error."""
+    text = "timestamp,a\n" + "".join(
+        f"2020-03-29T{h:02d}:00:00{o},{i}\n"
+        for i, (h, o) in enumerate([(0, "+01:00"), (1, "+01:00"), (3, "+02:00"), (4, "+02:00")])
+    )
+    ds = load_table(_write(tmp_path / "dst.csv", text))
+    expected = pd.date_range("2020-03-28T23:00", periods=4, freq="1h").to_numpy()
+    np.testing.assert_array_equal(ds.time.values, expected)
+    np.testing.assert_array_equal(ds["values"].values[:, 0], [0, 1, 2, 3])
