@@ -197,9 +197,8 @@ def few_table(s: dict, few: dict, cost: dict, hours: list, args, per_init: dict)
            "one-evaluation generators on the fair CRPS of two members (`loop.objective: crps`, "
            "or `stdiff distill --method crps` from a diffusion checkpoint; their configs give "
            "the training budget), sampled with `--sampler consistency --steps 1`."
-           if args.generator else ""),
-        "",
-        " The CRPS difference is each row's against the first row's, in % of the first row's, "
+           if args.generator else "")
+        + " The CRPS difference is each row's against the first row's, in % of the first row's, "
         "paired over initial times: mean ± the half-width of its 95 % Student-t interval, * where "
         "the interval excludes 0.",
         "",
