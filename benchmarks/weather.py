@@ -35,14 +35,11 @@ from stdiff.pipelines.jobs.forecast import ForecastConfig, parse_inits, run_fore
 from stdiff.pipelines.jobs.score import (
     ScoreConfig,
     climatology,
-    open_forecast,
     persistence,
     run_scoring,
     score_system,
-    to_internal,
     truth_at,
 )
-from stdiff.pipelines.metrics.scores import fair_crps, paired_difference
 
 REPO = Path(__file__).resolve().parent.parent
 FIGURES = REPO / "benchmarks/figures"
@@ -104,7 +101,6 @@ def run(args) -> tuple[str, str]:
         scores = run_scoring(
             ScoreConfig(systems, str(args.store), str(tmp / "scores"), args.climatology)
         )
-        per_init = crps_per_init(systems, args.store) if few else {}
         FIGURES.mkdir(parents=True, exist_ok=True)
         for png in ("scores_vs_lead.png", "rank_histogram.png", "case_maps.png"):
             shutil.copy(tmp / "scores" / png, FIGURES / f"weather_{png}")
@@ -157,35 +153,19 @@ def run(args) -> tuple[str, str]:
         "Plots: `benchmarks/figures/weather_case_maps.png` (truth / ensemble mean / spread), "
         "`weather_scores_vs_lead.png`, `weather_rank_histogram.png`.",
     ]
-    few_rows = few_table(s, few, cost, hours, args, per_init) if few else ""  # --few, --generator
+    few_rows = few_table(s, few, cost, hours, args) if few else ""  # --few, --generator
     return "\n".join(rows), few_rows
 
 
-def crps_per_init(systems: dict[str, str], store: Path) -> dict[str, np.ndarray]:
-    """Each ensemble's area-weighted fair CRPS of air per initial time and lead."""
-    data = open_store(store)
-    weights, truth, out = latitude_weights(data["lat"]), None, {}
-    for name, path in systems.items():
-        fc = to_internal(open_forecast(path), data, path)
-        if "member" not in fc.dims or fc.sizes["member"] < 2:
-            continue
-        truth = truth_at(data, fc, "air").load() if truth is None else truth
-        crps = fair_crps(fc["air"].load(), truth, weights, time="-")  # keeps init_time
-        out[name] = crps.transpose("init_time", "lead_time").values
-    return out
+def _paired(s: dict, spec: str) -> str:
+    """``spec``'s CRPS against the 39-evaluation ensemble's (the scoring job's first forecast), in
+    %, with the 95 % interval over initial times; ``*`` where the interval excludes 0."""
+    vs = s[spec]["crps_vs_first"]
+    return " / ".join(f"{m:+.1f}±{h:.1f}{'*' if abs(m) > h else ''}"
+                      for m, h in zip(vs["percent"], vs["half_width"], strict=True))  # fmt: skip
 
 
-def _paired(per_init: dict, spec: str) -> str:
-    """``spec``'s CRPS against the 39-evaluation ensemble's, in %, with the 95 % t interval over
-    initial times; ``*`` where the interval excludes 0."""
-    ref = per_init["ensemble"]
-    mean, half = paired_difference(per_init[spec], ref)
-    scale = 100 / ref.mean(0)
-    return " / ".join(f"{m * c:+.1f}±{h * c:.1f}{'*' if abs(m) > h else ''}"
-                      for m, h, c in zip(mean, half, scale, strict=True))  # fmt: skip
-
-
-def few_table(s: dict, few: dict, cost: dict, hours: list, args, per_init: dict) -> str:
+def few_table(s: dict, few: dict, cost: dict, hours: list, args) -> str:
     """Few-evaluation ensembles of the same checkpoint against its 39-evaluation sampler, scored
     together on the same initial times; the CRPS difference per lead with its 95 % interval."""
     rows = [
@@ -210,7 +190,7 @@ def few_table(s: dict, few: dict, cost: dict, hours: list, args, per_init: dict)
     for spec, opts in few.items():
         f = s[spec]
         rows.append(f"| {spec} | {opts['evals']} | {cost[spec]:.3f} | {_fmt(f['crps'])} | "
-                    f"{_paired(per_init, spec)} | {_fmt(f['rmse'])} | {_fmt(f['spread_skill'])} |")  # fmt: skip
+                    f"{_paired(s, spec)} | {_fmt(f['rmse'])} | {_fmt(f['spread_skill'])} |")  # fmt: skip
     return "\n".join(rows)
 
 

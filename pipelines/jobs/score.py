@@ -34,6 +34,7 @@ from stdiff.datasets.weather import latitude_weights, lon_onto
 from stdiff.pipelines.metrics.scores import (
     ensemble_mean_rmse,
     fair_crps,
+    paired_difference,
     rank_histogram,
     spread_skill_ratio,
 )
@@ -154,12 +155,13 @@ def _lead_hours(fc: xr.Dataset) -> np.ndarray:
 def score_system(
     fc: xr.DataArray, truth: xr.DataArray, weights: xr.DataArray, rank_from: float
 ) -> dict[str, Any]:
-    """Scores per lead of one system (``member`` dim for an ensemble)."""
+    """Scores per lead of one system (``member`` dim for an ensemble); ``crps_by_init`` (a
+    DataArray, not for JSON) holds the CRPS of each initial time, for paired comparisons."""
     ens = "member" in fc.dims and fc.sizes["member"] > 1
     fc1 = fc if ens else (fc.isel(member=0) if "member" in fc.dims else fc)
     out: dict[str, Any] = {"rmse": ensemble_mean_rmse(fc1, truth, weights)}
     if ens:
-        out["crps"] = fair_crps(fc, truth, weights)
+        by_init = fair_crps(fc, truth, weights, time="-")  # keeps init_time
         out["spread_skill"] = spread_skill_ratio(fc, truth, weights)
         hours = fc["lead_time"].values / np.timedelta64(1, "h")
         late = np.flatnonzero(hours >= rank_from)
@@ -167,11 +169,30 @@ def score_system(
         keep, t = fc.isel(lead_time=late), truth.isel(lead_time=late)
         out["rank_histogram"] = rank_histogram(keep, t, xr.ones_like(t) * (weights > 0)).tolist()
     else:
-        abs_err = abs(fc1 - truth)
-        out["crps"] = abs_err.weighted(weights).mean(["lat", "lon"]).mean("init_time")
-    return {
+        by_init = abs(fc1 - truth).weighted(weights).mean(["lat", "lon"])
+    out["crps"] = by_init.mean("init_time")
+    result = {
         k: (v if isinstance(v, list) else np.atleast_1d(v.values).tolist()) for k, v in out.items()
     }
+    return {**result, "crps_by_init": by_init}
+
+
+def paired_to_first(scores: dict[str, dict[str, Any]], first: str) -> None:
+    """Pop each system's ``crps_by_init`` and add ``crps_vs_first``: its CRPS difference to
+    ``first``'s, paired over initial times, in % of ``first``'s per lead, with the half-width of
+    the 95 % Student-t interval (``metrics.scores.paired_difference``); needs 2 initial times."""
+    by_init = {n: s.pop("crps_by_init") for n, s in scores.items()}
+    ref = by_init[first]
+    if ref.sizes.get("init_time", 0) < 2:
+        return
+    dims = ["init_time", *[d for d in ref.dims if d != "init_time"]]
+    base = ref.transpose(*dims).values
+    for name, crps in by_init.items():
+        if name != first:
+            mean, half = paired_difference(crps.transpose(*dims).values, base)
+            scale = 100 / base.mean(0)
+            scores[name]["crps_vs_first"] = {"against": first, "percent": (mean * scale).tolist(),
+                                             "half_width": (half * scale).tolist()}  # fmt: skip
 
 
 def claim_scores_folder(out: str | Path, inputs: list[str]) -> None:
@@ -227,6 +248,7 @@ def run_scoring(cfg: ScoreConfig) -> dict[str, Any]:
                 n: score_system(f.sel(pick), truth.sel(pick), w, cfg.rank_from_hours)
                 for n, f in systems.items()
             }
+            paired_to_first(result["scores"][key], next(iter(cfg.forecasts)))
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "scores.json", result)
@@ -269,12 +291,15 @@ def open_forecast(path: str) -> xr.Dataset:
 def _csv(path: Path, result: dict[str, Any]) -> None:
     with atomic_path(path) as tmp, tmp.open("w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["variable", "system", "lead_hours", "rmse", "crps", "spread_skill"])
+        w.writerow(["variable", "system", "lead_hours", "rmse", "crps", "spread_skill",
+                    "crps_vs_first_percent", "crps_vs_first_half_width"])  # fmt: skip
         for v, systems in result["scores"].items():
             for name, s in systems.items():
+                vs = s.get("crps_vs_first", {})
                 for i, h in enumerate(result["lead_hours"]):
                     ssr = s["spread_skill"][i] if "spread_skill" in s else ""
-                    w.writerow([v, name, h, s["rmse"][i], s["crps"][i], ssr])
+                    pair = [vs["percent"][i], vs["half_width"][i]] if vs else ["", ""]
+                    w.writerow([v, name, h, s["rmse"][i], s["crps"][i], ssr, *pair])
 
 
 def _plots(

@@ -107,6 +107,16 @@ def test_forecast_and_score_from_the_cli(tmp_path: Path, trained) -> None:
         len(s["ens"]["crps"]) == 3 and "spread_skill" in s["ens"] and "spread_skill" not in s["det"]
     )
     assert sum(s["ens"]["rank_histogram"]) == 2 * 3 * 7 * 10  # no lead >= 24 h here: all leads
+    # every other system against the first forecast, paired over the 2 initial times: the mean
+    # difference is the difference of the means; the 95 % interval has 1 degree of freedom
+    assert "crps_vs_first" not in s["ens"] and "CRPS vs ens (%)" in res.output
+    for name in ("det", "persistence", "climatology"):
+        vs = s[name]["crps_vs_first"]
+        want = [100 * (a - b) / b for a, b in zip(s[name]["crps"], s["ens"]["crps"], strict=True)]
+        assert vs["against"] == "ens" and np.allclose(vs["percent"], want, rtol=1e-4, atol=1e-6)
+        assert len(vs["half_width"]) == 3 and min(vs["half_width"]) >= 0
+    rows = (tmp_path / "scores/scores.csv").read_text().splitlines()
+    assert rows[0].endswith("crps_vs_first_percent,crps_vs_first_half_width")
     for png in ("scores_vs_lead.png", "rank_histogram.png", "case_maps.png"):
         assert (tmp_path / "scores" / png).stat().st_size > 2000
 
