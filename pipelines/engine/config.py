@@ -52,8 +52,11 @@ def _convert(tp: Any, value: Any, where: str) -> Any:
                 continue
             try:
                 return _convert(arg, value, where)
-            except ValueError as e:
-                errors.append(str(e))
+            except ValueError as e:  # a list's own error first: "spread[1]: expected float"
+                if isinstance(value, list | tuple) and get_origin(arg) in (list, tuple):
+                    errors.insert(0, str(e))
+                else:
+                    errors.append(str(e))
         raise ValueError(errors[0] if errors else f"{_loc(where)}: invalid value {value!r}")
     if origin in (tuple, list):
         if not isinstance(value, list | tuple):

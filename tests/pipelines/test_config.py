@@ -78,3 +78,20 @@ def test_yaml_dates_become_strings_and_optional_fields_check_types(tmp_path) -> 
     path.write_text("store: s\ntask: forecast\ntrain_period: [2013-01-01]\nvariables: 3\n")
     with pytest.raises(ValueError, match="variables: expected a list"):
         load_config(path, DataConfig)
+
+
+def test_a_float_or_list_key_names_the_bad_list_entry() -> None:
+    """``float | list[float]`` (the forecast's ``spread``): a list with a bad entry is reported
+    by its index, not as "expected float, got [...]"."""
+    from dataclasses import dataclass
+
+    @dataclass
+    class Knob:
+        factor: float | list[float] = 1.0
+
+    assert from_dict(Knob, {"factor": [1, 2.5]}).factor == (1.0, 2.5)
+    assert from_dict(Knob, {"factor": 2}).factor == 2.0
+    with pytest.raises(ValueError, match=r"factor\[1\]: expected float, got 'abc'"):
+        from_dict(Knob, {"factor": [1.2, "abc"]})
+    with pytest.raises(ValueError, match=r"factor: expected float, got 'x'"):
+        from_dict(Knob, {"factor": "x"})
