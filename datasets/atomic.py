@@ -96,6 +96,25 @@ def atomic_path(final: str | Path) -> Iterator[Path]:
             _remove(tmp)
 
 
+@contextmanager
+def staged_files(folder: str | Path) -> Iterator[Path]:
+    """Yield a hidden staging folder beside ``folder``; on success move each file written there
+    into ``folder`` (made if absent), replacing files of the same name and leaving the others. On
+    error ``folder`` is left as it was (a report of several files: all of them or none)."""
+    folder = Path(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    clean_stale(folder.parent)
+    stage = temp_sibling(folder)
+    stage.mkdir()
+    try:
+        yield stage
+        folder.mkdir(exist_ok=True)
+        for f in sorted(stage.iterdir()):
+            os.replace(f, folder / f.name)
+    finally:
+        _remove(stage)
+
+
 def write_json(path: str | Path, data: Any) -> Path:
     """Write ``data`` as indented JSON atomically."""
     with atomic_path(path) as tmp:

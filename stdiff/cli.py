@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from stdiff.cli_more import calibrate, info
-from stdiff.cliargs import csv_flag, fail, job_config, pair_flag, period_flag, set_overrides
+from stdiff.cliargs import csv_flag, fail, job_config, pairs_flag, period_flag, set_overrides
 from stdiff.help import epilog
 
 app = typer.Typer(
@@ -532,7 +532,7 @@ def score(
     from stdiff.pipelines.jobs.score import ScoreConfig, run_scoring
 
     try:
-        pairs = dict(pair_flag(f) for f in forecast)
+        pairs = pairs_flag(forecast)
         period = period_flag(climatology_period, "climatology-period")
         r = run_scoring(ScoreConfig(pairs, str(data), str(out), list(period) if period else None))
     except ValueError as e:

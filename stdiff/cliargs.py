@@ -72,3 +72,15 @@ def pair_flag(text: str) -> tuple[str, str]:
     if not sep or not name or not path:
         raise ValueError(f"--forecast {text!r}: expected NAME=STORE")
     return name, path
+
+
+def pairs_flag(texts: list[str]) -> dict[str, str]:
+    """``--forecast NAME=STORE`` flags as a mapping; a NAME given twice is refused."""
+    out: dict[str, str] = {}
+    for text in texts:
+        name, path = pair_flag(text)
+        if name in out:
+            raise ValueError(f"--forecast {name}=...: the name {name!r} is given twice; give "
+                             "each forecast its own NAME")  # fmt: skip
+        out[name] = path
+    return out

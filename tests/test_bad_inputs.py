@@ -326,7 +326,8 @@ CASES: list[tuple[str, list[str], str]] = [
     ("score-out-is-file", ["score", "--forecast", "a={stays}", "--data", "{grid}", "--out", "{root}/notes.txt"], "notes.txt"),
     ("score-out-user-folder", ["score", "--forecast", "a={stays}", "--data", "{grid}", "--out", "{root}/mine"], "mine"),
     ("score-out-is-data", ["score", "--forecast", "a={stays}", "--data", "{grid}", "--out", "{grid}"], "--out"),
-    ("score-duplicate-name", ["score", "--forecast", "a={stays}", "--forecast", "a={grid}", "--data", "{grid}", "--out", "{root}/s"], "a"),
+    ("score-duplicate-name", ["score", "--forecast", "a={stays}", "--forecast", "a={grid}", "--data", "{grid}", "--out", "{root}/s"], "given twice"),
+    ("score-baseline-name", ["score", "--forecast", "persistence={stays}", "--data", "{grid}", "--out", "{root}/s"], "persistence"),
     ("score-climatology-period", ["score", "--forecast", "a={stays}", "--data", "{grid}", "--out", "{root}/s", "--climatology-period", "2013"], "--climatology-period"),
     # --- calibrate
     ("calibrate-missing", ["calibrate", "--imputation", "{root}/nothere.zarr"], "nothere.zarr"),

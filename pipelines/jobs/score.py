@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-from stdiff.datasets.atomic import atomic_path, write_json
+from stdiff.datasets.atomic import atomic_path, staged_files, write_json
 from stdiff.datasets.errors import DataError
 from stdiff.datasets.outputs import claim_folder
 from stdiff.datasets.store import open_store, require_kind
@@ -53,6 +53,16 @@ class ScoreConfig:
     climatology_period: list[str] | None = None
     window_days: int = 15
     rank_from_hours: float = 24.0
+
+    def __post_init__(self) -> None:
+        for name in self.forecasts:
+            if name in BASELINES:
+                raise ValueError(f"--forecast {name}=...: {name!r} is the name of a baseline "
+                                 "scored beside every forecast; give the forecast another NAME")  # fmt: skip
+
+
+#: the baselines scored beside the forecasts, under these names
+BASELINES = ("persistence", "climatology")
 
 
 # Names other models' forecast stores use -> the internal ones: WeatherBench 2 (``time`` is the
@@ -249,11 +259,10 @@ def run_scoring(cfg: ScoreConfig) -> dict[str, Any]:
                 for n, f in systems.items()
             }
             paired_to_first(result["scores"][key], next(iter(cfg.forecasts)))
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
-    write_json(out / "scores.json", result)
-    _csv(out / "scores.csv", result)
-    _plots(out, result, fcs, data, variables[0])
+    with staged_files(cfg.out) as out:  # all three outputs or none
+        write_json(out / "scores.json", result)
+        _csv(out / "scores.csv", result)
+        _plots(out, result, fcs, data, variables[0])
     return result
 
 

@@ -418,6 +418,47 @@ def test_score_refusals(tmp_path: Path, trained) -> None:
     assert not (tmp_path / "s").exists()
 
 
+def test_score_outputs_are_all_or_none(tmp_path: Path, trained, monkeypatch) -> None:
+    """A failure while writing the report (a full disk at the plots) leaves no scores folder
+    and no staging folder; over an earlier report it leaves that report and the user's own file
+    as they were; a later success replaces the report and keeps the user's file."""
+    import errno
+
+    from stdiff.pipelines.jobs import score as score_job
+
+    store, ens, _ = trained
+    fc = tmp_path / "f.zarr"
+    run_forecast(ForecastConfig(checkpoint=str(ens), data=str(store), out=str(fc), init=["2013-03-10T00"],
+                                lead="6h", members=2, steps=2, device="cpu"), progress=False)  # fmt: skip
+    cfg = score_job.ScoreConfig(
+        {"m": str(fc)}, str(store), str(tmp_path / "s"), ["2013-01-01", "2013-02-28"]
+    )
+    real = score_job._plots
+
+    def full_disk(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "s"))
+
+    monkeypatch.setattr(score_job, "_plots", full_disk)
+    with pytest.raises(OSError):
+        score_job.run_scoring(cfg)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["f.zarr"]
+    monkeypatch.setattr(score_job, "_plots", real)
+    score_job.run_scoring(cfg)
+    (tmp_path / "s/my_notes.txt").write_text("mine")
+    before = (tmp_path / "s/scores.json").read_text()
+    monkeypatch.setattr(score_job, "_plots", full_disk)
+    with pytest.raises(OSError):
+        score_job.run_scoring(cfg)
+    assert (tmp_path / "s/scores.json").read_text() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["f.zarr", "s"]
+    monkeypatch.setattr(score_job, "_plots", real)
+    score_job.run_scoring(cfg)
+    assert (tmp_path / "s/my_notes.txt").read_text() == "mine"
+    assert {"scores.json", "scores.csv", "scores_vs_lead.png"} <= {
+        p.name for p in (tmp_path / "s").iterdir()
+    }
+
+
 def test_crps_generator_forecasts_in_one_evaluation(tmp_path: Path) -> None:
     """``loop.objective: crps`` trains a one-evaluation generator; it forecasts with ``--sampler
     consistency --steps 1`` (members differ, one network call each) and refuses any other
