@@ -545,8 +545,8 @@ def score(
             if "spread_skill" in s:
                 typer.echo(f"  {'':>12} SSR  {' '.join(f'{x:.3f}' for x in s['spread_skill'])}")
             if vs := s.get("crps_vs_first"):  # % of the first forecast's CRPS, 95 % interval
-                pairs = zip(vs["percent"], vs["half_width"], strict=True)
-                pct = " ".join(f"{m:+.1f}±{h:.1f}" for m, h in pairs)
+                diffs = zip(vs["percent"], vs["half_width"], strict=True)
+                pct = " ".join(f"{m:+.1f}±{h:.1f}" for m, h in diffs)
                 typer.echo(f"  {'':>12} CRPS vs {vs['against']} (%) {pct}")
     typer.echo(f"scores and plots in {out}")
 

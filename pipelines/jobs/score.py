@@ -39,6 +39,9 @@ from stdiff.pipelines.metrics.scores import (
     spread_skill_ratio,
 )
 
+#: the baselines scored beside the forecasts, under these names
+BASELINES = ("persistence", "climatology")
+
 
 @dataclass(frozen=True)
 class ScoreConfig:
@@ -59,10 +62,6 @@ class ScoreConfig:
             if name in BASELINES:
                 raise ValueError(f"--forecast {name}=...: {name!r} is the name of a baseline "
                                  "scored beside every forecast; give the forecast another NAME")  # fmt: skip
-
-
-#: the baselines scored beside the forecasts, under these names
-BASELINES = ("persistence", "climatology")
 
 
 # Names other models' forecast stores use -> the internal ones: WeatherBench 2 (``time`` is the
@@ -197,10 +196,10 @@ def paired_to_first(scores: dict[str, dict[str, Any]], first: str) -> None:
         return
     dims = ["init_time", *[d for d in ref.dims if d != "init_time"]]
     base = ref.transpose(*dims).values
+    scale = 100 / base.mean(0)
     for name, crps in by_init.items():
         if name != first:
             mean, half = paired_difference(crps.transpose(*dims).values, base)
-            scale = 100 / base.mean(0)
             scores[name]["crps_vs_first"] = {"against": first, "percent": (mean * scale).tolist(),
                                              "half_width": (half * scale).tolist()}  # fmt: skip
 
@@ -222,7 +221,7 @@ def run_scoring(cfg: ScoreConfig) -> dict[str, Any]:
     data = open_store(cfg.data)
     require_kind(data, cfg.data, "weather", ())
     fcs = {
-        name: to_internal(open_forecast(path), data, path) for name, path in cfg.forecasts.items()
+        name: to_internal(_open_forecast(path), data, path) for name, path in cfg.forecasts.items()
     }
     ref = next(iter(fcs.values()))
     for name, fc in fcs.items():
@@ -289,8 +288,7 @@ def _climatology_period(cfg: ScoreConfig, data: xr.Dataset, fc: xr.Dataset) -> l
     return list(cfg.climatology_period)
 
 
-def open_forecast(path: str) -> xr.Dataset:
-    """A forecast store (zarr v2 or v3), or ``DataError`` naming it."""
+def _open_forecast(path: str) -> xr.Dataset:
     p = Path(path)
     if not (p / "zarr.json").is_file() and not (p / ".zgroup").is_file():
         raise DataError(p, "not a zarr store (no zarr.json or .zgroup); give a forecast store")
