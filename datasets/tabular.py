@@ -10,8 +10,9 @@ Layouts
   times, features appear in order of first appearance (or in the order of ``variables``).  A
   duplicated (time, variable) pair is an error.
 
-Times are parsed with :func:`pandas.to_datetime` unless the column is already numeric (then they are
-kept as numbers, e.g. hours).  Time-zone-aware times are converted to naive UTC.  Numeric dates
+Times are parsed with :func:`pandas.to_datetime` unless the column is already numeric: then
+compact dates (``20240131``, ``2024013123``) and Unix epoch times (s, ms, us, ns within 1980-2100)
+become datetimes with a warning, and other numbers (hours, steps) are kept.  Time-zone-aware times are converted to naive UTC.  Numeric dates
 (``01/02/2021``) are read day first when a first field exceeds 12, or, all being ambiguous,
 when only that reading is in time order; both orders in one column are refused.  Without a ``time_column`` column, the one column with a usual name (``date``,
 ``timestamp``, ``Date Time``), else the only one naming date or time, else an unnamed column of

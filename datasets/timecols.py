@@ -1,6 +1,7 @@
-"""The time column of a table (``datasets.tabular``, ``datasets.sites``): parsing it (numbers
-kept, datetimes in UTC, numeric dates read day first when only that reading is in order),
-composing it from year / month / day columns, and finding it under another name."""
+"""The time column of a table (``datasets.tabular``, ``datasets.sites``): parsing it (datetimes
+in UTC; numbers kept, except compact dates ``20210131[23[59[59]]]`` and Unix epoch times, which
+become datetimes; numeric dates read day first when only that reading is in order), composing
+it from year / month / day columns, and finding it under another name."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from stdiff.datasets.errors import DataError
+from stdiff.datasets.errors import DataError, StdiffWarning
 
 _TIME_PARTS = ("year", "month", "day", "hour", "minute", "second")
 
@@ -30,7 +31,7 @@ def parse_times(path: Path, column: str, series: pd.Series) -> np.ndarray:
     if pd.api.types.is_bool_dtype(series):
         raise DataError(path, f"time column {column!r} holds booleans, not times")
     if pd.api.types.is_numeric_dtype(series):
-        return series.to_numpy()
+        return numeric_times(path, column, series)
     if isinstance(series.dtype, pd.DatetimeTZDtype):
         return series.dt.tz_convert("UTC").dt.tz_localize(None).to_numpy("datetime64[ns]")
     if pd.api.types.is_datetime64_any_dtype(series):
@@ -57,6 +58,49 @@ def parse_times(path: Path, column: str, series: pd.Series) -> np.ndarray:
     if isinstance(parsed.dtype, pd.DatetimeTZDtype):
         parsed = parsed.dt.tz_convert("UTC").dt.tz_localize(None)
     return _day_first(path, column, text, parsed.to_numpy("datetime64[ns]"))
+
+
+# Unix epoch times from 1980 to 2100 in each unit: the ranges do not overlap, and times counted
+# from a study's start (hours, steps, seconds over a few years) stay below them.
+_EPOCH_UNITS = {"s": 1, "ms": 10**3, "us": 10**6, "ns": 10**9}
+_EPOCH_LOW, _EPOCH_HIGH = 315_532_800, 4_102_444_800  # 1980-01-01, 2100-01-01 in seconds
+_COMPACT = {8: "YYYYMMDD", 10: "YYYYMMDDhh", 12: "YYYYMMDDhhmm", 14: "YYYYMMDDhhmmss"}
+_STRPTIME = {"YYYY": "%Y", "MM": "%m", "DD": "%d", "hh": "%H", "mm": "%M", "ss": "%S"}
+
+
+def numeric_times(path: Path, column: str, series: pd.Series) -> np.ndarray:
+    """A numeric time column: compact dates (``20210131``, ``2021013123``, all of one length
+    and all valid) and Unix epoch times (every value within 1980-2100 in seconds, ms, us or ns)
+    become datetimes, with one warning saying which reading was taken; other numbers (hours,
+    steps) are kept."""
+    values = series.to_numpy()
+    whole = bool(np.all(values == np.round(values)))
+    if whole and values.min() > 0:
+        digits = {len(str(int(v))) for v in (values.min(), values.max())}
+        fmt = _COMPACT.get(next(iter(digits))) if len(digits) == 1 else None
+        if fmt is not None:
+            text = pd.Series(values.astype(np.int64)).astype(str)
+            strptime = re.sub("YYYY|MM|DD|hh|mm|ss", lambda m: _STRPTIME[m[0]], fmt)
+            parsed = pd.to_datetime(text, format=strptime, errors="coerce")
+            if parsed.notna().all() and 1800 <= parsed.dt.year.min() <= parsed.dt.year.max() <= 2200:
+                return _read_as(path, column, parsed.to_numpy("datetime64[ns]"), f"dates {fmt}")
+    for unit, per_second in _EPOCH_UNITS.items():
+        if _EPOCH_LOW * per_second <= values.min() <= values.max() < _EPOCH_HIGH * per_second:
+            scale = 10**9 // per_second
+            ns = values.astype(np.int64) * scale if whole else np.round(values * scale)
+            times = ns.astype(np.int64).astype("datetime64[ns]")
+            return _read_as(path, column, times, f"Unix epoch times in {unit}")
+    return values
+
+
+def _read_as(path: Path, column: str, times: np.ndarray, reading: str) -> np.ndarray:
+    """``times``, after one warning naming the reading and the dates it gives."""
+    span = f"{show_time(times.min())} to {show_time(times.max())}"
+    warnings.warn(
+        StdiffWarning(f"{path}: numeric time column {column!r} read as {reading} ({span})"),
+        stacklevel=3,
+    )
+    return times
 
 
 _NUMERIC_DATE = re.compile(r"\d{1,2}[/.\-]\d{1,2}[/.\-]\d{2,4}\b")

@@ -386,3 +386,38 @@ def test_offsets_that_change_with_daylight_saving_become_utc(tmp_path):
     expected = pd.date_range("2020-03-28T23:00", periods=4, freq="1h").to_numpy()
     np.testing.assert_array_equal(ds.time.values, expected)
     np.testing.assert_array_equal(ds["values"].values[:, 0], [0, 1, 2, 3])
+
+
+@pytest.mark.parametrize(
+    ("entries", "reading"),
+    [
+        (["1704067200", "1704070800", "1704074400"], "epoch times in s"),
+        (["1704067200000", "1704070800000", "1704074400000"], "epoch times in ms"),
+        (["1704067200.0", "1704070800.0", "1704074400.0"], "epoch times in s"),
+        (["2024010100", "2024010101", "2024010102"], "dates YYYYMMDDhh"),
+        (["202401010000", "202401010100", "202401010200"], "dates YYYYMMDDhhmm"),
+    ],
+)
+def test_numeric_dates_and_epoch_times_become_datetimes(tmp_path, entries, reading):
+    """Unix epoch times (s, ms) and compact dates become datetimes, with a warning naming the
+    reading; periods and --freq then work as with text dates."""
+    text = "timestamp,x\n" + "".join(f"{e},{k}\n" for k, e in enumerate(entries))
+    with pytest.warns(UserWarning, match=reading) as caught:
+        ds = load_table(_write(tmp_path / "t.csv", text))
+    assert "2024-01-01 00:00:00 to 2024-01-01 02:00:00" in str(caught[0].message)
+    np.testing.assert_array_equal(ds.time.values, TIMES)
+
+
+def test_numbers_that_are_not_dates_stay_numbers(tmp_path, recwarn):
+    """Steps, hours since a start, and 8-digit numbers that are not all valid dates are kept."""
+    for name, entries in [
+        ("steps", ["0", "1", "2"]),
+        ("hours", ["1900000", "1900006", "1900012"]),  # NCEP: hours since 1800
+        ("ids", ["20240130", "20240131", "20240132"]),  # day 32: not a date
+        ("mixed", ["9999999", "20240101", "20240102"]),  # 7 and 8 digits
+    ]:
+        text = "time,x\n" + "".join(f"{e},{k}\n" for k, e in enumerate(entries))
+        ds = load_table(_write(tmp_path / f"{name}.csv", text))
+        assert ds.time.dtype.kind in "if", name
+        np.testing.assert_array_equal(ds.time.values, [float(e) for e in entries])
+    assert not [w for w in recwarn if "read as" in str(w.message)]
