@@ -53,6 +53,7 @@ Every fault raises :class:`~datasets.errors.DataError` with one line naming the 
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -62,7 +63,7 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-from stdiff.datasets.errors import DataError
+from stdiff.datasets.errors import DataError, StdiffWarning
 from stdiff.datasets.timecols import (
     columns_text,
     compose_time,
@@ -284,7 +285,27 @@ def _numeric(path: Path, name: str, series: pd.Series) -> np.ndarray:
             f"{name!r} holds {why}, {str(cell)!r} (data row {row + 1}); leave the cell "
             "empty if it is missing",
         )
+    _warn_rounding(path, name, values, out)
     return out
+
+
+def _warn_rounding(path: Path, name: str, values: np.ndarray, stored: np.ndarray) -> None:
+    """One warning when float32 storage rounds a column by more than 0.1 % of its spread:
+    large numbers that vary little (a meter reading of 1.6e8 that moves by tens, an id)."""
+    seen = ~np.isnan(values)
+    if seen.sum() < 2:
+        return
+    spread = float(np.std(values[seen]))
+    error = float(np.max(np.abs(stored[seen].astype(np.float64) - values[seen])))
+    if spread > 0 and error > 1e-3 * spread:
+        warnings.warn(
+            StdiffWarning(
+                f"{path}: {name!r} is stored as float32, which rounds it by up to {error:.3g} "
+                f"against a spread of {spread:.3g}; subtract an offset or take differences "
+                "before ingesting, or drop it with --drop-columns if it is an identifier"
+            ),
+            stacklevel=2,
+        )
 
 
 # --------------------------------------------------------------------------- columns

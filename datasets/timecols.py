@@ -82,7 +82,10 @@ def numeric_times(path: Path, column: str, series: pd.Series) -> np.ndarray:
             text = pd.Series(values.astype(np.int64)).astype(str)
             strptime = re.sub("YYYY|MM|DD|hh|mm|ss", lambda m: _STRPTIME[m[0]], fmt)
             parsed = pd.to_datetime(text, format=strptime, errors="coerce")
-            if parsed.notna().all() and 1800 <= parsed.dt.year.min() <= parsed.dt.year.max() <= 2200:
+            if (
+                parsed.notna().all()
+                and 1800 <= parsed.dt.year.min() <= parsed.dt.year.max() <= 2200
+            ):
                 return _read_as(path, column, parsed.to_numpy("datetime64[ns]"), f"dates {fmt}")
     for unit, per_second in _EPOCH_UNITS.items():
         if _EPOCH_LOW * per_second <= values.min() <= values.max() < _EPOCH_HIGH * per_second:
