@@ -36,6 +36,7 @@ from stdiff.datasets.errors import DataError
 from stdiff.datasets.tabular import (
     _COMPRESSION,
     _CSV,
+    _HDF,
     _PARQUET,
     Categorical,
     _numeric,
@@ -57,11 +58,11 @@ _FILE = "__file__"
 
 
 def is_table_file(path: str | Path) -> bool:
-    """A CSV / TSV / TXT (optionally compressed) or Parquet file, by its extension."""
+    """A CSV / TSV / TXT (optionally compressed), Parquet or pandas HDF5 file, by its extension."""
     suffixes = [s.lower() for s in Path(path).suffixes]
     if suffixes and suffixes[-1] in _COMPRESSION:
         suffixes = suffixes[:-1]
-    return bool(suffixes) and (suffixes[-1] in _CSV or suffixes[-1] in _PARQUET)
+    return bool(suffixes) and suffixes[-1] in {**_CSV, **dict.fromkeys(_PARQUET | _HDF)}
 
 
 def table_files(sources: Sequence[str | Path]) -> list[Path]:
@@ -71,11 +72,15 @@ def table_files(sources: Sequence[str | Path]) -> list[Path]:
         if src.is_dir():
             found = sorted(p for p in src.iterdir() if p.is_file() and is_table_file(p))
             if not found:
-                raise DataError(src, "folder holds no CSV / TSV / TXT / Parquet files")
+                raise DataError(src, "folder holds no CSV / TSV / TXT / Parquet / HDF5 files")
             files.extend(found)
         elif src.is_file():
             if not is_table_file(src):
-                raise DataError(src, "neither CSV (.csv, .txt, .tsv) nor Parquet by its extension")
+                raise DataError(
+                    src,
+                    "neither CSV (.csv, .txt, .tsv), Parquet (.parquet, .pq) nor pandas HDF5 "
+                    "(.h5) by its extension",
+                )
             files.append(src)
         else:
             raise DataError(src, "no such file or folder")
@@ -247,7 +252,7 @@ def _pivot(frame: pd.DataFrame, names: list[str], axis: np.ndarray) -> xr.Datase
 
 
 def _has_column(path: Path, column: str) -> bool:
-    if Path(path).suffix.lower() in _PARQUET:
+    if Path(path).suffix.lower() in _PARQUET | _HDF:
         return column in _read(path).columns
     try:
         header = pd.read_csv(path, sep=_CSV.get(Path(path).suffixes[0].lower(), ","), nrows=0)

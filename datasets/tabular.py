@@ -76,6 +76,7 @@ __all__ = ["Categorical", "compose_time", "encode_columns", "load_table"]
 
 _CSV = {".csv": ",", ".txt": ",", ".tsv": "\t"}
 _PARQUET = {".parquet", ".pq"}
+_HDF = {".h5", ".hdf5", ".hdf"}  # pandas' DataFrame.to_hdf (METR-LA, PEMS-BAY)
 _COMPRESSION = {".gz", ".bz2", ".xz", ".zip", ".zst"}
 Categorical = Literal["error", "drop", "onehot"]
 
@@ -187,22 +188,23 @@ def _read(path: Path) -> pd.DataFrame:
     if suffixes and suffixes[-1] in _COMPRESSION:
         suffixes = suffixes[:-1]
     kind = suffixes[-1] if suffixes else ""
-    if kind not in _CSV and kind not in _PARQUET:
+    if kind not in _CSV and kind not in _PARQUET and kind not in _HDF:
         raise DataError(
-            path, "neither CSV (.csv, .txt, .tsv) nor Parquet (.parquet, .pq) by its extension"
+            path,
+            "neither CSV (.csv, .txt, .tsv), Parquet (.parquet, .pq) nor pandas HDF5 (.h5) by "
+            "its extension",
         )
     if not path.is_file():
         raise DataError(path, "no such file")
-    try:
-        frame = pd.read_parquet(path) if kind in _PARQUET else _read_text(path, _CSV[kind])
-    except UnicodeDecodeError as exc:
-        raise DataError(path, f"cannot read as CSV: not UTF-8, UTF-16 or Windows-1252 text (byte "
-                        f"{exc.object[exc.start]:#04x} at offset {exc.start})") from None  # fmt: skip
-    except (ValueError, OSError, pd.errors.ParserError) as exc:
-        what = "Parquet" if kind in _PARQUET else "CSV"
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise DataError(path, f"cannot read as {what} ({first})") from None
-    if kind in _PARQUET and not isinstance(frame.index, pd.RangeIndex):
+    if kind in _HDF:
+        if path.suffix.lower() in _COMPRESSION:
+            raise DataError(path, "a compressed HDF5 file: decompress it first")
+        from stdiff.datasets.pandas_hdf import read_pandas_hdf
+
+        frame = read_pandas_hdf(path)
+    else:
+        frame = _read_file(path, kind)
+    if kind not in _CSV and not isinstance(frame.index, pd.RangeIndex):
         # a pandas index saved with the table (a DatetimeIndex, or time and station): columns
         if isinstance(frame.index, pd.DatetimeIndex) and frame.index.name is None:
             frame.index.name = "time"
@@ -214,6 +216,18 @@ def _read(path: Path) -> pd.DataFrame:
     if len(frame) == 0:
         raise DataError(path, "the table has no rows")
     return frame
+
+
+def _read_file(path: Path, kind: str) -> pd.DataFrame:
+    try:
+        return pd.read_parquet(path) if kind in _PARQUET else _read_text(path, _CSV[kind])
+    except UnicodeDecodeError as exc:
+        raise DataError(path, f"cannot read as CSV: not UTF-8, UTF-16 or Windows-1252 text (byte "
+                        f"{exc.object[exc.start]:#04x} at offset {exc.start})") from None  # fmt: skip
+    except (ValueError, OSError, pd.errors.ParserError) as exc:
+        what = "Parquet" if kind in _PARQUET else "CSV"
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise DataError(path, f"cannot read as {what} ({first})") from None
 
 
 _DECIMAL_COMMA = r"\s*[+-]?\d+,\d+\s*"

@@ -232,7 +232,7 @@ def test_all_nan_variable(tmp_path):
 
 def test_not_csv_or_parquet(tmp_path):
     xlsx = _write(tmp_path / "sheet.xlsx", "whatever")
-    _raises(r"sheet\.xlsx: neither CSV .* nor Parquet", xlsx)
+    _raises(r"sheet\.xlsx: neither CSV .* nor pandas HDF5", xlsx)
     fake = _write(tmp_path / "fake.parquet", "time,a\n0,1\n")
     _raises(r"fake\.parquet: cannot read as Parquet", fake)
     _raises(r"missing\.csv: no such file", tmp_path / "missing.csv")
@@ -431,3 +431,39 @@ def test_float32_rounding_of_large_slowly_varying_values_warns(tmp_path, recwarn
         load_table(_write(tmp_path / "m.csv", "time,meter,x\n" + rows))
     load_table(_write(tmp_path / "w.csv", WIDE))
     assert not [w for w in recwarn if "float32" in str(w.message)]
+
+
+# --------------------------------------------------------------------------- pandas HDF5
+
+FILES = Path(__file__).parent / "files"  # written by pandas 3.1 + PyTables (DataFrame.to_hdf)
+
+
+@pytest.mark.parametrize("name", ["pandas_fixed.h5", "pandas_table.h5"])
+def test_pandas_hdf5_as_metr_la_ships_it(name):
+    """METR-LA's layout: times as the index, integer sensor ids as columns, 0 for missing; the
+    fixed and the table formats read without PyTables, the same as pandas reads them."""
+    ds = load_table(FILES / name)
+    assert ds.feature.values.tolist() == ["773869", "767541", "767542"]
+    expected = pd.date_range("2012-03-01", periods=6, freq="5min").to_numpy("datetime64[ns]")
+    np.testing.assert_array_equal(ds.time.values, expected)
+    values = np.arange(18, dtype=np.float32).reshape(6, 3) + 50
+    values[1, 2] = 0  # --missing-values 0 marks it missing at ingest
+    np.testing.assert_array_equal(ds["values"].values, values)
+
+
+def test_pandas_hdf5_blocks_and_zone():
+    """Two dtype blocks keep the column order; a zone-aware index becomes naive UTC."""
+    ds = load_table(FILES / "pandas_fixed_blocks_tz.h5")
+    assert ds.feature.values.tolist() == ["a", "b", "c", "n"]
+    assert ds.time.values[0] == np.datetime64("2012-02-29T23:00")  # 00:00 in Berlin
+    np.testing.assert_array_equal(ds["values"].values[:, 3], np.arange(6))
+
+
+def test_pandas_hdf5_refusals(tmp_path):
+    import h5py
+
+    _raises(r"holds 2 pandas tables \(a, b\); save one per file", FILES / "pandas_two.h5")
+    with h5py.File(tmp_path / "mri.h5", "w") as f:
+        f["kspace"] = np.zeros((2, 4, 4), np.complex64)
+    _raises("holds no pandas table .*--kind medical", tmp_path / "mri.h5")
+    _raises("cannot read as HDF5", _write(tmp_path / "text.h5", "time,a\n"))
