@@ -288,6 +288,10 @@ def _volume(p: Path, opt: IngestOptions) -> xr.Dataset | None:
 
     if p.name.lower().endswith((".nii", ".nii.gz", ".mgz", ".mgh")):
         return medical.load_nifti(p, axis=opt.axis)
+    if p.suffix.lower() in _HDF5:
+        from stdiff.datasets.hdf5_volume import load_hdf5_volume
+
+        return load_hdf5_volume(p)
     if p.is_dir() and (p / "zarr.json").is_file():
         from stdiff.datasets.store import open_store
 
@@ -352,8 +356,9 @@ def _images(source: str, opt: IngestOptions) -> xr.Dataset:
         return images.load_image_folder(p, size=size, split=split or "train")
     raise DataError(
         p,
-        "expected an .npz file, a NIfTI volume, a DICOM file or series folder, a --kind medical "
-        "store, an MNIST-style folder of idx files or a folder of class sub-folders",
+        "expected an .npz file, a NIfTI, DICOM or HDF5 (fastMRI) volume, a DICOM series folder, "
+        "a --kind medical store, an MNIST-style folder of idx files or a folder of class "
+        "sub-folders",
     )
 
 
@@ -363,7 +368,14 @@ def _medical(source: str, opt: IngestOptions) -> xr.Dataset:
     p = Path(source)
     if p.name.lower().endswith((".nii", ".nii.gz", ".mgz", ".mgh")):
         return medical.load_nifti(p, axis=opt.axis)
+    if p.suffix.lower() in _HDF5:
+        from stdiff.datasets.hdf5_volume import load_hdf5_volume
+
+        return load_hdf5_volume(p)
     return medical.load_dicom(p)
+
+
+_HDF5 = (".h5", ".hdf5", ".hdf")  # fastMRI's files, or one volume array
 
 
 def _sources(source: str | Path | Sequence[str | Path]) -> list[str]:

@@ -308,3 +308,94 @@ def test_mgh_volume_and_4d_series(tmp_path):
     res = CliRunner().invoke(app, ["ingest", str(tmp_path / "v.mgz"), "--kind", "medical",
                                    "--out", str(tmp_path / "m.zarr"), "--no-progress"])  # fmt: skip
     assert res.exit_code == 0, res.output
+
+
+# ------------------------------------------------------------------------------- HDF5 (fastMRI)
+
+_HEADER = (
+    b'<?xml version="1.0"?><ismrmrdHeader xmlns="http://www.ismrm.org/ISMRMRD"><encoding>'
+    b"<encodedSpace><matrixSize><x>48</x><y>64</y><z>1</z></matrixSize></encodedSpace>"
+    b"<reconSpace><matrixSize><x>32</x><y>40</y><z>1</z></matrixSize>"
+    b"<fieldOfView_mm><x>64</x><y>80</y><z>3</z></fieldOfView_mm></reconSpace>"
+    b"</encoding></ismrmrdHeader>"
+)
+
+
+def _fastmri(path: Path, *, recon: np.ndarray | None = None) -> np.ndarray:
+    """A fastMRI-layout file: 2 slices x 3 coils of an ellipse, coil c weighted 1 + c/2 with
+    phase c; returns the exact root-sum-of-squares image (before cropping)."""
+    import h5py
+
+    yy, xx = np.mgrid[:64, :48]
+    disc = (((yy - 32) / 20) ** 2 + ((xx - 24) / 15) ** 2 < 1).astype(np.complex64)
+    gains = [(1 + c / 2) * np.exp(1j * c) for c in range(3)]
+    coils = np.stack([[disc * g * (s + 1) for g in gains] for s in range(2)])
+    kspace = np.fft.fftshift(
+        np.fft.fft2(np.fft.ifftshift(coils, axes=(-2, -1)), norm="ortho"), axes=(-2, -1)
+    )
+    with h5py.File(path, "w") as f:
+        f["kspace"] = kspace.astype(np.complex64)
+        f["ismrmrd_header"] = _HEADER
+        f.attrs["acquisition"] = "CORPD_FBK"
+        f.attrs["patient_id"] = "hash"
+        if recon is not None:
+            f["reconstruction_rss"] = recon
+    rss = np.sqrt(sum(abs(g) ** 2 for g in gains))
+    return np.stack([disc.real * rss * (s + 1) for s in range(2)])
+
+
+def test_fastmri_kspace_becomes_the_cropped_rss_image(tmp_path):
+    """Without a reconstruction (fastMRI's test files): centred IFFT per coil, root sum of
+    squares, cropped about the centre to reconSpace (40 x 32); spacing = FOV / matrix."""
+    from stdiff.datasets.hdf5_volume import load_hdf5_volume
+
+    exact = _fastmri(tmp_path / "file1000.h5")
+    ds = load_hdf5_volume(tmp_path / "file1000.h5")
+    assert ds.image.shape == (2, 40, 32)
+    np.testing.assert_allclose(ds.image.values, exact[:, 12:52, 8:40], atol=1e-5)
+    assert ds.attrs["spacing_mm"] == [3.0, 2.0, 2.0]
+    assert ds.attrs["acquisition"] == "CORPD_FBK" and ds.attrs["modality"] == "MR"
+    assert "patient_id" not in str(ds.attrs)
+
+
+def test_hdf5_reconstruction_first_then_one_array_else_refused(tmp_path):
+    import h5py
+
+    from stdiff.datasets.hdf5_volume import load_hdf5_volume
+
+    recon = np.random.default_rng(0).random((2, 40, 32)).astype(np.float32)
+    _fastmri(tmp_path / "train.h5", recon=recon)
+    ds = load_hdf5_volume(tmp_path / "train.h5")
+    np.testing.assert_array_equal(ds.image.values, recon)
+    assert ds.attrs["hdf5_array"] == "reconstruction_rss"
+    with h5py.File(tmp_path / "one.h5", "w") as f:
+        f["group/volume"] = np.arange(2 * 3 * 4, dtype=np.int16).reshape(2, 3, 4)
+        f["labels"] = np.arange(2)  # 1-D: not a volume
+    ds = load_hdf5_volume(tmp_path / "one.h5")
+    assert ds.image.shape == (2, 3, 4) and ds.attrs["hdf5_array"] == "group/volume"
+    assert np.isnan(ds.attrs["spacing_mm"]).all()
+    with h5py.File(tmp_path / "two.h5", "w") as f:
+        f["a"], f["b"] = np.zeros((2, 4, 4)), np.zeros((2, 4, 4))
+    with pytest.raises(DataError, match=r"found several \(a, b\)"):
+        load_hdf5_volume(tmp_path / "two.h5")
+    (tmp_path / "text.h5").write_text("not hdf5")
+    with pytest.raises(DataError, match="cannot read as HDF5"):
+        load_hdf5_volume(tmp_path / "text.h5")
+
+
+def test_fastmri_file_through_the_cli_as_volume_and_as_image_slices(tmp_path):
+    from typer.testing import CliRunner
+
+    from stdiff.cli import app
+    from stdiff.datasets.store import open_store
+
+    _fastmri(tmp_path / "f.h5")
+    for kind, extra, sizes in [
+        ("medical", [], {"slice": 2, "y": 40, "x": 32}),
+        ("images", ["--image-size", "16"], {"sample": 2, "channel": 1, "y": 16, "x": 16}),
+    ]:
+        out = tmp_path / f"{kind}.zarr"
+        args = ["ingest", str(tmp_path / "f.h5"), "--kind", kind, "--out", str(out), *extra]
+        res = CliRunner().invoke(app, [*args, "--no-progress"])
+        assert res.exit_code == 0, res.output
+        assert dict(open_store(out).sizes) == sizes
