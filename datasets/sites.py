@@ -33,16 +33,9 @@ import pandas as pd
 import xarray as xr
 
 from stdiff.datasets.errors import DataError
-from stdiff.datasets.tabular import (
-    _COMPRESSION,
-    _CSV,
-    _HDF,
-    _PARQUET,
-    Categorical,
-    _numeric,
-    _read,
-    encode_columns,
-)
+from stdiff.datasets.table_files import _CSV, _EXCEL, _HDF, _PARQUET, KINDS_TEXT, is_table_file
+from stdiff.datasets.table_files import read_table_file as _read
+from stdiff.datasets.tabular import Categorical, _numeric, encode_columns
 from stdiff.datasets.timecols import compose_time, parse_times, show_time
 
 __all__ = [
@@ -57,14 +50,6 @@ __all__ = [
 _FILE = "__file__"
 
 
-def is_table_file(path: str | Path) -> bool:
-    """A CSV / TSV / TXT (optionally compressed), Parquet or pandas HDF5 file, by its extension."""
-    suffixes = [s.lower() for s in Path(path).suffixes]
-    if suffixes and suffixes[-1] in _COMPRESSION:
-        suffixes = suffixes[:-1]
-    return bool(suffixes) and suffixes[-1] in {**_CSV, **dict.fromkeys(_PARQUET | _HDF)}
-
-
 def table_files(sources: Sequence[str | Path]) -> list[Path]:
     """The table files of ``sources`` (files, or folders whose table files are taken sorted)."""
     files: list[Path] = []
@@ -72,15 +57,13 @@ def table_files(sources: Sequence[str | Path]) -> list[Path]:
         if src.is_dir():
             found = sorted(p for p in src.iterdir() if p.is_file() and is_table_file(p))
             if not found:
-                raise DataError(src, "folder holds no CSV / TSV / TXT / Parquet / HDF5 files")
+                raise DataError(
+                    src, "folder holds no CSV / TSV / TXT / Parquet / Excel / HDF5 files"
+                )
             files.extend(found)
         elif src.is_file():
             if not is_table_file(src):
-                raise DataError(
-                    src,
-                    "neither CSV (.csv, .txt, .tsv), Parquet (.parquet, .pq) nor pandas HDF5 "
-                    "(.h5) by its extension",
-                )
+                raise DataError(src, f"neither {KINDS_TEXT} by its extension")
             files.append(src)
         else:
             raise DataError(src, "no such file or folder")
@@ -252,7 +235,7 @@ def _pivot(frame: pd.DataFrame, names: list[str], axis: np.ndarray) -> xr.Datase
 
 
 def _has_column(path: Path, column: str) -> bool:
-    if Path(path).suffix.lower() in _PARQUET | _HDF:
+    if Path(path).suffix.lower() in _PARQUET | _HDF | _EXCEL:
         return column in _read(path).columns
     try:
         header = pd.read_csv(path, sep=_CSV.get(Path(path).suffixes[0].lower(), ","), nrows=0)

@@ -17,12 +17,9 @@ become datetimes with a warning, and other numbers (hours, steps) are kept.  Tim
 when only that reading is in time order; both orders in one column are refused.  Without a ``time_column`` column, the one column with a usual name (``date``,
 ``timestamp``, ``Date Time``), else the only one naming date or time, else an unnamed column of
 dates is taken; separate ``Date`` and ``Time`` columns are joined.  Empty trailing columns and
-rows (``a;b;;``, ``;;;``) are left out.  The format is
-chosen by extension: ``.csv``/``.txt`` (comma-separated) and ``.tsv`` (tab), optionally compressed
-(``.gz``, ``.bz2``, ``.xz``, ``.zip``, ``.zst``), and ``.parquet``/``.pq``.  Spreadsheet exports
-read as they are (:func:`_read_text`): ``;``, tab or ``|`` separators when the header holds no
-comma, decimal commas in ``;`` tables, UTF-8 with or without a BOM, UTF-16 with a BOM, else
-Windows-1252.  Infinite values (and numbers beyond float32) are refused, never stored.
+rows (``a;b;;``, ``;;;``) are left out.  The format is chosen by extension
+(:mod:`datasets.table_files`: CSV / TSV / TXT, optionally compressed, read as spreadsheets export
+them; Parquet; Excel; pandas HDF5).  Infinite values (and numbers beyond float32) are refused, never stored.
 
 Evaluation targets (``target_mask``)
 ------------------------------------
@@ -64,6 +61,7 @@ import pandas as pd
 import xarray as xr
 
 from stdiff.datasets.errors import DataError, StdiffWarning
+from stdiff.datasets.table_files import read_table_file
 from stdiff.datasets.timecols import (
     columns_text,
     compose_time,
@@ -74,10 +72,6 @@ from stdiff.datasets.timecols import (
 
 __all__ = ["Categorical", "compose_time", "encode_columns", "load_table"]
 
-_CSV = {".csv": ",", ".txt": ",", ".tsv": "\t"}
-_PARQUET = {".parquet", ".pq"}
-_HDF = {".h5", ".hdf5", ".hdf"}  # pandas' DataFrame.to_hdf (METR-LA, PEMS-BAY)
-_COMPRESSION = {".gz", ".bz2", ".xz", ".zip", ".zst"}
 Categorical = Literal["error", "drop", "onehot"]
 
 
@@ -116,7 +110,7 @@ def load_table(
         raise DataError("layout", f"must be 'wide' or 'long', not {layout!r}")
     if isinstance(long_columns, str) or len(long_columns) != 2:
         raise DataError("long_columns", "must be a pair (variable column, value column)")
-    frame = _read(path)
+    frame = read_table_file(path)
     frame = _prepare(path, frame, time_column, time_columns, drop_columns, categorical, layout)
 
     target_column: str | None = None
@@ -151,7 +145,7 @@ def load_table(
         observed &= ~target_mask
         attrs["target_column"] = target_column
     elif target_file is not None:
-        other_frame = _prepare(target_file, _read(target_file), *prep)
+        other_frame = _prepare(target_file, read_table_file(target_file), *prep)
         other = _grid(target_file, other_frame, target_column=None, **options)
         ground, reduced = _pair(table, other)
         values = ground.values
@@ -178,96 +172,6 @@ def load_table(
         coords={"time": ("time", table.times), "feature": ("feature", table.features)},
         attrs=attrs,
     )
-
-
-# --------------------------------------------------------------------------- reading
-
-
-def _read(path: Path) -> pd.DataFrame:
-    suffixes = [s.lower() for s in path.suffixes]
-    if suffixes and suffixes[-1] in _COMPRESSION:
-        suffixes = suffixes[:-1]
-    kind = suffixes[-1] if suffixes else ""
-    if kind not in _CSV and kind not in _PARQUET and kind not in _HDF:
-        raise DataError(
-            path,
-            "neither CSV (.csv, .txt, .tsv), Parquet (.parquet, .pq) nor pandas HDF5 (.h5) by "
-            "its extension",
-        )
-    if not path.is_file():
-        raise DataError(path, "no such file")
-    if kind in _HDF:
-        if path.suffix.lower() in _COMPRESSION:
-            raise DataError(path, "a compressed HDF5 file: decompress it first")
-        from stdiff.datasets.pandas_hdf import read_pandas_hdf
-
-        frame = read_pandas_hdf(path)
-    else:
-        frame = _read_file(path, kind)
-    if kind not in _CSV and not isinstance(frame.index, pd.RangeIndex):
-        # a pandas index saved with the table (a DatetimeIndex, or time and station): columns
-        if isinstance(frame.index, pd.DatetimeIndex) and frame.index.name is None:
-            frame.index.name = "time"
-        frame = frame.reset_index()
-    frame.columns = [str(c).strip() for c in frame.columns]
-    if frame.columns.duplicated().any():
-        dup = frame.columns[frame.columns.duplicated()][0]
-        raise DataError(path, f"column {dup!r} appears more than once")
-    if len(frame) == 0:
-        raise DataError(path, "the table has no rows")
-    return frame
-
-
-def _read_file(path: Path, kind: str) -> pd.DataFrame:
-    try:
-        return pd.read_parquet(path) if kind in _PARQUET else _read_text(path, _CSV[kind])
-    except UnicodeDecodeError as exc:
-        raise DataError(path, f"cannot read as CSV: not UTF-8, UTF-16 or Windows-1252 text (byte "
-                        f"{exc.object[exc.start]:#04x} at offset {exc.start})") from None  # fmt: skip
-    except (ValueError, OSError, pd.errors.ParserError) as exc:
-        what = "Parquet" if kind in _PARQUET else "CSV"
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise DataError(path, f"cannot read as {what} ({first})") from None
-
-
-_DECIMAL_COMMA = r"\s*[+-]?\d+,\d+\s*"
-_INTEGER = r"\s*[+-]?\d+\s*"
-
-
-def _read_text(path: Path, sep: str) -> pd.DataFrame:
-    """A delimited text table as spreadsheets export it: UTF-8 (a BOM allowed), UTF-16 with its
-    BOM, else Windows-1252 (Latin-1 and its superset; undecodable bytes still fail); a file
-    whose header holds no ``sep`` but ``;``, tab or ``|`` is split on that instead; a ``;``
-    table whose text columns are all decimal-comma numbers (``1,5``) is read with ``decimal=","``."""
-    with open(path, "rb") as fh:
-        head = fh.read(2)
-    utf16 = head in (b"\xff\xfe", b"\xfe\xff")
-    for enc in ("utf-16",) if utf16 else ("utf-8-sig", "cp1252"):
-        try:
-            header = pd.read_csv(path, sep=sep, nrows=0, encoding=enc).columns  # the first line
-            if len(header) == 1:
-                sep = next((c for c in (";", "\t", "|") if c != sep and c in header[0]), sep)
-            frame = pd.read_csv(path, sep=sep, low_memory=False, encoding=enc)
-            break
-        except UnicodeDecodeError:
-            if enc != "utf-8-sig":
-                raise
-    if sep == ";" and _decimal_comma(frame):  # the only second read
-        frame = pd.read_csv(path, sep=sep, low_memory=False, encoding=enc, decimal=",")
-    return frame
-
-
-def _decimal_comma(frame: pd.DataFrame) -> bool:
-    """Whether some text column holds decimal-comma numbers and nothing but numbers."""
-    found = False
-    for name in frame.select_dtypes(include=["object", "string"]).columns:
-        cells = frame[name].dropna().astype(str)
-        comma = cells.str.fullmatch(_DECIMAL_COMMA)
-        if comma.any():
-            if not (comma | cells.str.fullmatch(_INTEGER)).all():
-                return False
-            found = True
-    return found
 
 
 def _numeric(path: Path, name: str, series: pd.Series) -> np.ndarray:

@@ -231,8 +231,7 @@ def test_all_nan_variable(tmp_path):
 
 
 def test_not_csv_or_parquet(tmp_path):
-    xlsx = _write(tmp_path / "sheet.xlsx", "whatever")
-    _raises(r"sheet\.xlsx: neither CSV .* nor pandas HDF5", xlsx)
+    _raises(r"sheet\.json: neither CSV .* nor pandas HDF5", _write(tmp_path / "sheet.json", "{}"))
     fake = _write(tmp_path / "fake.parquet", "time,a\n0,1\n")
     _raises(r"fake\.parquet: cannot read as Parquet", fake)
     _raises(r"missing\.csv: no such file", tmp_path / "missing.csv")
@@ -467,3 +466,23 @@ def test_pandas_hdf5_refusals(tmp_path):
         f["kspace"] = np.zeros((2, 4, 4), np.complex64)
     _raises("holds no pandas table .*--kind medical", tmp_path / "mri.h5")
     _raises("cannot read as HDF5", _write(tmp_path / "text.h5", "time,a\n"))
+
+
+# --------------------------------------------------------------------------- Excel
+
+
+def test_excel_first_sheet_with_data_and_a_warning_for_the_others(tmp_path):
+    """An .xlsx workbook: date cells stay dates, an empty first sheet is skipped, a later sheet
+    with data is named in a warning; .xls / .ods are refused with what to do."""
+    path = tmp_path / "book.xlsx"
+    with pd.ExcelWriter(path, engine="openpyxl") as book:
+        pd.DataFrame().to_excel(book, sheet_name="cover", index=False)
+        frame = pd.DataFrame({"Date": pd.to_datetime(TIMES), "a": [1.5, NAN, 3], "b": [NAN, 2, 4]})
+        frame.to_excel(book, sheet_name="data", index=False)
+        pd.DataFrame({"note": ["units: mg/m3"]}).to_excel(book, sheet_name="notes", index=False)
+    with pytest.warns(UserWarning, match=r"read sheet 'data'; sheets 'notes' are left out"):
+        ds = load_table(path)
+    np.testing.assert_array_equal(ds.time.values, TIMES)
+    np.testing.assert_array_equal(ds["values"].values, [[1.5, NAN], [NAN, 2], [3, 4]])
+    _raises(r"save the \.xls spreadsheet as \.xlsx or CSV", _write(tmp_path / "old.xls", "x"))
+    _raises(r"cannot read as Excel", _write(tmp_path / "fake.xlsx", "time,a\n0,1\n"))
