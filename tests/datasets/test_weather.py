@@ -159,6 +159,30 @@ def test_bad_times(tmp_path: Path, name: str, times: list[str], message: str) ->
     assert name in str(err.value) and "\n" not in str(err.value)
 
 
+def test_folder_of_files_split_by_time_and_by_variable(tmp_path: Path) -> None:
+    """A folder of netCDF files (one per variable and half-year, as ERA5 downloads come): the
+    halves join along time, the variables merge (a static field in each kind of file too); a
+    time-varying variable in two kinds of file, or variables over different times, are refused."""
+    full = _awkward()
+    full["air2"] = full["air"] + 1
+    full["air2"].encoding = dict(PACK)
+    folder = tmp_path / "era5"
+    folder.mkdir()
+    for name in ("air", "air2"):
+        for k, part in enumerate((slice(0, 2), slice(2, None))):
+            full[[name, "lsm"]].isel(TIME=part).to_netcdf(folder / f"{name}_{k}.nc")
+    (folder / "README.txt").write_text("not a grid")
+    ds = open_weather(folder)
+    _check_canonical(ds)
+    np.testing.assert_allclose(ds["air2"].values, _expected_air() + 1, atol=1e-4)
+    np.testing.assert_array_equal(ds["time"], TIMES.values)
+    full[["air", "air2"]].to_netcdf(tmp_path / "both.nc")
+    with pytest.raises(DataError, match="variable 'air' is in files that hold different"):
+        open_weather([folder / "air_0.nc", tmp_path / "both.nc"])
+    with pytest.raises(DataError, match="the files of air, lsm and of air2, lsm cover different"):
+        open_weather([folder / "air_0.nc", folder / "air2_1.nc"])
+
+
 def test_bad_files(tmp_path: Path) -> None:
     text = tmp_path / "notes.nc"
     text.write_text("this is not a netCDF file\n")
@@ -167,7 +191,7 @@ def test_bad_files(tmp_path: Path) -> None:
     with pytest.raises(DataError, match="no such file"):
         open_weather(tmp_path / "absent.nc")
     (tmp_path / "folder").mkdir()
-    with pytest.raises(DataError, match=r"folder.*not a zarr store"):
+    with pytest.raises(DataError, match=r"folder.*neither a zarr store .* nor holds netCDF"):
         open_weather(tmp_path / "folder")
     nan = _awkward()
     nan["air"] = nan["air"] * np.nan
