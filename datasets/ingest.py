@@ -413,6 +413,33 @@ def load_source(
     )
 
 
+def _canonical(sources: list[str], where: str, opt: IngestOptions, unzipped: bool) -> xr.Dataset:
+    """The store's content: the canonical dataset with its split and training statistics;
+    ``where`` names the input (the archive when ``unzipped``, not its temporary folder)."""
+    ds, split, names = load_source(sources, opt)
+    if split is not None and names:
+        # held-out targets keep their truth in ``values``: statistics see only what is observed
+        seen = (
+            ds.assign(values=ds["values"].where(ds["observed_mask"] > 0))
+            if "target_mask" in ds
+            else ds
+        )
+        weather = opt.kind == "weather"
+        stats = normalization_stats(seen, names, split, time_differences=weather, count_nan=weather)
+        _warn_untrainable(stats, names, split, where)
+        if weather:
+            from stdiff.datasets.weather_ingest import fill_nan
+
+            ds = fill_nan(ds, stats, opt.fill_nan)
+        ds = attach_stats(ds, stats)
+        ds.attrs["split"] = split.describe()
+    if unzipped:
+        ds.attrs["source"] = where
+    ds.attrs.setdefault("source", where)
+    ds.attrs["kind"] = opt.kind
+    return ds
+
+
 def ingest(
     source: str | Path | Sequence[str | Path],
     out: str | Path,
@@ -439,26 +466,12 @@ def ingest(
             f"--out {out}: holds an earlier ingest of other data or options; pass --overwrite "
             "to replace it, or choose a new path"
         )
-    ds, split, names = load_source(source, opt)
-    if split is not None and names:
-        # held-out targets keep their truth in ``values``: statistics see only what is observed
-        seen = (
-            ds.assign(values=ds["values"].where(ds["observed_mask"] > 0))
-            if "target_mask" in ds
-            else ds
-        )
-        weather = opt.kind == "weather"
-        stats = normalization_stats(seen, names, split, time_differences=weather, count_nan=weather)
-        _warn_untrainable(stats, names, split, ", ".join(_sources(source)))
-        if weather:
-            from stdiff.datasets.weather_ingest import fill_nan
+    from stdiff.datasets.archives import unpacked
 
-            ds = fill_nan(ds, stats, opt.fill_nan)
-        ds = attach_stats(ds, stats)
-        ds.attrs["split"] = split.describe()
-    ds.attrs.setdefault("source", ", ".join(_sources(source)))
-    ds.attrs["kind"] = opt.kind
-    written = write_store(ds, out, content_hash=h, progress=progress)
+    given = _sources(source)
+    with unpacked(given, out) as sources:
+        ds = _canonical(sources, ", ".join(given), opt, unzipped=sources != given)
+        written = write_store(ds, out, content_hash=h, progress=progress)
     dims = ", ".join(f"{d}={n}" for d, n in ds.sizes.items())
     filled = ds.attrs.get("filled_nan", {})
     note = "".join(
