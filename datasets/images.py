@@ -498,7 +498,7 @@ def load_npz(
     split: int | str | None = None,
     classes: Sequence[str] | None = None,
 ) -> xr.Dataset:
-    """Images and labels from a NumPy ``.npz`` archive.
+    """Images and labels from a NumPy ``.npz`` archive (or a ``.npy`` array of images).
 
     Keys default to the first present (case-insensitive) of ``images``/``x``/``data`` and
     ``labels``/``y``/``targets``. Failing those, split-named pairs load together, train, test then
@@ -514,9 +514,9 @@ def load_npz(
     try:
         npz = np.load(path, allow_pickle=False)
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:
-        raise DataError(path, f"not a readable .npz archive ({_why(err)})") from err
-    if not isinstance(npz, np.lib.npyio.NpzFile):
-        raise DataError(path, "a single .npy array, not an .npz archive with images and labels")
+        raise DataError(path, f"not a readable {path.suffix or '.npz'} file ({_why(err)})") from err
+    if isinstance(npz, np.ndarray):  # one .npy array: the images, unlabelled
+        npz = _OneArray(npz)
     forced = None if split is None else _split_code(split, path)
     images, labels, splits = [], [], []
     with npz:
@@ -524,6 +524,8 @@ def load_npz(
             try:
                 img = _to_sample_channel_y_x(npz[ikey], path, ikey)
                 lab = np.zeros(img.shape[0], np.int64) if lkey is None else npz[lkey]
+            except DataError:
+                raise
             except (ValueError, OSError, zipfile.BadZipFile, zlib.error) as err:
                 raise DataError(path, f"cannot read {ikey!r}/{lkey!r} ({_why(err)})") from err
             if images and img.shape[1:] != images[0].shape[1:]:
@@ -540,6 +542,24 @@ def load_npz(
     return _images_dataset(
         np.concatenate(images), label, np.concatenate(splits), source=path, classes=classes
     )
+
+
+class _OneArray:
+    """A ``.npy`` array where :func:`load_npz` expects an archive: one key, ``images``."""
+
+    files = ["images"]
+
+    def __init__(self, array: np.ndarray) -> None:
+        self.array = array
+
+    def __getitem__(self, key: str) -> np.ndarray:
+        return self.array
+
+    def __enter__(self) -> _OneArray:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
 
 
 def _multilabel_check(labels: np.ndarray, path: Path, key: str | None) -> np.ndarray:

@@ -335,9 +335,10 @@ def _images(source: str, opt: IngestOptions) -> xr.Dataset:
 
     p = Path(source)
     split = None if opt.split == "auto" else opt.split
+    numpy = p.suffix.lower() in (".npz", ".npy")
     if p.suffix.lower() != ".npz" and (opt.images_key or opt.labels_key):
         raise DataError(p, "--images-key / --labels-key name the arrays of an .npz archive")
-    volume = None if p.suffix.lower() == ".npz" else _volume(p, opt)
+    volume = None if numpy else _volume(p, opt)
     if volume is not None:  # a volume's slices as images
         from stdiff.datasets.slices import parse_window, slices_as_images
 
@@ -346,7 +347,7 @@ def _images(source: str, opt: IngestOptions) -> xr.Dataset:
         )
     if opt.window != "auto":
         raise DataError(p, "--window applies to volumes (NIfTI, DICOM, a --kind medical store)")
-    if p.suffix.lower() == ".npz":
+    if numpy:
         return images.load_npz(p, images_key=opt.images_key, labels_key=opt.labels_key,
                                split=split)  # fmt: skip
     if p.is_dir() and any(q.name.endswith(("idx3-ubyte", "idx3-ubyte.gz")) for q in p.iterdir()):
@@ -356,7 +357,7 @@ def _images(source: str, opt: IngestOptions) -> xr.Dataset:
         return images.load_image_folder(p, size=size, split=split or "train")
     raise DataError(
         p,
-        "expected an .npz file, a NIfTI, DICOM or HDF5 (fastMRI) volume, a DICOM series folder, "
+        "expected an .npz or .npy file, a NIfTI, DICOM or HDF5 (fastMRI) volume, a DICOM series folder, "
         "a --kind medical store, an MNIST-style folder of idx files or a folder of class "
         "sub-folders",
     )

@@ -278,8 +278,16 @@ def test_npz_errors(tmp_path):
     with pytest.raises(DataError, match=r"t\.npz: not a readable \.npz"):
         load_npz(tmp_path / "t.npz")
     np.save(tmp_path / "single.npy", np.zeros(3))
-    with pytest.raises(DataError, match=r"single \.npy array"):
+    with pytest.raises(DataError, match=r"single\.npy: 'images' must be \(N, H, W\)"):
         load_npz(tmp_path / "single.npy")
+
+
+def test_npy_array_of_images_is_unlabelled(tmp_path):
+    arr = np.random.default_rng(4).integers(0, 256, (5, 6, 7, 3), dtype=np.uint8)
+    np.save(tmp_path / "x.npy", arr)
+    ds = load_npz(tmp_path / "x.npy")
+    np.testing.assert_array_equal(ds.image.values, arr.transpose(0, 3, 1, 2))
+    np.testing.assert_array_equal(ds.label.values, 0)
 
 
 # -------------------------------------------------------------------------------------- real data
