@@ -547,10 +547,8 @@ def load_npz(
 class _OneArray:
     """A ``.npy`` array where :func:`load_npz` expects an archive: one key, ``images``."""
 
-    files = ["images"]
-
     def __init__(self, array: np.ndarray) -> None:
-        self.array = array
+        self.array, self.files = array, ["images"]
 
     def __getitem__(self, key: str) -> np.ndarray:
         return self.array
