@@ -1,5 +1,5 @@
-"""Zip archives as ingest sources: data often arrive zipped (Kaggle, UCI, the Copernicus data
-store's netCDF downloads). :func:`unpacked` extracts each archive into a hidden folder beside
+"""Zip and tar archives as ingest sources: data often arrive packed (Kaggle, UCI, the Copernicus
+data store's netCDF zips, CIFAR's ``.tar.gz``). :func:`unpacked` extracts each archive into a hidden folder beside
 the output, hands the ingest what it holds (its one file or folder, else the folder of all its
 entries) and removes the folder afterwards, whatever happens. macOS metadata (``__MACOSX``,
 ``._*``, ``.DS_Store``) is left out; an archive larger than the free disk space beside the
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import tarfile
 import tempfile
 import warnings
 import zipfile
@@ -22,27 +23,40 @@ from stdiff.datasets.errors import DataError
 __all__ = ["is_archive", "unpacked"]
 
 
+_TAR = (".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tbz2", ".tar.xz", ".txz")
+
+
 def is_archive(source: str) -> bool:
-    """A local ``.zip`` file (``x.csv.zip`` too: pandas could read it, and so does this)."""
-    path = Path(source)
-    return "://" not in source and path.suffix.lower() == ".zip" and path.is_file()
+    """A local ``.zip`` (``x.csv.zip`` too: pandas could read it, and so does this) or tar file."""
+    name = Path(source).name.lower()
+    packed = name.endswith(".zip") or name.endswith(_TAR)
+    return "://" not in source and packed and Path(source).is_file()
 
 
-def _members(archive: Path) -> list[zipfile.ZipInfo]:
+def _is_zip(archive: Path) -> bool:
+    return archive.name.lower().endswith(".zip")
+
+
+def _members(archive: Path) -> list[tuple[str, int]]:
+    """(name, size) of the regular files worth extracting."""
+    what = "zip" if _is_zip(archive) else "tar"
     try:
-        with zipfile.ZipFile(archive) as z:
-            infos = z.infolist()
-    except (zipfile.BadZipFile, OSError) as exc:
-        raise DataError(archive, f"cannot read as a zip archive ({exc})") from None
+        if _is_zip(archive):
+            with zipfile.ZipFile(archive) as z:
+                infos = [(i.filename, i.file_size) for i in z.infolist() if not i.is_dir()]
+        else:
+            with tarfile.open(archive) as t:
+                infos = [(m.name, m.size) for m in t.getmembers() if m.isfile()]
+    except (zipfile.BadZipFile, tarfile.TarError, OSError, EOFError) as exc:
+        raise DataError(archive, f"cannot read as a {what} archive ({exc})") from None
     keep = []
-    for info in infos:
-        parts = PurePosixPath(info.filename).parts
+    for name, size in infos:
+        parts = PurePosixPath(name).parts
         junk = any(p == "__MACOSX" or p.startswith(".") for p in parts)
-        if info.is_dir() or junk or not parts or ".." in parts or info.filename.startswith("/"):
-            continue
-        keep.append(info)
+        if not junk and parts and ".." not in parts and not name.startswith("/"):
+            keep.append((name, size))
     if not keep:
-        raise DataError(archive, "the zip archive holds no files")
+        raise DataError(archive, f"the {what} archive holds no files")
     return keep
 
 
@@ -57,7 +71,7 @@ def unpacked(sources: Sequence[str], beside: Path) -> Iterator[list[str]]:
     beside = Path(beside).absolute()
     parent = next(p for p in beside.parents if p.is_dir())  # --out's folder may not exist yet
     members = {a: _members(Path(a)) for a in archives}
-    need = sum(i.file_size for infos in members.values() for i in infos)
+    need = sum(size for infos in members.values() for _, size in infos)
     free = shutil.disk_usage(parent).free
     if need > free:
         raise DataError(archives[0], f"needs {need / 1e9:.1f} GB to extract beside {beside}, "
@@ -85,13 +99,20 @@ def unpacked(sources: Sequence[str], beside: Path) -> Iterator[list[str]]:
                           stacklevel=3)  # fmt: skip
 
 
-def _extract(archive: Path, infos: list[zipfile.ZipInfo], folder: Path) -> str:
+def _extract(archive: Path, infos: list[tuple[str, int]], folder: Path) -> str:
+    names = [name for name, _ in infos]
     try:
-        with zipfile.ZipFile(archive) as z:
-            for info in infos:
-                z.extract(info, folder)
-    except (zipfile.BadZipFile, OSError, EOFError) as exc:
-        raise DataError(archive, f"cannot extract the zip archive ({exc})") from None
+        if _is_zip(archive):
+            with zipfile.ZipFile(archive) as z:
+                for name in names:
+                    z.extract(name, folder)
+        else:  # the "data" filter refuses links out of the folder, devices and odd modes
+            with tarfile.open(archive) as t:
+                wanted = set(names)
+                members = [m for m in t.getmembers() if m.name in wanted]
+                t.extractall(folder, members=members, filter="data")
+    except (zipfile.BadZipFile, tarfile.TarError, OSError, EOFError) as exc:
+        raise DataError(archive, f"cannot extract the archive ({exc})") from None
     entries = list(folder.iterdir())
     return str(entries[0] if len(entries) == 1 else folder)
 

@@ -350,6 +350,10 @@ def _images(source: str, opt: IngestOptions) -> xr.Dataset:
     if numpy:
         return images.load_npz(p, images_key=opt.images_key, labels_key=opt.labels_key,
                                split=split)  # fmt: skip
+    from stdiff.datasets.cifar import is_cifar_folder, load_cifar_folder
+
+    if is_cifar_folder(p):
+        return load_cifar_folder(p, split=split)
     if p.is_dir() and any(q.name.endswith(("idx3-ubyte", "idx3-ubyte.gz")) for q in p.iterdir()):
         return images.load_mnist_folder(p, split=split)
     if p.is_dir():
