@@ -61,10 +61,11 @@ def _members(archive: Path) -> list[tuple[str, int]]:
 
 
 @contextmanager
-def unpacked(sources: Sequence[str], beside: Path) -> Iterator[list[str]]:
-    """``sources`` with every zip archive replaced by its extracted content (see the module
-    docstring); the extraction folders live beside ``beside`` until the block ends."""
-    archives = [s for s in sources if is_archive(s)]
+def unpacked(sources: Sequence[str], beside: Path, keep: Sequence[str] = ()) -> Iterator[list[str]]:
+    """``sources`` with every archive but those in ``keep`` (read as they are: PhysioNet's
+    tarball) replaced by its extracted content (see the module docstring); the extraction
+    folders live beside ``beside`` until the block ends."""
+    archives = [s for s in sources if is_archive(s) and s not in keep]
     if not archives:
         yield list(sources)
         return

@@ -67,7 +67,7 @@ class IngestOptions:
     train_period: tuple[str, str] | None = None
     test_period: tuple[str, str] | None = None
     fold: int = 0
-    layout: Literal["wide", "long"] = "wide"
+    layout: Literal["wide", "long", "stays"] = "wide"
     time_column: str = "time"
     targets: str | None = None
     time_columns: tuple[str, ...] | None = None
@@ -87,14 +87,19 @@ class IngestOptions:
     split: Literal["auto", "train", "test"] = "auto"
     fill_nan: Literal["error", "mean"] = "error"
     resize_images: bool = False
+    stay_length: int | None = None
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
             raise ValueError(f"kind={self.kind!r} is not valid; choose one of {list(KINDS)}")
         if not 0 <= self.fold < 5:
             raise ValueError(f"--fold {self.fold}: the CSDI folds are 0-4")
-        if self.layout not in ("wide", "long"):
-            raise ValueError(f"layout={self.layout!r} is not valid; choose one of ['wide', 'long']")
+        if self.layout not in ("wide", "long", "stays"):
+            raise ValueError(
+                f"layout={self.layout!r} is not valid; choose one of ['wide', 'long', 'stays']"
+            )
+        if self.stay_length is not None and self.layout != "stays":
+            raise ValueError("--stay-length applies to --layout stays (one table per stay)")
         if self.axis not in ("axial", "coronal", "sagittal"):
             raise ValueError(
                 f"axis={self.axis!r} is not valid; choose one of ['axial', 'coronal', 'sagittal']"
@@ -133,7 +138,8 @@ class IngestResult:
 
 
 # options added after stores were made: hashed only when set, so earlier stores stay current
-_LATER_OPTIONS: dict[str, Any] = {"fill_nan": "error", "resize_images": False, "missing_values": ()}
+_LATER_OPTIONS: dict[str, Any] = {"fill_nan": "error", "resize_images": False, "missing_values": (),
+                                  "stay_length": None}  # fmt: skip
 
 
 def _hashed(opt: IngestOptions) -> dict[str, Any]:
@@ -169,10 +175,11 @@ def _weather(source: str | list[str], opt: IngestOptions) -> tuple[xr.Dataset, S
 
 
 def _is_physionet(p: Path) -> bool:
-    """PhysioNet 2012: a tar archive, or a folder whose ``.txt`` files are long
-    ``Time,Parameter,Value`` records (a folder of per-station CSVs is a table series)."""
+    """PhysioNet 2012: a tar archive (unless it holds tables: those are unpacked and read as
+    tables), or a folder whose ``.txt`` files are long ``Time,Parameter,Value`` records (a
+    folder of per-station CSVs is a table series)."""
     if p.name.endswith((".tar.gz", ".tgz", ".tar")):
-        return True
+        return not _tar_of_tables(p)
     if not p.is_dir():
         return False
     first = next(iter(sorted(p.rglob("*.txt"))), None)
@@ -180,6 +187,23 @@ def _is_physionet(p: Path) -> bool:
         return False
     with open(first, encoding="utf-8", errors="replace") as f:
         return f.readline().strip().replace(" ", "") == "Time,Parameter,Value"
+
+
+def _tar_of_tables(p: Path) -> bool:
+    """Whether the tar archive's first files are tables (``.csv``, ``.psv``, ...) rather than
+    PhysioNet 2012's records; an unreadable archive is left to the PhysioNet reader to report."""
+    import tarfile
+
+    from stdiff.datasets.table_files import is_table_file
+
+    try:
+        with tarfile.open(p) as tar:
+            for member in tar:
+                if member.isfile() and not Path(member.name).name.startswith("."):
+                    return is_table_file(member.name) and not member.name.endswith(".txt")
+    except (tarfile.TarError, OSError, EOFError):
+        return False
+    return False
 
 
 def _timeseries(sources: list[str], opt: IngestOptions) -> tuple[xr.Dataset, Split, list[str]]:
@@ -198,6 +222,8 @@ def _timeseries(sources: list[str], opt: IngestOptions) -> tuple[xr.Dataset, Spl
         has = stays_with_data(ds["observed_mask"].values)  # stored: jobs split without a scan
         ds = ds.assign({HAS_DATA: ("stay", has.astype(np.uint8))})
         return ds, csdi_stay_split(ds, fold=opt.fold), ["values"]
+    if opt.layout == "stays":
+        return _stays(sources, opt)
     from stdiff.datasets.sites import load_series
 
     ds = load_series(
@@ -222,6 +248,31 @@ def _timeseries(sources: list[str], opt: IngestOptions) -> tuple[xr.Dataset, Spl
     split = series_split(ds, train_period=opt.train_period, test_period=opt.test_period,
                          test_months=opt.test_months, valid_months=opt.valid_months)  # fmt: skip
     return ds.assign(split=split_variable(split, ds.sizes["time"])), split, ["values"]
+
+
+def _stays(sources: list[str], opt: IngestOptions) -> tuple[xr.Dataset, Split, list[str]]:
+    """One table per stay (``datasets.stays``), split by stay into CSDI's folds (``--fold``)."""
+    given = {"--train-period": opt.train_period, "--test-period": opt.test_period,
+             "--test-months": opt.test_months, "--valid-months": opt.valid_months,
+             "--targets": opt.targets, "--site-coords": opt.site_coords,
+             "--station-column": opt.station_column, "--time-columns": opt.time_columns}  # fmt: skip
+    flag = next((k for k, v in given.items() if v), None)
+    if flag:
+        raise ValueError(f"{flag} does not apply to --layout stays, which splits by stay (--fold)")
+    from stdiff.datasets.sites import table_files
+    from stdiff.datasets.stays import load_stays
+
+    ds = load_stays(table_files(sources), time_column=opt.time_column, freq=opt.freq,
+                    length=opt.stay_length, variables=opt.variables,
+                    drop_columns=opt.drop_columns, categorical=opt.categorical)  # fmt: skip
+    if opt.missing_values:
+        ds = _mark_missing(ds, opt.missing_values)
+    has = stays_with_data(ds["observed_mask"].values)
+    ds = ds.assign({HAS_DATA: ("stay", has.astype(np.uint8))})
+    if has.sum() < 5:
+        raise DataError(ds.attrs["source"], f"{int(has.sum())} stays observe anything; the "
+                        "fold split needs at least 5 (one table per stay)")  # fmt: skip
+    return ds, csdi_stay_split(ds, fold=opt.fold), ["values"]
 
 
 def _mark_missing(ds: xr.Dataset, sentinels: tuple[float, ...]) -> xr.Dataset:
@@ -474,7 +525,8 @@ def ingest(
     from stdiff.datasets.archives import unpacked
 
     given = _sources(source)
-    with unpacked(given, out) as sources:
+    native = [s for s in given if opt.kind == "timeseries" and _is_physionet(Path(s))]
+    with unpacked(given, out, keep=native) as sources:
         ds = _canonical(sources, ", ".join(given), opt, unzipped=sources != given)
         written = write_store(ds, out, content_hash=h, progress=progress)
     dims = ", ".join(f"{d}={n}" for d, n in ds.sizes.items())

@@ -36,7 +36,7 @@ from stdiff.datasets.errors import DataError
 from stdiff.datasets.table_files import _CSV, _EXCEL, _HDF, _PARQUET, KINDS_TEXT, is_table_file
 from stdiff.datasets.table_files import read_table_file as _read
 from stdiff.datasets.tabular import Categorical, _numeric, encode_columns
-from stdiff.datasets.timecols import compose_time, parse_times, show_time
+from stdiff.datasets.timecols import compose_time, parse_times, show_time, with_time_column
 
 __all__ = [
     "attach_site_coords",
@@ -92,12 +92,15 @@ def _frame(
     if time_columns:
         times = compose_time(path, frame, time_columns)
         frame = frame.drop(columns=list(time_columns))
-    elif time_column in frame.columns:
+    else:
+        if time_column not in frame.columns:  # a usual name, a Date + Time pair, ...
+            try:
+                frame = with_time_column(path, frame, time_column)
+            except DataError as exc:
+                raise DataError(path, f"{exc.what}; if each table is one patient stay, read "
+                                "them with --layout stays") from None  # fmt: skip
         times = pd.Series(parse_times(path, time_column, frame[time_column]), index=frame.index)
         frame = frame.drop(columns=[time_column])
-    else:
-        columns = ", ".join(map(repr, frame.columns))
-        raise DataError(path, f"no time column {time_column!r}; columns are {columns}")
     if station is None:
         names = pd.Series(path.name.split(".")[0], index=frame.index)
     else:

@@ -1,6 +1,6 @@
 """Reading one table file into a pandas frame, the format chosen by its extension.
 
-* ``.csv`` / ``.txt`` (comma) and ``.tsv`` (tab), optionally compressed (``.gz``, ``.bz2``,
+* ``.csv`` / ``.txt`` (comma), ``.tsv`` (tab) and ``.psv`` (pipe), optionally compressed (``.gz``, ``.bz2``,
   ``.xz``, ``.zip``, ``.zst``), read as spreadsheets export them (:func:`_read_text`);
 * ``.parquet`` / ``.pq``;
 * ``.xlsx`` / ``.xlsm`` (openpyxl): the first sheet holding data, with a warning naming any
@@ -23,12 +23,14 @@ from stdiff.datasets.errors import DataError, StdiffWarning
 
 __all__ = ["KINDS_TEXT", "is_table_file", "read_table_file"]
 
-_CSV = {".csv": ",", ".txt": ",", ".tsv": "\t"}
+_CSV = {".csv": ",", ".txt": ",", ".tsv": "\t", ".psv": "|"}  # .psv: PhysioNet 2019
 _PARQUET = {".parquet", ".pq"}
 _HDF = {".h5", ".hdf5", ".hdf"}  # pandas' DataFrame.to_hdf (METR-LA, PEMS-BAY)
 _EXCEL = {".xlsx", ".xlsm"}
 _COMPRESSION = {".gz", ".bz2", ".xz", ".zip", ".zst"}
-KINDS_TEXT = "CSV (.csv, .txt, .tsv), Parquet (.parquet, .pq), Excel (.xlsx) nor pandas HDF5 (.h5)"
+KINDS_TEXT = (
+    "CSV (.csv, .txt, .tsv, .psv), Parquet (.parquet, .pq), Excel (.xlsx) nor pandas HDF5 (.h5)"
+)
 
 
 def _kind(path: Path) -> str:

@@ -139,7 +139,12 @@ def ingest(
         str | None, typer.Option(help="Weather or table test period START:END.")
     ] = None,
     fold: Annotated[int, typer.Option(help="CSDI fold for PhysioNet statistics (0-4).")] = 0,
-    layout: Annotated[str, typer.Option(help="Table layout: wide | long.")] = "wide",
+    layout: Annotated[
+        str, typer.Option(help="Table layout: wide | long | stays (one table per stay).")
+    ] = "wide",
+    stay_length: Annotated[
+        int | None, typer.Option(help="--layout stays: steps kept per stay (default: longest).")
+    ] = None,
     time_column: Annotated[str, typer.Option(help="Table time column.")] = "time",
     targets: Annotated[
         str | None, typer.Option(help="Table evaluation targets: a column or a second file.")
@@ -224,6 +229,7 @@ def ingest(
             test_period=period_flag(test_period, "test-period"),
             fold=fold,
             layout=layout,  # type: ignore[arg-type]
+            stay_length=stay_length,
             time_column=time_column,
             targets=targets,
             time_columns=csv_flag(time_columns),
