@@ -6,7 +6,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import pytest
 import yaml
 from typer.testing import CliRunner
@@ -72,7 +71,7 @@ def test_stays_refusals(tmp_path):
     files = _sepsis(tmp_path / "set")
     with pytest.raises(DataError, match="--drop-columns 'Label' is in none of the tables"):
         load_stays(files, drop_columns=["Label"])
-    with pytest.raises(DataError, match="--stay-length.*positive"):
+    with pytest.raises(DataError, match=r"--stay-length.*positive"):
         load_stays(files, length=0)
     run = CliRunner().invoke
     base = [
