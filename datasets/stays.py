@@ -18,6 +18,7 @@ CinC 2019's ``p000001.psv``, a hospital's export of one CSV per admission), as t
 
 from __future__ import annotations
 
+import io
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -27,7 +28,7 @@ import pandas as pd
 import xarray as xr
 
 from stdiff.datasets.errors import DataError
-from stdiff.datasets.table_files import read_table_file
+from stdiff.datasets.table_files import _CSV, read_table_file
 from stdiff.datasets.tabular import Categorical, _numeric, encode_columns
 from stdiff.datasets.timecols import _TIME_NAMES, parse_times
 
@@ -49,43 +50,100 @@ def load_stays(
     if length is not None and length < 1:
         raise DataError("--stay-length", f"must be a positive number of steps, not {length}")
     step = _step(freq)
-    stays, dropped = [], set()
-    for path in files:
-        frame = _frame(path)
-        present = [c for c in drop_columns if c in frame.columns]
-        dropped.update(present)
-        column = _time_column(frame, time_column)
-        keep = [column] if column else []
-        frame = encode_columns(
-            path, frame, keep=keep, drop_columns=present, categorical=categorical
-        )
-        stays.append(_binned(path, frame, column, step))
-    absent = [c for c in drop_columns if c not in dropped]
+    where = Path(files[0]).parent
+    frame = _read_all(files)
+    absent = [c for c in drop_columns if c not in frame.columns]
     if absent:
-        raise DataError(files[0].parent, f"--drop-columns {absent[0]!r} is in none of the tables")
-    names = list(variables) if variables else list(dict.fromkeys(c for s in stays for c in s))
-    steps = max((len(s) for s in stays), default=0) if length is None else length
-    values = np.full((len(stays), max(steps, 1), len(names)), np.nan, np.float32)
-    for k, stay in enumerate(stays):
-        table = stay.reindex(columns=names).to_numpy(np.float32)[:steps]
-        values[k, : len(table)] = table
+        raise DataError(where, f"--drop-columns {absent[0]!r} is in none of the tables")
+    column = _time_column(frame, time_column)
+    keep = [_STAY] + ([column] if column else [])
+    frame = encode_columns(where, frame, keep=keep, drop_columns=drop_columns,
+                           categorical=categorical)  # fmt: skip
+    names = [str(c) for c in frame.columns if c not in keep]
     if variables:
-        unseen = [v for v in variables if not any(v in s.columns for s in stays)]
+        unseen = [v for v in variables if v not in names]
         if unseen:
-            raise DataError(files[0].parent, f"variable {unseen[0]!r} is in none of the tables")
+            raise DataError(where, f"variable {unseen[0]!r} is in none of the tables")
+        names = list(variables)
+    stay = frame[_STAY].to_numpy()
+
+    def convert(at: Path, rows: pd.DataFrame) -> tuple[np.ndarray, pd.DataFrame]:
+        steps = _steps(at, rows, column, rows[_STAY].to_numpy(), step)
+        return steps, pd.DataFrame({n: _numeric(at, n, rows[n]) for n in names})
+
+    steps, data = _located(files, frame, stay, convert)
+    last = data.groupby([stay, steps], sort=False).last()  # last observed value per step
+    keys_stay, keys_step = (last.index.get_level_values(k).to_numpy() for k in (0, 1))
+    total = int(keys_step.max()) + 1 if length is None and len(keys_step) else (length or 1)
+    values = np.full((len(files), total, len(names)), np.nan, np.float32)
+    inside = keys_step < total
+    values[keys_stay[inside], keys_step[inside]] = last.to_numpy(np.float32)[inside]
     return xr.Dataset(
         {
             "values": (("stay", "time", "feature"), values),
             "observed_mask": (("stay", "time", "feature"), (~np.isnan(values)).astype(np.uint8)),
         },
-        coords={"stay": _stay_names(files), "time": np.arange(values.shape[1]), "feature": names},
+        coords={"stay": _stay_names(files), "time": np.arange(total), "feature": names},
         attrs={
             "kind": "timeseries",
             "layout": "stays",
-            "source": str(files[0].parent),
+            "source": str(where),
             "time_step": f"{freq or '1h'} for datetimes; one unit or row otherwise",
         },
     )
+
+
+_STAY = "__stay__"
+
+
+def _read_all(files: Sequence[Path]) -> pd.DataFrame:
+    """Every file's rows with a ``__stay__`` column (the file's position). Delimited text files
+    that share one header line are parsed together, once (tens of thousands of stays); other
+    files one by one. A header without rows is a stay without data."""
+    fast = _one_parse(files)
+    if fast is not None:
+        return fast
+    parts = [_frame(f).assign(**{_STAY: k}) for k, f in enumerate(files)]
+    return pd.concat(parts, ignore_index=True, sort=False)
+
+
+def _one_parse(files: Sequence[Path]) -> pd.DataFrame | None:
+    sep = _CSV.get(Path(files[0]).suffix.lower())
+    if sep is None or any(Path(f).suffix.lower() != Path(files[0]).suffix.lower() for f in files):
+        return None
+    header, rows = None, []
+    for k, path in enumerate(files):
+        try:
+            text = Path(path).read_text(encoding="utf-8-sig")
+        except UnicodeDecodeError:
+            return None  # another encoding: the careful reader, file by file
+        first, _, body = text.partition("\n")
+        if header is None:
+            header = first.rstrip("\r")
+        elif first.rstrip("\r") != header:
+            return None
+        lines = [line for line in body.splitlines() if line.strip()]
+        rows.extend(f"{k}{sep}{line}" for line in lines)
+    if len(header.split(sep)) < 2:
+        return None  # the header is not split by this separator: let the careful reader sniff
+    text = f"{_STAY}{sep}{header}\n" + "\n".join(rows) + "\n"
+    try:
+        frame = pd.read_csv(io.StringIO(text), sep=sep, low_memory=False)
+    except (ValueError, pd.errors.ParserError):
+        return None  # the careful reader names the file
+    frame.columns = [str(c).strip() for c in frame.columns]
+    return frame if not frame.columns.duplicated().any() else None
+
+
+def _located(files: Sequence[Path], frame: pd.DataFrame, stay: np.ndarray, fn):
+    """``fn(folder, frame)``; when it finds bad data, it is run on each stay's rows alone so the
+    error names the file and the row inside it."""
+    try:
+        return fn(Path(files[0]).parent, frame)
+    except DataError:
+        for k in np.unique(stay):
+            fn(Path(files[k]), frame[stay == k].reset_index(drop=True))
+        raise
 
 
 def _frame(path: Path) -> pd.DataFrame:
@@ -97,7 +155,7 @@ def _frame(path: Path) -> pd.DataFrame:
         return pd.DataFrame()  # a header without rows: a stay with nothing observed
 
 
-def _step(freq: str | None) -> pd.Timedelta | None:
+def _step(freq: str | None) -> pd.Timedelta:
     try:
         return pd.Timedelta(pd.tseries.frequencies.to_offset(freq or "1h"))
     except (ValueError, TypeError):
@@ -111,24 +169,16 @@ def _time_column(frame: pd.DataFrame, given: str) -> str | None:
     return usual[0] if len(usual) == 1 else None
 
 
-def _binned(path: Path, frame: pd.DataFrame, column: str | None, step) -> pd.DataFrame:
-    """The stay's numeric columns, one row per step from its start (last observed value)."""
-    data = pd.DataFrame(
-        {str(c): _numeric(path, str(c), frame[c]) for c in frame.columns if c != column},
-        index=frame.index,
-    )
-    if frame.empty:
-        return data
+def _steps(where: Path, frame: pd.DataFrame, column, stay: np.ndarray, step) -> np.ndarray:
+    """Each row's step from its stay's start: by its time (datetimes in ``step``s, numbers in
+    units), else by its position in the stay."""
     if column is None:
-        index = np.arange(len(frame))
-    else:
-        times = parse_times(path, column, frame[column])
-        if times.dtype.kind == "M":
-            index = ((times - times.min()) // step.to_timedelta64()).astype(np.int64)
-        else:
-            index = np.floor(times.astype(np.float64) - times.min()).astype(np.int64)
-    grouped = data.groupby(index, sort=True).last()  # last non-missing value per column
-    return grouped.reindex(np.arange(int(index.max()) + 1))
+        return frame.groupby(stay, sort=False).cumcount().to_numpy()
+    times = parse_times(where, column, frame[column])
+    start = pd.Series(times).groupby(stay).transform("min").to_numpy()
+    if times.dtype.kind == "M":
+        return ((times - start) // step.to_timedelta64()).astype(np.int64)
+    return np.floor(times.astype(np.float64) - start).astype(np.int64)
 
 
 def _stay_names(files: Sequence[Path]) -> list[str]:

@@ -174,9 +174,10 @@ def load_table(
     )
 
 
-def _numeric(path: Path, name: str, series: pd.Series) -> np.ndarray:
+def _numeric(path: Path, name: str, series: pd.Series, rounding: bool = True) -> np.ndarray:
     """A value column as float32, NaN = missing; refuses text and values that are infinite
-    (``inf`` cells, or beyond float32's range) naming the first bad row."""
+    (``inf`` cells, or beyond float32's range) naming the first bad row; warns when float32
+    rounds it noticeably (``rounding``: off for pieces of a column, such as one stay's)."""
     if pd.api.types.is_bool_dtype(series):
         return series.to_numpy(np.float32)
     if pd.api.types.is_numeric_dtype(series):
@@ -203,7 +204,8 @@ def _numeric(path: Path, name: str, series: pd.Series) -> np.ndarray:
             f"{name!r} holds {why}, {str(cell)!r} (data row {row + 1}); leave the cell "
             "empty if it is missing",
         )
-    _warn_rounding(path, name, values, out)
+    if rounding:
+        _warn_rounding(path, name, values, out)
     return out
 
 
@@ -211,7 +213,7 @@ def _warn_rounding(path: Path, name: str, values: np.ndarray, stored: np.ndarray
     """One warning when float32 storage rounds a column by more than 0.1 % of its spread:
     large numbers that vary little (a meter reading of 1.6e8 that moves by tens, an id)."""
     seen = ~np.isnan(values)
-    if seen.sum() < 2:
+    if seen.sum() < 10:  # a spread needs a few values
         return
     spread = float(np.std(values[seen]))
     error = float(np.max(np.abs(stored[seen].astype(np.float64) - values[seen])))

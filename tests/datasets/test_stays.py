@@ -127,3 +127,15 @@ def test_stays_ingest_train_impute(tmp_path):
     assert res.exit_code == 0, res.output
     imputed = open_store(out)
     assert imputed.sizes["member"] == 4 and np.isfinite(imputed["median"].values).all()
+
+
+def test_a_bad_cell_is_named_by_its_file_and_row(tmp_path):
+    files = _sepsis(tmp_path / "set", stays=4)
+    files[3].write_text(HEADER + "60|36|1|1|0\n61|high|1|2|0\n")
+    with pytest.raises(
+        DataError, match=r"q0\.psv: 'Temp' holds a non-number 'high' \(data row 2\)"
+    ):
+        load_stays(files, time_column="ICULOS")
+    files[3].write_text(HEADER + "60|36|1||0\n")
+    with pytest.raises(DataError, match=r"q0\.psv: time column 'ICULOS' is empty in data row 1"):
+        load_stays(files, time_column="ICULOS")

@@ -425,7 +425,7 @@ def test_numbers_that_are_not_dates_stay_numbers(tmp_path, recwarn):
 def test_float32_rounding_of_large_slowly_varying_values_warns(tmp_path, recwarn):
     """A meter reading near 1.6e8 that moves by units is rounded by float32 (step 16) far beyond
     0.1 % of its spread: one warning naming it; ordinary columns give none."""
-    rows = "".join(f"2024-01-01 {h:02d}:00,{160_000_000 + 3 * h},{h * 0.5}\n" for h in range(6))
+    rows = "".join(f"2024-01-01 {h:02d}:00,{160_000_000 + 3 * h},{h * 0.5}\n" for h in range(12))
     with pytest.warns(UserWarning, match="'meter' is stored as float32"):
         load_table(_write(tmp_path / "m.csv", "time,meter,x\n" + rows))
     load_table(_write(tmp_path / "w.csv", WIDE))
