@@ -343,6 +343,10 @@ def _volume(p: Path, opt: IngestOptions) -> xr.Dataset | None:
         from stdiff.datasets.hdf5_volume import load_hdf5_volume
 
         return load_hdf5_volume(p)
+    if p.suffix.lower() in _RAW:
+        from stdiff.datasets.raw_volumes import load_raw_volume
+
+        return load_raw_volume(p)
     if p.is_dir() and (p / "zarr.json").is_file():
         from stdiff.datasets.store import open_store
 
@@ -416,7 +420,7 @@ def _images(source: str, opt: IngestOptions) -> xr.Dataset:
         return images.load_image_folder(p, size=size, split=split or "train")
     raise DataError(
         p,
-        "expected an .npz or .npy file, a NIfTI, DICOM or HDF5 (fastMRI) volume, a DICOM series folder, "
+        "expected an .npz or .npy file, a NIfTI, DICOM, HDF5 (fastMRI), MetaImage or NRRD volume, a DICOM series folder, "
         "a --kind medical store, an MNIST-style folder of idx files or a folder of class "
         "sub-folders",
     )
@@ -432,10 +436,15 @@ def _medical(source: str, opt: IngestOptions) -> xr.Dataset:
         from stdiff.datasets.hdf5_volume import load_hdf5_volume
 
         return load_hdf5_volume(p)
+    if p.suffix.lower() in _RAW:
+        from stdiff.datasets.raw_volumes import load_raw_volume
+
+        return load_raw_volume(p)
     return medical.load_dicom(p)
 
 
 _HDF5 = (".h5", ".hdf5", ".hdf")  # fastMRI's files, or one volume array
+_RAW = (".mha", ".mhd", ".nrrd", ".nhdr")  # MetaImage, NRRD: datasets.raw_volumes
 
 
 def _sources(source: str | Path | Sequence[str | Path]) -> list[str]:
