@@ -65,7 +65,7 @@ def load_raw_volume(path: str | Path) -> xr.Dataset:
             "source": str(path),
             "spacing_mm": [float(v) for v in spacing],
             "modality": "CT" if ct else "",
-        },  # fmt: skip
+        },
     )
 
 
