@@ -165,9 +165,37 @@ def load_sites(
         if absent:
             raise DataError(files[0], f"variable {absent[0]!r} is absent; variables are {names}")
         names = list(variables)
+    names, coords = _coordinate_columns(frame, names, variables is None)
     if not names:
         raise DataError(files[0], "no variable columns besides the time and station columns")
-    return _pivot(frame, names, _axis(frame["__time__"].to_numpy(), freq, files[0]))
+    ds = _pivot(frame, names, _axis(frame["__time__"].to_numpy(), freq, files[0]))
+    if coords is None:
+        return ds
+    stations = [str(s) for s in ds["station"].values]
+    lat, lon = (np.array([coords[k][s] for s in stations], np.float64) for k in (0, 1))
+    return ds.assign_coords(lat=("feature", lat, {"units": "degrees_north"}),
+                            lon=("feature", lon, {"units": "degrees_east"}))  # fmt: skip
+
+
+def _coordinate_columns(
+    frame: pd.DataFrame, names: list[str], free: bool
+) -> tuple[list[str], tuple[dict, dict] | None]:
+    """Latitude and longitude columns that hold one position per station (an OpenAQ-style
+    export repeats them on every row) become site coordinates, not variables; moving sensors
+    (positions that change) and an explicit ``variables`` list keep them as variables."""
+    lower = {n.strip().lower(): n for n in names}
+    lat = next((lower[k] for k in ("lat", "latitude") if k in lower), None)
+    lon = next((lower[k] for k in ("lon", "long", "longitude", "lng") if k in lower), None)
+    if not free or lat is None or lon is None:
+        return names, None
+    per_station = []
+    for column in (lat, lon):
+        number = pd.to_numeric(frame[column], errors="coerce")
+        grouped = number.groupby(frame["__station__"])
+        if (grouped.nunique() > 1).any() or grouped.count().eq(0).any():
+            return names, None
+        per_station.append({str(k): float(v) for k, v in grouped.first().items()})
+    return [n for n in names if n not in (lat, lon)], (per_station[0], per_station[1])
 
 
 def _number(frame: pd.DataFrame, name: str) -> np.ndarray:

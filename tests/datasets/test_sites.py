@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 
 from stdiff.cli import app
 from stdiff.datasets.errors import DataError
-from stdiff.datasets.sites import load_sites
+from stdiff.datasets.sites import load_series, load_sites
 from stdiff.datasets.store import open_store
 
 STATIONS = ("Beta", "Alpha", "Gamma")
@@ -281,3 +281,31 @@ def test_sentinel_missing_values(tmp_path) -> None:
     res = CliRunner().invoke(app, ["ingest", str(tmp_path / "aq.csv"), "--kind", "weather",
                                    "--out", str(tmp_path / "w.zarr"), "--missing-values", "-200"])  # fmt: skip
     assert res.exit_code == 2 and "--missing-values applies to --kind timeseries" in res.output
+
+
+def test_latitude_longitude_columns_become_site_coordinates(tmp_path) -> None:
+    """An OpenAQ-style long export repeats each station's position on every row: the position
+    becomes the features' lat / lon (as --site-coords gives), not two more variables; positions
+    that move stay variables."""
+    t = pd.date_range("2024-01-01", periods=4, freq="1h")
+    rows = [
+        pd.DataFrame(
+            {
+                "location": s,
+                "datetime": t,
+                "Latitude": la,
+                "longitude": lo,
+                "pm25": np.arange(4.0) + k,
+            }
+        )
+        for k, (s, la, lo) in enumerate([("A", 39.9, 116.4), ("B", 40.0, 116.3)])
+    ]
+    pd.concat(rows).to_csv(tmp_path / "aq.csv", index=False)
+    ds = load_series([tmp_path / "aq.csv"], station_column="location")
+    assert ds.feature.values.tolist() == ["A/pm25", "B/pm25"]
+    np.testing.assert_array_equal(ds["lat"].values, [39.9, 40.0])
+    np.testing.assert_array_equal(ds["lon"].values, [116.4, 116.3])
+    rows[0]["longitude"] = [116.4, 116.5, 116.6, 116.7]  # a moving sensor
+    pd.concat(rows).to_csv(tmp_path / "aq.csv", index=False)
+    ds = load_series([tmp_path / "aq.csv"], station_column="location")
+    assert "lat" not in ds.coords and "A/longitude" in ds.feature.values.tolist()
