@@ -205,10 +205,13 @@ def canonicalize(ds: xr.Dataset, where: str, require_time: bool = True) -> xr.Da
     mapped to [0, 360) (a regional grid crossing 0 to negative western longitudes, so it stays
     contiguous) and rolled into order; packed integers decoded (scale_factor/add_offset)
     and data variables cast to float32 keeping ``units``; bounds/helper variables (those without
-    both lat and lon) dropped, static (lat, lon) fields kept. ``where`` names the file in errors.
+    both lat and lon) dropped, static (lat, lon) fields kept; ERA5's ``expver`` dimension
+    (final ERA5 and the preliminary ERA5T in one download) merged. ``where`` names the file in
+    errors.
     """
     if any(k in v.attrs for v in ds.variables.values() for k in _PACKING):
         ds = xr.decode_cf(ds, decode_times=False, decode_timedelta=False)
+    ds = _merge_expver(ds)
     ds = _standard_calendar(_rename_axes(_separable(ds, where), where), where)
     needed = ("time", "lat", "lon") if require_time else ("lat", "lon")
     missing = [d for d in needed if d not in ds.dims]
@@ -245,6 +248,18 @@ def canonicalize(ds: xr.Dataset, where: str, require_time: bool = True) -> xr.Da
         ds[name].encoding = {}
     ds.attrs.update(kind="weather", source=where)
     return ds
+
+
+def _merge_expver(ds: xr.Dataset) -> xr.Dataset:
+    """ERA5 downloads that reach the last months carry an ``expver`` dimension: 1 (final ERA5)
+    where it exists, 5 (ERA5T) after, NaN in the other: merged into one field, final first."""
+    if "expver" not in ds.dims:
+        return ds
+    parts = [ds.isel(expver=k, drop=True) for k in range(ds.sizes["expver"])]
+    merged = parts[0]
+    for part in parts[1:]:
+        merged = merged.combine_first(part)
+    return merged.assign_attrs(ds.attrs)
 
 
 def _one_line(err: BaseException) -> str:

@@ -191,3 +191,21 @@ def test_scores_leave_out_the_filled_land(tmp_path: Path) -> None:
     s = json.loads((tmp_path / "s/scores.json").read_text())["scores"]["sst"]["det"]
     np.testing.assert_allclose(s["rmse"], 1.0, atol=1e-5)
     np.testing.assert_allclose(s["crps"], 1.0, atol=1e-5)
+
+
+def test_era5_expver_is_merged(tmp_path) -> None:
+    """ERA5 + ERA5T in one download: ``expver`` 1 up to a date, 5 after, NaN in the other."""
+    from stdiff.datasets.weather import open_weather
+
+    t = pd.date_range("2024-01-01", periods=6, freq="6h")
+    lat, lon = np.linspace(60, -60, 3), np.arange(0, 360, 90.0)
+    field = np.random.default_rng(0).normal(280, 5, (6, 2, 3, 4)).astype(np.float32)
+    field[4:, 0], field[:4, 1] = np.nan, np.nan
+    xr.Dataset(
+        {"t2m": (("time", "expver", "latitude", "longitude"), field)},
+        coords={"time": t, "expver": [1, 5], "latitude": lat, "longitude": lon},
+    ).to_netcdf(tmp_path / "era5.nc")
+    ds = open_weather(tmp_path / "era5.nc")
+    assert ds["t2m"].dims == ("time", "lat", "lon")
+    expected = np.where(np.isnan(field[:, 0]), field[:, 1], field[:, 0])[:, ::-1]
+    np.testing.assert_array_equal(ds["t2m"].values, expected)
