@@ -115,6 +115,8 @@ def _extract(archive: Path, infos: list[tuple[str, int]], folder: Path) -> str:
     except (zipfile.BadZipFile, tarfile.TarError, OSError, EOFError) as exc:
         raise DataError(archive, f"cannot extract the archive ({exc})") from None
     entries = list(folder.iterdir())
+    while len(entries) == 1 and entries[0].is_dir():  # a/b/data/...: the folder with content
+        folder, entries = entries[0], list(entries[0].iterdir())
     return str(entries[0] if len(entries) == 1 else folder)
 
 

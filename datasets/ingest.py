@@ -427,20 +427,12 @@ def _images(source: str, opt: IngestOptions) -> xr.Dataset:
 
 
 def _medical(source: str, opt: IngestOptions) -> xr.Dataset:
-    from stdiff.datasets import medical
-
     p = Path(source)
-    if p.name.lower().endswith((".nii", ".nii.gz", ".mgz", ".mgh")):
-        return medical.load_nifti(p, axis=opt.axis)
-    if p.suffix.lower() in _HDF5:
-        from stdiff.datasets.hdf5_volume import load_hdf5_volume
-
-        return load_hdf5_volume(p)
-    if p.suffix.lower() in _RAW:
-        from stdiff.datasets.raw_volumes import load_raw_volume
-
-        return load_raw_volume(p)
-    return medical.load_dicom(p)
+    volume = None if p.is_dir() and (p / "zarr.json").is_file() else _volume(p, opt)
+    if volume is None:
+        raise DataError(p, "expected a NIfTI (.nii, .nii.gz, .mgz), DICOM (a file or a series "
+                           "folder), HDF5 (fastMRI), MetaImage (.mha, .mhd) or NRRD volume")  # fmt: skip
+    return volume
 
 
 _HDF5 = (".h5", ".hdf5", ".hdf")  # fastMRI's files, or one volume array

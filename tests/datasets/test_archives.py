@@ -84,3 +84,13 @@ def test_bad_archives_one_line_nothing_left(tmp_path, content, message):
     assert len(res.output.strip().splitlines()) == 1
     assert re.search(message, res.output), res.output
     assert not (tmp_path / "out.zarr").exists() and _leftovers(tmp_path) == []
+
+
+def test_nested_single_folders_lead_to_the_content(tmp_path):
+    with zipfile.ZipFile(tmp_path / "n.zip", "w") as z:
+        z.writestr("export/2024/aq.csv", "time,x\n2024-01-01,1\n2024-01-02,2\n")
+    res = _ingest(tmp_path, tmp_path / "n.zip", "timeseries", "n.zarr")
+    assert res.exit_code == 0, res.output
+    assert open_store(tmp_path / "n.zarr").sizes["time"] == 2
+    res = _ingest(tmp_path, tmp_path / "n.zip", "medical", "m.zarr")
+    assert res.exit_code == 2 and "n.zip!/export/2024/aq.csv: expected a NIfTI" in res.output
