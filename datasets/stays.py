@@ -163,8 +163,13 @@ def _step(freq: str | None) -> pd.Timedelta:
 
 
 def _time_column(frame: pd.DataFrame, given: str) -> str | None:
+    """``given``, else the one column with a usual time name, else None (rows are steps); a
+    name other than the default ``time`` must be there."""
     if given in frame.columns:
         return given
+    if given != "time":
+        shown = ", ".join(repr(c) for c in frame.columns if c != _STAY)
+        raise DataError("--time-column", f"{given!r} is in none of the tables; columns are {shown}")
     usual = [c for c in frame.columns if str(c).strip().lower() in _TIME_NAMES]
     return usual[0] if len(usual) == 1 else None
 

@@ -71,6 +71,8 @@ def test_stays_refusals(tmp_path):
     files = _sepsis(tmp_path / "set")
     with pytest.raises(DataError, match="--drop-columns 'Label' is in none of the tables"):
         load_stays(files, drop_columns=["Label"])
+    with pytest.raises(DataError, match="--time-column: 'ICU' is in none of the tables"):
+        load_stays(files, time_column="ICU")
     with pytest.raises(DataError, match=r"--stay-length.*positive"):
         load_stays(files, length=0)
     run = CliRunner().invoke
