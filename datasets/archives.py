@@ -95,9 +95,7 @@ def unpacked(sources: Sequence[str], beside: Path, keep: Sequence[str] = ()) -> 
         for folder in folders.values():
             shutil.rmtree(folder, ignore_errors=True)
         for w in caught:  # warnings too name the file inside the archive
-            text = _inside(str(w.message), folders)
-            warnings.warn(w.category(text) if issubclass(w.category, UserWarning) else w.message,
-                          stacklevel=3)  # fmt: skip
+            warnings.warn(_renamed(w.message, folders), stacklevel=3)
 
 
 def _extract(archive: Path, infos: list[tuple[str, int]], folder: Path) -> str:
@@ -125,6 +123,17 @@ def _inside(text: str, folders: dict[str, Path]) -> str:
     for archive, folder in folders.items():
         text = text.replace(str(folder) + os.sep, f"{archive}!/").replace(str(folder), archive)
     return text
+
+
+def _renamed(message: Warning | str, folders: dict[str, Path]) -> Warning | str:
+    """The warning, naming files inside their archive when it names an extraction folder."""
+    text = _inside(str(message), folders)
+    if text == str(message) or not isinstance(message, Warning):
+        return message if text == str(message) else text
+    try:
+        return type(message)(text)
+    except TypeError:  # a warning class that needs other arguments: kept as it was
+        return message
 
 
 def _named_in_archive(exc: DataError, folders: dict[str, Path]) -> DataError:
