@@ -2,7 +2,8 @@
 
 * ``.csv`` / ``.txt`` (comma), ``.tsv`` (tab) and ``.psv`` (pipe), optionally compressed (``.gz``, ``.bz2``,
   ``.xz``, ``.zip``, ``.zst``), read as spreadsheets export them (:func:`_read_text`);
-* ``.parquet`` / ``.pq``;
+* ``.parquet`` / ``.pq``, ``.feather`` / ``.arrow``, ``.json`` (pandas' orientations) and
+  ``.jsonl`` / ``.ndjson`` (one record a line);
 * ``.xlsx`` / ``.xlsm`` (openpyxl): the first sheet holding data, with a warning naming any
   other sheet that holds data too;
 * ``.h5`` / ``.hdf5``: a pandas HDF5 table (:mod:`datasets.pandas_hdf`).
@@ -27,9 +28,17 @@ _CSV = {".csv": ",", ".txt": ",", ".tsv": "\t", ".psv": "|"}  # .psv: PhysioNet 
 _PARQUET = {".parquet", ".pq"}
 _HDF = {".h5", ".hdf5", ".hdf"}  # pandas' DataFrame.to_hdf (METR-LA, PEMS-BAY)
 _EXCEL = {".xlsx", ".xlsm"}
+_OTHER = {  # extension -> (format name, reader)
+    ".feather": ("Feather", pd.read_feather),
+    ".arrow": ("Feather", pd.read_feather),
+    ".json": ("JSON", pd.read_json),
+    ".jsonl": ("JSON lines", lambda p: pd.read_json(p, lines=True)),
+    ".ndjson": ("JSON lines", lambda p: pd.read_json(p, lines=True)),
+}
 _COMPRESSION = {".gz", ".bz2", ".xz", ".zip", ".zst"}
 KINDS_TEXT = (
-    "CSV (.csv, .txt, .tsv, .psv), Parquet (.parquet, .pq), Excel (.xlsx) nor pandas HDF5 (.h5)"
+    "CSV (.csv, .txt, .tsv, .psv), Parquet (.parquet, .pq), Feather (.feather), JSON (.json, "
+    ".jsonl), Excel (.xlsx) nor pandas HDF5 (.h5)"
 )
 
 
@@ -44,7 +53,7 @@ def _kind(path: Path) -> str:
 def is_table_file(path: str | Path) -> bool:
     """A table file stdiff reads, by its extension."""
     kind = _kind(Path(path))
-    return kind in _CSV or kind in _PARQUET or kind in _HDF or kind in _EXCEL
+    return any(kind in group for group in (_CSV, _PARQUET, _HDF, _EXCEL, _OTHER))
 
 
 def _hint(kind: str) -> str:
@@ -57,7 +66,7 @@ def read_table_file(path: Path) -> pd.DataFrame:
     """The table in ``path`` as a frame with string column names (a saved index as columns),
     refusing an unknown extension, duplicated column names and an empty table."""
     kind = _kind(path)
-    if kind not in _CSV and kind not in _PARQUET and kind not in _HDF and kind not in _EXCEL:
+    if not is_table_file(path):
         raise DataError(path, f"neither {KINDS_TEXT} by its extension{_hint(kind)}")
     if not path.is_file():
         raise DataError(path, "no such file")
@@ -86,13 +95,16 @@ def read_table_file(path: Path) -> pd.DataFrame:
 
 
 def _read_file(path: Path, kind: str) -> pd.DataFrame:
+    if kind in _CSV:
+        what, read = "CSV", lambda p: _read_text(p, _CSV[kind])
+    else:
+        what, read = ("Parquet", pd.read_parquet) if kind in _PARQUET else _OTHER[kind]
     try:
-        return pd.read_parquet(path) if kind in _PARQUET else _read_text(path, _CSV[kind])
+        return read(path)
     except UnicodeDecodeError as exc:
-        raise DataError(path, f"cannot read as CSV: not UTF-8, UTF-16 or Windows-1252 text (byte "
-                        f"{exc.object[exc.start]:#04x} at offset {exc.start})") from None  # fmt: skip
+        raise DataError(path, f"cannot read as {what}: not UTF-8, UTF-16 or Windows-1252 text "
+                        f"(byte {exc.object[exc.start]:#04x} at offset {exc.start})") from None  # fmt: skip
     except (ValueError, OSError, pd.errors.ParserError) as exc:
-        what = "Parquet" if kind in _PARQUET else "CSV"
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise DataError(path, f"cannot read as {what} ({first})") from None
 

@@ -231,7 +231,7 @@ def test_all_nan_variable(tmp_path):
 
 
 def test_not_csv_or_parquet(tmp_path):
-    _raises(r"sheet\.json: neither CSV .* nor pandas HDF5", _write(tmp_path / "sheet.json", "{}"))
+    _raises(r"sheet\.ods: neither CSV .* nor pandas HDF5", _write(tmp_path / "sheet.ods", "{}"))
     fake = _write(tmp_path / "fake.parquet", "time,a\n0,1\n")
     _raises(r"fake\.parquet: cannot read as Parquet", fake)
     _raises(r"missing\.csv: no such file", tmp_path / "missing.csv")
@@ -486,3 +486,19 @@ def test_excel_first_sheet_with_data_and_a_warning_for_the_others(tmp_path):
     np.testing.assert_array_equal(ds["values"].values, [[1.5, NAN], [NAN, 2], [3, 4]])
     _raises(r"save the \.xls spreadsheet as \.xlsx or CSV", _write(tmp_path / "old.xls", "x"))
     _raises(r"cannot read as Excel", _write(tmp_path / "fake.xlsx", "time,a\n0,1\n"))
+
+
+@pytest.mark.parametrize("suffix", [".feather", ".json", ".jsonl"])
+def test_feather_and_json_tables(tmp_path, suffix):
+    frame = pd.DataFrame({"time": pd.to_datetime(TIMES), "a": [1.5, NAN, 3], "b": [NAN, 2, 4]})
+    path = tmp_path / f"t{suffix}"
+    if suffix == ".feather":
+        frame.to_feather(path)
+    else:
+        frame.assign(time=frame.time.astype(str)).to_json(
+            path, orient="records", lines=suffix == ".jsonl"
+        )
+    ds = load_table(path)
+    np.testing.assert_array_equal(ds.time.values, TIMES)
+    np.testing.assert_array_equal(ds["values"].values, [[1.5, NAN], [NAN, 2], [3, 4]])
+    _raises(r"cannot read as JSON lines", _write(tmp_path / "bad.jsonl", "{not json\n"))
