@@ -33,7 +33,12 @@ import pandas as pd
 import xarray as xr
 
 from stdiff.datasets.errors import DataError
-from stdiff.datasets.table_files import _CSV, _EXCEL, _HDF, _PARQUET, KINDS_TEXT, is_table_file
+from stdiff.datasets.table_files import (
+    _CSV,
+    KINDS_TEXT,
+    is_table_file,
+    is_zarr_store,
+)
 from stdiff.datasets.table_files import read_table_file as _read
 from stdiff.datasets.tabular import Categorical, _numeric, encode_columns
 from stdiff.datasets.timecols import compose_time, parse_times, show_time, with_time_column
@@ -54,11 +59,13 @@ def table_files(sources: Sequence[str | Path]) -> list[Path]:
     """The table files of ``sources`` (files, or folders whose table files are taken sorted)."""
     files: list[Path] = []
     for src in map(Path, sources):
-        if src.is_dir():
-            found = sorted(p for p in src.iterdir() if p.is_file() and is_table_file(p))
+        if src.is_dir() and is_zarr_store(src):  # a zarr store of series: one table
+            files.append(src)
+        elif src.is_dir():
+            found = sorted(p for p in src.iterdir() if is_table_file(p))
             if not found:
                 raise DataError(
-                    src, "folder holds no CSV / TSV / TXT / Parquet / Excel / HDF5 files"
+                    src, "folder holds no table files (CSV, Parquet, Excel, JSON, HDF5, netCDF)"
                 )
             files.extend(found)
         elif src.is_file():
@@ -266,7 +273,7 @@ def _pivot(frame: pd.DataFrame, names: list[str], axis: np.ndarray) -> xr.Datase
 
 
 def _has_column(path: Path, column: str) -> bool:
-    if Path(path).suffix.lower() in _PARQUET | _HDF | _EXCEL:
+    if Path(path).is_dir() or Path(path).suffix.lower() not in _CSV:  # not delimited text
         return column in _read(path).columns
     try:
         header = pd.read_csv(path, sep=_CSV.get(Path(path).suffixes[0].lower(), ","), nrows=0)

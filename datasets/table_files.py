@@ -6,7 +6,9 @@
   ``.jsonl`` / ``.ndjson`` (one record a line);
 * ``.xlsx`` / ``.xlsm`` (openpyxl): the first sheet holding data, with a warning naming any
   other sheet that holds data too;
-* ``.h5`` / ``.hdf5``: a pandas HDF5 table (:mod:`datasets.pandas_hdf`).
+* ``.h5`` / ``.hdf5``: a pandas HDF5 table (:mod:`datasets.pandas_hdf`);
+* netCDF files and zarr stores of series over ``time`` or ``(time, station)``
+  (:mod:`datasets.xarray_tables`).
 
 A pandas index saved with a Parquet, Excel or HDF5 table (a DatetimeIndex, or time and
 station) becomes columns; an unnamed DatetimeIndex becomes ``time``.
@@ -22,7 +24,7 @@ import pandas as pd
 
 from stdiff.datasets.errors import DataError, StdiffWarning
 
-__all__ = ["KINDS_TEXT", "is_table_file", "read_table_file"]
+__all__ = ["KINDS_TEXT", "is_table_file", "is_zarr_store", "read_table_file"]
 
 _CSV = {".csv": ",", ".txt": ",", ".tsv": "\t", ".psv": "|"}  # .psv: PhysioNet 2019
 _PARQUET = {".parquet", ".pq"}
@@ -35,10 +37,11 @@ _OTHER = {  # extension -> (format name, reader)
     ".jsonl": ("JSON lines", lambda p: pd.read_json(p, lines=True)),
     ".ndjson": ("JSON lines", lambda p: pd.read_json(p, lines=True)),
 }
+_XARRAY = {".nc", ".nc4", ".cdf", ".netcdf", ".zarr"}  # series as xarray: (time[, station])
 _COMPRESSION = {".gz", ".bz2", ".xz", ".zip", ".zst"}
 KINDS_TEXT = (
     "CSV (.csv, .txt, .tsv, .psv), Parquet (.parquet, .pq), Feather (.feather), JSON (.json, "
-    ".jsonl), Excel (.xlsx) nor pandas HDF5 (.h5)"
+    ".jsonl), Excel (.xlsx), netCDF / zarr series nor pandas HDF5 (.h5)"
 )
 
 
@@ -53,7 +56,13 @@ def _kind(path: Path) -> str:
 def is_table_file(path: str | Path) -> bool:
     """A table file stdiff reads, by its extension."""
     kind = _kind(Path(path))
-    return any(kind in group for group in (_CSV, _PARQUET, _HDF, _EXCEL, _OTHER))
+    if Path(path).is_dir():
+        return is_zarr_store(Path(path))
+    return any(kind in group for group in (_CSV, _PARQUET, _HDF, _EXCEL, _OTHER, _XARRAY))
+
+
+def is_zarr_store(path: Path) -> bool:
+    return any((path / m).is_file() for m in ("zarr.json", ".zgroup", ".zmetadata"))
 
 
 def _hint(kind: str) -> str:
@@ -68,9 +77,13 @@ def read_table_file(path: Path) -> pd.DataFrame:
     kind = _kind(path)
     if not is_table_file(path):
         raise DataError(path, f"neither {KINDS_TEXT} by its extension{_hint(kind)}")
-    if not path.is_file():
+    if not path.exists():
         raise DataError(path, "no such file")
-    if kind in _HDF:
+    if kind in _XARRAY or path.is_dir():
+        from stdiff.datasets.xarray_tables import read_xarray_table
+
+        frame = read_xarray_table(path)
+    elif kind in _HDF:
         if path.suffix.lower() in _COMPRESSION:
             raise DataError(path, "a compressed HDF5 file: decompress it first")
         from stdiff.datasets.pandas_hdf import read_pandas_hdf
