@@ -60,3 +60,34 @@ def image_files(folder: Path) -> list[Path]:
         for p in folder.iterdir()
         if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_SUFFIXES
     )
+
+
+def check_folder_fits(folder: Path, size: int | tuple[int, int] | None) -> None:
+    """Refuse, before reading any pixel, an image folder (flat, class folders, or split folders
+    of class folders) whose images would not fit the available memory at once: about twice
+    their pixels (the images read, then stacked), 3 bytes a pixel for 8-bit colour (or its
+    float32 size for deeper images), at ``size`` or the first image's size."""
+    from PIL import Image, UnidentifiedImageError
+
+    from stdiff.datasets.outputs import available_memory
+
+    files = [p for d in (folder, *folder.rglob("*")) if d.is_dir() for p in image_files(d)]
+    avail = available_memory()
+    if not files or avail is None:
+        return
+    try:
+        with Image.open(files[0]) as im:
+            width, height = im.size
+            deep = im.mode in ("I", "F") or im.mode.startswith("I;16")
+    except (OSError, UnidentifiedImageError):
+        return  # the reader names the bad file
+    if size is not None:
+        height, width = (size, size) if isinstance(size, int) else size
+    need = 2 * len(files) * height * width * (4 if deep else 3)
+    if need > 0.8 * avail:
+        raise DataError(
+            folder,
+            f"{len(files)} images of {height}x{width} would take about {need / 2**30:.3g} GB in "
+            f"memory, more than the {avail / 2**30:.3g} GB available; resize them on reading "
+            "with --image-size N, or ingest part of the folder",
+        )

@@ -412,9 +412,11 @@ def _images(source: str, opt: IngestOptions) -> xr.Dataset:
     if p.is_dir() and any(q.name.endswith(("idx3-ubyte", "idx3-ubyte.gz")) for q in p.iterdir()):
         return images.load_mnist_folder(p, split=split)
     if p.is_dir():
+        from stdiff.datasets.image_files import check_folder_fits
         from stdiff.datasets.image_splits import load_split_folders, split_folders
 
         size = opt.image_size if opt.resize_images else None
+        check_folder_fits(p, size)
         if split_folders(p):  # train/, test/, val/ sub-folders of class folders
             return load_split_folders(p, size=size, split=split)
         return images.load_image_folder(p, size=size, split=split or "train")

@@ -47,3 +47,15 @@ def test_only_split_names_make_a_split_layout(tmp_path):
         load_split_folders(tmp_path / "b")
     ds = load_split_folders(tmp_path / "b", size=5)
     assert ds.image.shape == (2, 1, 5, 5)
+
+
+def test_a_folder_too_large_for_memory_is_refused_before_reading(tmp_path, monkeypatch):
+    import stdiff.datasets.outputs as outputs
+    from stdiff.datasets.image_files import check_folder_fits
+
+    for k in range(3):
+        _save(tmp_path / f"c/{k}.png", np.zeros((100, 100, 3), np.uint8))
+    monkeypatch.setattr(outputs, "available_memory", lambda: 200_000)  # 3 x 2 x 30 kB > 160 kB
+    with pytest.raises(DataError, match=r"3 images of 100x100 would take .* --image-size N"):
+        check_folder_fits(tmp_path, None)
+    check_folder_fits(tmp_path, 32)  # resized on reading: 3 x 2 x 3 kB fits
