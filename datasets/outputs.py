@@ -280,6 +280,17 @@ def _cgroup_room() -> int | None:
     return None
 
 
+def check_fits(where: str | Path, need: float, what: str, remedy: str) -> None:
+    """Refuse (DataError) an array of ``need`` bytes that would not fit the available memory:
+    ``what`` says what it is, ``remedy`` what to change."""
+    from stdiff.datasets.errors import DataError
+
+    avail = available_memory()
+    if avail is not None and need > 0.8 * avail:
+        raise DataError(where, f"{what} would take about {_gb(need)} in memory, more than the "
+                               f"{_gb(avail)} available; {remedy}")  # fmt: skip
+
+
 def _gb(n: float) -> str:
     return f"{n / 2**30:.3g} GB"
 

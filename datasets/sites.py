@@ -33,6 +33,7 @@ import pandas as pd
 import xarray as xr
 
 from stdiff.datasets.errors import DataError
+from stdiff.datasets.outputs import check_fits
 from stdiff.datasets.table_files import (
     _CSV,
     KINDS_TEXT,
@@ -236,7 +237,11 @@ def _pivot(frame: pd.DataFrame, names: list[str], axis: np.ndarray) -> xr.Datase
             f"station {frame['__station__'].iloc[row]!r} has two rows at "
             f"{show_time(frame['__time__'].iloc[row])}",
         )
-    grid = np.full((len(axis), len(stations), len(names)), np.nan, dtype=np.float32)
+    shape = (len(axis), len(stations), len(names))
+    check_fits(frame[_FILE].iloc[0], 2 * 5 * np.prod(shape, dtype=np.float64),
+               f"a grid of {shape[0]} times x {shape[1]} stations x {shape[2]} variables",
+               "select --variables, fewer stations, or a coarser --freq")  # fmt: skip
+    grid = np.full(shape, np.nan, dtype=np.float32)
     for k, name in enumerate(names):
         grid[t, s, k] = _number(frame, name)
     values = grid.reshape(len(axis), -1)

@@ -28,6 +28,7 @@ import pandas as pd
 import xarray as xr
 
 from stdiff.datasets.errors import DataError
+from stdiff.datasets.outputs import check_fits
 from stdiff.datasets.table_files import _CSV, read_table_file
 from stdiff.datasets.tabular import Categorical, _numeric, encode_columns
 from stdiff.datasets.timecols import _TIME_NAMES, parse_times
@@ -75,6 +76,9 @@ def load_stays(
     last = data.groupby([stay, steps], sort=False).last()  # last observed value per step
     keys_stay, keys_step = (last.index.get_level_values(k).to_numpy() for k in (0, 1))
     total = int(keys_step.max()) + 1 if length is None and len(keys_step) else (length or 1)
+    check_fits(where, 2 * 5 * float(len(files)) * total * len(names),
+               f"{len(files)} stays x {total} steps x {len(names)} features",
+               "set --stay-length, or select --variables")  # fmt: skip
     values = np.full((len(files), total, len(names)), np.nan, np.float32)
     inside = keys_step < total
     values[keys_stay[inside], keys_step[inside]] = last.to_numpy(np.float32)[inside]

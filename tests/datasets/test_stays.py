@@ -141,3 +141,14 @@ def test_a_bad_cell_is_named_by_its_file_and_row(tmp_path):
     files[3].write_text(HEADER + "60|36|1||0\n")
     with pytest.raises(DataError, match=r"q0\.psv: time column 'ICULOS' is empty in data row 1"):
         load_stays(files, time_column="ICULOS")
+
+
+def test_stays_too_large_for_memory_are_refused(tmp_path, monkeypatch):
+    import stdiff.datasets.outputs as outputs
+
+    files = _sepsis(tmp_path / "set", stays=6)
+    monkeypatch.setattr(outputs, "available_memory", lambda: 100)
+    with pytest.raises(
+        DataError, match=r"6 stays x 4 steps x 4 features would take .* --stay-length"
+    ):
+        load_stays(files, time_column="ICULOS")
