@@ -479,7 +479,13 @@ def load_source(
 def _canonical(sources: list[str], where: str, opt: IngestOptions, unzipped: bool) -> xr.Dataset:
     """The store's content: the canonical dataset with its split and training statistics;
     ``where`` names the input (the archive when ``unzipped``, not its temporary folder)."""
-    ds, split, names = load_source(sources, opt)
+    try:
+        ds, split, names = load_source(sources, opt)
+    except DataError as exc:  # the input may be another kind's: say which
+        guess = _kind_of(Path(sources[0]))
+        if guess is None or guess == opt.kind:
+            raise
+        raise DataError(exc.where, f"{exc.what}; it looks like --kind {guess} data") from None
     if split is not None and names:
         # held-out targets keep their truth in ``values``: statistics see only what is observed
         seen = (
@@ -501,6 +507,35 @@ def _canonical(sources: list[str], where: str, opt: IngestOptions, unzipped: boo
     ds.attrs.setdefault("source", where)
     ds.attrs["kind"] = opt.kind
     return ds
+
+
+_KIND_SUFFIXES = {
+    "images": (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp", ".npz", ".npy"),
+    "medical": (".nii", ".nii.gz", ".mgz", ".mgh", ".dcm", ".mha", ".mhd", ".nrrd", ".nhdr"),
+    "weather": (".grib", ".grb", ".grib2", ".grb2"),
+}
+
+
+def _kind_of(path: Path) -> str | None:
+    """The kind a file or folder (its first 200 files) looks like by its extensions, or None
+    when that does not tell (netCDF, zarr, HDF5 serve several kinds)."""
+    from stdiff.datasets.table_files import is_table_file
+
+    if path.is_dir():
+        files = [q for q, _ in zip(path.rglob("*"), range(200), strict=False) if q.is_file()]
+    else:
+        files = [path]
+    votes: dict[str, int] = {}
+    for f in files:
+        name = f.name.lower()
+        if name.endswith((".nc", ".nc4", ".h5", ".hdf5", ".zarr", ".json")):
+            continue
+        kind = "timeseries" if is_table_file(f) else next(
+            (k for k, suffixes in _KIND_SUFFIXES.items() if name.endswith(suffixes)), None
+        )  # fmt: skip
+        if kind is not None:
+            votes[kind] = votes.get(kind, 0) + 1
+    return max(votes, key=votes.get) if votes else None
 
 
 def ingest(

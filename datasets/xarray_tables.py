@@ -38,6 +38,9 @@ def read_xarray_table(path: Path) -> pd.DataFrame:
     if not series:
         raise DataError(path, f"no variable over {time!r}")
     others = {d for n in series for d in ds[n].dims if d != time}
+    if len(others) > 1 and sum(_is_position(d) for d in others) == 2:
+        raise DataError(path, f"a gridded field over {sorted(map(str, others))}: ingest it with "
+                              "--kind weather")  # fmt: skip
     if len(others) > 1:
         bad = next(n for n in series if len(ds[n].dims) > 2 or set(ds[n].dims) - {time} != others)
         raise DataError(path, f"variable {bad!r} is over {ds[bad].dims}; one dimension besides "

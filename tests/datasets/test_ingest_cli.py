@@ -191,3 +191,23 @@ def test_real_images_and_medical_ingest(shared_data: Path, tmp_path: Path) -> No
     assert mri["image"].ndim == 3 and sorted(mri["image"].shape) == [181, 181, 217]
     s = SampleWindows(tmp_path / "b.zarr", "slice", ["image"])[90]
     assert s["image"].ndim == 2
+
+
+def test_input_of_another_kind_says_which(tmp_path: Path) -> None:
+    """A table given as images, images given as a table: the one-line error ends with the kind
+    the input looks like."""
+    pd.DataFrame({"time": pd.date_range("2024-01-01", periods=3), "x": [1.0, 2, 3]}).to_csv(
+        tmp_path / "t.csv", index=False
+    )
+    (tmp_path / "pics/cat").mkdir(parents=True)
+    from PIL import Image
+
+    Image.fromarray(np.zeros((4, 4), np.uint8)).save(tmp_path / "pics/cat/a.png")
+    for source, kind, guess in [("t.csv", "images", "timeseries"), ("t.csv", "weather", "timeseries"),
+                                ("pics", "timeseries", "images")]:  # fmt: skip
+        res = CliRunner().invoke(app, ["ingest", str(tmp_path / source), "--kind", kind,
+                                       "--out", str(tmp_path / "o.zarr")])  # fmt: skip
+        assert res.exit_code == 2 and res.output.strip().endswith(
+            f"it looks like --kind {guess} data"
+        )
+        assert not (tmp_path / "o.zarr").exists()

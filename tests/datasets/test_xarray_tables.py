@@ -53,6 +53,10 @@ def test_one_series_and_refusals(tmp_path):
     cube.to_netcdf(tmp_path / "cube.nc")
     with pytest.raises(DataError, match="variable 'x' is over"):
         load_series([tmp_path / "cube.nc"])
+    grid = xr.Dataset({"air": (("time", "lat", "lon"), np.zeros((5, 2, 2)))}, coords={"time": T})
+    grid.to_netcdf(tmp_path / "grid.nc")
+    with pytest.raises(DataError, match=r"a gridded field over .*--kind weather"):
+        load_series([tmp_path / "grid.nc"])
     res = CliRunner().invoke(app, ["ingest", str(tmp_path / "one.nc"), "--kind", "timeseries",
                                    "--out", str(tmp_path / "s.zarr"), "--no-progress"])  # fmt: skip
     assert res.exit_code == 0, res.output
