@@ -46,19 +46,24 @@ def _duration(s: float) -> str:
 
 class _Projection(_NoBar):
     """A silent bar that, once ``PROBE_S`` seconds of work have passed, warns in one line when
-    the rest at the rate so far would take more than ``LONG_S``."""
+    the rest at the rate so far would take more than ``LONG_S``. The rate is timed from the
+    first unit's end, so start-up (loading a model, a first compile) does not inflate it."""
 
     def __init__(self, total: int, initial: int, unit: str) -> None:
         self.total, self.done, self.unit = total, initial, unit
-        self.start, self.t0, self.said = initial, time.perf_counter(), False
+        self.t0, self.said = time.perf_counter(), False
+        self.first: tuple[float, int] | None = None  # (time, units done) at the first update
 
     def update(self, n: int = 1) -> None:
         self.done += n
-        elapsed = time.perf_counter() - self.t0
-        if self.said or elapsed < PROBE_S:
+        now = time.perf_counter()
+        if self.first is None:
+            self.first = (now, self.done)
+            return
+        if self.said or now - self.t0 < PROBE_S:
             return
         self.said = True
-        each = elapsed / max(1, self.done - self.start)
+        each = (now - self.first[0]) / max(1, self.done - self.first[1])
         rest = each * (self.total - self.done)
         if rest > LONG_S:
             from stdiff.datasets.errors import StdiffWarning
