@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import io
 import os
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -27,7 +28,7 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-from stdiff.datasets.errors import DataError
+from stdiff.datasets.errors import DataError, StdiffWarning
 from stdiff.datasets.outputs import check_fits
 from stdiff.datasets.table_files import _CSV, read_table_file
 from stdiff.datasets.tabular import Categorical, _numeric, encode_columns
@@ -81,6 +82,12 @@ def load_stays(
                "set --stay-length, or select --variables")  # fmt: skip
     values = np.full((len(files), total, len(names)), np.nan, np.float32)
     inside = keys_step < total
+    cut = np.unique(keys_stay[~inside])
+    if cut.size:
+        warnings.warn(StdiffWarning(
+            f"{where}: {cut.size} of {len(files)} stays are longer than --stay-length {total}; "
+            f"their later steps are left out (the longest has {int(keys_step.max()) + 1})"
+        ), stacklevel=2)  # fmt: skip
     values[keys_stay[inside], keys_step[inside]] = last.to_numpy(np.float32)[inside]
     return xr.Dataset(
         {

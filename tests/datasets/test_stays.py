@@ -49,7 +49,8 @@ def test_psv_stays_on_iculos_hours(tmp_path):
     expected[1, 0], expected[1, 2] = [70, NAN, 0], [72, 38.3, 0]  # hour 3 empty; last observed
     np.testing.assert_allclose(ds["values"].values, expected)
     np.testing.assert_array_equal(ds["observed_mask"].values, ~np.isnan(expected))
-    short = load_stays(_sepsis(tmp_path / "set"), time_column="ICULOS", length=2)
+    with pytest.warns(UserWarning, match=r"2 of 3 stays are longer than --stay-length 2; .* 3\)"):
+        short = load_stays(_sepsis(tmp_path / "set"), time_column="ICULOS", length=2)
     assert short.sizes["time"] == 2 and "SepsisLabel" in short.feature.values
 
 
