@@ -20,6 +20,7 @@ import warnings
 import zipfile
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from stdiff.datasets.errors import DataError, StdiffWarning
@@ -167,7 +168,7 @@ def _read_excel(path: Path) -> pd.DataFrame:
     if path.suffix.lower() in _COMPRESSION:
         raise DataError(path, "a compressed Excel file: decompress it first")
     try:
-        sheets = pd.read_excel(path, sheet_name=None, engine="openpyxl")
+        sheets = pd.read_excel(path, sheet_name=None, engine="openpyxl", header=None)
     except (ValueError, OSError, KeyError, zipfile.BadZipFile) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise DataError(path, f"cannot read as Excel ({first})") from None
@@ -180,5 +181,18 @@ def _read_excel(path: Path) -> pd.DataFrame:
             StdiffWarning(f"{path}: read sheet {full[0]!r}; sheets {others} are left out"),
             stacklevel=3,
         )
-    frame = sheets[full[0]]
-    return frame.dropna(axis=1, how="all").dropna(axis=0, how="all").reset_index(drop=True)
+    return _below_title(sheets[full[0]].dropna(axis=0, how="all").dropna(axis=1, how="all"))
+
+
+def _below_title(cells: pd.DataFrame) -> pd.DataFrame:
+    """A sheet's table: its header is the first row of text filling at least half the width
+    (a title or notes above it, as reports have them, are left out); else the first row."""
+    count = cells.notna().sum(axis=1).to_numpy()
+    text = cells.apply(lambda row: all(isinstance(v, str) for v in row.dropna()), axis=1)
+    header_like = text.to_numpy() & (count >= max(2, cells.shape[1] / 2))
+    top = int(np.flatnonzero(header_like)[0]) if header_like.any() else 0
+    header = [str(c).strip() if pd.notna(c) else f"Unnamed: {k}" for k, c in
+              enumerate(cells.iloc[top])]  # fmt: skip
+    body = cells.iloc[top + 1 :].reset_index(drop=True)
+    body.columns = header
+    return body.dropna(axis=1, how="all").infer_objects()

@@ -502,3 +502,22 @@ def test_feather_and_json_tables(tmp_path, suffix):
     np.testing.assert_array_equal(ds.time.values, TIMES)
     np.testing.assert_array_equal(ds["values"].values, [[1.5, NAN], [NAN, 2], [3, 4]])
     _raises(r"cannot read as JSON lines", _write(tmp_path / "bad.jsonl", "{not json\n"))
+
+
+def test_excel_report_with_a_title_block_and_a_blank_corner(tmp_path):
+    """A report sheet: a title and a note above the table, a blank first header cell (an index
+    exported by pandas): the header is the first full row of text, the rest typed."""
+    from openpyxl import Workbook
+
+    book = Workbook()
+    sheet = book.active
+    sheet.append(["Air quality, station 7"])
+    sheet.append(["units: ug/m3", None, None])
+    sheet.append([])
+    sheet.append([None, "time", "pm25"])
+    for k, t in enumerate(pd.to_datetime(TIMES)):
+        sheet.append([k, t.to_pydatetime(), 10.5 + k])
+    book.save(tmp_path / "report.xlsx")
+    ds = load_table(tmp_path / "report.xlsx", drop_columns=["Unnamed: 0"])
+    np.testing.assert_array_equal(ds.time.values, TIMES)
+    np.testing.assert_array_equal(ds["values"].values[:, 0], [10.5, 11.5, 12.5])
