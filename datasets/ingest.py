@@ -25,7 +25,9 @@ import pandas as pd
 import xarray as xr
 
 from stdiff.datasets.errors import DataError, StdiffWarning
+from stdiff.datasets.image_files import IMAGE_SUFFIXES
 from stdiff.datasets.outputs import claim_store
+from stdiff.datasets.raw_volumes import RAW_SUFFIXES
 from stdiff.datasets.splits import (
     HAS_DATA,
     Split,
@@ -343,7 +345,7 @@ def _volume(p: Path, opt: IngestOptions) -> xr.Dataset | None:
         from stdiff.datasets.hdf5_volume import load_hdf5_volume
 
         return load_hdf5_volume(p)
-    if p.suffix.lower() in _RAW:
+    if p.suffix.lower() in RAW_SUFFIXES:
         from stdiff.datasets.raw_volumes import load_raw_volume
 
         return load_raw_volume(p)
@@ -422,9 +424,9 @@ def _images(source: str, opt: IngestOptions) -> xr.Dataset:
         return images.load_image_folder(p, size=size, split=split or "train")
     raise DataError(
         p,
-        "expected an .npz or .npy file, a NIfTI, DICOM, HDF5 (fastMRI), MetaImage or NRRD volume, a DICOM series folder, "
-        "a --kind medical store, an MNIST-style folder of idx files or a folder of class "
-        "sub-folders",
+        "expected an .npz or .npy file, a NIfTI, DICOM, HDF5 (fastMRI), MetaImage or NRRD "
+        "volume, a DICOM series folder, a --kind medical store, an MNIST-style folder of idx "
+        "files or a folder of class sub-folders",
     )
 
 
@@ -438,7 +440,6 @@ def _medical(source: str, opt: IngestOptions) -> xr.Dataset:
 
 
 _HDF5 = (".h5", ".hdf5", ".hdf")  # fastMRI's files, or one volume array
-_RAW = (".mha", ".mhd", ".nrrd", ".nhdr")  # MetaImage, NRRD: datasets.raw_volumes
 
 
 def _sources(source: str | Path | Sequence[str | Path]) -> list[str]:
@@ -510,8 +511,8 @@ def _canonical(sources: list[str], where: str, opt: IngestOptions, unzipped: boo
 
 
 _KIND_SUFFIXES = {
-    "images": (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp", ".npz", ".npy"),
-    "medical": (".nii", ".nii.gz", ".mgz", ".mgh", ".dcm", ".mha", ".mhd", ".nrrd", ".nhdr"),
+    "images": (*IMAGE_SUFFIXES, ".npz", ".npy"),
+    "medical": (".nii", ".nii.gz", ".mgz", ".mgh", ".dcm", *RAW_SUFFIXES),
     "weather": (".grib", ".grb", ".grib2", ".grb2"),
 }
 

@@ -43,6 +43,7 @@ from stdiff.datasets.table_files import (
 from stdiff.datasets.table_files import read_table_file as _read
 from stdiff.datasets.tabular import Categorical, _numeric, encode_columns
 from stdiff.datasets.timecols import compose_time, parse_times, show_time, with_time_column
+from stdiff.datasets.xarray_tables import LATITUDES, LONGITUDES
 
 __all__ = [
     "attach_site_coords",
@@ -192,8 +193,8 @@ def _coordinate_columns(
     export repeats them on every row) become site coordinates, not variables; moving sensors
     (positions that change) and an explicit ``variables`` list keep them as variables."""
     lower = {n.strip().lower(): n for n in names}
-    lat = next((lower[k] for k in ("lat", "latitude") if k in lower), None)
-    lon = next((lower[k] for k in ("lon", "long", "longitude", "lng") if k in lower), None)
+    lat = next((lower[k] for k in LATITUDES if k in lower), None)
+    lon = next((lower[k] for k in LONGITUDES if k in lower), None)
     if not free or lat is None or lon is None:
         return names, None
     per_station = []
@@ -324,7 +325,7 @@ def load_series(
                       drop_columns=drop_columns, categorical=categorical, freq=freq)  # fmt: skip
 
 
-_LAT, _LON = ("lat", "latitude", "y"), ("lon", "long", "longitude", "lng", "x")
+_LAT, _LON = (*LATITUDES, "y"), (*LONGITUDES, "x")  # a site-coordinates file may say x / y
 
 
 def read_site_coords(path: str | Path) -> dict[str, tuple[float, float]]:

@@ -19,7 +19,9 @@ import xarray as xr
 from stdiff.datasets.errors import DataError
 from stdiff.datasets.errors import one_line as _why
 
-__all__ = ["read_xarray_table"]
+__all__ = ["LATITUDES", "LONGITUDES", "read_xarray_table"]
+
+LATITUDES, LONGITUDES = ("lat", "latitude"), ("lon", "long", "longitude", "lng")
 
 _TIME = ("time", "valid_time", "date", "datetime", "t")
 
@@ -70,7 +72,7 @@ def _time_dim(path: Path, ds: xr.Dataset) -> str:
 
 
 def _is_position(name) -> bool:
-    return str(name).lower() in ("lat", "latitude", "lon", "long", "longitude", "lng")
+    return str(name).lower() in LATITUDES + LONGITUDES
 
 
 def _coordinates_as_columns(ds: xr.Dataset, station: str) -> xr.Dataset:
